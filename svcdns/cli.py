@@ -1,0 +1,75 @@
+"""The ``svcdns`` command line: ``svcdns <command> ...``.
+
+Each area registers its own commands (``register(subparsers, common)``) so this module stays a
+thin dispatcher: the registry commands (``service``, ``endpoint``) live in ``svcdns.registry.commands``,
+and so on. A command's handler returns the exit code: 0 ok, 1 runtime failure, 2 bad usage/config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from . import __version__
+from .errors import SvcdnsError, UsageError
+
+# modules with a ``register(subparsers, common)`` function, in the order their commands are listed
+COMMAND_MODULES = [
+    "svcdns.registry.commands",
+]
+
+DEFAULT_REGISTRY = "/var/lib/svcdns/registry"
+
+
+def common_parser() -> argparse.ArgumentParser:
+    """Options every command takes: ``-n/--namespace`` and ``--registry``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-n", "--namespace", default="default", help="the Services' namespace (default: %(default)s)"
+    )
+    common.add_argument(
+        "--registry",
+        default=os.environ.get("SVCDNS_REGISTRY", DEFAULT_REGISTRY),
+        help="registry directory (or etcd://host:port/prefix); default $SVCDNS_REGISTRY or %(default)s",
+    )
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    return common
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # exit 2 with a usage line, as argparse does, but no traceback
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="svcdns", description="Stable virtual IPs and DNS names for Services on Linux hosts.")
+    parser.add_argument("--version", action="version", version=f"svcdns {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    common = common_parser()
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(getattr(args, "verbose", 0) or 0, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as err:
+        print(f"svcdns: error: {err}", file=sys.stderr)
+        return 2
+    except SvcdnsError as err:
+        print(f"svcdns: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0

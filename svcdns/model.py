@@ -1,0 +1,514 @@
+"""Service, ServicePort, Endpoint: the trimmed internal types every other module works on.
+
+They are frozen, normalised on arrival (addresses are ``ipaddress`` objects, protocols upper-case) and
+validated in the constructor. Registry data (YAML/JSON files, etcd values) enters through
+``Service.from_dict`` and leaves through ``Service.to_dict``, which use the field names Kubernetes users
+know (``clusterIP``, ``targetPort``, ``sessionAffinity`` ...).
+
+Every validation failure raises :class:`ValidationError`, which names the field, the value, and what
+would be valid.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+CLUSTER_IP = "ClusterIP"
+HEADLESS = "Headless"
+EXTERNAL_NAME = "ExternalName"
+SERVICE_TYPES = (CLUSTER_IP, HEADLESS, EXTERNAL_NAME)
+AFFINITY_NONE = "None"
+AFFINITY_CLIENT_IP = "ClientIP"
+DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds, as Kubernetes
+MAX_AFFINITY_TIMEOUT = 86400
+DEFAULT_NAMESPACE = "default"
+IPV4 = "IPv4"
+IPV6 = "IPv6"
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# a port name (IANA_SVC_NAME): 1-15 chars, lower-case alphanumerics and '-', at least one letter, no '--'
+_PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
+_DNS_NAME_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+class ValidationError(ValueError):
+    """A Service, port or endpoint is not valid: ``field`` is where, ``value`` is what was found."""
+
+    def __init__(self, field: str, value: Any, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{field}: {value!r}: {reason}")
+
+    def within(self, prefix: str) -> "ValidationError":
+        """The same error, located inside ``prefix`` (e.g. ``ports[1]``)."""
+        return ValidationError(f"{prefix}.{self.field}" if self.field else prefix, self.value, self.reason)
+
+
+def check_label(field_name: str, value: Any) -> str:
+    """An RFC 1123 DNS label: what Service names and namespaces must be."""
+    if not isinstance(value, str):
+        raise ValidationError(field_name, value, "must be a string")
+    if not _LABEL.match(value):
+        raise ValidationError(
+            field_name,
+            value,
+            "must be an RFC 1123 DNS label: 1-63 lower-case letters, digits or '-', "
+            "starting and ending with a letter or digit",
+        )
+    return value
+
+
+def _check_port_number(field_name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        else:
+            raise ValidationError(field_name, value, "must be a port number from 1 to 65535")
+    if not 1 <= value <= 65535:
+        raise ValidationError(field_name, value, "must be a port number from 1 to 65535")
+    return value
+
+
+def parse_ip(field_name: str, value: Any) -> IPAddress:
+    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return value
+    if not isinstance(value, str):
+        raise ValidationError(field_name, value, "must be an IPv4 or IPv6 address")
+    try:
+        ip = ipaddress.ip_address(value.strip())
+    except ValueError:
+        raise ValidationError(field_name, value, "must be an IPv4 or IPv6 address") from None
+    if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
+        raise ValidationError(field_name, value, "must be a unicast address (not unspecified, multicast or loopback)")
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        raise ValidationError(field_name, value, "IPv4-mapped IPv6 addresses are not allowed; write the IPv4 address")
+    return ip
+
+
+def family_of(ip: IPAddress) -> str:
+    return IPV4 if ip.version == 4 else IPV6
+
+
+def _check_bool(field_name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError(field_name, value, "must be true or false")
+    return value
+
+
+def _check_keys(where: str, data: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    for key in data:
+        if key not in allowed:
+            prefix = f"{where}." if where else ""
+            raise ValidationError(f"{prefix}{key}", data[key], f"unknown field; known fields: {', '.join(allowed)}")
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    """One port of a Service: traffic to ``port`` goes to the endpoints' ``target_port``."""
+
+    port: int
+    protocol: str = "TCP"
+    target_port: int = 0  # 0: same as port
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.name:
+            if not isinstance(self.name, str) or not _PORT_NAME.match(self.name) or "--" in self.name or not any(
+                c.isalpha() for c in self.name
+            ):
+                raise ValidationError(
+                    "name",
+                    self.name,
+                    "a port name must be 1-15 lower-case letters, digits or '-', with at least one letter, "
+                    "starting and ending with a letter or digit, and no '--'",
+                )
+        object.__setattr__(self, "port", _check_port_number("port", self.port))
+        protocol = self.protocol.upper() if isinstance(self.protocol, str) else self.protocol
+        if protocol not in PROTOCOLS:
+            raise ValidationError("protocol", self.protocol, f"must be one of {', '.join(PROTOCOLS)}")
+        object.__setattr__(self, "protocol", protocol)
+        target = self.target_port or self.port
+        object.__setattr__(self, "target_port", _check_port_number("targetPort", target))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "ServicePort":
+        if not isinstance(data, Mapping):
+            raise ValidationError("", data, "a port must be a mapping with port, protocol, targetPort and name")
+        _check_keys("", data, ("name", "protocol", "port", "targetPort"))
+        if "port" not in data:
+            raise ValidationError("port", None, "is required")
+        name = data.get("name", "") or ""
+        if not isinstance(name, str):
+            raise ValidationError("name", name, "must be a string")
+        return cls(
+            port=data["port"],
+            protocol=data.get("protocol", "TCP"),
+            target_port=_check_port_number("targetPort", data["targetPort"]) if "targetPort" in data else 0,
+            name=name,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.name:
+            out["name"] = self.name
+        out.update(protocol=self.protocol, port=self.port, targetPort=self.target_port)
+        return out
+
+    def __str__(self) -> str:
+        head = f"{self.name}:" if self.name else ""
+        target = f":{self.target_port}" if self.target_port != self.port else ""
+        return f"{head}{self.port}{target}/{self.protocol.lower()}"
+
+
+def parse_port_spec(spec: str) -> ServicePort:
+    """Parse the CLI port syntax ``[name:]port[:targetPort][/tcp|udp|sctp]``.
+
+    >>> str(parse_port_spec("http:80:8080/tcp"))
+    'http:80:8080/tcp'
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValidationError("port", spec, "expected [name:]port[:targetPort][/tcp|udp|sctp], e.g. http:80:8080/tcp")
+    text = spec.strip()
+    protocol = "TCP"
+    if "/" in text:
+        text, _, proto = text.rpartition("/")
+        protocol = proto.upper()
+        if protocol not in PROTOCOLS:
+            raise ValidationError("port", spec, f"unknown protocol {proto!r}; use tcp, udp or sctp")
+    parts = text.split(":")
+    name = ""
+    if parts and parts[0] and not parts[0].isdigit():
+        name = parts.pop(0)
+    if not 1 <= len(parts) <= 2 or not all(p.isdigit() for p in parts):
+        raise ValidationError("port", spec, "expected [name:]port[:targetPort][/tcp|udp|sctp], e.g. http:80:8080/tcp")
+    try:
+        return ServicePort(
+            name=name, port=int(parts[0]), target_port=int(parts[1]) if len(parts) > 1 else 0, protocol=protocol
+        )
+    except ValidationError as err:
+        raise ValidationError("port", spec, f"{err.field}: {err.reason}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One backend of a Service. Only ``ready`` endpoints get new traffic; when none is ready, the
+    ``serving`` and ``terminating`` ones do (as kube-proxy does)."""
+
+    address: IPAddress
+    ready: bool = True
+    serving: bool | None = None  # None: same as ready
+    terminating: bool = False
+    hostname: str = ""
+    ports: tuple[tuple[str, int], ...] = ()  # per-endpoint target port override, by Service port name
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", parse_ip("address", self.address))
+        _check_bool("ready", self.ready)
+        _check_bool("terminating", self.terminating)
+        if self.serving is None:
+            object.__setattr__(self, "serving", self.ready)
+        _check_bool("serving", self.serving)
+        if self.hostname:
+            check_label("hostname", self.hostname)
+        ports = []
+        for name, number in (self.ports.items() if isinstance(self.ports, Mapping) else self.ports):
+            ports.append((name, _check_port_number(f"ports.{name}", number)))
+        object.__setattr__(self, "ports", tuple(sorted(ports)))
+
+    @property
+    def family(self) -> str:
+        return family_of(self.address)
+
+    def target_port(self, port: ServicePort) -> int:
+        """The port this endpoint listens on for a Service port."""
+        for name, number in self.ports:
+            if name == port.name:
+                return number
+        return port.target_port
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Endpoint":
+        if isinstance(data, str):
+            return cls(address=data)
+        if not isinstance(data, Mapping):
+            raise ValidationError("", data, "an endpoint must be an address or a mapping with address, ready, ...")
+        _check_keys("", data, ("address", "ready", "serving", "terminating", "hostname", "ports"))
+        if "address" not in data:
+            raise ValidationError("address", None, "is required")
+        ports = data.get("ports", {}) or {}
+        if not isinstance(ports, Mapping):
+            raise ValidationError("ports", ports, "must be a mapping of Service port name to target port")
+        hostname = data.get("hostname", "") or ""
+        return cls(
+            address=data["address"],
+            ready=data.get("ready", True),
+            serving=data.get("serving"),
+            terminating=data.get("terminating", False),
+            hostname=hostname,
+            ports=tuple(ports.items()),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "address": str(self.address),
+            "ready": self.ready,
+            "serving": self.serving,
+            "terminating": self.terminating,
+        }
+        if self.hostname:
+            out["hostname"] = self.hostname
+        if self.ports:
+            out["ports"] = dict(self.ports)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A Service: a stable name (and, unless headless or ExternalName, stable VIPs) in front of endpoints.
+
+    ``cluster_ips`` holds the VIPs (one per family, the primary first). In a registry file they are
+    the *requested* VIPs (usually none); the registry fills in the allocated ones.
+    """
+
+    name: str
+    namespace: str = DEFAULT_NAMESPACE
+    type: str = CLUSTER_IP
+    ports: tuple[ServicePort, ...] = ()
+    cluster_ips: tuple[IPAddress, ...] = ()
+    ip_families: tuple[str, ...] = ()  # requested families; () = the primary service CIDR's family
+    external_name: str = ""
+    session_affinity: str = AFFINITY_NONE
+    affinity_timeout: int = DEFAULT_AFFINITY_TIMEOUT
+    endpoints: tuple[Endpoint, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        check_label("name", self.name)
+        check_label("namespace", self.namespace)
+        if self.type not in SERVICE_TYPES:
+            raise ValidationError("type", self.type, f"must be one of {', '.join(SERVICE_TYPES)}")
+        ports = tuple(self.ports)
+        object.__setattr__(self, "ports", ports)
+        seen_names: set[str] = set()
+        seen_ports: set[tuple[int, str]] = set()
+        for i, p in enumerate(ports):
+            if len(ports) > 1 and not p.name:
+                raise ValidationError(f"ports[{i}].name", "", "every port must be named when a Service has several")
+            if p.name in seen_names:
+                raise ValidationError(f"ports[{i}].name", p.name, "duplicate port name")
+            if (p.port, p.protocol) in seen_ports:
+                raise ValidationError(f"ports[{i}].port", p.port, f"duplicate port {p.port}/{p.protocol.lower()}")
+            seen_names.add(p.name)
+            seen_ports.add((p.port, p.protocol))
+        ips = tuple(parse_ip(f"clusterIPs[{i}]", ip) for i, ip in enumerate(self.cluster_ips))
+        object.__setattr__(self, "cluster_ips", ips)
+        families = tuple(self.ip_families)
+        for i, fam in enumerate(families):
+            if fam not in (IPV4, IPV6):
+                raise ValidationError(f"ipFamilies[{i}]", fam, "must be IPv4 or IPv6")
+        if len(set(families)) != len(families):
+            raise ValidationError("ipFamilies", list(families), "each family at most once")
+        if len({family_of(ip) for ip in ips}) != len(ips):
+            raise ValidationError("clusterIPs", [str(ip) for ip in ips], "at most one address per family")
+        if ips and families and tuple(family_of(ip) for ip in ips) != families[: len(ips)]:
+            raise ValidationError(
+                "clusterIPs", [str(ip) for ip in ips], f"families do not match ipFamilies {list(families)}"
+            )
+        if ips and not families:
+            object.__setattr__(self, "ip_families", tuple(family_of(ip) for ip in ips))
+        if self.type == EXTERNAL_NAME:
+            if not self.external_name:
+                raise ValidationError("externalName", self.external_name, "is required for type ExternalName")
+            object.__setattr__(self, "external_name", _check_dns_name("externalName", self.external_name))
+            if ips:
+                raise ValidationError("clusterIP", str(ips[0]), "an ExternalName Service has no VIP")
+        elif self.external_name:
+            raise ValidationError("externalName", self.external_name, "is only valid with type ExternalName")
+        if self.type == HEADLESS and ips:
+            raise ValidationError("clusterIP", str(ips[0]), "a Headless Service has no VIP")
+        if self.type == CLUSTER_IP and not ports:
+            raise ValidationError("ports", [], "a ClusterIP Service needs at least one port")
+        if self.session_affinity not in (AFFINITY_NONE, AFFINITY_CLIENT_IP):
+            raise ValidationError("sessionAffinity", self.session_affinity, "must be None or ClientIP")
+        timeout = self.affinity_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= MAX_AFFINITY_TIMEOUT:
+            raise ValidationError(
+                "sessionAffinityTimeoutSeconds", timeout, f"must be a whole number of seconds from 1 to {MAX_AFFINITY_TIMEOUT}"
+            )
+        endpoints = tuple(self.endpoints)
+        object.__setattr__(self, "endpoints", endpoints)
+        seen_addr: set[IPAddress] = set()
+        for i, ep in enumerate(endpoints):
+            if ep.address in seen_addr:
+                raise ValidationError(f"endpoints[{i}].address", str(ep.address), "duplicate endpoint address")
+            seen_addr.add(ep.address)
+            names = {p.name for p in ports}
+            for pname, _ in ep.ports:
+                if pname not in names:
+                    raise ValidationError(f"endpoints[{i}].ports", pname, "names no port of this Service")
+        self.check_endpoint_families()
+
+    # ---- derived views ---------------------------------------------------------------------------------
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def ref(self) -> str:
+        """``namespace/name``, as logs and errors show a Service."""
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def has_vip(self) -> bool:
+        return self.type == CLUSTER_IP
+
+    def vip(self, family: str) -> IPAddress | None:
+        for ip in self.cluster_ips:
+            if family_of(ip) == family:
+                return ip
+        return None
+
+    def usable_endpoints(self, family: str | None = None) -> tuple[Endpoint, ...]:
+        """The endpoints that take new connections: the ready ones, or, when none is ready, the ones that
+        are serving and terminating (kube-proxy's rule, so a rolling update never drops traffic)."""
+        eps = [e for e in self.endpoints if family is None or e.family == family]
+        ready = tuple(e for e in eps if e.ready)
+        if ready:
+            return ready
+        return tuple(e for e in eps if e.serving and e.terminating)
+
+    def ready_endpoints(self) -> tuple[Endpoint, ...]:
+        return tuple(e for e in self.endpoints if e.ready)
+
+    def check_endpoint_families(self) -> None:
+        """Refuse endpoints whose family the Service does not have (known once its families are)."""
+        families = self.ip_families
+        if not families or self.type == EXTERNAL_NAME:
+            return
+        for i, ep in enumerate(self.endpoints):
+            if ep.family not in families:
+                raise ValidationError(
+                    f"endpoints[{i}].address",
+                    str(ep.address),
+                    f"is {ep.family} but the Service has only {' and '.join(families)}",
+                )
+
+    def with_cluster_ips(self, ips: Iterable[IPAddress]) -> "Service":
+        ips = tuple(ips)
+        return replace(self, cluster_ips=ips, ip_families=tuple(family_of(ip) for ip in ips))
+
+    def with_endpoints(self, endpoints: Iterable[Endpoint]) -> "Service":
+        return replace(self, endpoints=tuple(endpoints))
+
+    # ---- to and from the registry's documents ---------------------------------------------------------
+
+    _FIELDS = (
+        "name",
+        "namespace",
+        "type",
+        "clusterIP",
+        "clusterIPs",
+        "ipFamilies",
+        "ipFamilyPolicy",
+        "externalName",
+        "ports",
+        "sessionAffinity",
+        "sessionAffinityTimeoutSeconds",
+        "endpoints",
+    )
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Service":
+        """Build a Service from a registry document (the JSON/YAML form), validating every field."""
+        if not isinstance(data, Mapping):
+            raise ValidationError("", type(data).__name__, "a Service document must be a mapping of fields")
+        _check_keys("", data, cls._FIELDS)
+        if "name" not in data:
+            raise ValidationError("name", None, "is required")
+        ports_raw = data.get("ports") or []
+        if not isinstance(ports_raw, list):
+            raise ValidationError("ports", ports_raw, "must be a list")
+        ports = []
+        for i, p in enumerate(ports_raw):
+            try:
+                ports.append(ServicePort.from_dict(p))
+            except ValidationError as err:
+                raise err.within(f"ports[{i}]") from None
+        eps_raw = data.get("endpoints") or []
+        if not isinstance(eps_raw, list):
+            raise ValidationError("endpoints", eps_raw, "must be a list")
+        endpoints = []
+        for i, e in enumerate(eps_raw):
+            try:
+                endpoints.append(Endpoint.from_dict(e))
+            except ValidationError as err:
+                raise err.within(f"endpoints[{i}]") from None
+        ips: list[Any] = []
+        if data.get("clusterIPs"):
+            if not isinstance(data["clusterIPs"], list):
+                raise ValidationError("clusterIPs", data["clusterIPs"], "must be a list of addresses")
+            ips = list(data["clusterIPs"])
+            if data.get("clusterIP") not in (None, "", ips[0]):
+                raise ValidationError("clusterIP", data["clusterIP"], f"must equal clusterIPs[0] ({ips[0]})")
+        elif data.get("clusterIP") not in (None, ""):
+            ips = [data["clusterIP"]]
+        kind = data.get("type", CLUSTER_IP)
+        if kind == CLUSTER_IP and ips == ["None"]:  # Kubernetes spelling of headless
+            kind, ips = HEADLESS, []
+        families = data.get("ipFamilies") or []
+        if not isinstance(families, list):
+            raise ValidationError("ipFamilies", families, "must be a list of IPv4 / IPv6")
+        policy = data.get("ipFamilyPolicy")
+        if policy not in (None, "SingleStack", "PreferDualStack", "RequireDualStack"):
+            raise ValidationError("ipFamilyPolicy", policy, "must be SingleStack, PreferDualStack or RequireDualStack")
+        if policy in ("PreferDualStack", "RequireDualStack") and not families:
+            families = [IPV4, IPV6]
+        timeout = data.get("sessionAffinityTimeoutSeconds", DEFAULT_AFFINITY_TIMEOUT)
+        return cls(
+            name=data["name"],
+            namespace=data.get("namespace") or DEFAULT_NAMESPACE,
+            type=kind,
+            ports=tuple(ports),
+            cluster_ips=tuple(ips),
+            ip_families=tuple(families),
+            external_name=data.get("externalName", "") or "",
+            session_affinity=data.get("sessionAffinity", AFFINITY_NONE) or AFFINITY_NONE,
+            affinity_timeout=timeout,
+            endpoints=tuple(endpoints),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The registry document / ``-o json`` form."""
+        out: dict[str, Any] = {"name": self.name, "namespace": self.namespace, "type": self.type}
+        if self.type == CLUSTER_IP:
+            if self.cluster_ips:
+                out["clusterIP"] = str(self.cluster_ips[0])
+                out["clusterIPs"] = [str(ip) for ip in self.cluster_ips]
+            if self.ip_families:
+                out["ipFamilies"] = list(self.ip_families)
+        if self.type == EXTERNAL_NAME:
+            out["externalName"] = self.external_name
+        out["ports"] = [p.to_dict() for p in self.ports]
+        out["sessionAffinity"] = self.session_affinity
+        if self.session_affinity == AFFINITY_CLIENT_IP:
+            out["sessionAffinityTimeoutSeconds"] = self.affinity_timeout
+        out["endpoints"] = [e.to_dict() for e in self.endpoints]
+        return out
+
+
+def _check_dns_name(field_name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(field_name, value, "must be a DNS name such as example.org")
+    name = value.rstrip(".").lower()
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(_DNS_NAME_LABEL.match(label) for label in labels):
+        raise ValidationError(field_name, value, "must be a DNS name such as example.org (labels of 1-63 characters)")
+    return name

@@ -1,0 +1,5 @@
+"""``svcdns service ...`` and ``svcdns endpoint ...`` (being written)."""
+
+
+def register(sub, common) -> None:
+    return None
