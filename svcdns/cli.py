@@ -24,18 +24,28 @@ COMMAND_MODULES = [
 DEFAULT_REGISTRY = "/var/lib/svcdns/registry"
 
 
-def common_parser() -> argparse.ArgumentParser:
-    """Options every command takes: ``-n/--namespace`` and ``--registry``."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-n", "--namespace", default="default", help="the Services' namespace (default: %(default)s)"
+def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """``-n/--namespace``, ``--registry`` and ``-v``: accepted before or after the command. The copies on
+    the subcommands default to SUPPRESS so they override the top-level value only when given."""
+
+    def default(value):
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "-n", "--namespace", default=default("default"), help="the Services' namespace (default: default)"
     )
-    common.add_argument(
+    parser.add_argument(
         "--registry",
-        default=os.environ.get("SVCDNS_REGISTRY", DEFAULT_REGISTRY),
-        help="registry directory (or etcd://host:port/prefix); default $SVCDNS_REGISTRY or %(default)s",
+        default=default(os.environ.get("SVCDNS_REGISTRY", DEFAULT_REGISTRY)),
+        help=f"registry directory (or etcd://host:port/prefix); default $SVCDNS_REGISTRY or {DEFAULT_REGISTRY}",
     )
-    common.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=default(0), help="more log output (-vv: debug)")
+
+
+def common_parser() -> argparse.ArgumentParser:
+    """The parent parser every command adds: the common options."""
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, suppress=True)
     return common
 
 
@@ -48,6 +58,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="svcdns", description="Stable virtual IPs and DNS names for Services on Linux hosts.")
     parser.add_argument("--version", action="version", version=f"svcdns {__version__}")
+    _add_common(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     common = common_parser()

@@ -115,7 +115,7 @@ class Lab:
 
     # ---- building -----------------------------------------------------------------------------------------
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         try:
             self.node = self._add_ns(f"{self.prefix}-node")
             self._sysctls(self.node)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -46,7 +47,7 @@ class ValidationError(ValueError):
         self.reason = reason
         super().__init__(f"{field}: {value!r}: {reason}")
 
-    def within(self, prefix: str) -> "ValidationError":
+    def within(self, prefix: str) -> ValidationError:
         """The same error, located inside ``prefix`` (e.g. ``ports[1]``)."""
         return ValidationError(f"{prefix}.{self.field}" if self.field else prefix, self.value, self.reason)
 
@@ -121,8 +122,11 @@ class ServicePort:
 
     def __post_init__(self) -> None:
         if self.name:
-            if not isinstance(self.name, str) or not _PORT_NAME.match(self.name) or "--" in self.name or not any(
-                c.isalpha() for c in self.name
+            if (
+                not isinstance(self.name, str)
+                or not _PORT_NAME.match(self.name)
+                or "--" in self.name
+                or not any(c.isalpha() for c in self.name)
             ):
                 raise ValidationError(
                     "name",
@@ -139,7 +143,7 @@ class ServicePort:
         object.__setattr__(self, "target_port", _check_port_number("targetPort", target))
 
     @classmethod
-    def from_dict(cls, data: Any) -> "ServicePort":
+    def from_dict(cls, data: Any) -> ServicePort:
         if not isinstance(data, Mapping):
             raise ValidationError("", data, "a port must be a mapping with port, protocol, targetPort and name")
         _check_keys("", data, ("name", "protocol", "port", "targetPort"))
@@ -189,6 +193,8 @@ def parse_port_spec(spec: str) -> ServicePort:
         name = parts.pop(0)
     if not 1 <= len(parts) <= 2 or not all(p.isdigit() for p in parts):
         raise ValidationError("port", spec, "expected [name:]port[:targetPort][/tcp|udp|sctp], e.g. http:80:8080/tcp")
+    if len(parts) > 1 and int(parts[1]) == 0:
+        raise ValidationError("port", spec, "targetPort: must be a port number from 1 to 65535")
     try:
         return ServicePort(
             name=name, port=int(parts[0]), target_port=int(parts[1]) if len(parts) > 1 else 0, protocol=protocol
@@ -219,7 +225,7 @@ class Endpoint:
         if self.hostname:
             check_label("hostname", self.hostname)
         ports = []
-        for name, number in (self.ports.items() if isinstance(self.ports, Mapping) else self.ports):
+        for name, number in self.ports.items() if isinstance(self.ports, Mapping) else self.ports:
             ports.append((name, _check_port_number(f"ports.{name}", number)))
         object.__setattr__(self, "ports", tuple(sorted(ports)))
 
@@ -235,7 +241,7 @@ class Endpoint:
         return port.target_port
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Endpoint":
+    def from_dict(cls, data: Any) -> Endpoint:
         if isinstance(data, str):
             return cls(address=data)
         if not isinstance(data, Mapping):
@@ -340,7 +346,9 @@ class Service:
         timeout = self.affinity_timeout
         if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= MAX_AFFINITY_TIMEOUT:
             raise ValidationError(
-                "sessionAffinityTimeoutSeconds", timeout, f"must be a whole number of seconds from 1 to {MAX_AFFINITY_TIMEOUT}"
+                "sessionAffinityTimeoutSeconds",
+                timeout,
+                f"must be a whole number of seconds from 1 to {MAX_AFFINITY_TIMEOUT}",
             )
         endpoints = tuple(self.endpoints)
         object.__setattr__(self, "endpoints", endpoints)
@@ -401,11 +409,11 @@ class Service:
                     f"is {ep.family} but the Service has only {' and '.join(families)}",
                 )
 
-    def with_cluster_ips(self, ips: Iterable[IPAddress]) -> "Service":
+    def with_cluster_ips(self, ips: Iterable[IPAddress]) -> Service:
         ips = tuple(ips)
         return replace(self, cluster_ips=ips, ip_families=tuple(family_of(ip) for ip in ips))
 
-    def with_endpoints(self, endpoints: Iterable[Endpoint]) -> "Service":
+    def with_endpoints(self, endpoints: Iterable[Endpoint]) -> Service:
         return replace(self, endpoints=tuple(endpoints))
 
     # ---- to and from the registry's documents ---------------------------------------------------------
@@ -426,7 +434,7 @@ class Service:
     )
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Service":
+    def from_dict(cls, data: Any) -> Service:
         """Build a Service from a registry document (the JSON/YAML form), validating every field."""
         if not isinstance(data, Mapping):
             raise ValidationError("", type(data).__name__, "a Service document must be a mapping of fields")

@@ -7,9 +7,9 @@ tracker, reduced to its result).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterable, Iterator, Mapping
 
 from .model import Service
 
@@ -22,7 +22,7 @@ class ServiceTable:
     revision: int = 0
 
     @classmethod
-    def of(cls, services: Iterable[Service], revision: int = 0) -> "ServiceTable":
+    def of(cls, services: Iterable[Service], revision: int = 0) -> ServiceTable:
         table: dict[Key, Service] = {}
         for svc in services:
             if svc.key in table:
@@ -42,7 +42,9 @@ class ServiceTable:
     def get(self, namespace: str, name: str) -> Service | None:
         return self.services.get((namespace, name))
 
-    def replace(self, puts: Iterable[Service] = (), deletes: Iterable[Key] = (), revision: int | None = None) -> "ServiceTable":
+    def replace(
+        self, puts: Iterable[Service] = (), deletes: Iterable[Key] = (), revision: int | None = None
+    ) -> ServiceTable:
         """A new table with ``puts`` added or replaced and ``deletes`` removed."""
         table = dict(self.services)
         for key in deletes:

@@ -1,0 +1,53 @@
+"""The sources of truth for Services: one contract, several registries.
+
+A registry gives a consistent :class:`Snapshot` (a revision, the Services with their VIPs allocated,
+and the errors of entries that are not valid), then, through ``watch()``, a new Snapshot each time
+something changed. It never forgets state it had: an entry that turns bad keeps its last good
+version, an outage keeps everything. The embedded registry is a directory of service files
+(:mod:`.files`); ``open_registry`` picks the registry from a path or URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..table import Key, ServiceTable
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    revision: int
+    table: ServiceTable
+    errors: Mapping[str, str] = field(default_factory=dict)  # source (file, key) -> what is wrong
+
+    @property
+    def services(self):
+        return self.table.services
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+def open_registry(location: str, service_cidrs: list[str] | None = None):
+    """The registry at ``location``: a directory path (or ``file://`` URL) for the embedded registry.
+
+    ``service_cidrs`` None: the CIDRs the registry recorded when it first allocated (else the default
+    10.96.0.0/12), so the CLI and the agent always agree."""
+    from ..errors import UsageError
+
+    if location.startswith("etcd://"):
+        raise UsageError(f"registry {location!r}: the etcd registry is not available yet; use a directory")
+    if "://" in location and not location.startswith("file://"):
+        raise UsageError(f"registry {location!r}: expected a directory path or etcd://host:port/prefix")
+    from .files import FileRegistry
+
+    return FileRegistry(location.removeprefix("file://"), service_cidrs)
+
+
+def load_table(location: str, service_cidrs: list[str] | None = None) -> ServiceTable:
+    """Read the registry once and return its ServiceTable (for one-shot commands)."""
+    return open_registry(location, service_cidrs).snapshot().table
+
+
+__all__ = ["Key", "Snapshot", "open_registry", "load_table"]

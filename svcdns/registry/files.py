@@ -1,0 +1,404 @@
+"""The embedded registry: a directory of service files (YAML or JSON), one Service per file.
+
+Files may sit anywhere under the directory; the CLI writes ``<ns>/<name>.yaml``. A file is read only
+when complete (the watcher reacts to close-after-write and rename-in, never to partial writes), and
+hidden, backup and swap files (``.x``, ``x~``, ``#x#``, ``x.swp``, ``x.tmp``) are never read.
+
+What a bad file does: it is reported (a log line, and an error row in ``svcdns service list``) and
+the **last good version** of its Service is kept, so a botched edit never takes a working Service
+down (the same choice Kubernetes makes by rejecting an invalid update and keeping the stored
+object). A file that was never good is simply not a Service. A deleted file deletes its Service.
+
+Two files naming the same Service: the one at the canonical path ``<ns>/<name>.yaml`` wins, else the
+first in path order; the other is reported.
+
+VIPs are not written into the operator's files: they live in the allocation store beside them
+(:mod:`.store`), so every reader (CLI, agent) sees the same VIP for a Service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import NotFound, SvcdnsError, UsageError
+from ..ipam import Allocator
+from ..model import Service, ValidationError
+from ..table import Key, ServiceTable
+from . import Snapshot
+from .documents import MAX_DOCUMENT_BYTES, DocumentError, decode, encode
+from .store import STATE_DIR, Allocation, AllocationStore, atomic_write, registry_lock
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".yaml", ".yml", ".json")
+_IGNORED_SUFFIXES = ("~", ".swp", ".swx", ".tmp", ".part", ".bak", ".orig", ".rej", ".dpkg-new", ".dpkg-old")
+
+
+def is_service_file(name: str) -> bool:
+    """Whether a file name can hold a Service (not hidden, not an editor or package manager leftover)."""
+    if name.startswith((".", "#")) or name.endswith(_IGNORED_SUFFIXES):
+        return False
+    return name.endswith(SUFFIXES)
+
+
+def holder_of(key: Key) -> str:
+    return f"{key[0]}/{key[1]}"
+
+
+@dataclass
+class FileEntry:
+    """What one file holds: its last good Service (as written: requested VIPs only) and its error."""
+
+    key: Key | None = None
+    service: Service | None = None
+    error: str | None = None
+
+
+class FileRegistry:
+    """Reads, watches and writes a registry directory. Not thread-safe: one owner at a time."""
+
+    kind = "files"
+
+    def __init__(self, root: str | os.PathLike, service_cidrs: list[str] | None = None) -> None:
+        self.root = Path(root)
+        self._cidrs = list(service_cidrs) if service_cidrs else None
+        self.entries: dict[str, FileEntry] = {}
+        self.table = ServiceTable()
+        self.key_errors: dict[Key, dict[str, str]] = {}  # key -> {source: message}
+        self.revision = 0
+        self._store: AllocationStore | None = None
+        self._lock_depth = 0
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The writer lock, re-entrant within this object (flock is not, across two opens)."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        with registry_lock(self.root):
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
+
+    def __repr__(self) -> str:
+        return f"FileRegistry({str(self.root)!r})"
+
+    # ---- paths ----------------------------------------------------------------------------------------
+
+    def canonical(self, key: Key, suffix: str = ".yaml") -> str:
+        return f"{key[0]}/{key[1]}{suffix}"
+
+    def check_root(self) -> None:
+        if not self.root.is_dir():
+            raise SvcdnsError(
+                f"registry directory {self.root} does not exist; create it (mkdir -p {self.root}) "
+                "or point --registry / $SVCDNS_REGISTRY at another"
+            )
+
+    def walk(self) -> Iterable[str]:
+        """Relative paths of every candidate service file, in a stable order."""
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            rel_dir = os.path.relpath(dirpath, self.root)
+            for name in sorted(filenames):
+                if is_service_file(name):
+                    yield name if rel_dir == "." else f"{rel_dir}/{name}"
+
+    # ---- reading ----------------------------------------------------------------------------------------
+
+    def _read(self, rel: str) -> None:
+        """(Re-)read one file into ``entries``; a missing file removes its entry."""
+        path = self.root / rel
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_DOCUMENT_BYTES + 1)
+        except FileNotFoundError:
+            self.entries.pop(rel, None)
+            return
+        except IsADirectoryError:
+            self.entries.pop(rel, None)
+            return
+        except OSError as err:
+            self._bad(rel, f"{rel}: cannot read: {err.strerror}")
+            return
+        try:
+            svc = decode(data, rel)
+        except DocumentError as err:
+            self._bad(rel, str(err))
+            return
+        self.entries[rel] = FileEntry(svc.key, svc, None)
+
+    def _bad(self, rel: str, message: str) -> None:
+        old = self.entries.get(rel)
+        if old is None or old.error != message:
+            kept = f"; keeping the last good version of {holder_of(old.key)}" if old and old.service else ""
+            log.error("registry: %s%s", message, kept)
+        self.entries[rel] = FileEntry(old.key if old else None, old.service if old else None, message)
+
+    def snapshot(self) -> Snapshot:
+        """Read the whole directory and return the consistent state."""
+        self.check_root()
+        seen = set()
+        for rel in self.walk():
+            seen.add(rel)
+            self._read(rel)
+        for rel in set(self.entries) - seen:
+            del self.entries[rel]
+        self._resolve(None)
+        return self.current()
+
+    def refresh(self, rels: Iterable[str]) -> bool:
+        """Re-read the given files (after watch events); True if the table changed."""
+        affected: set[Key] = set()
+        for rel in rels:
+            old = self.entries.get(rel)
+            if old and old.key:
+                affected.add(old.key)
+            self._read(rel)
+            new = self.entries.get(rel)
+            if new and new.key:
+                affected.add(new.key)
+        return self._resolve(affected)
+
+    def current(self) -> Snapshot:
+        errors = {rel: e.error for rel, e in self.entries.items() if e.error}
+        for by_source in self.key_errors.values():
+            for source, message in by_source.items():
+                errors.setdefault(source, message)
+        return Snapshot(self.revision, self.table, errors)
+
+    # ---- resolving: files -> Services with VIPs -------------------------------------------------------------
+
+    def _store_now(self) -> AllocationStore:
+        if self._store is None or self._store.changed_on_disk():
+            self._store = AllocationStore.load(self.root, self._cidrs)
+        return self._store
+
+    def _resolve(self, affected: set[Key] | None) -> bool:
+        """Recompute the Services of ``affected`` keys (None: all) and allocate their VIPs."""
+        candidates: dict[Key, list[str]] = {}
+        for rel, entry in self.entries.items():
+            if entry.key is not None and entry.service is not None and (affected is None or entry.key in affected):
+                candidates.setdefault(entry.key, []).append(rel)
+        keys = set(candidates) | (set(self.table.services) if affected is None else affected)
+        winners: dict[Key, str] = {}
+        for key in keys:
+            self.key_errors.pop(key, None)
+            paths = candidates.get(key)
+            if not paths:
+                continue
+            canonical = [p for p in paths if p.rsplit(".", 1)[0] == self.canonical(key, "")]
+            winner = canonical[0] if canonical else min(paths)
+            winners[key] = winner
+            for other in paths:
+                if other != winner:
+                    self.key_errors.setdefault(key, {})[other] = (
+                        f"{other}: Service {holder_of(key)} is already defined by {winner}; this file is ignored"
+                    )
+        store = self._store_now()
+        allocator = store.allocator()
+        needs: list[Key] = []
+        for key, rel in winners.items():
+            svc = self.entries[rel].service
+            held = store.services.get(holder_of(key))
+            if not svc.has_vip:  # type: ignore[union-attr]
+                continue
+            if held is None or not self._fits(svc, held.ips, allocator) or held.file != rel:  # type: ignore[arg-type]
+                needs.append(key)
+        failed = self._allocate(needs, winners) if needs else set()
+        store = self._store_now()
+        puts: list[Service] = []
+        deletes: list[Key] = []
+        for key in keys:
+            rel = winners.get(key)
+            if rel is None:
+                if key in self.table:
+                    deletes.append(key)
+                continue
+            if key in failed:
+                continue  # reported; the last good version (if any) stays
+            try:
+                puts.append(self._finish(self.entries[rel].service, store, rel))  # type: ignore[arg-type]
+            except (UsageError, ValidationError) as err:
+                self._key_error(key, rel, f"{rel}: {err}")
+        if affected is None or deletes:
+            self._release_orphans(store)
+        changed = [s for s in puts if self.table.get(*s.key) != s]
+        if not changed and not deletes:
+            return False
+        self.revision += 1
+        self.table = self.table.replace(changed, deletes, self.revision)
+        return True
+
+    @staticmethod
+    def _fits(svc: Service, ips: tuple, allocator: Allocator) -> bool:
+        if svc.cluster_ips:
+            return tuple(ips[: len(svc.cluster_ips)]) == svc.cluster_ips
+        families = svc.ip_families or (allocator.primary_family,)
+        return tuple("IPv4" if ip.version == 4 else "IPv6" for ip in ips) == tuple(families)
+
+    def _finish(self, svc: Service, store: AllocationStore, rel: str) -> Service:
+        if not svc.has_vip:
+            return svc
+        held = store.services.get(holder_of(svc.key))
+        if held is None:
+            raise SvcdnsError(f"no VIP could be allocated for {svc.ref}")
+        out = svc.with_cluster_ips(held.ips)
+        out.check_endpoint_families()
+        return out
+
+    def _key_error(self, key: Key, rel: str, message: str) -> None:
+        kept = "; keeping its last good version" if key in self.table else ""
+        log.error("registry: %s%s", message, kept)
+        self.key_errors.setdefault(key, {})[rel] = message
+
+    def _allocate(self, keys: list[Key], winners: dict[Key, str]) -> set[Key]:
+        """Allocate or re-claim VIPs for ``keys`` under the writer lock, and persist them; return the
+        keys that could not be given their VIPs (reported)."""
+        failed: set[Key] = set()
+        with self._locked():
+            store = self._store_now()
+            allocator = store.allocator()
+            dirty = False
+            for key in sorted(keys):
+                rel = winners[key]
+                svc = self.entries[rel].service
+                try:
+                    ips = allocator.assign(holder_of(key), svc.cluster_ips, svc.ip_families)  # type: ignore[union-attr]
+                except SvcdnsError as err:
+                    self._key_error(key, rel, f"{rel}: {err}")
+                    failed.add(key)
+                    continue
+                held = store.services.get(holder_of(key))
+                if held is None or held.ips != ips or held.file != rel:
+                    store.services[holder_of(key)] = Allocation(ips, rel)
+                    dirty = True
+                    log.info("registry: %s: VIP %s", holder_of(key), ", ".join(map(str, ips)))
+            if dirty:
+                store.save()
+        return failed
+
+    def _release_orphans(self, store: AllocationStore) -> None:
+        """Free the VIPs of Services no file declares any more (deleted). A file that exists but cannot
+        be read keeps its Service's VIP: it is broken, not gone."""
+        declared = {holder_of(e.key) for e in self.entries.values() if e.key}
+        orphans = [
+            h
+            for h, a in store.services.items()
+            if h not in declared and not (a.file in self.entries and self.entries[a.file].key is None)
+        ]
+        if not orphans:
+            return
+        with self._locked():
+            store = self._store_now()
+            for holder in orphans:
+                if holder in store.services and holder not in declared:
+                    log.info(
+                        "registry: %s deleted; VIP %s released", holder, ", ".join(map(str, store.services[holder].ips))
+                    )
+                    del store.services[holder]
+            store.save()
+
+    def watch(self, **options):
+        """A :class:`~.filewatch.FileWatcher`: the first snapshot, then one per change."""
+        from .filewatch import FileWatcher
+
+        return FileWatcher(self, **options)
+
+    # ---- writing (the CLI) ------------------------------------------------------------------------------------
+
+    def get(self, namespace: str, name: str) -> Service:
+        """The Service as the agent sees it (with VIPs); NotFound if no file defines it."""
+        snap = self.snapshot()
+        svc = snap.table.get(namespace, name)
+        if svc is None:
+            for source, message in snap.errors.items():
+                entry = self.entries.get(source)
+                if entry and entry.key == (namespace, name):
+                    raise SvcdnsError(f"Service {namespace}/{name} is not valid: {message}")
+            raise NotFound(f"Service {namespace}/{name} not found in {self.root}")
+        return svc
+
+    def create(self, svc: Service) -> Service:
+        """Write a new Service file and allocate its VIPs; UsageError if it exists or the VIP is taken."""
+        self.check_root()
+        with self._locked():
+            self.snapshot()
+            if any(e.key == svc.key for e in self.entries.values()):
+                rel = next(r for r, e in self.entries.items() if e.key == svc.key)
+                raise UsageError(f"Service {svc.ref} already exists (defined by {rel}); remove it first")
+            rel = self.canonical(svc.key)
+            if (self.root / rel).exists():
+                raise UsageError(f"{self.root / rel} exists but does not define {svc.ref}; move it away first")
+            store = self._store_now()
+            out = svc
+            if svc.has_vip:
+                allocator = store.allocator()
+                ips = allocator.assign(svc.ref, svc.cluster_ips, svc.ip_families)
+                out = svc.with_cluster_ips(ips)
+                out.check_endpoint_families()
+                store.services[svc.ref] = Allocation(ips, rel)
+                store.save()
+            atomic_write(self.root / rel, encode(svc, "yaml", with_vips=bool(svc.cluster_ips)).encode())
+            self.entries[rel] = FileEntry(svc.key, svc, None)
+        return out
+
+    def update(self, namespace: str, name: str, change: Callable[[Service], Service]) -> Service:
+        """Read-modify-write one Service file under the lock (so concurrent writers never lose one)."""
+        key = (namespace, name)
+        self.check_root()
+        with self._locked():
+            rel = self._find(key)
+            entry = self.entries[rel]
+            if entry.error:
+                raise SvcdnsError(f"{entry.error}; fix the file before changing it with the CLI")
+            svc = entry.service
+            assert svc is not None
+            held = self._store_now().services.get(svc.ref)
+            changed = change(svc)
+            if held and changed.has_vip:
+                changed.with_cluster_ips(held.ips).check_endpoint_families()
+            suffix = ".json" if rel.endswith(".json") else ".yaml"
+            text = encode(changed, "json" if suffix == ".json" else "yaml", with_vips=bool(changed.cluster_ips))
+            atomic_write(self.root / rel, text.encode())
+            self.entries[rel] = FileEntry(changed.key, changed, None)
+            return changed.with_cluster_ips(held.ips) if held and changed.has_vip else changed
+
+    def delete(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        self.check_root()
+        with self._locked():
+            rel = self._find(key)
+            (self.root / rel).unlink()
+            self.entries.pop(rel, None)
+            store = self._store_now()
+            if store.services.pop(holder_of(key), None) is not None:
+                store.save()
+
+    def _find(self, key: Key) -> str:
+        """The file that defines ``key``: the canonical path if it does, else found by a scan."""
+        for suffix in SUFFIXES:
+            rel = self.canonical(key, suffix)
+            if (self.root / rel).is_file():
+                self._read(rel)
+                if self.entries.get(rel) and self.entries[rel].key == key:
+                    return rel
+        self.snapshot()
+        for rel, entry in sorted(self.entries.items()):
+            if entry.key == key:
+                return rel
+        raise NotFound(f"Service {holder_of(key)} not found in {self.root}")
+
+
+__all__ = ["FileRegistry", "FileEntry", "is_service_file", "STATE_DIR"]

@@ -1,0 +1,208 @@
+"""Watching the registry directory with inotify: a snapshot, then a new snapshot per change.
+
+Only complete files are read: the watch reacts to ``IN_CLOSE_WRITE`` (a writer closed the file) and
+``IN_MOVED_TO`` (a file renamed into place, as the CLI and most editors and orchestrators do), never to
+``IN_MODIFY``. New subdirectories are watched as they appear. A queue overflow, or the periodic safety
+rescan, re-reads everything and converges to the same state. If the registry directory itself
+disappears, everything already known is kept (the agent keeps its rules and answers), the problem is
+reported in ``problem``, and the watch resumes with a full rescan when the directory is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import time
+from collections.abc import Iterator
+
+from inotify_simple import INotify
+from inotify_simple import flags as F
+
+from . import Snapshot
+from .files import FileRegistry, is_service_file
+
+log = logging.getLogger(__name__)
+
+_DIR_MASK = F.CLOSE_WRITE | F.MOVED_TO | F.MOVED_FROM | F.DELETE | F.CREATE | F.DELETE_SELF | F.MOVE_SELF | F.ONLYDIR
+
+
+class FileWatcher:
+    """``for snap in FileWatcher(registry): ...`` yields the first snapshot, then one per change.
+
+    ``poll(timeout)`` is the non-blocking form: a new Snapshot if something changed within
+    ``timeout`` seconds, else None. ``close()`` releases the inotify descriptor."""
+
+    def __init__(self, registry: FileRegistry, rescan_interval: float = 600.0, retry_interval: float = 1.0) -> None:
+        self.registry = registry
+        self.rescan_interval = rescan_interval
+        self.retry_interval = retry_interval
+        self.problem: str | None = None
+        self._inotify: INotify | None = None
+        self._dirs: dict[int, str] = {}  # watch descriptor -> relative directory ("" for the root)
+        self._last_rescan = 0.0
+        self._started = False
+        self._last_errors: dict[str, str] = {}
+
+    # ---- lifecycle --------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+        self._dirs.clear()
+
+    def __enter__(self) -> FileWatcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Snapshot]:
+        yield self.start()
+        while True:
+            snap = self.poll(None)
+            if snap is not None:
+                yield snap
+
+    @property
+    def healthy(self) -> bool:
+        return self.problem is None
+
+    def start(self) -> Snapshot:
+        """Set up the watches, then read everything (in that order, so no change falls in between)."""
+        self._started = True
+        if self._setup():
+            return self._rescan(force_snapshot=True)  # type: ignore[return-value]
+        return self.registry.current()
+
+    # ---- the loop -----------------------------------------------------------------------------------------
+
+    def poll(self, timeout: float | None) -> Snapshot | None:
+        """Wait up to ``timeout`` seconds (None: until a change) and return a new Snapshot, or None."""
+        if not self._started:
+            return self.start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._inotify is None:
+                # the directory is gone (or was never there): keep what we know, retry
+                if self._setup():
+                    log.warning("registry: %s is back; rescanning", self.registry.root)
+                    snap = self._rescan(force_snapshot=False)
+                    if snap is not None:
+                        return snap
+                    continue
+                wait = self.retry_interval
+            else:
+                wait = max(0.0, self._last_rescan + self.rescan_interval - time.monotonic())
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - time.monotonic()))
+            if self._inotify is not None:
+                ready, _, _ = select.select([self._inotify.fileno()], [], [], wait)
+                if ready:
+                    snap = self._handle(self._inotify.read(timeout=0))
+                    if snap is not None:
+                        return snap
+                elif time.monotonic() >= self._last_rescan + self.rescan_interval:
+                    snap = self._rescan(force_snapshot=False)
+                    if snap is not None:
+                        return snap
+            else:
+                time.sleep(wait)
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def _setup(self) -> bool:
+        self.close()
+        root = self.registry.root
+        if not root.is_dir():
+            self._lost(f"registry directory {root} does not exist; keeping the last known Services")
+            return False
+        self._inotify = INotify()
+        try:
+            self._watch_tree("")
+        except OSError as err:
+            self.close()
+            self._lost(f"cannot watch {root}: {err.strerror}; keeping the last known Services")
+            return False
+        self.problem = None
+        return True
+
+    def _lost(self, message: str) -> None:
+        if self.problem != message:
+            log.error("registry: %s", message)
+        self.problem = message
+
+    def _watch_tree(self, rel_dir: str) -> list[str]:
+        """Watch ``rel_dir`` and its subdirectories; return the service files found in them."""
+        assert self._inotify is not None
+        found: list[str] = []
+        base = self.registry.root / rel_dir if rel_dir else self.registry.root
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = os.path.relpath(dirpath, self.registry.root)
+            rel = "" if rel == "." else rel
+            try:
+                wd = self._inotify.add_watch(dirpath, _DIR_MASK)
+            except FileNotFoundError:
+                continue  # removed while we walked
+            self._dirs[wd] = rel
+            found.extend(f"{rel}/{n}" if rel else n for n in filenames if is_service_file(n))
+        return found
+
+    def _rescan(self, force_snapshot: bool) -> Snapshot | None:
+        self._last_rescan = time.monotonic()
+        before = self.registry.revision
+        try:
+            self.registry.snapshot()
+        except OSError as err:
+            self._lost(f"cannot read {self.registry.root}: {err}; keeping the last known Services")
+        return self._news(force_snapshot or self.registry.revision != before)
+
+    def _news(self, changed: bool) -> Snapshot | None:
+        """The current snapshot if the table or the set of errors changed since the last one given."""
+        snap = self.registry.current()
+        if changed or snap.errors != self._last_errors:
+            self._last_errors = dict(snap.errors)
+            return snap
+        return None
+
+    def _handle(self, events) -> Snapshot | None:
+        changed: list[str] = []
+        rescan = False
+        for ev in events:
+            if ev.mask & F.Q_OVERFLOW:
+                log.warning("registry: inotify queue overflowed; rescanning %s", self.registry.root)
+                rescan = True
+                continue
+            rel_dir = self._dirs.get(ev.wd)
+            if ev.mask & F.IGNORED:
+                self._dirs.pop(ev.wd, None)
+                continue
+            if rel_dir is None:
+                continue
+            if ev.mask & (F.DELETE_SELF | F.MOVE_SELF):
+                if rel_dir == "":
+                    self.close()
+                    self._lost(f"registry directory {self.registry.root} was removed; keeping the last known Services")
+                    return None
+                continue
+            rel = f"{rel_dir}/{ev.name}" if rel_dir else ev.name
+            if ev.mask & F.ISDIR:
+                if ev.name.startswith("."):
+                    continue
+                if ev.mask & (F.CREATE | F.MOVED_TO):
+                    changed.extend(self._watch_tree(rel))
+                else:  # a directory deleted or moved away: everything under it is gone
+                    changed.extend(p for p in self.registry.entries if p.startswith(rel + "/"))
+                continue
+            if not is_service_file(ev.name):
+                continue
+            if ev.mask & F.CREATE and not os.path.islink(self.registry.root / rel):
+                continue  # wait for the writer to close it
+            changed.append(rel)
+        if self._inotify is None:
+            return None
+        if rescan:
+            return self._rescan(force_snapshot=False)
+        return self._news(bool(changed) and self.registry.refresh(dict.fromkeys(changed)))

@@ -1,0 +1,189 @@
+"""The Service model: the port syntax, validation errors that name field and value, the document form."""
+
+import ipaddress
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from svcdns.model import (
+    Endpoint,
+    Service,
+    ServicePort,
+    ValidationError,
+    parse_port_spec,
+)
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("80", ServicePort(80, "TCP", 80, "")),
+        ("80/udp", ServicePort(80, "UDP", 80, "")),
+        ("http:80", ServicePort(80, "TCP", 80, "http")),
+        ("http:80:8080/tcp", ServicePort(80, "TCP", 8080, "http")),
+        ("80:8080", ServicePort(80, "TCP", 8080, "")),
+        ("dns:53/UDP", ServicePort(53, "UDP", 53, "dns")),
+        ("diameter:3868/sctp", ServicePort(3868, "SCTP", 3868, "diameter")),
+    ],
+)
+def test_port_spec_parses(spec, expected):
+    assert parse_port_spec(spec) == expected
+
+
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        ("", "expected [name:]port"),
+        ("70000", "1 to 65535"),
+        ("0", "1 to 65535"),
+        ("80/icmp", "unknown protocol 'icmp'"),
+        ("http:", "expected [name:]port"),
+        ("http:80:90:100", "expected [name:]port"),
+        ("HTTP:80", "port name"),
+        ("a--b:80", "port name"),
+        ("toolongportname1:80", "port name"),
+        ("80:0", "1 to 65535"),
+    ],
+)
+def test_port_spec_errors_name_the_value(spec, says):
+    with pytest.raises(ValidationError) as err:
+        parse_port_spec(spec)
+    assert says in str(err.value)
+    assert err.value.value == spec
+
+
+_port_names = st.from_regex(r"\A[a-z]([a-z0-9]{0,13})\Z")
+
+
+@given(
+    name=st.one_of(st.just(""), _port_names),
+    port=st.integers(1, 65535),
+    target=st.integers(1, 65535),
+    proto=st.sampled_from(["tcp", "udp", "sctp"]),
+)
+def test_port_spec_round_trips(name, port, target, proto):
+    p = ServicePort(port, proto, target, name)
+    assert parse_port_spec(str(p)) == p
+
+
+def _svc(**kw):
+    kw.setdefault("name", "web")
+    kw.setdefault("ports", (ServicePort(80, name="http"),))
+    return Service(**kw)
+
+
+@pytest.mark.parametrize(
+    "kw, field, value",
+    [
+        ({"name": "Web"}, "name", "Web"),
+        ({"name": "a" * 64}, "name", "a" * 64),
+        ({"name": "-web"}, "name", "-web"),
+        ({"namespace": "my_ns"}, "namespace", "my_ns"),
+        ({"type": "LoadBalancer"}, "type", "LoadBalancer"),
+        ({"ports": (ServicePort(80, name="a"), ServicePort(81, name="a"))}, "ports[1].name", "a"),
+        ({"ports": (ServicePort(80, name="a"), ServicePort(80, name="b"))}, "ports[1].port", 80),
+        ({"ports": (ServicePort(80), ServicePort(81, name="b"))}, "ports[0].name", ""),
+        ({"ports": ()}, "ports", []),
+        ({"cluster_ips": ("10.96.0.300",)}, "clusterIPs[0]", "10.96.0.300"),
+        ({"cluster_ips": ("224.0.0.1",)}, "clusterIPs[0]", "224.0.0.1"),
+        ({"session_affinity": "Cookie"}, "sessionAffinity", "Cookie"),
+        ({"session_affinity": "ClientIP", "affinity_timeout": 0}, "sessionAffinityTimeoutSeconds", 0),
+        ({"endpoints": (Endpoint("10.0.0.1"), Endpoint("10.0.0.1"))}, "endpoints[1].address", "10.0.0.1"),
+        (
+            {"cluster_ips": ("10.96.0.5",), "endpoints": (Endpoint("fd00::5"),)},
+            "endpoints[0].address",
+            "fd00::5",
+        ),
+        ({"type": "ExternalName", "ports": ()}, "externalName", ""),
+        ({"type": "ExternalName", "external_name": "bad..name"}, "externalName", "bad..name"),
+        ({"type": "Headless", "cluster_ips": ("10.96.0.5",)}, "clusterIP", "10.96.0.5"),
+    ],
+)
+def test_service_validation_names_field_and_value(kw, field, value):
+    with pytest.raises(ValidationError) as err:
+        _svc(**kw)
+    assert err.value.field == field
+    assert err.value.value == value
+    assert repr(value) in str(err.value)
+
+
+def test_endpoint_validation():
+    with pytest.raises(ValidationError, match="'hostname'|hostname"):
+        Endpoint("10.0.0.1", hostname="Web_0")
+    with pytest.raises(ValidationError) as err:
+        Endpoint("not-an-ip")
+    assert err.value.field == "address"
+    with pytest.raises(ValidationError):
+        Endpoint("::ffff:10.0.0.1")  # IPv4-mapped: write the IPv4 address
+    assert Endpoint("10.0.0.1", ready=False).serving is False
+    assert Endpoint("FD00::0001").address == ipaddress.ip_address("fd00::1")
+
+
+def test_usable_endpoints_fall_back_to_serving_terminating():
+    ready = Endpoint("10.0.0.1")
+    draining = Endpoint("10.0.0.2", ready=False, serving=True, terminating=True)
+    dead = Endpoint("10.0.0.3", ready=False, serving=False, terminating=True)
+    unready = Endpoint("10.0.0.4", ready=False)
+    assert _svc(endpoints=(ready, draining, dead, unready)).usable_endpoints() == (ready,)
+    assert _svc(endpoints=(draining, dead, unready)).usable_endpoints() == (draining,)
+    assert _svc(endpoints=(dead, unready)).usable_endpoints() == ()
+
+
+def test_document_round_trip_and_kubernetes_field_names():
+    svc = Service(
+        name="web",
+        ports=(ServicePort(80, "TCP", 8080, "http"), ServicePort(53, "UDP", 53, "dns")),
+        cluster_ips=("10.96.0.10",),
+        session_affinity="ClientIP",
+        affinity_timeout=60,
+        endpoints=(Endpoint("10.0.0.1", hostname="web-0"), Endpoint("10.0.0.2", ready=False)),
+    )
+    doc = svc.to_dict()
+    assert doc["clusterIP"] == "10.96.0.10" and doc["clusterIPs"] == ["10.96.0.10"]
+    assert doc["ports"][0] == {"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}
+    assert doc["sessionAffinity"] == "ClientIP" and doc["sessionAffinityTimeoutSeconds"] == 60
+    assert doc["endpoints"][1] == {"address": "10.0.0.2", "ready": False, "serving": False, "terminating": False}
+    assert Service.from_dict(doc) == svc
+
+
+def test_from_dict_reports_nested_fields_and_unknown_keys():
+    with pytest.raises(ValidationError) as err:
+        Service.from_dict({"name": "web", "ports": [{"port": 80, "protocol": "ICMP"}]})
+    assert err.value.field == "ports[0].protocol" and err.value.value == "ICMP"
+    with pytest.raises(ValidationError) as err:
+        Service.from_dict({"name": "web", "prots": []})
+    assert err.value.field == "prots" and "known fields" in err.value.reason
+    with pytest.raises(ValidationError) as err:
+        Service.from_dict(
+            {"name": "web", "ports": [{"port": 80}], "endpoints": [{"address": "10.0.0.1", "ready": "yes"}]}
+        )
+    assert err.value.field == "endpoints[0].ready"
+
+
+def test_kubernetes_headless_spelling_and_dual_stack_policy():
+    assert Service.from_dict({"name": "db", "clusterIP": "None", "ports": [{"port": 5432}]}).type == "Headless"
+    dual = Service.from_dict({"name": "web", "ipFamilyPolicy": "PreferDualStack", "ports": [{"port": 80}]})
+    assert dual.ip_families == ("IPv4", "IPv6")
+
+
+_labels = st.from_regex(r"\A[a-z]([a-z0-9-]{0,10}[a-z0-9])?\Z")
+_ipv4 = st.ip_addresses(v=4).filter(lambda ip: not (ip.is_unspecified or ip.is_multicast or ip.is_loopback))
+
+
+@given(
+    name=_labels,
+    namespace=_labels,
+    ports=st.lists(
+        st.tuples(st.integers(1, 65535), st.sampled_from(["TCP", "UDP", "SCTP"])), min_size=1, max_size=4, unique=True
+    ),
+    endpoints=st.lists(st.tuples(_ipv4, st.booleans()), max_size=5, unique_by=lambda t: t[0]),
+)
+def test_document_round_trip_property(name, namespace, ports, endpoints):
+    svc = Service(
+        name=name,
+        namespace=namespace,
+        ports=tuple(ServicePort(p, proto, 0, f"p{i}") for i, (p, proto) in enumerate(ports)),
+        endpoints=tuple(Endpoint(ip, ready=r) for ip, r in endpoints),
+    )
+    assert Service.from_dict(svc.to_dict()) == svc
