@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -105,6 +106,10 @@ def register(sub, common: argparse.ArgumentParser) -> None:
 
 
 def _registry(args):
+    if not args.verbose:
+        # the CLI shows bad files as ERROR rows of `service list` (and errors of the Service asked
+        # for as the command's error); log lines about other files would only be noise here
+        logging.getLogger("svcdns.registry").setLevel(logging.CRITICAL)
     cidrs = getattr(args, "service_cidr", None)
     if not cidrs and os.environ.get("SVCDNS_SERVICE_CIDRS"):
         cidrs = [c for c in os.environ["SVCDNS_SERVICE_CIDRS"].split(",") if c.strip()]
