@@ -44,7 +44,9 @@ def main() -> int:
         sh(*svcdns, "endpoint", "add", "web", "10.244.3.2", "--not-ready")
         sh(*svcdns, "service", "get", "web")
         step("A hand-written file is a Service too; a broken one is reported and ignored")
-        Path(registry, "api.yaml").write_text("name: api\nports:\n  - {name: grpc, port: 9090}\nendpoints: [10.244.4.2]\n")
+        Path(registry, "api.yaml").write_text(
+            "name: api\nports:\n  - {name: grpc, port: 9090}\nendpoints: [10.244.4.2]\n"
+        )
         Path(registry, "broken.yaml").write_text("name: broken\nports:\n  - {port: 99999}\n")
         sh(*svcdns, "service", "list")
         step("Bad input is refused with the field and the value (exit 2)")

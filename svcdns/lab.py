@@ -244,3 +244,88 @@ def stale_namespaces(prefix: str = "svcdns-") -> list[str]:
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class EtcdServer:
+    """A throwaway etcd on loopback ports with its own data directory (Debian's etcd-server), for
+    tests and benchmarks. ``members`` > 1 starts a cluster; ``stop(i)`` / ``start(i)`` one member."""
+
+    data_root: Path
+    members: int = 1
+    _procs: dict[int, subprocess.Popen] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.client_ports = [free_port() for _ in range(self.members)]
+        self.peer_ports = [free_port() for _ in range(self.members)]
+        self.cluster = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, p in enumerate(self.peer_ports))
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.client_ports)
+        return f"etcd://{hosts}/svcdns-test"
+
+    def _cmd(self, i: int) -> list[str]:
+        binary = "/usr/bin/etcd" if Path("/usr/bin/etcd").exists() else "etcd"
+        client = f"http://127.0.0.1:{self.client_ports[i]}"
+        peer = f"http://127.0.0.1:{self.peer_ports[i]}"
+        return [
+            binary, "--name", f"m{i}", "--data-dir", str(self.data_root / f"m{i}"),
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", self.cluster, "--initial-cluster-state", "new",
+            "--heartbeat-interval", "50", "--election-timeout", "500", "--log-level", "error",
+        ]  # fmt: skip
+
+    def start(self, i: int | None = None) -> None:
+        for k in range(self.members) if i is None else [i]:
+            if k in self._procs and self._procs[k].poll() is None:
+                continue
+            log = open(self.data_root / f"m{k}.log", "ab")
+            self._procs[k] = subprocess.Popen(self._cmd(k), stdout=log, stderr=log, start_new_session=True)
+            log.close()
+        self.wait_ready(i)
+
+    def wait_ready(self, i: int | None = None, timeout: float = 30.0) -> None:
+        """Wait until the member(s) answer etcd's /health with true (a leader elected, quorum)."""
+        import urllib.request
+
+        for k in range(self.members) if i is None else [i]:
+
+            def healthy(port=self.client_ports[k]) -> bool:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
+                        return b'"true"' in resp.read()
+                except OSError:
+                    return False
+
+            wait_for(healthy, timeout, 0.05, f"etcd member m{k} on port {self.client_ports[k]} to be healthy")
+
+    def stop(self, i: int | None = None, sig: int = signal.SIGTERM) -> None:
+        for k in list(self._procs) if i is None else [i]:
+            proc = self._procs.pop(k, None)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(sig)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def __enter__(self) -> EtcdServer:
+        self.data_root.mkdir(parents=True, exist_ok=True)
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

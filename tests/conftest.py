@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -32,6 +33,22 @@ def pytest_collection_modifyitems(config, items):
                 reason, checked = _root_reason(), True
             if reason:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory):
+    """One throwaway etcd on loopback ports for the session (tests use their own key prefixes)."""
+    if not shutil.which("etcd") and not os.path.exists("/usr/bin/etcd"):
+        pytest.skip("needs Debian's etcd-server package (apt-get install etcd-server); tests/run installs it")
+    with lab.EtcdServer(tmp_path_factory.mktemp("etcd")) as server:
+        yield server
+
+
+@pytest.fixture
+def etcd_url(etcd_server, request):
+    """An etcd registry URL with a prefix of this test's own."""
+    name = "".join(c if c.isalnum() else "-" for c in request.node.name)[:80]
+    return etcd_server.url.rsplit("/", 1)[0] + f"/t-{name}-{os.getpid()}"
 
 
 @pytest.fixture

@@ -30,14 +30,17 @@ class Snapshot:
 
 
 def open_registry(location: str, service_cidrs: list[str] | None = None):
-    """The registry at ``location``: a directory path (or ``file://`` URL) for the embedded registry.
+    """The registry at ``location``: a directory path (or ``file://`` URL) for the embedded registry,
+    ``etcd://host:port[,host:port]/prefix`` for etcd.
 
     ``service_cidrs`` None: the CIDRs the registry recorded when it first allocated (else the default
     10.96.0.0/12), so the CLI and the agent always agree."""
     from ..errors import UsageError
 
     if location.startswith("etcd://"):
-        raise UsageError(f"registry {location!r}: the etcd registry is not available yet; use a directory")
+        from .etcd import EtcdRegistry
+
+        return EtcdRegistry(location, service_cidrs)
     if "://" in location and not location.startswith("file://"):
         raise UsageError(f"registry {location!r}: expected a directory path or etcd://host:port/prefix")
     from .files import FileRegistry

@@ -1,0 +1,119 @@
+"""etcd-only behaviour: URLs, adoption races, watch resume, compaction, outages, a member lost."""
+
+import json
+import threading
+
+import pytest
+
+from svcdns.errors import UsageError
+from svcdns.lab import EtcdServer, wait_for
+from svcdns.model import Service, ServicePort
+from svcdns.registry import open_registry
+from svcdns.registry.etcd import parse_url
+
+
+def test_url_parsing():
+    opts = parse_url("etcd://a:1,b/pre/fix?cacert=/ca.pem&username=u&password=p")
+    assert opts.endpoints == (("a", 1), ("b", 2379))
+    assert opts.prefix == "/pre/fix" and opts.ca_file == "/ca.pem" and opts.username == "u"
+    assert parse_url("etcd://127.0.0.1:2379").prefix == "/svcdns"
+    with pytest.raises(UsageError, match="unknown option"):
+        parse_url("etcd://h/p?tls=1")
+    with pytest.raises(UsageError, match="bad port"):
+        parse_url("etcd://h:xx/p")
+
+
+def svc(name):
+    return Service(name, ports=(ServicePort(80),))
+
+
+def test_two_hosts_adopting_at_once_agree_on_one_vip(etcd_url):
+    writer = open_registry(etcd_url)
+    for i in range(20):
+        value = json.dumps({"name": f"s{i}", "ports": [{"port": 80}]}).encode()
+        key = writer.service_key(("default", f"s{i}"))
+        writer.run(writer.call(lambda c, k=key, v=value: c.put(k, v)))
+    hosts = [open_registry(etcd_url) for _ in range(4)]
+    results = [None] * len(hosts)
+
+    def adopt(i):
+        results[i] = hosts[i].snapshot().table
+
+    threads = [threading.Thread(target=adopt, args=(i,)) for i in range(len(hosts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    final = open_registry(etcd_url).snapshot().table
+    vips = [s.cluster_ips for s in final]
+    assert len(final) == 20 and len(set(vips)) == 20  # one VIP per Service, never shared
+    for table in results:  # every host saw either nothing yet or the agreed VIP
+        for s in table:
+            assert s.cluster_ips == final.get(*s.key).cluster_ips
+    for h in hosts + [writer]:
+        h.close()
+
+
+def test_watch_resumes_after_an_etcd_restart_and_sees_changes_made_while_down(tmp_path):
+    with EtcdServer(tmp_path / "etcd") as server:
+        reg = open_registry(server.url)
+        reg.create(svc("before"))
+        watcher = open_registry(server.url).watch(retry_interval=0.05)
+        try:
+            watcher.start()
+            server.stop()
+            wait_for(lambda: not watcher.healthy, 10, what="the watch to notice etcd is gone")
+            assert ("default", "before") in watcher.registry.table.services  # nothing forgotten
+            server.start()
+            other = open_registry(server.url)
+            other.create(svc("during"))
+            wait_for(lambda: ("default", "during") in watcher.registry.table.services, 20, what="the resumed watch")
+            assert watcher.healthy
+            other.close()
+        finally:
+            watcher.close()
+            reg.close()
+
+
+def test_compaction_past_the_watch_revision_takes_a_fresh_snapshot(etcd_url):
+    reg = open_registry(etcd_url)
+    reg.create(svc("keep"))
+    reg.create(svc("gone"))
+    watcher = open_registry(etcd_url).watch(retry_interval=0.05)
+    try:
+        watcher.start()
+        # break the watch, change things, and compact the history the watch would resume from
+        watcher.close()
+        reg.delete("default", "gone")
+        reg.create(svc("new"))
+        for _ in range(5):
+            reg.update("default", "keep", lambda s: s)
+        head = reg.run(reg.call(lambda c: c.get(reg.service_key(("default", "keep"))))).header.revision
+        reg.run(reg.call(lambda c: c.compact(head)))
+        keep_before = watcher.registry.table.get("default", "keep")
+        watcher.resume()  # from the old revision: compacted
+        wait_for(lambda: ("default", "new") in watcher.registry.table.services, 20, what="the fresh snapshot")
+        table = watcher.registry.table
+        assert ("default", "gone") not in table.services
+        assert table.get("default", "keep") == keep_before  # unchanged Services are not flapped
+    finally:
+        watcher.close()
+        reg.close()
+
+
+def test_a_three_member_cluster_survives_losing_a_member(tmp_path):
+    with EtcdServer(tmp_path / "cluster", members=3) as cluster:
+        reg = open_registry(cluster.url)
+        reg.create(svc("a"))
+        watcher = open_registry(cluster.url).watch(retry_interval=0.05)
+        try:
+            watcher.start()
+            cluster.stop(0)  # the member both clients talk to first
+            reg.create(svc("b"))
+            wait_for(
+                lambda: ("default", "b") in watcher.registry.table.services, 30, what="the watch on another member"
+            )
+            assert reg.get("default", "a").cluster_ips
+        finally:
+            watcher.close()
+            reg.close()
