@@ -96,11 +96,94 @@ def measure(fn, *args, runs: int) -> tuple[float, float]:
     return statistics.median(times), statistics.median(peaks)
 
 
+def bench_etcd(n: int, changes: int) -> list[tuple[str, float, float, str]]:
+    """n Services in a throwaway etcd: a snapshot's time, and one change's propagation to two
+    watchers (two hosts' agents), p50 and p99 over ``changes`` changes."""
+    import asyncio
+    import threading
+
+    from svcdns.lab import EtcdServer
+    from svcdns.registry import open_registry
+
+    rows = []
+    data = Path(tempfile.mkdtemp(prefix="svcdns-bench-etcd-"))
+    try:
+        with EtcdServer(data) as server:
+            writer = open_registry(server.url)
+            writer.run(writer.ensure_cidrs())
+
+            async def load() -> None:
+                client = await writer.client()
+                for start in range(0, n, 200):
+                    await asyncio.gather(*(
+                        client.put(writer.service_key((f"ns-{i % 50}", f"svc-{i}")), json.dumps({
+                            "name": f"svc-{i}", "namespace": f"ns-{i % 50}",
+                            "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+                            "endpoints": [{"address": f"10.{(i >> 8) & 255}.{i & 255}.{k + 1}"} for k in range(10)],
+                        }).encode())
+                        for i in range(start, min(n, start + 200))
+                    ))  # fmt: skip
+
+            writer.run(load(), timeout=600)
+            t = time.perf_counter()
+            snap = open_registry(server.url).snapshot()  # adopts: allocates and claims every VIP
+            first = time.perf_counter() - t
+            assert len(snap) == n, (len(snap), list(snap.errors.items())[:3])
+            rows.append((f"etcd snapshot {n:,} Services, first (adopts)", first, 0.0, "-"))
+            t = time.perf_counter()
+            open_registry(server.url).snapshot()
+            rows.append((f"etcd snapshot {n:,} Services, again", time.perf_counter() - t, 0.0, "-"))
+
+            watchers = [open_registry(server.url).watch() for _ in range(2)]
+            for w in watchers:
+                w.start()
+            seen: list[dict[int, float]] = [{}, {}]
+
+            def follow(k: int) -> None:
+                w = watchers[k]
+                while len(seen[k]) < changes:
+                    got = w.poll(30)
+                    if got is None:
+                        return
+                    now = time.perf_counter()
+                    svc = got.table.get("ns-0", "svc-0")
+                    for e in svc.endpoints if svc else ():
+                        mark = int(str(e.address).rsplit(".", 1)[1])
+                        if str(e.address).startswith("10.250.") and mark not in seen[k]:
+                            seen[k][mark] = now
+
+            threads = [threading.Thread(target=follow, args=(k,)) for k in range(2)]
+            for th in threads:
+                th.start()
+            sent: dict[int, float] = {}
+            from svcdns.model import Endpoint
+
+            for c in range(changes):
+                sent[c] = time.perf_counter()
+                writer.update(
+                    "ns-0", "svc-0", lambda s, c=c: s.with_endpoints(s.endpoints + (Endpoint(f"10.250.0.{c}"),))
+                )
+                time.sleep(0.02)
+            for th in threads:
+                th.join(60)
+            lat = sorted(max(seen[k].get(c, float("inf")) for k in range(2)) - sent[c] for c in range(changes))
+            p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+            rows.append((f"etcd change -> both watchers, p50 ({changes} changes)", p50, 0.0, "-"))
+            rows.append((f"etcd change -> both watchers, p99 ({changes} changes)", p99, 0.0, "-"))
+            for w in watchers:
+                w.close()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--services", type=int, default=10_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="print the rows as JSON too")
+    ap.add_argument("--etcd", action="store_true", help="also: the etcd registry (needs Debian's etcd-server)")
+    ap.add_argument("--changes", type=int, default=100, help="with --etcd: changes whose propagation is timed")
     args = ap.parse_args()
     n = args.services
     rows: list[tuple[str, float, float, str]] = []
@@ -122,10 +205,14 @@ def main() -> None:
     finally:
         shutil.rmtree(root)
 
+    if args.etcd:
+        rows += bench_etcd(n, args.changes)
+
     width = max(len(r[0]) for r in rows)
     print(f"{'what':<{width}}  {'seconds':>8}  {'peak RSS MB':>11}  ratio to baseline")
     for what, sec, mem, ratio in rows:
-        print(f"{what:<{width}}  {sec:8.3f}  {mem:11.1f}  {ratio}")
+        memtext = f"{mem:11.1f}" if mem else f"{'-':>11}"
+        print(f"{what:<{width}}  {sec:8.3f}  {memtext}  {ratio}")
     if args.json:
         print(json.dumps([{"what": r[0], "seconds": r[1], "peak_rss_mb": r[2]} for r in rows]))
 

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 2379
 DEFAULT_PREFIX = "/svcdns"
 CAS_RETRIES = 200
+RANGE_PAGE = 1000  # keys per read: well under gRPC's 4 MiB message limit with 1 MiB documents at most
 
 
 class RegistryUnavailable(SvcdnsError):
@@ -135,6 +136,7 @@ _GRPC_OPTIONS = {
     "grpc.max_reconnect_backoff_ms": 2000,
     "grpc.keepalive_time_ms": 10000,
     "grpc.keepalive_timeout_ms": 5000,
+    "grpc.max_receive_message_length": 64 << 20,
 }
 _UNAVAILABLE = (
     aetcd.exceptions.ConnectionFailedError,
@@ -164,6 +166,8 @@ class EtcdRegistry:
         self.vips: dict[IPAddress, str] = {}
         self.table = ServiceTable()
         self.revision = 0
+        self.dirty: set[Key] | None = None  # keys to recompute; None: all of them
+        self.rebuilt: set[Key] = set()  # the keys the last rebuild recomputed
         self._endpoint = 0
         self._client: aetcd.Client | None = None
         self._loop = asyncio.new_event_loop()
@@ -262,14 +266,38 @@ class EtcdRegistry:
 
     async def read_all(self) -> int:
         """Read every key under the prefix at one revision into the state; return that revision."""
-        resp = await self.call(lambda c: c.get_prefix(self.prefix + b"/"))
+        revision, kvs = await self.call(lambda c: self._range(c, self.prefix + b"/"))
+        self.dirty = None  # everything is recomputed
         seen: set[Key] = set()
         self.vips.clear()
-        for kv in resp:
+        for kv in kvs:
             self.apply_put(kv.key, kv.value, kv.mod_revision, seen)
         for key in set(self.entries) - seen:
             del self.entries[key]
-        return resp.header.revision
+        return revision
+
+    @staticmethod
+    async def _range(client: aetcd.Client, prefix: bytes) -> tuple[int, list]:
+        """Every key under ``prefix`` at one revision, in pages (a 10k-Service registry is larger than
+        one gRPC message). aetcd 1.0 drops ``limit`` and ``revision``, so this builds the request."""
+        from aetcd import rpc, utils
+
+        await client.connect()
+        end = utils.prefix_range_end(prefix)
+        start, revision, kvs = prefix, 0, []
+        while True:
+            req = rpc.RangeRequest(key=start, range_end=end, limit=RANGE_PAGE, revision=revision)
+            try:
+                resp = await client.kvstub.Range(req, timeout=client._timeout, metadata=client.metadata)
+            except rpc.AioRpcError as err:
+                if err.code() in (rpc.StatusCode.UNAVAILABLE, rpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise aetcd.exceptions.ConnectionFailedError(err.details()) from None
+                raise aetcd.exceptions.ClientError(f"{err.code().name}: {err.details()}") from None
+            revision = revision or resp.header.revision
+            kvs.extend(resp.kvs)
+            if not resp.more or not resp.kvs:
+                return revision, kvs
+            start = resp.kvs[-1].key + b"\0"
 
     def apply_put(self, raw_key: bytes, value: bytes, mod: int, seen: set[Key] | None = None) -> Key | None:
         parsed = self.parse_key(raw_key)
@@ -283,10 +311,14 @@ class EtcdRegistry:
                 log.error('etcd: %s is not {"serviceCIDRs": [...]}; ignored', raw_key.decode())
             return None
         if kind == "vip":
+            old_holder = self.vips.get(what)
             self.vips[what] = value.decode(errors="replace")
+            self._touch_holder(old_holder)
+            self._touch_holder(self.vips[what])
             return None
         if seen is not None:
             seen.add(what)
+        self._touch(what)
         source = raw_key.decode(errors="replace")
         old = self.entries.get(what)
         try:
@@ -310,34 +342,54 @@ class EtcdRegistry:
             return None
         kind, what = parsed
         if kind == "vip":
-            self.vips.pop(what, None)
+            self._touch_holder(self.vips.pop(what, None))
             return None
         if kind == "service":
             self.entries.pop(what, None)
+            self._touch(what)
             return what
         return None
 
+    def _touch(self, key: Key) -> None:
+        if self.dirty is not None:
+            self.dirty.add(key)
+
+    def _touch_holder(self, holder: str | None) -> None:
+        if holder:
+            ns, _, name = holder.partition("/")
+            self._touch((ns, name))
+
     def rebuild(self, revision: int) -> bool:
-        """Recompute the table from the entries; True if it changed."""
-        services = []
-        for key, entry in self.entries.items():
-            svc = entry.service
-            if svc is None or (svc.has_vip and not svc.cluster_ips):
-                continue  # never good, or waiting to be adopted
-            conflict = next((ip for ip in svc.cluster_ips if self.vips.get(ip, svc.ref) != svc.ref), None)
-            if conflict is not None:
-                entry.error = f"{self.options.prefix}/services/{key[0]}/{key[1]}: clusterIP {conflict} is held by Service {self.vips[conflict]}"
-                old = self.table.get(*key)
-                if old is not None:
-                    services.append(old)
-                continue
-            services.append(svc)
+        """Recompute the Services of the keys touched since the last rebuild; True if the table changed."""
+        keys = set(self.entries) | set(self.table.services) if self.dirty is None else self.dirty
+        self.dirty = set()
+        self.rebuilt = keys
         self.revision = max(self.revision, revision)
-        new = ServiceTable.of(services, self.revision)
-        if dict(new.services) == dict(self.table.services):
+        puts, deletes = [], []
+        for key in keys:
+            svc = self._effective(key)
+            if svc is None:
+                if key in self.table:
+                    deletes.append(key)
+            elif self.table.get(*key) != svc:
+                puts.append(svc)
+        if not puts and not deletes:
             return False
-        self.table = new
+        self.table = self.table.replace(puts, deletes, self.revision)
         return True
+
+    def _effective(self, key: Key) -> Service | None:
+        """What the table holds for ``key``: the entry's last good version once it has its VIPs, or
+        (when its VIPs are held by another Service) what the table had before."""
+        entry = self.entries.get(key)
+        svc = entry.service if entry else None
+        if entry is None or svc is None or (svc.has_vip and not svc.cluster_ips):
+            return None  # gone, never good, or waiting to be adopted
+        conflict = next((ip for ip in svc.cluster_ips if self.vips.get(ip, svc.ref) != svc.ref), None)
+        if conflict is not None:
+            entry.error = f"{self.options.prefix}/services/{key[0]}/{key[1]}: clusterIP {conflict} is held by Service {self.vips[conflict]}"
+            return self.table.get(*key)
+        return svc
 
     def current(self) -> Snapshot:
         errors = {f"{self.options.prefix}/services/{k[0]}/{k[1]}": e.error for k, e in self.entries.items() if e.error}
@@ -384,16 +436,20 @@ class EtcdRegistry:
                 log.error("etcd: %s", err)
         return alloc
 
-    async def reconcile(self) -> bool:
-        """Adopt documents without VIPs and delete VIP keys whose Service is gone; True if it wrote."""
-        pending = [(k, e) for k, e in sorted(self.entries.items()) if e.service and e.service.has_vip
-                   and not e.service.cluster_ips and not e.error]  # fmt: skip
-        live = {f"{k[0]}/{k[1]}" for k in self.entries}
-        orphans = [ip for ip, holder in self.vips.items() if holder not in live]
+    async def reconcile(self, only: set[Key] | None = None) -> bool:
+        """Adopt documents without VIPs and delete VIP keys whose Service is gone (among ``only``, or
+        all); True if it wrote. Adoptions run concurrently: a first start over 10k hand-written
+        documents is bound by round trips."""
+        pending = [(k, e) for k, e in sorted(self.entries.items() if only is None else
+                                             ((k, self.entries[k]) for k in only if k in self.entries))
+                   if e.service and e.service.has_vip and not e.service.cluster_ips and not e.error]  # fmt: skip
+        orphans = [ip for ip, holder in self.vips.items() if tuple(holder.partition("/")[::2]) not in self.entries
+                   and (only is None or tuple(holder.partition("/")[::2]) in only)]  # fmt: skip
         if not pending and not orphans:
             return False
         await self.ensure_cidrs()
         alloc = self.allocator()
+        writes = []
         for key, entry in pending:
             svc = entry.service
             assert svc is not None
@@ -404,18 +460,23 @@ class EtcdRegistry:
                 log.error("registry: %s", entry.error)
                 continue
             adopted = svc.with_cluster_ips(ips)
-            ok = await self._txn(
+            writes.append(self._txn(
                 [("mod", self.service_key(key), entry.mod)] + [("absent", self.vip_key(ip), 0) for ip in ips],
-                [("put", self.service_key(key), _doc(adopted))]
-                + [("put", self.vip_key(ip), svc.ref.encode()) for ip in ips],
-            )
-            if ok:
-                log.info("registry: %s: VIP %s", svc.ref, ", ".join(map(str, ips)))
+                [("put", self.service_key(key), _doc(adopted))] + [("put", self.vip_key(ip), svc.ref.encode()) for ip in ips],
+            ))  # fmt: skip
         for ip in orphans:
             holder = self.vips[ip]
             ns, _, name = holder.partition("/")
-            await self._txn([("absent", self.service_key((ns, name)), 0), ("value", self.vip_key(ip), holder.encode())],
-                            [("delete", self.vip_key(ip), None)])  # fmt: skip
+            writes.append(self._txn([("absent", self.service_key((ns, name)), 0), ("value", self.vip_key(ip), holder.encode())],
+                                    [("delete", self.vip_key(ip), None)]))  # fmt: skip
+        limit = asyncio.Semaphore(32)
+
+        async def bounded(coro: Coroutine) -> bool:
+            async with limit:
+                return await coro
+
+        done = await asyncio.gather(*(bounded(w) for w in writes))
+        log.info("registry: adopted or collected %d of %d entries", sum(done), len(writes))
         return True
 
     async def _txn(self, compares: list[tuple[str, bytes, Any]], ops: list[tuple[str, bytes, Any]]) -> bool:

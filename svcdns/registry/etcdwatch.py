@@ -157,7 +157,7 @@ class EtcdWatcher:
         reg = self.registry
         changed = reg.rebuild(reg.revision)
         try:
-            await reg.reconcile()  # adopt new documents without VIPs; the watch brings the result
+            await reg.reconcile(reg.rebuilt)  # adopt new documents without VIPs; the watch brings the result
         except RegistryUnavailable as err:
             log.warning("registry: could not allocate VIPs now: %s", err)
         self._emit(changed)
