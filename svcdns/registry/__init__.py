@@ -9,7 +9,7 @@ version, an outage keeps everything. The embedded registry is a directory of ser
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from ..table import Key, ServiceTable
@@ -27,6 +27,40 @@ class Snapshot:
 
     def __len__(self) -> int:
         return len(self.table)
+
+
+class Watch:
+    """What every registry's ``watch()`` returns: ``start()`` gives the first Snapshot, ``poll(timeout)``
+    the next one (or None), iteration yields them all; ``problem`` says why the registry cannot be
+    read right now (the last known Services stay in force meanwhile)."""
+
+    problem: str | None = None
+
+    def start(self) -> Snapshot:
+        raise NotImplementedError
+
+    def poll(self, timeout: float | None) -> Snapshot | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def healthy(self) -> bool:
+        return self.problem is None
+
+    def __iter__(self) -> Iterator[Snapshot]:
+        yield self.start()
+        while True:
+            snap = self.poll(None)
+            if snap is not None:
+                yield snap
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def open_registry(location: str, service_cidrs: list[str] | None = None):
@@ -53,4 +87,4 @@ def load_table(location: str, service_cidrs: list[str] | None = None) -> Service
     return open_registry(location, service_cidrs).snapshot().table
 
 
-__all__ = ["Key", "Snapshot", "open_registry", "load_table"]
+__all__ = ["Key", "Snapshot", "Watch", "open_registry", "load_table"]

@@ -15,18 +15,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-from collections.abc import Iterator
 from typing import Any
 
 import aetcd.exceptions
 
-from . import Snapshot
+from . import Snapshot, Watch
 from .etcd import EtcdRegistry, RegistryUnavailable
 
 log = logging.getLogger(__name__)
 
 
-class EtcdWatcher:
+class EtcdWatcher(Watch):
     def __init__(self, registry: EtcdRegistry, retry_interval: float = 0.2, max_backoff: float = 5.0,
                  batch_window: float = 0.005) -> None:  # fmt: skip
         self.registry = registry
@@ -40,10 +39,6 @@ class EtcdWatcher:
         self._last_errors: dict[str, str] = {}
         self._needs_snapshot = True
         self._watch: Any = None
-
-    @property
-    def healthy(self) -> bool:
-        return self.problem is None
 
     def start(self) -> Snapshot:
         """The first snapshot (the empty one, with ``problem`` set, if etcd cannot be reached yet:
@@ -77,23 +72,10 @@ class EtcdWatcher:
             except queue.Empty:
                 return snap
 
-    def __iter__(self) -> Iterator[Snapshot]:
-        yield self.start()
-        while True:
-            snap = self.poll(None)
-            if snap is not None:
-                yield snap
-
     def close(self) -> None:
         if self._task is not None:
             self.registry._loop.call_soon_threadsafe(self._task.cancel)
             self._task = None
-
-    def __enter__(self) -> EtcdWatcher:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     # ---- the loop (runs on the registry's event loop) ----------------------------------------------------
 

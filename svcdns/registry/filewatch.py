@@ -14,12 +14,11 @@ import logging
 import os
 import select
 import time
-from collections.abc import Iterator
 
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
-from . import Snapshot
+from . import Snapshot, Watch
 from .files import FileRegistry, is_service_file
 
 log = logging.getLogger(__name__)
@@ -27,7 +26,7 @@ log = logging.getLogger(__name__)
 _DIR_MASK = F.CLOSE_WRITE | F.MOVED_TO | F.MOVED_FROM | F.DELETE | F.CREATE | F.DELETE_SELF | F.MOVE_SELF | F.ONLYDIR
 
 
-class FileWatcher:
+class FileWatcher(Watch):
     """``for snap in FileWatcher(registry): ...`` yields the first snapshot, then one per change.
 
     ``poll(timeout)`` is the non-blocking form: a new Snapshot if something changed within
@@ -51,23 +50,6 @@ class FileWatcher:
             self._inotify.close()
             self._inotify = None
         self._dirs.clear()
-
-    def __enter__(self) -> FileWatcher:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __iter__(self) -> Iterator[Snapshot]:
-        yield self.start()
-        while True:
-            snap = self.poll(None)
-            if snap is not None:
-                yield snap
-
-    @property
-    def healthy(self) -> bool:
-        return self.problem is None
 
     def start(self) -> Snapshot:
         """Set up the watches, then read everything (in that order, so no change falls in between)."""
