@@ -1,6 +1,7 @@
 """A tiny pod for the lab: answers every TCP connection and UDP datagram with its own address.
 
-``python -m svcdns.podserver --proto tcp --port 8080`` prints ``listening`` once bound. TCP clients
+``python -m svcdns.podserver --proto tcp --port 8080`` prints ``listening`` once bound (``--proto
+http``: a web server whose page names the pod, for curl). TCP clients
 get ``<local address>\\n`` and, if they keep the connection open and send lines, each line echoed
 back (so a test can hold a long-lived connection through a sync or a restart). UDP datagrams are
 answered with the local address. ``python -m svcdns.podserver --client VIP PORT`` is the matching
@@ -52,9 +53,35 @@ def _local_for(peer, sock: socket.socket) -> str:
         probe.close()
 
 
+def _serve_http(listen: str, port: int) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            body = f"hello from pod {self.connection.getsockname()[0]}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    class Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in listen else socket.AF_INET
+        daemon_threads = True
+
+    server = Server((listen, port), Handler)
+    print("listening", flush=True)
+    server.serve_forever()
+
+
 def serve(proto: str, listen: str, port: int) -> None:
     fam = socket.AF_INET6 if ":" in listen else socket.AF_INET
-    if proto in ("tcp", "sctp"):
+    if proto == "http":
+        _serve_http(listen, port)
+    elif proto in ("tcp", "sctp"):
         ipproto = socket.IPPROTO_SCTP if proto == "sctp" else 0
         sock = socket.socket(fam, socket.SOCK_STREAM, ipproto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -106,7 +133,7 @@ def _readline(s: socket.socket) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="svcdns.podserver")
-    p.add_argument("--proto", choices=("tcp", "udp", "sctp"), default="tcp")
+    p.add_argument("--proto", choices=("tcp", "udp", "sctp", "http"), default="tcp")
     p.add_argument("--listen", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--client", nargs=2, metavar=("HOST", "PORT"), help="ask a server instead of being one")
