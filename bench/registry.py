@@ -77,6 +77,21 @@ def _snapshot(root: str) -> float:
     return elapsed
 
 
+def _cli_ops(root: str) -> float:
+    """What one `svcdns service add`, `service get` and `endpoint add` cost in a large registry."""
+    from svcdns.model import Endpoint, Service, ServicePort
+    from svcdns.registry import open_registry
+
+    name = f"new-{os.getpid()}"
+    t = time.perf_counter()
+    open_registry(root).create(Service(name, ports=(ServicePort(80),)))
+    open_registry(root).get("default", name)
+    open_registry(root).update("default", name, lambda s: s.with_endpoints((Endpoint("10.1.2.3"),)))
+    elapsed = time.perf_counter() - t
+    open_registry(root).delete("default", name)
+    return elapsed
+
+
 def _child(fn, args, q) -> None:
     seconds = fn(*args)
     q.put((seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
@@ -202,6 +217,8 @@ def main() -> None:
         rows.append((f"snapshot {n:,} files, first (allocates)", first, mfirst, f"{first / floor:.2f}"))
         again, magain = measure(_snapshot, str(root), runs=args.runs)
         rows.append((f"snapshot {n:,} files, again", again, magain, f"{again / floor:.2f}"))
+        one, mone = measure(_cli_ops, str(root), runs=args.runs)
+        rows.append((f"service add + get + endpoint add in {n:,}", one, mone, f"{one / floor:.4f}"))
     finally:
         shutil.rmtree(root)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import NotFound, SvcdnsError, UsageError
-from ..ipam import Allocator
+from ..ipam import Allocator, VIPConflict
 from ..model import Service, ValidationError
 from ..table import Key, ServiceTable
 from . import Snapshot
@@ -319,33 +319,50 @@ class FileRegistry:
     # ---- writing (the CLI) ------------------------------------------------------------------------------------
 
     def get(self, namespace: str, name: str) -> Service:
-        """The Service as the agent sees it (with VIPs); NotFound if no file defines it."""
-        snap = self.snapshot()
-        svc = snap.table.get(namespace, name)
+        """The Service as the agent sees it (with VIPs); NotFound if no file defines it. Reads one file
+        when the Service sits at its canonical path (the whole directory otherwise)."""
+        key = (namespace, name)
+        self.check_root()
+        rel = self._find(key)
+        entry = self.entries[rel]
+        if entry.error:
+            raise SvcdnsError(f"Service {namespace}/{name} is not valid: {entry.error}")
+        self._resolve({key})
+        svc = self.table.get(*key)
         if svc is None:
-            for source, message in snap.errors.items():
-                entry = self.entries.get(source)
-                if entry and entry.key == (namespace, name):
-                    raise SvcdnsError(f"Service {namespace}/{name} is not valid: {message}")
-            raise NotFound(f"Service {namespace}/{name} not found in {self.root}")
+            problems = "; ".join(self.key_errors.get(key, {}).values()) or "no VIP could be allocated"
+            raise SvcdnsError(f"Service {namespace}/{name} is not valid: {problems}")
         return svc
 
     def create(self, svc: Service) -> Service:
-        """Write a new Service file and allocate its VIPs; UsageError if it exists or the VIP is taken."""
+        """Write a new Service file and allocate its VIPs; UsageError if it exists or the VIP is taken.
+        Costs a few file operations, not a directory scan: the allocation store knows every VIP."""
         self.check_root()
+        rel = self.canonical(svc.key)
         with self._locked():
-            self.snapshot()
-            if any(e.key == svc.key for e in self.entries.values()):
-                rel = next(r for r, e in self.entries.items() if e.key == svc.key)
-                raise UsageError(f"Service {svc.ref} already exists (defined by {rel}); remove it first")
-            rel = self.canonical(svc.key)
-            if (self.root / rel).exists():
-                raise UsageError(f"{self.root / rel} exists but does not define {svc.ref}; move it away first")
+            for suffix in SUFFIXES:
+                other = self.canonical(svc.key, suffix)
+                if (self.root / other).exists():
+                    self._read(other)
+                    entry = self.entries.get(other)
+                    if entry is not None and entry.key not in (None, svc.key):
+                        raise UsageError(
+                            f"{self.root / other} exists but defines {holder_of(entry.key)}; move it away first"
+                        )
+                    raise UsageError(f"Service {svc.ref} already exists (defined by {other}); remove it first")
             store = self._store_now()
+            held = store.services.get(svc.ref)
+            if held is not None and not self._forget_stale(store, svc.ref):
+                raise UsageError(f"Service {svc.ref} already exists (defined by {held.file}); remove it first")
             out = svc
             if svc.has_vip:
                 allocator = store.allocator()
-                ips = allocator.assign(svc.ref, svc.cluster_ips, svc.ip_families)
+                try:
+                    ips = allocator.assign(svc.ref, svc.cluster_ips, svc.ip_families)
+                except VIPConflict as err:
+                    if err.holder is None or not self._forget_stale(store, err.holder):
+                        raise
+                    ips = store.allocator().assign(svc.ref, svc.cluster_ips, svc.ip_families)
                 out = svc.with_cluster_ips(ips)
                 out.check_endpoint_families()
                 store.services[svc.ref] = Allocation(ips, rel)
@@ -353,6 +370,20 @@ class FileRegistry:
             atomic_write(self.root / rel, encode(svc, "yaml", with_vips=bool(svc.cluster_ips)).encode())
             self.entries[rel] = FileEntry(svc.key, svc, None)
         return out
+
+    def _forget_stale(self, store: AllocationStore, holder: str) -> bool:
+        """Drop ``holder``'s allocation if its file is gone (deleted while no agent was watching).
+        True if dropped; False if the holder still exists (or its file is unreadable: broken, not gone)."""
+        held = store.services.get(holder)
+        if held is None:
+            return False
+        if held.file and (self.root / held.file).is_file():
+            self._read(held.file)
+            entry = self.entries.get(held.file)
+            if entry is not None and (entry.key is None or holder_of(entry.key) == holder):
+                return False
+        del store.services[holder]
+        return True
 
     def update(self, namespace: str, name: str, change: Callable[[Service], Service]) -> Service:
         """Read-modify-write one Service file under the lock (so concurrent writers never lose one)."""

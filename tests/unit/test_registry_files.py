@@ -158,3 +158,23 @@ def test_cli_side_writes(tmp_path):
 def test_missing_registry_directory_is_a_clear_error(tmp_path):
     with pytest.raises(Exception, match="does not exist; create it"):
         open_registry(str(tmp_path / "nope")).snapshot()
+
+
+def test_create_after_a_file_was_deleted_behind_the_registrys_back(tmp_path):
+    reg = open_registry(str(tmp_path))
+    first = reg.create(Service("web", ports=(ServicePort(80),), cluster_ips=("10.96.0.60",)))
+    (tmp_path / "default" / "web.yaml").unlink()  # no agent watching: the store still holds the VIP
+    again = open_registry(str(tmp_path)).create(Service("web", ports=(ServicePort(80),), cluster_ips=("10.96.0.60",)))
+    assert again.cluster_ips == first.cluster_ips
+    (tmp_path / "default" / "web.yaml").unlink()
+    other = open_registry(str(tmp_path)).create(Service("other", ports=(ServicePort(80),), cluster_ips=("10.96.0.60",)))
+    assert str(other.cluster_ips[0]) == "10.96.0.60"  # the stale holder is gone, its VIP is free
+
+
+def test_create_refuses_a_service_defined_by_a_hand_written_file(tmp_path):
+    write(tmp_path, "teams/web.yaml", "name: web\nports: [{port: 80}]\n")
+    open_registry(str(tmp_path)).snapshot()  # the agent saw it: its VIP is recorded
+    with pytest.raises(UsageError, match="already exists \\(defined by teams/web.yaml\\)"):
+        open_registry(str(tmp_path)).create(Service("web", ports=(ServicePort(80),)))
+    got = open_registry(str(tmp_path)).get("default", "web")  # found by a scan, not at the canonical path
+    assert got.cluster_ips
