@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import NotFound, SvcdnsError, UsageError
-from ..ipam import Allocator, VIPConflict
-from ..model import Service, ValidationError
+from ..ipam import VIPConflict, parse_cidr
+from ..model import Service, ValidationError, family_of
 from ..table import Key, ServiceTable
 from . import Snapshot
 from .documents import MAX_DOCUMENT_BYTES, DocumentError, decode, encode
@@ -207,14 +207,14 @@ class FileRegistry:
                         f"{other}: Service {holder_of(key)} is already defined by {winner}; this file is ignored"
                     )
         store = self._store_now()
-        allocator = store.allocator()
+        primary = family_of(parse_cidr(store.cidrs[0]).network_address)
         needs: list[Key] = []
         for key, rel in winners.items():
             svc = self.entries[rel].service
             held = store.services.get(holder_of(key))
             if not svc.has_vip:  # type: ignore[union-attr]
                 continue
-            if held is None or not self._fits(svc, held.ips, allocator) or held.file != rel:  # type: ignore[arg-type]
+            if held is None or not self._fits(svc, held.ips, primary) or held.file != rel:  # type: ignore[arg-type]
                 needs.append(key)
         failed = self._allocate(needs, winners) if needs else set()
         store = self._store_now()
@@ -242,11 +242,12 @@ class FileRegistry:
         return True
 
     @staticmethod
-    def _fits(svc: Service, ips: tuple, allocator: Allocator) -> bool:
+    def _fits(svc: Service, ips: tuple, primary_family: str) -> bool:
+        """Whether held VIPs still answer what the Service asks for (its requested VIPs, its families)."""
         if svc.cluster_ips:
             return tuple(ips[: len(svc.cluster_ips)]) == svc.cluster_ips
-        families = svc.ip_families or (allocator.primary_family,)
-        return tuple("IPv4" if ip.version == 4 else "IPv6" for ip in ips) == tuple(families)
+        families = svc.ip_families or (primary_family,)
+        return tuple(family_of(ip) for ip in ips) == tuple(families)
 
     def _finish(self, svc: Service, store: AllocationStore, rel: str) -> Service:
         if not svc.has_vip:
