@@ -1,0 +1,101 @@
+"""The answer function: zone + query bytes -> answer bytes (or "forward this"). Pure; no sockets.
+
+Accepted shapes and what they get:
+
+- not a query (QR set), or shorter than a header: dropped (``None``, ``"drop"``);
+- an opcode other than QUERY: NOTIMP; QDCOUNT other than 1, or an unreadable question: FORMERR;
+- EDNS version other than 0: BADVERS; a class other than IN: REFUSED; AXFR / IXFR: REFUSED;
+- a name svcdns has: its precompiled answer, the client's case echoed (headless answers rotate);
+- an ExternalName Service's name: its CNAME, whatever the type asked;
+- ANY for a name in the zone: a minimal answer, ``HINFO "RFC8482" ""`` (RFC 8482);
+- a name in the zone without that type: NOERROR, no answer, SOA in authority (NODATA);
+- a name in the zone that does not exist: NXDOMAIN, SOA in authority;
+- in the zone before the first table arrived: SERVFAIL;
+- anything else: ``FORWARD`` (the server forwards it, or answers REFUSED).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from .wire import (
+    BADVERS,
+    CLASS_IN,
+    FORMERR,
+    NOERROR,
+    NOTIMP,
+    NXDOMAIN,
+    REFUSED,
+    SERVFAIL,
+    TYPE_ANY,
+    TYPE_AXFR,
+    TYPE_HINFO,
+    TYPE_IXFR,
+    Malformed,
+    Query,
+    error_from_header,
+    parse_query,
+    response,
+    rr,
+    truncated,
+)
+from .zone import Zone
+
+FORWARD = object()  # the query is for a name outside the zone
+_turn = itertools.count()
+
+
+def answer(zone: Zone, data: bytes, udp: bool = True, ra: bool = False) -> tuple[bytes | None | object, int | None]:
+    """Answer one query message. Returns (answer bytes, rcode), or (None, None) to drop it, or
+    (FORWARD, None) for a name outside the zone. ``udp``: apply the client's UDP size (TC=1 when the
+    answer does not fit). ``ra``: this client may recurse through us (forwarding allowed)."""
+    data = bytes(data)
+    if len(data) < 12 or data[2] & 0x80:
+        return None, None  # too short for a header, or a response: never answer those
+    opcode = (data[2] >> 3) & 0xF
+    if opcode != 0:
+        return error_from_header(data, NOTIMP), NOTIMP
+    try:
+        q = parse_query(data)
+    except Malformed:
+        return error_from_header(data, FORMERR), FORMERR
+    out, rcode = lookup(zone, q, ra)
+    if out is FORWARD:
+        return FORWARD, None
+    if udp and len(out) > q.udp_limit():  # type: ignore[arg-type]
+        return truncated(q, ra), rcode
+    return out, rcode
+
+
+def lookup(zone: Zone, q: Query, ra: bool = False) -> tuple[bytes | object, int]:
+    if q.edns and q.edns_version != 0:
+        return response(q, BADVERS, ra=ra), BADVERS
+    if q.qclass != CLASS_IN:
+        return response(q, REFUSED, aa=False, ra=ra), REFUSED
+    if q.qtype in (TYPE_AXFR, TYPE_IXFR):
+        return response(q, REFUSED, ra=ra), REFUSED
+    variants = zone.entries.get((q.key, q.qtype))
+    if variants:
+        body, counts = variants[next(_turn) % len(variants)] if len(variants) > 1 else variants[0]
+        return response(q, NOERROR, body, counts, ra=ra), NOERROR
+    cname = zone.cnames.get(q.key)
+    if cname is not None:
+        return response(q, NOERROR, cname[0], cname[1], ra=ra), NOERROR
+    if not zone.in_zone(q.key, q.labels):
+        return FORWARD, NOERROR
+    if not zone.ready:
+        return response(q, SERVFAIL, aa=False, ra=ra), SERVFAIL
+    if q.key in zone.names:
+        if q.qtype == TYPE_ANY:
+            return _rfc8482(q, ra), NOERROR
+        return response(q, NOERROR, zone.soa, (0, 1, 0), ra=ra), NOERROR
+    return response(q, NXDOMAIN, zone.soa, (0, 1, 0), ra=ra), NXDOMAIN
+
+
+def _rfc8482(q: Query, ra: bool) -> bytes:
+    """RFC 8482's minimal answer to ANY: ``HINFO "RFC8482" ""``, owned by the question's name."""
+    hinfo = rr(b"\xc0\x0c", TYPE_HINFO, 3600, b"\x07RFC8482\x00")
+    return response(q, NOERROR, hinfo, (1, 0, 0), ra=ra)
+
+
+__all__ = ["answer", "lookup", "FORWARD"]

@@ -1,0 +1,154 @@
+"""Queries outside the cluster zone: forwarded to upstream resolvers, for allowed clients only.
+
+svcdns must never be an open resolver: only clients inside the allowed networks (default: loopback,
+and the pod and service networks the agent is configured with) get forwarded answers; everyone
+else gets REFUSED. Answers are cached for their TTL (at most 5 minutes; negative answers for the
+SOA minimum), keyed by the lower-cased question.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import socket
+import struct
+import threading
+import time
+from collections import OrderedDict
+
+from .wire import Query
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ALLOWED = ("127.0.0.0/8", "::1/128")
+MAX_CACHE_TTL = 300
+CACHE_ENTRIES = 10_000
+
+
+def default_upstreams(own: list[tuple[str, int]] = (), resolv_conf: str = "/etc/resolv.conf") -> list[tuple[str, int]]:
+    """The host's resolvers from resolv.conf, skipping our own listen addresses (no loops)."""
+    ours = {(h, p) for h, p in own}
+    found = []
+    try:
+        with open(resolv_conf) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver":
+                    addr = parts[1].split("%")[0]
+                    if (addr, 53) not in ours:
+                        found.append((addr, 53))
+    except OSError as err:
+        log.warning("dns: cannot read %s (%s); no upstream resolvers", resolv_conf, err.strerror)
+    return found
+
+
+class Allowed:
+    def __init__(self, networks: list[str] | tuple[str, ...] = DEFAULT_ALLOWED) -> None:
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+
+    def __contains__(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%")[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in n for n in self.networks if n.version == ip.version)
+
+
+class Forwarder:
+    """Blocking forwarding (called from worker threads): UDP first, TCP when the answer is truncated."""
+
+    def __init__(self, upstreams: list[tuple[str, int]], timeout: float = 2.0) -> None:
+        self.upstreams = list(upstreams)
+        self.timeout = timeout
+        self._cache: OrderedDict[tuple, tuple[float, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def resolve(self, data: bytes, q: Query) -> bytes | None:
+        """The upstream's answer to ``data`` with the client's ID, or None if no upstream answered."""
+        key = (q.key, q.qtype, q.qclass, q.do, q.edns)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit and hit[0] > now:
+                self._cache.move_to_end(key)
+                return struct.pack("!H", q.id) + _with_question(hit[1], q)
+        ident = random.randrange(1 << 16)
+        query = struct.pack("!H", ident) + data[2:]
+        for host, port in self.upstreams:
+            try:
+                answer = self._udp(host, port, query, ident)
+                if answer is not None and answer[2] & 0x02:  # truncated: ask again over TCP
+                    answer = self._tcp(host, port, query)
+            except OSError as err:
+                log.debug("dns: upstream %s:%d failed: %s", host, port, err)
+                continue
+            if answer is None:
+                continue
+            ttl = _cache_ttl(answer)
+            if ttl > 0:
+                with self._lock:
+                    self._cache[key] = (now + ttl, answer[2:])
+                    while len(self._cache) > CACHE_ENTRIES:
+                        self._cache.popitem(last=False)
+            return struct.pack("!H", q.id) + answer[2:]
+        return None
+
+    def _udp(self, host: str, port: int, query: bytes, ident: int) -> bytes | None:
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(fam, socket.SOCK_DGRAM) as s:
+            s.settimeout(self.timeout)
+            s.connect((host, port))
+            s.send(query)
+            deadline = time.monotonic() + self.timeout
+            while time.monotonic() < deadline:
+                try:
+                    answer = s.recv(65535)
+                except TimeoutError:
+                    return None
+                if len(answer) >= 12 and struct.unpack_from("!H", answer)[0] == ident:
+                    return answer
+        return None
+
+    def _tcp(self, host: str, port: int, query: bytes) -> bytes | None:
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(fam, socket.SOCK_STREAM) as s:
+            s.settimeout(self.timeout)
+            s.connect((host, port))
+            s.sendall(struct.pack("!H", len(query)) + query)
+            head = _recv_exact(s, 2)
+            return _recv_exact(s, struct.unpack("!H", head)[0]) if head else None
+
+
+def _recv_exact(s: socket.socket, n: int) -> bytes | None:
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def _with_question(cached_tail: bytes, q: Query) -> bytes:
+    """A cached answer (without its ID) with the client's question, for the case echo."""
+    return cached_tail[:10] + q.question + cached_tail[10 + len(q.question) :]
+
+
+def _cache_ttl(answer: bytes) -> int:
+    """How long an upstream answer may be cached: its smallest TTL (the SOA's minimum for negative
+    answers), at most MAX_CACHE_TTL; 0 for failures."""
+    from dnslib import QTYPE, DNSRecord
+
+    try:
+        msg = DNSRecord.parse(answer)
+    except Exception:  # noqa: BLE001 - an upstream's garbage is not cached, whatever it is
+        return 0
+    if msg.header.rcode not in (0, 3):
+        return 0
+    if msg.rr:
+        return min(MAX_CACHE_TTL, min(r.ttl for r in msg.rr))
+    soa = [r for r in msg.auth if r.rtype == QTYPE.SOA]
+    return min(MAX_CACHE_TTL, soa[0].ttl, soa[0].rdata.times[-1]) if soa else 0

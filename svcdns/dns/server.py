@@ -1,0 +1,403 @@
+"""The DNS server: UDP and TCP listeners in worker processes sharing each port with SO_REUSEPORT.
+
+Each worker is a process (so answers scale with cores despite the GIL) running one selector loop
+over its UDP sockets, TCP listeners and TCP connections (RFC 7766: length-prefixed messages, several
+queries per connection, an idle timeout, a cap on connections). Answers come from the precompiled
+zone; forwarded queries run on a small thread pool so they never stall the loop.
+
+``update(table)`` compiles the zone once, sends it to every worker and returns when all of them
+answer from it: each worker swaps its zone in one assignment, so no answer ever mixes two tables.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import pickle
+import select
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ..errors import SvcdnsError
+from ..table import ServiceTable
+from .answer import FORWARD, answer
+from .forward import DEFAULT_ALLOWED, Allowed, Forwarder, default_upstreams
+from .wire import RCODE_NAMES, REFUSED, SERVFAIL, error_from_header, parse_query, response
+from .zone import Zone, compile_zone, empty_zone
+
+log = logging.getLogger(__name__)
+
+TCP_IDLE = 10.0  # seconds a TCP client may stay silent
+TCP_MAX_CONNECTIONS = 256  # per worker
+DURATION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: tuple[tuple[str, int], ...]
+    zone: str = "cluster.local"
+    ttl: int = 5
+    upstreams: tuple[tuple[str, int], ...] = ()
+    allowed_networks: tuple[str, ...] = DEFAULT_ALLOWED
+    forward: bool = True
+
+
+def parse_listen(text: str, default_port: int = 53) -> tuple[str, int]:
+    """``ADDR:PORT``, ``[v6]:PORT`` or ``ADDR``."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]")
+        port = port.lstrip(":")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    try:
+        return host, int(port) if port else default_port
+    except ValueError:
+        raise SvcdnsError(f"DNS listen address {text!r}: expected ADDR:PORT, e.g. 127.0.0.1:53") from None
+
+
+class DNSServer:
+    def __init__(
+        self,
+        listen: list[tuple[str, int]],
+        *,
+        zone: str = "cluster.local",
+        ttl: int = 5,
+        upstreams: list[tuple[str, int]] | list[str] | None = None,
+        allowed_networks: list[str] | None = None,
+        forward: bool = True,
+        workers: int | None = None,
+    ) -> None:
+        ups = [parse_listen(u) if isinstance(u, str) else tuple(u) for u in (upstreams or [])]
+        if upstreams is None and forward:
+            ups = default_upstreams(list(listen))
+        self.settings = Settings(
+            listen=tuple((h, int(p)) for h, p in listen),
+            zone=zone,
+            ttl=ttl,
+            upstreams=tuple(ups),
+            allowed_networks=tuple(allowed_networks or DEFAULT_ALLOWED),
+            forward=forward,
+        )
+        empty_zone(zone, ttl)  # validates the zone name now
+        self.workers = workers or os.cpu_count() or 1
+        self._procs: list[multiprocessing.Process] = []
+        self._pipes: list = []
+        self.zone: Zone | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads
+        for i in range(self.workers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker_main, args=(self.settings, child, i), name=f"svcdns-dns-{i}", daemon=True)
+            proc.start()
+            child.close()
+            self._procs.append(proc)
+            self._pipes.append(parent)
+        for pipe in self._pipes:
+            try:
+                status = pipe.recv() if pipe.poll(30) else "a worker did not start within 30 s"
+            except EOFError:
+                status = "a worker exited while starting (see its error above)"
+            if status != "ready":
+                self.stop()
+                raise SvcdnsError(f"DNS server: {status}")
+        addrs = ", ".join(f"{h}:{p}" for h, p in self.settings.listen)
+        log.info("dns: serving %s on %s (UDP and TCP, %d workers)", self.settings.zone, addrs, self.workers)
+
+    def update(self, table: ServiceTable) -> None:
+        """Compile and publish a new zone; returns once every worker answers from it."""
+        self.zone = compile_zone(table, self.settings.zone, self.settings.ttl)
+        payload = pickle.dumps(("zone", self.zone), protocol=pickle.HIGHEST_PROTOCOL)
+        for pipe in self._pipes:
+            pipe.send_bytes(payload)
+        for pipe in self._pipes:
+            if not pipe.poll(30) or pipe.recv() != "ok":
+                raise SvcdnsError("a DNS worker did not take the new zone")
+
+    def stats(self) -> dict:
+        """Queries by rcode and request durations, summed over the workers."""
+        total: dict = {"queries": Counter(), "duration_buckets": Counter(), "duration_sum": 0.0, "duration_count": 0}
+        request = pickle.dumps(("stats", None))
+        for pipe in self._pipes:
+            pipe.send_bytes(request)
+        for pipe in self._pipes:
+            if pipe.poll(5):
+                s = pipe.recv()
+                total["queries"].update(s["queries"])
+                total["duration_buckets"].update(s["duration_buckets"])
+                total["duration_sum"] += s["duration_sum"]
+                total["duration_count"] += s["duration_count"]
+        return {k: dict(v) if isinstance(v, Counter) else v for k, v in total.items()}
+
+    def stop(self) -> None:
+        stop = pickle.dumps(("stop", None))
+        for pipe in self._pipes:
+            try:
+                pipe.send_bytes(stop)
+            except OSError:
+                pass
+        for proc in self._procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        for pipe in self._pipes:
+            pipe.close()
+        self._procs.clear()
+        self._pipes.clear()
+
+    def __enter__(self) -> DNSServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# ---- the worker ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Conn:
+    sock: socket.socket
+    inbuf: bytearray = field(default_factory=bytearray)
+    last: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _send_all(sock: socket.socket, data: bytes, timeout: float = 5.0) -> None:
+    """Write all of ``data`` to a non-blocking socket, waiting for room (a slow reader gets 5 s)."""
+    view = memoryview(data)
+    deadline = time.monotonic() + timeout
+    while view:
+        try:
+            view = view[sock.send(view) :]
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("TCP client does not read its answers") from None
+            select.select([], [sock], [], left)
+
+
+class _Worker:
+    def __init__(self, settings: Settings, control) -> None:
+        self.settings = settings
+        self.control = control
+        self.zone = empty_zone(settings.zone, settings.ttl)
+        self.allowed = Allowed(settings.allowed_networks)
+        self.forwarder = Forwarder(list(settings.upstreams)) if settings.forward and settings.upstreams else None
+        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="forward") if self.forwarder else None
+        self.sel = selectors.DefaultSelector()
+        self.conns: dict[int, _Conn] = {}
+        self.queries: Counter = Counter()
+        self.buckets: Counter = Counter()
+        self.duration_sum = 0.0
+        self.duration_count = 0
+        self.running = True
+
+    def bind(self) -> None:
+        for host, port in self.settings.listen:
+            fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+            udp = socket.socket(fam, socket.SOCK_DGRAM)
+            tcp = socket.socket(fam, socket.SOCK_STREAM)
+            for s in (udp, tcp):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if fam == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                s.bind((host, port))
+                s.setblocking(False)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp.listen(128)
+            self.sel.register(udp, selectors.EVENT_READ, ("udp", udp))
+            self.sel.register(tcp, selectors.EVENT_READ, ("listen", tcp))
+        self.sel.register(self.control, selectors.EVENT_READ, ("control", None))
+
+    def run(self) -> None:
+        while self.running:
+            for key, _ in self.sel.select(timeout=1.0):
+                kind, obj = key.data
+                if kind == "udp":
+                    self.on_udp(obj)
+                elif kind == "listen":
+                    self.on_accept(obj)
+                elif kind == "tcp":
+                    self.on_tcp(obj)
+                else:
+                    self.on_control()
+            self.expire()
+
+    # -- control
+    def on_control(self) -> None:
+        try:
+            verb, arg = pickle.loads(self.control.recv_bytes())
+        except (EOFError, OSError):
+            self.running = False  # the parent is gone
+            return
+        if verb == "zone":
+            self.zone = arg  # one assignment: every answer after this comes from the new zone
+            self.control.send("ok")
+        elif verb == "stats":
+            self.control.send({"queries": dict(self.queries), "duration_buckets": dict(self.buckets),
+                               "duration_sum": self.duration_sum, "duration_count": self.duration_count})  # fmt: skip
+        elif verb == "stop":
+            self.running = False
+
+    # -- answering
+    def handle(self, data: bytes, client: str, udp: bool, reply) -> None:
+        start = time.perf_counter()
+        ra = self.forwarder is not None and client in self.allowed
+        out, rcode = answer(self.zone, data, udp=udp, ra=ra)
+        if out is FORWARD:
+            self.forward(data, client, udp, reply, start)
+            return
+        if out is not None:
+            reply(out)
+            self.count(rcode, start)
+
+    def forward(self, data: bytes, client: str, udp: bool, reply, start: float) -> None:
+        q = parse_query(bytes(data))
+        if self.forwarder is None or client not in self.allowed:
+            reply(response(q, REFUSED, aa=False))
+            self.count(REFUSED, start)
+            return
+
+        def job() -> None:
+            out = self.forwarder.resolve(bytes(data), q)
+            if out is None:
+                out = response(q, SERVFAIL, aa=False, ra=True)
+            elif udp and len(out) > q.udp_limit():
+                out = bytearray(out[:12])  # too large for this client: TC=1, retry over TCP
+                out[2] |= 0x02
+                out[6:12] = b"\x00" * 6
+                out = bytes(out) + q.question
+            reply(out)
+            self.count(out[3] & 0xF, start)
+
+        self.pool.submit(job)  # type: ignore[union-attr]
+
+    def count(self, rcode: int | None, start: float) -> None:
+        elapsed = time.perf_counter() - start
+        self.queries[RCODE_NAMES.get(rcode, str(rcode))] += 1
+        self.duration_sum += elapsed
+        self.duration_count += 1
+        for b in DURATION_BUCKETS:
+            if elapsed <= b:
+                self.buckets[b] += 1
+                break
+        else:
+            self.buckets["+Inf"] += 1
+
+    def on_udp(self, sock: socket.socket) -> None:
+        for _ in range(64):  # drain a burst, then let the others speak
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+
+            def reply(out: bytes, addr=addr) -> None:
+                try:
+                    sock.sendto(out, addr)
+                except OSError as exc:
+                    log.debug("dns: cannot answer %s: %s", addr, exc)
+
+            try:
+                self.handle(data, addr[0], True, reply)
+            except Exception:  # noqa: BLE001 - one bad packet must not stop the server; it is logged
+                log.exception("dns: failed to answer a query from %s", addr[0])
+                err = error_from_header(data, SERVFAIL)
+                if err:
+                    reply(err)
+
+    def on_accept(self, listener: socket.socket) -> None:
+        try:
+            sock, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        if len(self.conns) >= TCP_MAX_CONNECTIONS:
+            sock.close()  # at the cap: the client retries later
+            return
+        sock.setblocking(False)
+        self.conns[sock.fileno()] = _Conn(sock)
+        self.sel.register(sock, selectors.EVENT_READ, ("tcp", sock))
+
+    def on_tcp(self, sock: socket.socket) -> None:
+        conn = self.conns.get(sock.fileno())
+        if conn is None:
+            return
+        try:
+            chunk = sock.recv(65537)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.close(conn)
+            return
+        conn.last = time.monotonic()
+        conn.inbuf += chunk
+        while len(conn.inbuf) >= 2:
+            size = struct.unpack_from("!H", conn.inbuf)[0]
+            if len(conn.inbuf) < 2 + size:
+                break
+            data = bytes(conn.inbuf[2 : 2 + size])
+            del conn.inbuf[: 2 + size]
+
+            def reply(out: bytes, c=conn) -> None:
+                with c.lock:  # answers from the forwarding threads and the loop never interleave
+                    try:
+                        _send_all(c.sock, struct.pack("!H", len(out)) + out)
+                    except OSError as exc:
+                        log.debug("dns: TCP answer failed: %s", exc)
+
+            try:
+                peer = sock.getpeername()[0]
+            except OSError:
+                self.close(conn)
+                return
+            try:
+                self.handle(data, peer, False, reply)
+            except Exception:  # noqa: BLE001 - as for UDP: logged, answered SERVFAIL, server goes on
+                log.exception("dns: failed to answer a TCP query from %s", peer)
+                err = error_from_header(data, SERVFAIL)
+                if err:
+                    reply(err)
+
+    def close(self, conn: _Conn) -> None:
+        self.conns.pop(conn.sock.fileno(), None)
+        try:
+            self.sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for conn in [c for c in self.conns.values() if now - c.last > TCP_IDLE]:
+            self.close(conn)
+
+
+def _worker_main(settings: Settings, control, index: int) -> None:
+    logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s svcdns.dns[{index}]: %(message)s")
+    worker = _Worker(settings, control)
+    try:
+        worker.bind()
+    except OSError as err:
+        addrs = ", ".join(f"{h}:{p}" for h, p in settings.listen)
+        control.send(f"cannot listen on {addrs}: {err.strerror}")
+        return
+    control.send("ready")
+    worker.run()
