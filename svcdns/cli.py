@@ -19,6 +19,7 @@ from .errors import SvcdnsError, UsageError
 # modules with a ``register(subparsers, common)`` function, in the order their commands are listed
 COMMAND_MODULES = [
     "svcdns.registry.commands",
+    "svcdns.dns.commands",
 ]
 
 DEFAULT_REGISTRY = "/var/lib/svcdns/registry"
