@@ -20,6 +20,7 @@ from .errors import SvcdnsError, UsageError
 COMMAND_MODULES = [
     "svcdns.registry.commands",
     "svcdns.dns.commands",
+    "svcdns.dataplane.commands",
 ]
 
 DEFAULT_REGISTRY = "/var/lib/svcdns/registry"

@@ -1,0 +1,40 @@
+"""``svcdns sync --once`` and ``svcdns cleanup``: the dataplane from the command line.
+
+    svcdns sync --once [--dataplane nftables]   # read the registry, program the rules, exit
+    svcdns cleanup [--dataplane nftables]       # remove svcdns's tables (ip svcdns, ip6 svcdns), nothing else
+"""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+from ..registry import open_registry
+from . import open_dataplane
+
+
+def register(sub, common) -> None:
+    dp = {"choices": ("nftables", "iptables"), "default": "nftables", "help": "backend (default: %(default)s)"}
+    sync = sub.add_parser("sync", parents=[common], help="program the rules for the registry's Services")
+    sync.add_argument("--once", action="store_true", help="sync once and exit (the agent keeps syncing)")
+    sync.add_argument("--dataplane", **dp)
+    sync.set_defaults(func=cmd_sync)
+    clean = sub.add_parser("cleanup", parents=[common], help="remove every rule svcdns installed, and only those")
+    clean.add_argument("--dataplane", **dp)
+    clean.set_defaults(func=cmd_cleanup)
+
+
+def cmd_sync(args) -> int:
+    if not args.once:
+        raise UsageError("svcdns sync: pass --once (to keep the rules in sync, run `svcdns agent`)")
+    snap = open_registry(args.registry).snapshot()
+    result = open_dataplane(args.dataplane).sync(snap.table, full=True)
+    print(f"synced {result.services} Services, {result.endpoints} endpoints "
+          f"({result.rules} netlink messages, {result.duration * 1000:.1f} ms)")  # fmt: skip
+    for source, message in sorted(snap.errors.items()):
+        print(f"skipped {source}: {message}")
+    return 0
+
+
+def cmd_cleanup(args) -> int:
+    open_dataplane(args.dataplane).cleanup()
+    print("removed svcdns's rules")
+    return 0

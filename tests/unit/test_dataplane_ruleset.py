@@ -1,0 +1,136 @@
+"""The ruleset planner, without root: the whole ruleset as text, and the minimal change per event."""
+
+from svcdns.dataplane.nftables import Encoder
+from svcdns.dataplane.ruleset import build, chain_name, plan, render
+from svcdns.model import Endpoint, Service, ServicePort
+from svcdns.table import ServiceTable
+
+WEB = Service(
+    "web",
+    ports=(ServicePort(80, name="http", target_port=8080), ServicePort(53, "UDP", name="dns")),
+    cluster_ips=("10.96.0.10", "fd00:96::a"),
+    endpoints=(
+        Endpoint("10.244.1.2"),
+        Endpoint("10.244.2.2"),
+        Endpoint("10.244.3.2", ready=False),
+        Endpoint("fd00:244:1::2"),
+    ),
+)
+EMPTY = Service("empty", namespace="prod", ports=(ServicePort(443),), cluster_ips=("10.96.0.11",))
+HEADLESS = Service("db", type="Headless", ports=(ServicePort(5432),), endpoints=(Endpoint("10.244.9.9"),))
+TABLE = ServiceTable.of([WEB, EMPTY, HEADLESS])
+
+BASE = {
+    "filter-forward": ["type filter hook forward priority -10; policy accept;",
+                       "ip daddr @vips meta l4proto tcp reject with tcp reset", "ip daddr @vips reject"],
+    "filter-output": ["type filter hook output priority -10; policy accept;",
+                      "ip daddr @vips meta l4proto tcp reject with tcp reset", "ip daddr @vips reject"],
+    "nat-output": ["type nat hook output priority -100; policy accept;", "jump services"],
+    "nat-postrouting": ["type nat hook postrouting priority 100; policy accept;", "ip saddr . ip daddr @hairpin masquerade"],
+    "nat-prerouting": ["type nat hook prerouting priority -100; policy accept;", "jump services"],
+    "services": ["ip daddr . meta l4proto . th dport vmap @service-ips"],
+}  # fmt: skip
+
+
+def test_the_whole_ipv4_ruleset():
+    web_tcp, web_udp = chain_name(WEB, "TCP", 80), chain_name(WEB, "UDP", 53)
+    empty = chain_name(EMPTY, "TCP", 443)
+    chains = dict(BASE)
+    chains[web_tcp] = [
+        "meta l4proto tcp dnat ip to numgen random mod 2 map { 0 : 10.244.1.2 . 8080, 1 : 10.244.2.2 . 8080 }"
+    ]
+    chains[web_udp] = [
+        "meta l4proto udp dnat ip to numgen random mod 2 map { 0 : 10.244.1.2 . 53, 1 : 10.244.2.2 . 53 }"
+    ]
+    chains[empty] = []  # no endpoint: nothing translated, the filter chains reject
+    expected = [
+        "table ip svcdns {",
+        "\tset vips { type ipv4_addr; elements = { 10.96.0.10, 10.96.0.11 } }",
+        "\tset hairpin { type ipv4_addr . ipv4_addr; elements = { 10.244.1.2 . 10.244.1.2, 10.244.2.2 . 10.244.2.2 } }",
+        "\tmap service-ips { type ipv4_addr . inet_proto . inet_service : verdict; elements = { "
+        f"10.96.0.10 . tcp . 80 : goto {web_tcp}, 10.96.0.10 . udp . 53 : goto {web_udp}, "
+        f"10.96.0.11 . tcp . 443 : goto {empty} }} }}",
+    ]
+    for name in sorted(chains):
+        expected += [f"\tchain {name} {{", *(f"\t\t{line}" for line in chains[name]), "\t}"]
+    expected.append("}")
+    assert render(build(TABLE)).splitlines() == expected
+
+
+def test_ipv6_has_its_own_table():
+    got = render(build(TABLE, "IPv6"))
+    assert got.startswith("table ip6 svcdns {")
+    assert "fd00:96::a . tcp . 80" in got and "10.96.0.10" not in got
+    assert "dnat ip6 to numgen random mod 1 map { 0 : fd00:244:1::2 . 8080 }" in got
+
+
+def test_chain_names_are_stable_readable_and_marked():
+    name = chain_name(WEB, "TCP", 80)
+    assert name.startswith("svc-") and name.endswith("-default/web/tcp/80")
+    assert name == chain_name(WEB.with_endpoints(()), "TCP", 80)  # endpoints do not rename it
+
+
+def test_serving_terminating_endpoints_take_over_when_none_is_ready():
+    svc = WEB.with_endpoints((Endpoint("10.244.5.5", ready=False, serving=True, terminating=True),
+                              Endpoint("10.244.6.6", ready=False)))  # fmt: skip
+    rs = build(ServiceTable.of([svc]))
+    assert rs.chains[chain_name(WEB, "TCP", 80)].dnat.targets == (("10.244.5.5", 8080),)
+
+
+def ops(tx):
+    return [(op[0], *(getattr(a, "name", a) for a in op[1:])) for op in tx]
+
+
+def test_adding_an_endpoint_touches_that_service_only():
+    old = build(TABLE)
+    more = TABLE.replace([WEB.with_endpoints(WEB.endpoints + (Endpoint("10.244.4.2"),))])
+    tx = plan(old, build(more))
+    assert ops(tx) == [
+        ("flush-chain", chain_name(WEB, "TCP", 80)),
+        ("rules", chain_name(WEB, "TCP", 80)),
+        ("flush-chain", chain_name(WEB, "UDP", 53)),
+        ("rules", chain_name(WEB, "UDP", 53)),
+        ("elements", "hairpin", [("10.244.4.2", "10.244.4.2")]),
+    ]
+    assert not any(op[0] in ("chain", "delete-chain") or op[1:2] == ("service-ips",) for op in ops(tx))
+
+
+def test_no_change_no_ops():
+    assert len(plan(build(TABLE), build(TABLE))) == 0
+
+
+def test_removing_a_service_removes_its_elements_before_its_chain():
+    tx = ops(plan(build(TABLE), build(TABLE.replace(deletes=[EMPTY.key]))))
+    chain = chain_name(EMPTY, "TCP", 443)
+    assert tx == [
+        ("delete-elements", "vips", ["10.96.0.11"]),
+        ("delete-elements", "service-ips", [("10.96.0.11", "TCP", 443)]),
+        ("flush-chain", chain),
+        ("delete-chain", chain),
+    ]
+
+
+def test_a_renamed_service_is_a_delete_and_an_add():
+    renamed = Service("web2", ports=WEB.ports, cluster_ips=WEB.cluster_ips, endpoints=WEB.endpoints)
+    tx = ops(plan(build(TABLE), build(TABLE.replace([renamed], [WEB.key]))))
+    assert ("chain", chain_name(renamed, "TCP", 80)) in tx
+    assert ("delete-chain", chain_name(WEB, "TCP", 80)) in tx
+    assert tx.index(("chain", chain_name(renamed, "TCP", 80))) < tx.index(("delete-chain", chain_name(WEB, "TCP", 80)))
+
+
+def test_full_convergence_rewrites_everything_and_drops_foreign_chains_of_ours():
+    tx = ops(plan(None, build(TABLE), present={"services", "svc-deadbeef-old/gone/tcp/80"}))
+    assert tx[0] == ("table",)
+    assert ("flush-set", "service-ips") in tx and ("flush-chain", "services") in tx
+    assert tx[-2:] == [
+        ("flush-chain", "svc-deadbeef-old/gone/tcp/80"),
+        ("delete-chain", "svc-deadbeef-old/gone/tcp/80"),
+    ]
+
+
+def test_every_planned_message_encodes():
+    for family, fam in (("IPv4", "ip"), ("IPv6", "ip6")):
+        messages = Encoder(fam).encode(plan(None, build(TABLE, family), present=set()))
+        for m in messages:
+            m.encode()
+            assert len(m.data) >= 20
