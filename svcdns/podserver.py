@@ -116,9 +116,9 @@ def ask(host: str, port: int, proto: str = "tcp", timeout: float = 2.0, source_p
         s.settimeout(timeout)
         if source_port:
             s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", source_port))
-        s.sendto(b"?", (host, port))
-        data, _ = s.recvfrom(4096)
-        return data.decode().strip()
+        s.connect((host, port))  # connected: an ICMP port unreachable then surfaces as "refused"
+        s.send(b"?")
+        return s.recv(4096).decode().strip()
 
 
 def _readline(s: socket.socket) -> str:

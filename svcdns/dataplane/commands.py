@@ -1,7 +1,7 @@
 """``svcdns sync --once`` and ``svcdns cleanup``: the dataplane from the command line.
 
-    svcdns sync --once [--dataplane nftables]   # read the registry, program the rules, exit
-    svcdns cleanup [--dataplane nftables]       # remove svcdns's tables (ip svcdns, ip6 svcdns), nothing else
+svcdns sync --once [--dataplane nftables]   # read the registry, program the rules, exit
+svcdns cleanup [--dataplane nftables]       # remove svcdns's tables (ip svcdns, ip6 svcdns), nothing else
 """
 
 from __future__ import annotations

@@ -1,0 +1,195 @@
+"""The nftables dataplane with real packets, in namespaces of the test's own: what a user would check.
+
+World: a node namespace, pods 1-3 behind veths. Pods 1 and 2 serve TCP 8080 and UDP 5353 and answer
+with their own address; pod 3 is a client (and serves too, for the hairpin case). `svcdns sync
+--once` runs inside the node namespace, as the agent would.
+"""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+PY = [sys.executable, "-m"]
+
+
+@pytest.fixture
+def world(make_lab, tmp_path):
+    lab = make_lab(pods=3)
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    env = dict(os.environ, SVCDNS_REGISTRY=str(registry), PYTHONPATH=os.getcwd())
+    for pod in lab.pod_list:
+        lab.serve(pod, 8080, "tcp")
+        lab.serve(pod, 5353, "udp")
+        lab.serve(pod, 8080, "tcp", family=6)
+
+    def svcdns(*args):
+        return subprocess.run([*PY, "svcdns", *args], env=env, capture_output=True, text=True, check=True).stdout
+
+    def sync():
+        out = lab.node.run([*PY, "svcdns", "sync", "--once"], env=env)
+        return out.stdout
+
+    def ask(vip, port, proto="tcp", count=1, ns=None, timeout=2.0):
+        ns = ns or lab.node
+        out = ns.run([*PY, "svcdns.podserver", "--client", vip, str(port), "--proto", proto,
+                      "--count", str(count), "--timeout", str(timeout)], check=False, env=env)  # fmt: skip
+        return out.stdout.split()
+
+    lab.svcdns, lab.sync, lab.ask, lab.env = svcdns, sync, ask, env
+    svcdns("service", "add", "web", "--vip", "10.96.0.10", "--port", "http:80:8080/tcp", "--port", "dns:53:5353/udp")
+    p1, p2, p3 = lab.pod_list
+    svcdns("endpoint", "add", "web", str(p1.ipv4))
+    svcdns("endpoint", "add", "web", str(p2.ipv4))
+    svcdns("endpoint", "add", "web", str(p3.ipv4), "--not-ready")
+    sync()
+    return lab
+
+
+def test_vip_reaches_every_ready_endpoint_and_no_other(world):
+    p1, p2, p3 = world.pod_list
+    got = world.ask("10.96.0.10", 80, count=60)
+    assert set(got) == {str(p1.ipv4), str(p2.ipv4)}  # from the node itself: the output hook
+    got = world.ask("10.96.0.10", 80, count=40, ns=p3.ns)
+    assert set(got) == {str(p1.ipv4), str(p2.ipv4)}  # from a pod: routed through the node (prerouting)
+
+
+def test_removing_an_endpoint_moves_new_connections(world):
+    p1, p2, _ = world.pod_list
+    world.svcdns("endpoint", "rm", "web", str(p1.ipv4))
+    world.sync()
+    assert set(world.ask("10.96.0.10", 80, count=30)) == {str(p2.ipv4)}
+
+
+def test_no_endpoint_and_unknown_port_are_refused_at_once(world):
+    world.svcdns("service", "add", "empty", "--vip", "10.96.0.11", "--port", "http:80/tcp", "--port", "dns:53/udp")
+    world.sync()
+    pod = world.pod_list[2].ns
+    cases = [("10.96.0.11", 80, "tcp"), ("10.96.0.11", 53, "udp"), ("10.96.0.10", 81, "tcp"), ("10.96.0.10", 54, "udp")]
+    for ns in (pod, world.node):  # routed through the node (forward hook), and from the node (output hook)
+        for vip, port, proto in cases:
+            start = time.monotonic()
+            said = " ".join(world.ask(vip, port, proto, timeout=5, ns=ns)).lower()
+            # a TCP reset or an ICMP port unreachable ("refused"); the node's own UDP socket is told
+            # at once by its local stack ("not permitted")
+            assert "refused" in said or (ns is world.node and proto == "udp" and "not permitted" in said), (
+                vip,
+                port,
+                said,
+            )
+            assert time.monotonic() - start < 4, f"{vip}:{port}/{proto} timed out instead of being refused"
+
+
+def test_udp_moves_to_the_new_endpoint_after_the_old_one_goes(world):
+    p1, p2, p3 = world.pod_list
+    world.svcdns("endpoint", "rm", "web", str(p2.ipv4))
+    world.sync()
+    client = "from svcdns.podserver import ask; import sys; print(ask('10.96.0.10', 53, 'udp', source_port=40000))"
+    first = p3.ns.run([sys.executable, "-c", client], env=world.env).stdout.strip()
+    assert first == str(p1.ipv4)
+    world.svcdns("endpoint", "add", "web", str(p2.ipv4))
+    world.svcdns("endpoint", "rm", "web", str(p1.ipv4))
+    world.sync()
+    again = p3.ns.run([sys.executable, "-c", client], env=world.env).stdout.strip()
+    assert again == str(p2.ipv4)  # same client port: conntrack would have pinned it to pod 1
+
+
+def test_zero_to_one_endpoint_udp(world):
+    _, p2, p3 = world.pod_list
+    world.svcdns("service", "add", "late", "--vip", "10.96.0.12", "--port", "dns:53:5353/udp")
+    world.sync()
+    client = "from svcdns.podserver import ask; print(ask('10.96.0.12', 53, 'udp', source_port=40001, timeout=1))"
+    assert p3.ns.run([sys.executable, "-c", client], env=world.env, check=False).returncode != 0
+    world.svcdns("endpoint", "add", "late", str(p2.ipv4))
+    world.sync()
+    assert p3.ns.run([sys.executable, "-c", client], env=world.env).stdout.strip() == str(p2.ipv4)
+
+
+def test_hairpin_a_pod_reaches_itself_through_its_service(world):
+    p1 = world.pod_list[0]
+    world.svcdns("service", "add", "self", "--vip", "10.96.0.13", "--port", "80:8080/tcp")
+    world.svcdns("endpoint", "add", "self", str(p1.ipv4))
+    world.sync()
+    assert world.ask("10.96.0.13", 80, count=5, ns=p1.ns) == [str(p1.ipv4)] * 5
+
+
+def test_ipv6(world):
+    p1, p2, p3 = world.pod_list
+    world.svcdns("service", "add", "six", "--ip-family", "ipv6", "--vip", "fd00:96::10", "--port", "80:8080/tcp",
+                 "--service-cidr", "10.96.0.0/12", "--service-cidr", "fd00:96::/108")  # fmt: skip
+    world.svcdns("endpoint", "add", "six", str(p1.ipv6))
+    world.svcdns("endpoint", "add", "six", str(p2.ipv6))
+    world.sync()
+    assert set(world.ask("fd00:96::10", 80, count=40, ns=p3.ns)) == {str(p1.ipv6), str(p2.ipv6)}
+
+
+def test_repeated_syncs_keep_a_connection_stream_and_an_open_connection_going(world):
+    import socket
+
+    p3 = world.pod_list[2]
+    code = (
+        "import socket, time\n"
+        "s = socket.create_connection(('10.96.0.10', 80), timeout=5)\n"
+        "s.recv(100)\n"
+        "ok = 0\n"
+        "for i in range(40):\n"
+        "    s.sendall(b'ping\\n'); assert s.recv(100) == b'ping\\n'; ok += 1; time.sleep(0.1)\n"
+        "print('held', ok)\n"
+    )
+    held = p3.ns.popen([sys.executable, "-c", code], env=world.env, stdout=subprocess.PIPE, text=True)
+    failures = []
+    stop = threading.Event()
+
+    def stream():
+        while not stop.is_set():
+            out = world.ask("10.96.0.10", 80, count=5, ns=p3.ns)
+            failures.extend(x for x in out if x.startswith("error"))
+
+    t = threading.Thread(target=stream)
+    t.start()
+    for _ in range(5):  # every `sync --once` is a fresh process: a full convergence of the live table
+        world.sync()
+    stop.set()
+    t.join(30)
+    out, _ = held.communicate(timeout=30)
+    assert held.returncode == 0 and "held 40" in out
+    assert failures == []
+    del socket
+
+
+def test_cleanup_leaves_nothing_of_ours(world):
+    world.node.run(["nft", "add", "table", "inet", "someone-else"])
+    world.node.run([*PY, "svcdns", "cleanup"], env=world.env)
+    tables = world.node.run(["nft", "list", "tables"]).stdout
+    assert "svcdns" not in tables
+    assert "someone-else" in tables  # only ours
+
+
+def test_a_refused_batch_leaves_the_previous_rules(world):
+    p1, p2, _ = world.pod_list
+    code = (
+        "from svcdns.dataplane import open_dataplane, DataplaneError\n"
+        "from svcdns.dataplane import nftables\n"
+        "from svcdns.registry import load_table\n"
+        "import os\n"
+        "dp = open_dataplane(); t = load_table(os.environ['SVCDNS_REGISTRY'])\n"
+        "dp.sync(t)\n"
+        "orig = nftables.Encoder.op_rules\n"
+        "def broken(self, chain):\n"
+        "    out = orig(self, chain)\n"
+        "    if chain.dnat is not None: out[-1]['attrs'][1] = ('NFTA_RULE_CHAIN', 'no-such-chain')\n"
+        "    return out\n"
+        "nftables.Encoder.op_rules = broken\n"
+        "try:\n"
+        "    web = t.get('default', 'web')\n"
+        "    dp.sync(t.replace([web.with_endpoints(web.endpoints[:1])]))\n"
+        "except DataplaneError as e:\n"
+        "    print('refused:', e)\n"
+    )
+    out = world.node.run([sys.executable, "-c", code], env=world.env).stdout
+    assert "refused:" in out and "No such file or directory" in out and "add rule" in out
+    assert set(world.ask("10.96.0.10", 80, count=30)) == {str(p1.ipv4), str(p2.ipv4)}
