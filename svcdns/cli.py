@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 
 from . import __version__
+from .config import DEFAULT_REGISTRY
 from .errors import SvcdnsError, UsageError
 
 # modules with a ``register(subparsers, common)`` function, in the order their commands are listed
@@ -21,9 +21,8 @@ COMMAND_MODULES = [
     "svcdns.registry.commands",
     "svcdns.dns.commands",
     "svcdns.dataplane.commands",
+    "svcdns.agent_commands",
 ]
-
-DEFAULT_REGISTRY = "/var/lib/svcdns/registry"
 
 
 def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -38,8 +37,9 @@ def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     )
     parser.add_argument(
         "--registry",
-        default=default(os.environ.get("SVCDNS_REGISTRY", DEFAULT_REGISTRY)),
-        help=f"registry directory (or etcd://host:port/prefix); default $SVCDNS_REGISTRY or {DEFAULT_REGISTRY}",
+        default=default(None),
+        help="registry directory (or etcd://host:port/prefix); default $SVCDNS_REGISTRY, the config "
+        f"file's registry, or {DEFAULT_REGISTRY}",
     )
     parser.add_argument("-v", "--verbose", action="count", default=default(0), help="more log output (-vv: debug)")
 

@@ -6,6 +6,7 @@ svcdns cleanup [--dataplane nftables]       # remove svcdns's tables (ip svcdns,
 
 from __future__ import annotations
 
+from ..config import registry_location
 from ..errors import UsageError
 from ..registry import open_registry
 from . import open_dataplane
@@ -25,7 +26,7 @@ def register(sub, common) -> None:
 def cmd_sync(args) -> int:
     if not args.once:
         raise UsageError("svcdns sync: pass --once (to keep the rules in sync, run `svcdns agent`)")
-    snap = open_registry(args.registry).snapshot()
+    snap = open_registry(registry_location(args.registry)).snapshot()
     result = open_dataplane(args.dataplane).sync(snap.table, full=True)
     print(f"synced {result.services} Services, {result.endpoints} endpoints "
           f"({result.rules} netlink messages, {result.duration * 1000:.1f} ms)")  # fmt: skip

@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 
+from ..config import registry_location
 from ..errors import UsageError
 from ..registry import open_registry
 from .server import DNSServer, parse_listen
@@ -52,7 +53,7 @@ def cmd_dns(args) -> int:
         )
     except ValueError as err:
         raise UsageError(str(err)) from None
-    watch = open_registry(args.registry).watch()
+    watch = open_registry(registry_location(args.registry)).watch()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

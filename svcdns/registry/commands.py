@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from ..config import registry_location
 from ..errors import NotFound, UsageError
 from ..model import (
     AFFINITY_CLIENT_IP,
@@ -113,7 +114,7 @@ def _registry(args):
     cidrs = getattr(args, "service_cidr", None)
     if not cidrs and os.environ.get("SVCDNS_SERVICE_CIDRS"):
         cidrs = [c for c in os.environ["SVCDNS_SERVICE_CIDRS"].split(",") if c.strip()]
-    return open_registry(args.registry, cidrs)
+    return open_registry(registry_location(args.registry), cidrs)
 
 
 def _valid(build: Callable[[], Any]) -> Any:

@@ -1,0 +1,157 @@
+"""The agent loop: registry watch -> ServiceTable -> dataplane sync -> DNS update.
+
+Ordering, so a client never resolves a VIP that does not work: a Service's name is published in DNS
+only after its rules are in the kernel (dataplane first, then DNS), and a deleted Service leaves DNS
+before its rules go (DNS first, then the dataplane).
+
+Debouncing: the first change after a quiet period is applied at once; changes that arrive while
+syncs are recent are gathered and applied together at most every ``min_interval`` seconds, so a
+burst of a thousand file writes is a few syncs. A failed sync keeps the previous rules and answers,
+is logged and counted, forces a full convergence next, and is retried with backoff. Every
+``full_sync_period`` a full convergence repairs drift (someone flushed the table).
+
+The watch, the dataplane and the DNS server are injected (unit tests use fakes).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from .errors import SvcdnsError
+from .notify import Notifier
+from .status import Metrics, State
+from .table import ServiceTable, changed_keys
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(
+        self,
+        watch,
+        dataplane,
+        dns,
+        *,
+        state: State | None = None,
+        metrics: Metrics | None = None,
+        notifier: Notifier | None = None,
+        full_sync_period: float = 300.0,
+        min_interval: float = 0.05,
+        retry: tuple[float, float] = (0.5, 30.0),
+    ) -> None:
+        self.watch, self.dataplane, self.dns = watch, dataplane, dns
+        self.state = state or State()
+        self.metrics = metrics or Metrics()
+        self.notifier = notifier or Notifier(env={})
+        self.full_sync_period = full_sync_period
+        self.min_interval = min_interval
+        self.retry_min, self.retry_max = retry
+        self.applied: ServiceTable | None = None  # what the kernel and DNS hold
+        self.desired = ServiceTable()
+        self.pending_since = 0.0
+        self.need_full = True
+        self.backoff = self.retry_min
+        self.next_attempt = 0.0
+        self.last_sync = 0.0
+        self.last_full = 0.0
+        self.syncs = 0
+
+    # ---- the loop ---------------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        self.take(self.watch.start())
+        last_watchdog = 0.0
+        while not stop.is_set():
+            now = time.monotonic()
+            if self.notifier.watchdog_interval and now - last_watchdog >= self.notifier.watchdog_interval:
+                self.notifier.watchdog()
+                last_watchdog = now
+            if now - self.last_full >= self.full_sync_period and self.applied is not None:
+                self.need_full = True
+            if self.due(now):
+                self.sync()
+                continue
+            timeout = 0.5
+            if self.pending() or self.need_full:
+                timeout = max(0.0, min(timeout, max(self.next_attempt, self.last_sync + self.min_interval) - now))
+            snap = self.watch.poll(timeout)
+            self.state.registry_problem = self.watch.problem
+            self.metrics.registry_up.set(0 if self.watch.problem else 1)
+            if snap is not None:
+                self.take(snap)
+
+    def take(self, snap) -> None:
+        """A new registry snapshot: remember it; the loop applies it when due."""
+        if snap.table is not self.desired and (self.applied is None or changed_keys(self.desired, snap.table)):
+            if not self.pending_since:
+                self.pending_since = time.monotonic()
+                self.state.pending_since = time.time()
+        self.desired = snap.table
+        self.state.revision = snap.revision
+        self.state.bad_entries = dict(snap.errors)
+        self.metrics.bad_entries.set(len(snap.errors))
+
+    def pending(self) -> bool:
+        return (
+            self.applied is None or self.applied is not self.desired and bool(changed_keys(self.applied, self.desired))
+        )
+
+    def due(self, now: float) -> bool:
+        if now < self.next_attempt:
+            return False
+        if self.need_full:
+            return True
+        return self.pending() and now >= self.last_sync + self.min_interval
+
+    # ---- one sync -----------------------------------------------------------------------------------------
+
+    def sync(self) -> bool:
+        desired, applied, full = self.desired, self.applied, self.need_full
+        start = time.monotonic()
+        try:
+            gone = [k for k in applied.services if k not in desired.services] if applied is not None else []
+            if gone:  # names leave DNS before their rules leave the kernel
+                self.dns.update(applied.replace(deletes=gone))
+            result = self.dataplane.sync(desired, full=full)
+            self.dns.update(desired)  # names arrive after their rules
+        except SvcdnsError as err:
+            self.fail(err)
+            return False
+        now = time.monotonic()
+        self.metrics.sync_duration.labels("full" if full else "partial").observe(now - start)
+        if self.pending_since:
+            self.metrics.programming.observe(now - self.pending_since)
+        self.applied = desired
+        self.need_full = False
+        self.backoff = self.retry_min
+        self.next_attempt = 0.0
+        self.last_sync = now
+        if full:
+            self.last_full = now
+        self.pending_since = 0.0
+        self.syncs += 1
+        st = self.state
+        st.last_sync, st.last_error, st.pending_since = time.time(), "", 0.0
+        st.services, st.endpoints = len(desired), desired.endpoint_count()
+        self.metrics.services.set(st.services)
+        self.metrics.endpoints.set(st.endpoints)
+        self.metrics.rules.set(getattr(result, "rules", 0))
+        status = f"{st.services} Services, {st.endpoints} endpoints, revision {st.revision}"
+        if not st.ready:
+            st.ready = True
+            self.notifier.ready(status)
+            log.warning("agent: ready: %s", status)
+        else:
+            self.notifier.status(status)
+        log.info("agent: synced %s (%s, %.1f ms)", status, "full" if full else "partial", (now - start) * 1000)
+        return True
+
+    def fail(self, err: Exception) -> None:
+        self.metrics.sync_errors.inc()
+        self.state.last_error = str(err)
+        self.need_full = True
+        self.next_attempt = time.monotonic() + self.backoff
+        log.error("agent: sync failed, retrying in %.1fs: %s", self.backoff, err)
+        self.backoff = min(self.backoff * 2, self.retry_max)

@@ -1,0 +1,229 @@
+"""The agent's settings: /etc/svcdns/svcdns.toml < environment (SVCDNS_*) < command-line flags.
+
+    registry = "/var/lib/svcdns/registry"     # or "etcd://10.0.0.1:2379,10.0.0.2:2379/svcdns"
+    service_cidrs = ["10.96.0.0/12"]          # add an IPv6 CIDR for IPv6 / dual-stack Services
+    pod_cidrs = []                            # networks of the pods: their DNS clients may recurse
+    cluster_zone = "cluster.local"
+    dataplane = "nftables"                    # or "iptables"
+    full_sync_period = 300                    # seconds between full re-syncs (drift repair)
+    health_listen = "127.0.0.1:10256"         # /healthz, /readyz, /metrics, /status
+
+    [dns]
+    listen = ["127.0.0.1:53"]
+    upstreams = []                            # empty: the host's /etc/resolv.conf
+    allowed_networks = []                     # empty: loopback + service_cidrs + pod_cidrs
+    forward = true
+    ttl = 5
+    workers = 0                               # 0: one per core
+
+A bad value raises UsageError naming the key, the value and what is valid (the agent exits 2).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .errors import UsageError
+from .ipam import DEFAULT_SERVICE_CIDRS, Allocator
+
+DEFAULT_CONFIG = "/etc/svcdns/svcdns.toml"
+DEFAULT_REGISTRY = "/var/lib/svcdns/registry"
+
+
+@dataclass(frozen=True)
+class Config:
+    registry: str = DEFAULT_REGISTRY
+    service_cidrs: tuple[str, ...] = DEFAULT_SERVICE_CIDRS
+    pod_cidrs: tuple[str, ...] = ()
+    cluster_zone: str = "cluster.local"
+    dataplane: str = "nftables"
+    full_sync_period: float = 300.0
+    health_listen: str = "127.0.0.1:10256"
+    dns_listen: tuple[str, ...] = ("127.0.0.1:53",)
+    dns_upstreams: tuple[str, ...] = ()
+    dns_allowed_networks: tuple[str, ...] = ()
+    dns_forward: bool = True
+    dns_ttl: int = 5
+    dns_workers: int = 0
+    source: str = ""  # the file it came from, for messages
+
+    def allowed_networks(self) -> list[str]:
+        return list(self.dns_allowed_networks) or ["127.0.0.0/8", "::1/128", *self.service_cidrs, *self.pod_cidrs]
+
+
+_KEYS = {
+    "registry": ("registry", str),
+    "service_cidrs": ("service_cidrs", list),
+    "pod_cidrs": ("pod_cidrs", list),
+    "cluster_zone": ("cluster_zone", str),
+    "dataplane": ("dataplane", str),
+    "full_sync_period": ("full_sync_period", (int, float)),
+    "health_listen": ("health_listen", str),
+    "dns.listen": ("dns_listen", list),
+    "dns.upstreams": ("dns_upstreams", list),
+    "dns.allowed_networks": ("dns_allowed_networks", list),
+    "dns.forward": ("dns_forward", bool),
+    "dns.ttl": ("dns_ttl", int),
+    "dns.workers": ("dns_workers", int),
+}
+_ENV = {
+    "SVCDNS_REGISTRY": "registry",
+    "SVCDNS_SERVICE_CIDRS": "service_cidrs",
+    "SVCDNS_POD_CIDRS": "pod_cidrs",
+    "SVCDNS_ZONE": "cluster_zone",
+    "SVCDNS_DATAPLANE": "dataplane",
+    "SVCDNS_HEALTH_LISTEN": "health_listen",
+    "SVCDNS_DNS_LISTEN": "dns.listen",
+}
+
+
+def _flatten(doc: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _apply(cfg: Config, values: dict[str, Any], where: str) -> Config:
+    changes = {}
+    for key, value in values.items():
+        if key not in _KEYS:
+            raise UsageError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(_KEYS))}")
+        attr, kind = _KEYS[key]
+        if kind is list:
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise UsageError(f"{where}: {key} = {value!r}: expected a list of strings")
+            value = tuple(value)
+        elif kind is bool and not isinstance(value, bool):
+            raise UsageError(f"{where}: {key} = {value!r}: expected true or false")
+        elif kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UsageError(f"{where}: {key} = {value!r}: expected a whole number")
+        elif kind is str and not isinstance(value, str):
+            raise UsageError(f"{where}: {key} = {value!r}: expected a string")
+        elif kind == (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UsageError(f"{where}: {key} = {value!r}: expected a number of seconds")
+        changes[attr] = value
+    return replace(cfg, **changes)
+
+
+def load(path: str | None = None, flags: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Config:
+    """The configuration: the file (``path``, or /etc/svcdns/svcdns.toml if it exists), then the
+    environment, then ``flags`` (config keys -> values; None values are ignored)."""
+    cfg = Config()
+    env = os.environ if env is None else env
+    path = path or env.get("SVCDNS_CONFIG") or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    if path:
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except FileNotFoundError:
+            raise UsageError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as err:
+            raise UsageError(f"config file {path}: not valid TOML: {err}") from None
+        cfg = replace(_apply(cfg, _flatten(doc), path), source=path)
+    cfg = _apply(cfg, {key: env[name] for name, key in _ENV.items() if env.get(name)}, "environment")
+    cfg = _apply(cfg, {k: v for k, v in (flags or {}).items() if v is not None}, "command line")
+    validate(cfg)
+    return cfg
+
+
+def registry_location(flag: str | None, env: dict[str, str] | None = None) -> str:
+    """Where the registry is, for one-shot commands: the flag, $SVCDNS_REGISTRY, the config file's
+    ``registry``, else the default directory."""
+    env = os.environ if env is None else env
+    if flag:
+        return flag
+    if env.get("SVCDNS_REGISTRY"):
+        return env["SVCDNS_REGISTRY"]
+    path = env.get("SVCDNS_CONFIG") or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    if path:
+        try:
+            with open(path, "rb") as f:
+                value = tomllib.load(f).get("registry")
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise UsageError(f"config file {path}: {err}") from None
+        if isinstance(value, str) and value:
+            return value
+    return DEFAULT_REGISTRY
+
+
+def validate(cfg: Config, local_networks: list | None = None) -> None:
+    where = cfg.source or "configuration"
+    if cfg.dataplane not in ("nftables", "iptables"):
+        raise UsageError(f"{where}: dataplane = {cfg.dataplane!r}: expected nftables or iptables")
+    try:
+        Allocator(list(cfg.service_cidrs))
+    except UsageError as err:
+        raise UsageError(f"{where}: service_cidrs: {err}") from None
+    for key, nets in (("pod_cidrs", cfg.pod_cidrs), ("dns.allowed_networks", cfg.dns_allowed_networks)):
+        for n in nets:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError:
+                raise UsageError(f"{where}: {key}: {n!r} is not a network such as 10.244.0.0/16") from None
+    if not 0 <= cfg.dns_ttl <= 86400:
+        raise UsageError(f"{where}: dns.ttl = {cfg.dns_ttl}: expected 0 to 86400 seconds")
+    if cfg.dns_workers < 0:
+        raise UsageError(f"{where}: dns.workers = {cfg.dns_workers}: expected 0 (one per core) or more")
+    if cfg.full_sync_period < 1:
+        raise UsageError(f"{where}: full_sync_period = {cfg.full_sync_period}: expected at least 1 second")
+    for key, value in [("health_listen", cfg.health_listen), *(("dns.listen", v) for v in cfg.dns_listen)]:
+        split_hostport(value, key, where)
+    for cidr in cfg.service_cidrs:
+        net = ipaddress.ip_network(cidr)
+        for local in local_networks if local_networks is not None else host_networks():
+            if local.version == net.version and local.overlaps(net) and local.prefixlen > 0:
+                raise UsageError(
+                    f"{where}: service_cidrs: {cidr} overlaps the local network {local}; "
+                    "VIPs there would shadow real hosts: choose an unused range"
+                )
+
+
+def split_hostport(value: str, key: str = "address", where: str = "configuration") -> tuple[str, int]:
+    text = value.strip()
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]")
+        port = port.lstrip(":")
+    else:
+        host, _, port = text.rpartition(":")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+        if not 0 < number < 65536:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"{where}: {key} = {value!r}: expected ADDRESS:PORT, e.g. 127.0.0.1:53") from None
+    return host, number
+
+
+def host_networks() -> list:
+    """The networks of this (network namespace's) interfaces, via netifaces; loopback excluded."""
+    import netifaces
+
+    nets = []
+    for iface in netifaces.interfaces():
+        addrs = netifaces.ifaddresses(iface)
+        for fam in (netifaces.AF_INET, netifaces.AF_INET6):
+            for a in addrs.get(fam, []):
+                addr, mask = a.get("addr", "").split("%")[0], a.get("netmask", "")
+                try:
+                    if fam == netifaces.AF_INET6 and "/" in mask:
+                        mask = mask.split("/")[1]
+                    net = ipaddress.ip_interface(f"{addr}/{mask}").network
+                except ValueError:
+                    continue
+                if not net.is_loopback and not net.is_link_local:
+                    nets.append(net)
+    return nets
+
+
+__all__ = ["Config", "load", "validate", "split_hostport", "host_networks", "field"]
