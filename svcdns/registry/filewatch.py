@@ -2,7 +2,9 @@
 
 Only complete files are read: the watch reacts to ``IN_CLOSE_WRITE`` (a writer closed the file) and
 ``IN_MOVED_TO`` (a file renamed into place, as the CLI and most editors and orchestrators do), never to
-``IN_MODIFY``. New subdirectories are watched as they appear. A queue overflow, or the periodic safety
+``IN_MODIFY``. New subdirectories are watched as they appear. Deletions apply after a short grace
+(``delete_grace``, 1 s), so that removing the whole directory is seen as an outage, not as every
+Service being deleted. A queue overflow, or the periodic safety
 rescan, re-reads everything and converges to the same state. If the registry directory itself
 disappears, everything already known is kept (the agent keeps its rules and answers), the problem is
 reported in ``problem``, and the watch resumes with a full rescan when the directory is back.
@@ -32,7 +34,13 @@ class FileWatcher(Watch):
     ``poll(timeout)`` is the non-blocking form: a new Snapshot if something changed within
     ``timeout`` seconds, else None. ``close()`` releases the inotify descriptor."""
 
-    def __init__(self, registry: FileRegistry, rescan_interval: float = 600.0, retry_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        registry: FileRegistry,
+        rescan_interval: float = 600.0,
+        retry_interval: float = 1.0,
+        delete_grace: float = 1.0,
+    ) -> None:
         self.registry = registry
         self.rescan_interval = rescan_interval
         self.retry_interval = retry_interval
@@ -42,6 +50,8 @@ class FileWatcher(Watch):
         self._last_rescan = 0.0
         self._started = False
         self._last_errors: dict[str, str] = {}
+        self.delete_grace = delete_grace
+        self._deleted: dict[str, float] = {}  # file -> when its deletion was seen
 
     # ---- lifecycle --------------------------------------------------------------------------------------
 
@@ -77,6 +87,8 @@ class FileWatcher(Watch):
                 wait = self.retry_interval
             else:
                 wait = max(0.0, self._last_rescan + self.rescan_interval - time.monotonic())
+                if self._deleted:
+                    wait = min(wait, max(0.0, min(self._deleted.values()) + self.delete_grace - time.monotonic()))
             if deadline is not None:
                 wait = min(wait, max(0.0, deadline - time.monotonic()))
             if self._inotify is not None:
@@ -85,7 +97,11 @@ class FileWatcher(Watch):
                     snap = self._handle(self._inotify.read(timeout=0))
                     if snap is not None:
                         return snap
-                elif time.monotonic() >= self._last_rescan + self.rescan_interval:
+                if self._inotify is not None and self._deleted:
+                    snap = self._apply_deletes()
+                    if snap is not None:
+                        return snap
+                if not ready and time.monotonic() >= self._last_rescan + self.rescan_interval:
                     snap = self._rescan(force_snapshot=False)
                     if snap is not None:
                         return snap
@@ -96,6 +112,7 @@ class FileWatcher(Watch):
 
     def _setup(self) -> bool:
         self.close()
+        self._deleted.clear()  # a full rescan follows: it sees what is really gone
         root = self.registry.root
         if not root.is_dir():
             self._lost(f"registry directory {root} does not exist; keeping the last known Services")
@@ -131,6 +148,19 @@ class FileWatcher(Watch):
             self._dirs[wd] = rel
             found.extend(f"{rel}/{n}" if rel else n for n in filenames if is_service_file(n))
         return found
+
+    def _apply_deletes(self) -> Snapshot | None:
+        """Apply deletions seen ``delete_grace`` seconds ago, if the registry directory is still there:
+        when the whole directory is being removed (rm -rf deletes its files first), the watch loses the
+        directory within the grace and keeps every Service instead of deleting them one by one."""
+        due = [rel for rel, seen in self._deleted.items() if time.monotonic() - seen >= self.delete_grace]
+        if not due:
+            return None
+        for rel in due:
+            del self._deleted[rel]
+        if not self.registry.root.is_dir():
+            return None
+        return self._news(self.registry.refresh(due))
 
     def _rescan(self, force_snapshot: bool) -> Snapshot | None:
         self._last_rescan = time.monotonic()
@@ -170,18 +200,23 @@ class FileWatcher(Watch):
                     return None
                 continue
             rel = f"{rel_dir}/{ev.name}" if rel_dir else ev.name
+            now = time.monotonic()
             if ev.mask & F.ISDIR:
                 if ev.name.startswith("."):
                     continue
                 if ev.mask & (F.CREATE | F.MOVED_TO):
                     changed.extend(self._watch_tree(rel))
-                else:  # a directory deleted or moved away: everything under it is gone
-                    changed.extend(p for p in self.registry.entries if p.startswith(rel + "/"))
+                else:  # a directory deleted or moved away: everything under it is going
+                    self._deleted.update((p, now) for p in self.registry.entries if p.startswith(rel + "/"))
                 continue
             if not is_service_file(ev.name):
                 continue
+            if ev.mask & (F.DELETE | F.MOVED_FROM):
+                self._deleted[rel] = now
+                continue
             if ev.mask & F.CREATE and not os.path.islink(self.registry.root / rel):
                 continue  # wait for the writer to close it
+            self._deleted.pop(rel, None)
             changed.append(rel)
         if self._inotify is None:
             return None

@@ -1,0 +1,135 @@
+"""`svcdns agent` end to end in namespaces: the CLI writes, a pod resolves with dig and connects."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from svcdns.lab import wait_for
+
+PY = [sys.executable, "-m"]
+
+
+@pytest.fixture
+def node(make_lab, tmp_path):
+    lab = make_lab(pods=3)
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    env = dict(os.environ, SVCDNS_REGISTRY=str(registry), PYTHONPATH=os.getcwd())
+    for pod in lab.pod_list[:2]:
+        lab.serve(pod, 8080, "tcp")
+
+    def svcdns(*args):
+        return subprocess.run([*PY, "svcdns", *args], env=env, capture_output=True, text=True, check=True).stdout
+
+    def start_agent():
+        proc = lab.spawn(lab.node, [*PY, "svcdns", "agent", "--registry", str(registry), "--dns-listen", "127.0.0.1:53",
+                                    "--dns-listen", "10.244.3.1:53", "--dns-workers", "1",
+                                    "--pod-cidr", "10.244.0.0/16"], env=env, stdout=subprocess.DEVNULL)  # fmt: skip
+        wait_for(lambda: http("/readyz").startswith("ok"), 60, what="the agent to be ready")
+        return proc
+
+    def http(path):
+        out = lab.node.run(["curl", "-s", "--max-time", "2", f"http://127.0.0.1:10256{path}"], check=False)
+        return out.stdout
+
+    def dig(name, ns=None, server="10.244.3.1"):
+        return (
+            (ns or lab.pod_list[2].ns)
+            .run(["dig", "+short", "+time=1", "+tries=2", f"@{server}", name], check=False)
+            .stdout.strip()
+        )
+
+    def ask(vip, count=1):
+        return lab.pod_list[2].ns.run([*PY, "svcdns.podserver", "--client", vip, "80", "--count", str(count)],
+                                      check=False, env=env).stdout.split()  # fmt: skip
+
+    lab.svcdns, lab.start_agent, lab.http, lab.dig, lab.ask, lab.registry, lab.env = (
+        svcdns,
+        start_agent,
+        http,
+        dig,
+        ask,
+        registry,
+        env,
+    )
+    return lab
+
+
+def test_create_change_delete_seen_by_a_pod_with_dig_and_connect(node, record_property):
+    p1, p2, _ = node.pod_list
+    node.start_agent()
+    t0 = time.monotonic()
+    vip = node.svcdns("service", "add", "web", "--port", "http:80:8080/tcp").strip()
+    node.svcdns("endpoint", "add", "web", str(p1.ipv4))
+    wait_for(lambda: node.ask(vip) == [str(p1.ipv4)], 10, what="the VIP to work")
+    record_property("registry_write_to_working_vip_seconds", round(time.monotonic() - t0, 3))
+    assert node.dig("web.default.svc.cluster.local") == vip
+    node.svcdns("endpoint", "add", "web", str(p2.ipv4))
+    wait_for(lambda: set(node.ask(vip, 20)) == {str(p1.ipv4), str(p2.ipv4)}, 10, what="both endpoints")
+    node.svcdns("service", "rm", "web")
+    wait_for(lambda: node.dig("web.default.svc.cluster.local") == "", 10, what="the name to go")
+    wait_for(lambda: "error" in " ".join(node.ask(vip)), 10, what="the VIP to stop")
+    status = json.loads(node.http("/status"))
+    assert status["services"] == 0 and status["ready"] and status["healthy"]
+    metrics = node.http("/metrics")
+    assert "svcdns_sync_duration_seconds_count" in metrics and 'svcdns_dns_queries_total{rcode="NOERROR"}' in metrics
+
+
+def test_restart_drops_no_connection(node):
+    p1, p2, _ = node.pod_list
+    vip = node.svcdns("service", "add", "web", "--port", "http:80:8080/tcp").strip()
+    node.svcdns("endpoint", "add", "web", str(p1.ipv4))
+    node.svcdns("endpoint", "add", "web", str(p2.ipv4))
+    agent = node.start_agent()
+    failures, answers, stop = [], [], threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            got = node.ask(vip, 5)
+            answers.extend(got)
+            failures.extend(x for x in got if x.startswith("error"))
+
+    t = threading.Thread(target=loop)
+    t.start()
+    time.sleep(1)
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(30) == 0  # stops cleanly, leaving the rules in place
+    time.sleep(1)  # no agent at all: the kernel keeps serving the VIP
+    node.start_agent()  # adopts the live table
+    time.sleep(1)
+    stop.set()
+    t.join(30)
+    assert len(answers) > 20 and failures == []
+
+
+def test_a_file_that_goes_bad_keeps_the_service_working(node):
+    p1 = node.pod_list[0]
+    vip = node.svcdns("service", "add", "web", "--port", "http:80:8080/tcp").strip()
+    node.svcdns("endpoint", "add", "web", str(p1.ipv4))
+    node.start_agent()
+    (node.registry / "default" / "web.yaml").write_text("name: web\nports: [{port: 99999}]\n")
+    wait_for(lambda: "99999" in node.http("/status"), 10, what="the agent to report the bad file")
+    assert node.ask(vip) == [str(p1.ipv4)]
+    assert node.dig("web.default.svc.cluster.local") == vip
+
+
+def test_registry_directory_gone_keeps_everything_until_it_returns(node):
+    p1 = node.pod_list[0]
+    vip = node.svcdns("service", "add", "web", "--port", "http:80:8080/tcp").strip()
+    node.svcdns("endpoint", "add", "web", str(p1.ipv4))
+    node.start_agent()
+    backup = node.registry.parent / "backup"
+    shutil.copytree(node.registry, backup)
+    shutil.rmtree(node.registry)
+    wait_for(lambda: "does not exist" in node.http("/healthz"), 10, what="the agent to report the registry gone")
+    assert node.ask(vip) == [str(p1.ipv4)] and node.dig("web.default.svc.cluster.local") == vip
+    shutil.copytree(backup, node.registry)
+    wait_for(lambda: json.loads(node.http("/status"))["registryProblem"] is None, 10, what="the registry back")
+    assert node.ask(vip) == [str(p1.ipv4)]

@@ -1,0 +1,172 @@
+"""The agent loop with fakes: ordering of rules and names, debouncing, failures, health, config."""
+
+import socket
+import threading
+import time
+
+import pytest
+
+from svcdns import config as configuration
+from svcdns.agent import Agent
+from svcdns.errors import SvcdnsError, UsageError
+from svcdns.model import Service, ServicePort
+from svcdns.notify import Notifier
+from svcdns.registry import Snapshot
+from svcdns.status import Metrics, State
+from svcdns.table import ServiceTable
+
+
+def svc(name, i=0):
+    return Service(name, ports=(ServicePort(80),), cluster_ips=(f"10.96.1.{i + 10}",))
+
+
+class FakeWatch:
+    problem = None
+
+    def __init__(self, *tables):
+        self.snaps = [Snapshot(i + 1, t) for i, t in enumerate(tables)]
+
+    def start(self):
+        return self.snaps.pop(0)
+
+    def poll(self, timeout):
+        if self.snaps:
+            return self.snaps.pop(0)
+        time.sleep(min(timeout or 0.01, 0.01))
+        return None
+
+
+class Recorder:
+    def __init__(self, log, fail=0):
+        self.log, self.fail = log, fail
+
+    def sync(self, table, full=False):
+        if self.fail:
+            self.fail -= 1
+            raise SvcdnsError("kernel says no")
+        self.log.append(("rules", tuple(sorted(s.name for s in table)), full))
+
+    def update(self, table):
+        self.log.append(("names", tuple(sorted(s.name for s in table))))
+
+
+def run_until(agent, cond, timeout=5.0):
+    stop = threading.Event()
+    t = threading.Thread(target=agent.run, args=(stop,))
+    t.start()
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    t.join(5)
+    assert cond(), "condition not reached"
+
+
+def test_rules_before_names_and_names_before_rules_go():
+    log = []
+    a, b = svc("a", 1), svc("bb", 2)
+    watch = FakeWatch(ServiceTable.of([a]), ServiceTable.of([a, b]), ServiceTable.of([b]))
+    agent = Agent(watch, Recorder(log), Recorder(log), min_interval=0)
+    run_until(agent, lambda: agent.applied is not None and [s.name for s in agent.applied] == ["bb"])
+    assert log[0] == ("rules", ("a",), True)  # the first sync converges fully
+    assert log[1] == ("names", ("a",))
+    i = log.index(("rules", ("a", "bb"), False))
+    assert log[i + 1] == ("names", ("a", "bb"))  # b's name only after b's rules
+    j = log.index(("names", ("bb",)))  # a's name leaves DNS ...
+    assert log[j + 1] == ("rules", ("bb",), False)  # ... before a's rules leave the kernel
+
+
+def test_ready_only_after_the_first_sync_and_failures_retry_with_a_full_sync():
+    log = []
+    notifier = Notifier(env={})
+    sent = []
+    notifier.send = lambda *f: sent.append(f) or True
+    state = State()
+    agent = Agent(FakeWatch(ServiceTable.of([svc("a")])), Recorder(log, fail=2), Recorder(log),
+                  state=state, notifier=notifier, retry=(0.01, 0.05))  # fmt: skip
+    run_until(agent, lambda: state.ready)
+    assert agent.metrics.sync_errors._value.get() == 2
+    assert log[0] == ("rules", ("a",), True)
+    assert sent[0][0] == "READY=1" and "1 Services" in sent[0][1]
+    assert state.healthy()[0]
+
+
+def test_a_burst_is_a_few_syncs():
+    log = []
+    tables = [ServiceTable.of([svc(f"s{i}", i)]) for i in range(200)]
+
+    class BurstWatch(FakeWatch):
+        def poll(self, timeout):  # a snapshot every 2 ms: a burst
+            time.sleep(0.002)
+            return self.snaps.pop(0) if self.snaps else None
+
+    agent = Agent(BurstWatch(*tables), Recorder(log), Recorder(log), min_interval=0.05)
+    run_until(agent, lambda: agent.applied is tables[-1], timeout=10)
+    syncs = [e for e in log if e[0] == "rules"]
+    assert len(syncs) < 30  # 200 changes, a few syncs
+
+
+def test_unhealthy_while_a_change_waits_too_long():
+    st = State(ready=True, health_timeout=1)
+    assert st.healthy()[0]
+    st.pending_since = time.time() - 5
+    ok, why = st.healthy()
+    assert not ok and "waited" in why
+
+
+def test_metrics_are_prometheus_text():
+    m = Metrics(dns_stats=lambda: {"queries": {"NOERROR": 3}, "duration_buckets": {0.001: 3},
+                                   "duration_sum": 0.002, "duration_count": 3})  # fmt: skip
+    m.services.set(7)
+    text = m.render().decode()
+    assert "svcdns_services 7.0" in text
+    assert 'svcdns_dns_queries_total{rcode="NOERROR"} 3.0' in text
+    assert 'svcdns_dns_request_duration_seconds_bucket{le="+Inf"} 3.0' in text
+
+
+def test_notify_over_a_real_socket(tmp_path):
+    path = str(tmp_path / "notify")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    n = Notifier(env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "20000000"})
+    assert n.ready("3 Services") and n.watchdog()
+    assert server.recv(100) == b"READY=1\nSTATUS=3 Services"
+    assert server.recv(100) == b"WATCHDOG=1"
+    assert n.watchdog_interval == 10.0
+    assert not Notifier(env={}).ready()  # outside systemd: nothing, no error
+    server.close()
+
+
+def test_config_precedence_and_errors(tmp_path):
+    conf = tmp_path / "svcdns.toml"
+    conf.write_text('registry = "/srv/reg"\ncluster_zone = "corp.local"\n[dns]\nlisten = ["127.0.0.1:5353"]\nttl = 9\n')
+    cfg = configuration.load(str(conf), env={})
+    assert (cfg.registry, cfg.cluster_zone, cfg.dns_listen, cfg.dns_ttl) == (
+        "/srv/reg",
+        "corp.local",
+        ("127.0.0.1:5353",),
+        9,
+    )
+    cfg = configuration.load(str(conf), env={"SVCDNS_ZONE": "env.local"}, flags={"registry": "/flag"})
+    assert (cfg.registry, cfg.cluster_zone) == ("/flag", "env.local")
+    for text, says in [
+        ('dataplane = "ebpf"', "dataplane = 'ebpf'"),
+        ('[dns]\nttl = "5"', "dns.ttl = '5'"),
+        ('colour = "blue"', "unknown key 'colour'"),
+        ('service_cidrs = ["10.96.0.1/12"]', "10.96.0.1/12"),
+        ('health_listen = "localhost"', "health_listen = 'localhost'"),
+        ("registry = ", "not valid TOML"),
+    ]:
+        conf.write_text(text + "\n")
+        with pytest.raises(UsageError) as err:
+            configuration.load(str(conf), env={})
+        assert says in str(err.value) and str(conf) in str(err.value)
+
+
+def test_a_service_cidr_overlapping_a_local_network_is_refused():
+    import ipaddress
+
+    cfg = configuration.Config(service_cidrs=("10.96.0.0/12",))
+    with pytest.raises(UsageError, match="overlaps the local network 10.96.5.0/24"):
+        configuration.validate(cfg, local_networks=[ipaddress.ip_network("10.96.5.0/24")])
+    configuration.validate(cfg, local_networks=[ipaddress.ip_network("192.168.1.0/24")])
