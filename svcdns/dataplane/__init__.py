@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..errors import SvcdnsError, UsageError
 from ..model import IPV4, IPV6
-from ..table import ServiceTable
+from ..table import ServiceTable, changed_keys
 
 log = logging.getLogger(__name__)
 
@@ -40,37 +40,45 @@ class NftablesDataplane:
 
         self.families = families
         self.current: dict[str, Ruleset | None] = {f: None for f in families}
+        self.table: ServiceTable | None = None  # the last table the kernel took
 
     def sync(self, table: ServiceTable, *, full: bool = False) -> SyncResult:
         from . import conntrack
-        from .nftables import Encoder, NetlinkBatch, NetlinkError, describe, present_chains
-        from .ruleset import build, plan
+        from .nftables import NetlinkBatch, NetlinkError, encode, present_chains
+        from .ruleset import build, plan, udp_expectations
 
         start = time.perf_counter()
         written = 0
-        stale: list = []
+        udp: dict = {}
         was_full = False
+        keys = changed_keys(self.table, table) if self.table is not None and not full else None
         batch = NetlinkBatch()
         try:
             for family in self.families:
-                desired = build(table, family)
-                current = None if full else self.current[family]
-                was_full |= current is None
-                present = present_chains(desired.family) if current is None else None
-                tx = plan(current, desired, present)
-                messages = Encoder(desired.family).encode(tx)
+                current = self.current[family]
+                if keys is None or current is None:
+                    was_full = True
+                    desired = build(table, family)
+                    tx = plan(desired, present_chains(desired.family))
+                    udp.update(udp_expectations(desired.services.values()))
+                else:
+                    desired, tx = current, current.apply(table, keys)
+                    old, new = current.last_change
+                    udp.update({k: set() for k in udp_expectations(old.values())})  # ports that went
+                    udp.update(udp_expectations(new.values()))
+                self.current[family] = None  # until the kernel took it
+                messages = encode(tx)
                 try:
-                    batch.send(messages, describe)
+                    batch.send(messages, desired.family)
                 except NetlinkError as err:
-                    self.current[family] = None  # unknown now: the next sync converges fully
                     raise DataplaneError(f"nftables refused the {desired.family} sync: {err}; "
                                          "the previous rules stay in place") from None  # fmt: skip
-                stale += _stale_udp(self.current[family], desired)
                 self.current[family] = desired
                 written += len(messages)
         finally:
             batch.close()
-        conntrack.clear_udp(stale)
+        self.table = table
+        conntrack.clear_udp(udp)
         return SyncResult(len(table), table.endpoint_count(), written, was_full, time.perf_counter() - start)
 
     def cleanup(self) -> None:
@@ -81,24 +89,6 @@ class NftablesDataplane:
             if delete_table(FAMILIES[family]):
                 log.info("dataplane: removed table %s svcdns", FAMILIES[family])
             self.current[family] = None
-
-
-def _stale_udp(old, new) -> list[tuple[str, int, str | None, int | None]]:
-    """UDP flows to forget after a sync: to endpoints that left, and to VIPs that had none."""
-    out = []
-    old_map = old.service_ips if old is not None else {}
-    for key, chain_name in new.service_ips.items():
-        vip, proto, port = key
-        if proto != "UDP":
-            continue
-        targets = set(new.chains[chain_name].dnat.targets)
-        before = set(old.chains[old_map[key]].dnat.targets) if key in old_map and old_map[key] in old.chains else None
-        if before is None or not before:
-            if targets:
-                out.append((vip, port, None, None))
-            continue
-        out += [(vip, port, addr, tport) for addr, tport in before - targets]
-    return out
 
 
 def open_dataplane(kind: str = "nftables", **options) -> NftablesDataplane:

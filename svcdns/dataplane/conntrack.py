@@ -1,13 +1,17 @@
-"""Stale UDP conntrack entries: deleted when an endpoint goes, or when a VIP gets its first endpoint.
+"""Stale UDP conntrack entries: deleted after each sync when they point at an endpoint that is gone.
 
 UDP has no connection end: a client that keeps sending from one source port (a DNS resolver does)
 stays pinned by conntrack to the endpoint it first reached, dead or not, or to the "no endpoint"
-rejection. kube-proxy's users know this pain (kubernetes/kubernetes 48370, 125467, 139628); after
-each sync svcdns deletes the entries that now point at nothing.
+rejection. kube-proxy's users know this pain (kubernetes/kubernetes 48370, 125467, 139628). After
+each sync svcdns looks at the UDP entries to the VIP:ports that changed (all of them on a full
+sync) and deletes those whose reply does not come from one of that port's current endpoints: this
+covers an endpoint leaving and a VIP getting its first endpoint, and needs no memory of the past,
+so `svcdns sync --once` and a restarted agent clean up too.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 
@@ -15,33 +19,40 @@ from ..lab import check_netns_guard
 
 log = logging.getLogger(__name__)
 
+Expected = dict[tuple[str, int], set[tuple[str, int]]]  # (vip, port) -> {(endpoint, target port)}
 
-def clear_udp(flows: list[tuple[str, int, str | None, int | None]]) -> int:
-    """Delete UDP conntrack entries to ``(vip, port)`` whose reply comes from ``(endpoint, target)``,
-    or all entries to ``(vip, port)`` when ``endpoint`` is None. Returns how many were deleted."""
-    if not flows:
+
+def clear_udp(expected: Expected) -> int:
+    """Delete UDP entries to a VIP:port in ``expected`` whose reply source is not one of its
+    endpoints. One dump of the UDP entries, whatever the number of ports. Returns how many went."""
+    if not expected:
         return 0
     from pyroute2 import Conntrack
     from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
     check_netns_guard("clear conntrack entries")
+    wanted = {
+        (ipaddress.ip_address(v), p): {(ipaddress.ip_address(a), tp) for a, tp in eps}
+        for (v, p), eps in expected.items()
+    }
+    families = {socket.AF_INET6 if vip.version == 6 else socket.AF_INET for vip, _ in wanted}
     deleted = 0
     ct = Conntrack()
     try:
-        for vip, port, endpoint, target in flows:
-            family = socket.AF_INET6 if ":" in vip else socket.AF_INET
-            orig = NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP, daddr=vip, dport=port)
-            reply = (
-                NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP, saddr=endpoint, sport=target)
-                if endpoint
-                else None
-            )
-            for entry in list(ct.dump_entries(tuple_orig=orig, tuple_reply=reply)):
+        for family in families:
+            for entry in list(ct.dump_entries(tuple_orig=NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP))):
+                orig, reply = entry.tuple_orig, entry.tuple_reply
                 try:
-                    ct.delete(entry)
-                    deleted += 1
-                except OSError as err:  # gone meanwhile (it timed out): nothing left to do
-                    log.debug("conntrack: could not delete an entry to %s:%d: %s", vip, port, err)
+                    key = (ipaddress.ip_address(orig.daddr), orig.dport)
+                    source = (ipaddress.ip_address(reply.saddr), reply.sport)
+                except (TypeError, ValueError):
+                    continue
+                if key in wanted and source not in wanted[key]:
+                    try:
+                        ct.delete(entry)
+                        deleted += 1
+                    except OSError as err:  # gone meanwhile (it timed out): nothing left to do
+                        log.debug("conntrack: could not delete an entry to %s:%d: %s", *key, err)
     finally:
         ct.close()
     if deleted:
