@@ -297,7 +297,7 @@ class Encoder:
         out = []
         for i, (addr, port) in enumerate(targets):
             left = len(targets) - i
-            parts = [self._pick(left)] if left > 1 else []
+            parts = [self._proto(d.protocol)] + ([self._pick(left)] if left > 1 else [])
             parts += [expr("immediate", be32("NFTA_IMMEDIATE_DREG", 1), value("NFTA_IMMEDIATE_DATA", self.pack(addr))),
                       self._port(port), self._nat]  # fmt: skip
             out.append(self._rule(chain.name, *parts))
@@ -316,6 +316,12 @@ class Encoder:
         return expr("numgen", be32("NFTA_NG_DREG", 1), be32("NFTA_NG_MODULUS", modulus), be32("NFTA_NG_TYPE", 1),
                     be32("NFTA_NG_OFFSET", 0)) + expr("cmp", be32("NFTA_CMP_SREG", 1), be32("NFTA_CMP_OP", 0),
                                                       value("NFTA_CMP_DATA", b"\0\0\0\0"))  # fmt: skip
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 - as above
+    def _proto(self, protocol: str) -> bytes:
+        """``meta l4proto P``: redundant after the service-ips lookup, kept so that the rule reads
+        (and loads with ``nft -f``) as nft writes it: nft wants it before a port mapping."""
+        return l4proto_is(PROTO_NUMBERS[protocol])
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - as above
     def _port(self, port: int) -> bytes:

@@ -14,10 +14,10 @@ graph, one that adds none skips it):
     chain nat-postrouting { type nat hook postrouting priority srcnat; ip saddr . ip daddr @hairpin masquerade }
     chain filter-forward / filter-output { type filter ...; ip daddr @vips reject (tcp: with tcp reset) }
     chain svc-<hash>-<ns>/<name>/<proto>/<port>     (N usable endpoints)
-                        { numgen random mod N 0 dnat ip to ep0:port
-                          numgen random mod N-1 0 dnat ip to ep1:port
+                        { meta l4proto tcp numgen random mod N 0 dnat ip to ep0:port
+                          meta l4proto tcp numgen random mod N-1 0 dnat ip to ep1:port
                           ...
-                          dnat ip to epN-1:port }
+                          meta l4proto tcp dnat ip to epN-1:port }
 
 One chain per Service port, no chain per endpoint and no set per Service: a packet walks its
 Service's cascade (each rule takes its endpoint with probability 1/remaining, so the choice is
@@ -314,7 +314,7 @@ def render(rs: Ruleset) -> str:
                 left = len(d.targets) - i
                 pick = f"numgen random mod {left} 0 " if left > 1 else ""
                 target = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
-                lines.append(f"\t\t{pick}dnat {fam} to {target}")
+                lines.append(f"\t\tmeta l4proto {d.protocol.lower()} {pick}dnat {fam} to {target}")
         lines.append("\t}")
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -36,8 +36,14 @@ def test_the_whole_ipv4_ruleset():
     web_tcp, web_udp = chain_name(WEB, "TCP", 80), chain_name(WEB, "UDP", 53)
     empty = chain_name(EMPTY, "TCP", 443)
     chains = dict(BASE)
-    chains[web_tcp] = ["numgen random mod 2 0 dnat ip to 10.244.1.2:8080", "dnat ip to 10.244.2.2:8080"]
-    chains[web_udp] = ["numgen random mod 2 0 dnat ip to 10.244.1.2:53", "dnat ip to 10.244.2.2:53"]
+    chains[web_tcp] = [
+        "meta l4proto tcp numgen random mod 2 0 dnat ip to 10.244.1.2:8080",
+        "meta l4proto tcp dnat ip to 10.244.2.2:8080",
+    ]
+    chains[web_udp] = [
+        "meta l4proto udp numgen random mod 2 0 dnat ip to 10.244.1.2:53",
+        "meta l4proto udp dnat ip to 10.244.2.2:53",
+    ]
     chains[empty] = []  # no endpoint: nothing translated, the filter chains reject
     expected = [
         "table ip svcdns {",
@@ -57,7 +63,7 @@ def test_ipv6_has_its_own_table():
     got = render(build(TABLE, "IPv6"))
     assert got.startswith("table ip6 svcdns {")
     assert "fd00:96::a . tcp . 80" in got and "10.96.0.10" not in got
-    assert "dnat ip6 to [fd00:244:1::2]:8080" in got
+    assert "meta l4proto tcp dnat ip6 to [fd00:244:1::2]:8080" in got
 
 
 def test_chain_names_are_stable_readable_and_marked():
@@ -152,8 +158,9 @@ def test_the_packed_dnat_rule_reads_back_with_pyroute2():
     msg.decode()
     assert msg.get_attr("NFTA_RULE_CHAIN") == chain.name
     exprs = msg.get_attr("NFTA_RULE_EXPRESSIONS")
-    assert [e.get_attr("NFTA_EXPR_NAME") for e in exprs] == ["numgen", "cmp", "immediate", "immediate", "nat"]
-    assert exprs[0].get_attr("NFTA_EXPR_DATA").get_attr("NFTA_NG_MODULUS") == 2
+    names = [e.get_attr("NFTA_EXPR_NAME") for e in exprs]
+    assert names == ["meta", "cmp", "numgen", "cmp", "immediate", "immediate", "nat"]
+    assert exprs[2].get_attr("NFTA_EXPR_DATA").get_attr("NFTA_NG_MODULUS") == 2
     nat = exprs[-1].get_attr("NFTA_EXPR_DATA")
     assert nat.get_attr("NFTA_NAT_TYPE") == "NFT_NAT_DNAT" and nat.get_attr("NFTA_NAT_REG_PROTO_MIN") == "NFT_REG32_01"
 

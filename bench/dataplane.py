@@ -1,0 +1,181 @@
+"""Benchmark the nftables dataplane against the nft CLI and kube-proxy's iptables shape.
+
+    python bench/dataplane.py [--sizes 1000,10000] [--endpoints 10] [--changes 20]
+
+Needs root: everything runs in network namespaces this script creates and deletes (svcdns.lab).
+For each size, N Services with E endpoints each, measured side by side in one run:
+
+- full sync from empty: svcdns over netlink vs ``nft -f`` of the same ruleset (svcdns's own
+  rendering) vs ``iptables-restore`` of kube-proxy's iptables shape (KUBE-SERVICES / KUBE-SVC-* with
+  statistic probabilities / KUBE-SEP-* DNAT chains), each into an empty namespace;
+- one change (one endpoint added to one Service): svcdns's incremental sync (median of --changes)
+  vs the ``nft`` CLI making the same change (it reads the kernel's state first);
+- connect() to the last VIP, median over 2000 connections, vs the same with 1 Service;
+- peak RSS of the process that ran svcdns's syncs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from svcdns.lab import Lab  # noqa: E402
+
+CHILD = "--child"
+
+
+def table(n: int, endpoints: int, live: str):
+    """N Services; the last one's endpoints are the live pod (so connect() can be timed)."""
+    from svcdns.model import Endpoint, Service, ServicePort
+    from svcdns.table import ServiceTable
+
+    base, pods = int(ipaddress.ip_address("10.96.0.0")), int(ipaddress.ip_address("10.128.0.0"))
+    out = []
+    for i in range(n):
+        if i == n - 1:
+            eps = (Endpoint(live),)
+        else:
+            eps = tuple(Endpoint(ipaddress.ip_address(pods + i * 16 + k + 1)) for k in range(endpoints))
+        out.append(Service(f"s{i}", namespace="bench", ports=(ServicePort(80, target_port=8080),),
+                           cluster_ips=(ipaddress.ip_address(base + 256 + i),), endpoints=eps))  # fmt: skip
+    return ServiceTable.of(out)
+
+
+def child(args) -> None:
+    """Runs inside the node namespace: svcdns's syncs, then the nft CLI's change, then connect()."""
+    import resource
+
+    from svcdns.dataplane import open_dataplane
+    from svcdns.dataplane.ruleset import chain_name
+    from svcdns.model import Endpoint
+
+    t = table(args.n, args.endpoints, args.live)
+    dp = open_dataplane(families=("IPv4",))
+    full = dp.sync(t).duration
+    last_vip = str(list(t)[-1].cluster_ips[0])
+    connect = connect_us(last_vip)
+    times, current = [], t
+    for j in range(args.changes):
+        svc = list(current)[(j * 7919) % (args.n - 1)]
+        nxt = current.replace([svc.with_endpoints(svc.endpoints + (Endpoint(f"10.250.{j // 250}.{j % 250 + 1}"),))])
+        times.append(dp.sync(nxt).duration)
+        current = nxt
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # the same kind of change with the nft CLI: flush the chain, write its rules again
+    svc = list(current)[1]
+    eps = [str(e.address) for e in svc.endpoints] + ["10.251.0.1"]
+    chain = chain_name(svc, "TCP", 80)
+    rules = [f"add rule ip svcdns {chain} meta l4proto tcp "
+             + (f"numgen random mod {len(eps) - i} 0 " if len(eps) - i > 1 else "") + f"dnat ip to {a}:8080"
+             for i, a in enumerate(eps)]  # fmt: skip
+    script = "\n".join([f"flush chain ip svcdns {chain}", *rules, "add element ip svcdns hairpin { 10.251.0.1 . 10.251.0.1 }"])
+    start = time.perf_counter()
+    subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
+    nft_change = time.perf_counter() - start
+    print(json.dumps({"full": full, "change": statistics.median(times) if times else 0.0, "nft_change": nft_change,
+                      "rss": rss, "connect_us": connect}))  # fmt: skip
+
+
+def connect_us(vip: str, count: int = 2000) -> float:
+    import socket
+
+    samples = []
+    for _ in range(count):
+        s = socket.socket()
+        start = time.perf_counter_ns()
+        s.connect((vip, 80))
+        samples.append((time.perf_counter_ns() - start) / 1000)
+        s.close()
+    return statistics.median(samples)
+
+
+def nft_text(n: int, endpoints: int, live: str) -> str:
+    from svcdns.dataplane.ruleset import build, render
+
+    return render(build(table(n, endpoints, live)))
+
+
+def iptables_text(n: int, endpoints: int) -> str:
+    """kube-proxy's iptables shape (nat table) for the same Services."""
+    lines = ["*nat", ":KUBE-SERVICES - [0:0]", ":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+             "-A PREROUTING -j KUBE-SERVICES", "-A OUTPUT -j KUBE-SERVICES"]  # fmt: skip
+    body = []
+    base, pods = int(ipaddress.ip_address("10.96.0.0")), int(ipaddress.ip_address("10.128.0.0"))
+    for i in range(n):
+        svc = f"KUBE-SVC-{i:016d}"
+        lines.append(f":{svc} - [0:0]")
+        body.append(f"-A KUBE-SERVICES -d {ipaddress.ip_address(base + 256 + i)}/32 -p tcp --dport 80 -j {svc}")
+        for k in range(endpoints):
+            sep = f"KUBE-SEP-{i:012d}{k:04d}"
+            ep = ipaddress.ip_address(pods + i * 16 + k + 1)
+            lines.append(f":{sep} - [0:0]")
+            left = endpoints - k
+            prob = f"-m statistic --mode random --probability {1 / left:.11f} " if left > 1 else ""
+            body.append(f"-A {svc} {prob}-j {sep}")
+            body.append(f"-A {sep} -s {ep}/32 -j MARK --set-xmark 0x4000/0x4000")
+            body.append(f"-A {sep} -p tcp -j DNAT --to-destination {ep}:8080")
+    return "\n".join(lines + body + ["COMMIT", ""])
+
+
+def timed(ns, argv: list[str], stdin: str) -> float:
+    start = time.perf_counter()
+    ns.run(argv, input=stdin)
+    return time.perf_counter() - start
+
+
+def measure(n: int, endpoints: int, changes: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    with Lab(pods=1, tag="bench") as lab:
+        lab.serve(lab.pod_list[0], 8080)
+        live = str(lab.pod_list[0].ipv4)
+        out = lab.node.run([sys.executable, __file__, CHILD, "--n", str(n), "--endpoints", str(endpoints),
+                            "--changes", str(changes), "--live", live], env=env)  # fmt: skip
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+    with Lab(pods=0, tag="bench") as lab:
+        result["nft_f"] = timed(lab.node, ["nft", "-f", "-"], nft_text(n, endpoints, "10.244.1.2"))
+    with Lab(pods=0, tag="bench") as lab:
+        result["iptables"] = timed(lab.node, ["iptables-restore"], iptables_text(n, endpoints))
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1000,10000")
+    ap.add_argument("--endpoints", type=int, default=10)
+    ap.add_argument("--changes", type=int, default=20)
+    ap.add_argument(CHILD, action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--live", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args)
+        return
+    if os.geteuid() != 0:
+        sys.exit("bench/dataplane.py: needs root (it builds network namespaces)")
+    sizes = [1] + [int(x) for x in args.sizes.split(",")]
+    rows = {n: measure(n, args.endpoints, args.changes if n > 1 else 0) for n in sizes[1:]}
+    one = measure(2, args.endpoints, 1)  # the baseline for connect(): (almost) nothing else loaded
+    head = ["Services", "svcdns full", "nft -f", "iptables-restore", "svcdns 1 change", "nft CLI 1 change",
+            "connect last VIP", "vs 2 Services", "peak RSS"]  # fmt: skip
+    print(f"{args.endpoints} endpoints per Service; times in seconds unless marked")
+    print(" | ".join(head))
+    for n, r in rows.items():
+        print(" | ".join([
+            f"{n:,}", f"{r['full']:.2f}", f"{r['nft_f']:.2f}", f"{r['iptables']:.2f}",
+            f"{r['change'] * 1000:.1f} ms", f"{r['nft_change'] * 1000:.0f} ms",
+            f"{r['connect_us']:.1f} us", f"{r['connect_us'] / one['connect_us']:.2f}x", f"{r['rss']:.0f} MB",
+        ]))  # fmt: skip
+    print(f"(2 Services: connect {one['connect_us']:.1f} us)")
+
+
+if __name__ == "__main__":
+    main()
