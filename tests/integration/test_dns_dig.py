@@ -167,5 +167,7 @@ FUZZ = textwrap.dedent(
 def test_fuzzed_packets_leave_the_server_answering(dns):
     out = dns.world.node.run([sys.executable, "-c", FUZZ], env=dict(os.environ, PYTHONPATH=os.getcwd()))
     assert "sent" in out.stdout
-    assert dns("+short", "web.default.svc.cluster.local") == "10.96.0.10\n"
-    assert dns("+short", "+tcp", "web.default.svc.cluster.local") == "10.96.0.10\n"
+    # the flood may still be draining (forwarded garbage waits on the upstream): answers come back
+    for proto in ("+notcp", "+tcp"):
+        wait_for(lambda p=proto: records(dns("+short", p, "web.default.svc.cluster.local")) == ["10.96.0.10"], 15,
+                 what=f"an answer {proto} after the flood")  # fmt: skip

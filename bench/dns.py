@@ -1,0 +1,116 @@
+"""Benchmark svcdns's DNS server against dnsmasq and unbound serving the same names, with dnsperf.
+
+    python bench/dns.py [--sizes 1000,10000] [--seconds 10]
+
+Needs root and Debian's dnsperf, dnsmasq-base and unbound. Everything runs inside one network
+namespace this script creates (the servers listen on its loopback addresses, never the host's
+port 53) and deletes. For each zone size, in the same run: each server pinned to core 0 (svcdns with
+one worker), then svcdns with a worker per core; dnsperf is pinned to the other core and asks for
+every Service name in turn. The table: queries per second, average latency, queries lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from svcdns.lab import Lab, wait_for  # noqa: E402
+
+SVCDNS = """
+import signal, sys, threading
+from svcdns.dns.server import DNSServer
+from svcdns.model import Service, ServicePort
+from svcdns.table import ServiceTable
+n, workers = int(sys.argv[1]), int(sys.argv[2])
+base = 167772160 + 6291456 + 256  # 10.96.1.0
+t = ServiceTable.of([Service(f"s{i}", namespace="bench", ports=(ServicePort(80),),
+                             cluster_ips=(f"10.96.{(256 + i) >> 8}.{(256 + i) & 255}",)) for i in range(n)])
+srv = DNSServer([("127.0.0.1", 53)], workers=workers, forward=False)
+srv.start(); srv.update(t)
+print("ready", flush=True)
+stop = threading.Event(); signal.signal(signal.SIGTERM, lambda *a: stop.set()); stop.wait()
+srv.stop()
+"""
+
+
+def names(n: int) -> list[tuple[str, str]]:
+    return [(f"s{i}.bench.svc.cluster.local", str(ipaddress.ip_address(int(ipaddress.ip_address("10.96.0.0")) + 256 + i)))
+            for i in range(n)]  # fmt: skip
+
+
+def dnsperf(lab: Lab, server: str, queries: Path, seconds: int) -> dict:
+    out = lab.node.run(["taskset", "-c", "1", "dnsperf", "-s", server, "-d", str(queries), "-l", str(seconds),
+                        "-c", "4", "-q", "200"]).stdout  # fmt: skip
+
+    def grab(label: str) -> float:
+        m = re.search(rf"{label}:\s+([\d.]+)", out)
+        return float(m.group(1)) if m else float("nan")
+
+    return {"qps": grab("Queries per second"), "latency_ms": grab(r"Average Latency \(s\)") * 1000,
+            "lost": int(grab("Queries lost"))}  # fmt: skip
+
+
+def ready(lab: Lab, server: str, name: str) -> bool:
+    return bool(lab.node.run(["dig", "+short", "+time=1", "+tries=1", f"@{server}", name], check=False).stdout.strip())
+
+
+def run_size(n: int, seconds: int, tmp: Path) -> list[tuple[str, dict]]:
+    rows = []
+    pairs = names(n)
+    queries = tmp / f"queries-{n}"
+    queries.write_text("".join(f"{name} A\n" for name, _ in pairs))
+    hosts = tmp / f"hosts-{n}"
+    hosts.write_text("".join(f"{ip} {name}\n" for name, ip in pairs))
+    unbound = tmp / f"unbound-{n}.conf"
+    unbound.write_text(
+        "server:\n  interface: 127.0.0.3\n  port: 53\n  num-threads: 1\n  do-daemonize: no\n  username: \"\"\n"
+        "  chroot: \"\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  access-control: 127.0.0.0/8 allow\n"
+        "  local-zone: \"cluster.local.\" static\n"
+        + "".join(f"  local-data: \"{name}. 5 IN A {ip}\"\n" for name, ip in pairs)
+    )  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    probe = pairs[-1][0]
+    with Lab(pods=0, tag="benchdns") as lab:
+        for label, cmd, server in [
+            ("svcdns, 1 worker, core 0", ["taskset", "-c", "0", sys.executable, "-c", SVCDNS, str(n), "1"], "127.0.0.1"),
+            ("dnsmasq, core 0", ["taskset", "-c", "0", "dnsmasq", "-k", "--conf-file=/dev/null", "--listen-address=127.0.0.2",
+                                 "--bind-interfaces", "--port=53", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}",
+                                 "--cache-size=10000", "--user=root", "--pid-file="], "127.0.0.2"),
+            ("unbound, core 0", ["taskset", "-c", "0", "unbound", "-d", "-c", str(unbound)], "127.0.0.3"),
+            ("svcdns, 2 workers, all cores", [sys.executable, "-c", SVCDNS, str(n), "2"], "127.0.0.1"),
+        ]:  # fmt: skip
+            proc = lab.spawn(lab.node, cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                wait_for(lambda server=server: ready(lab, server, probe), 60, 0.2, f"{label} to answer")
+                rows.append((label, dnsperf(lab, server, queries, seconds)))
+            finally:
+                lab.stop(proc)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1000,10000")
+    ap.add_argument("--seconds", type=int, default=10)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/dns.py: needs root (it builds a network namespace)")
+    with tempfile.TemporaryDirectory(prefix="svcdns-bench-dns-") as tmp:
+        print(f"{'zone':>7}  {'server':<30} {'QPS':>9} {'avg latency':>12} {'lost':>6}  ratio to dnsmasq")
+        for n in (int(x) for x in args.sizes.split(",")):
+            rows = run_size(n, args.seconds, Path(tmp))
+            base = dict(rows)["dnsmasq, core 0"]["qps"]
+            for label, r in rows:
+                print(f"{n:>7,}  {label:<30} {r['qps']:>9.0f} {r['latency_ms']:>9.2f} ms {r['lost']:>6}  {r['qps'] / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()
