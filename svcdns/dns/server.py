@@ -219,6 +219,10 @@ class _Worker:
                 s.bind((host, port))
                 s.setblocking(False)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:  # bursts: queue up to ~16k queries instead of dropping them
+                udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            except OSError:
+                pass
             tcp.listen(128)
             self.sel.register(udp, selectors.EVENT_READ, ("udp", udp))
             self.sel.register(tcp, selectors.EVENT_READ, ("listen", tcp))
