@@ -77,7 +77,9 @@ def child(args) -> None:
     rules = [f"add rule ip svcdns {chain} meta l4proto tcp "
              + (f"numgen random mod {len(eps) - i} 0 " if len(eps) - i > 1 else "") + f"dnat ip to {a}:8080"
              for i, a in enumerate(eps)]  # fmt: skip
-    script = "\n".join([f"flush chain ip svcdns {chain}", *rules, "add element ip svcdns hairpin { 10.251.0.1 . 10.251.0.1 }"])
+    script = "\n".join(
+        [f"flush chain ip svcdns {chain}", *rules, "add element ip svcdns hairpin { 10.251.0.1 . 10.251.0.1 }"]
+    )
     start = time.perf_counter()
     subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
     nft_change = time.perf_counter() - start

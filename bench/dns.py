@@ -109,7 +109,9 @@ def main() -> None:
             rows = run_size(n, args.seconds, Path(tmp))
             base = dict(rows)["dnsmasq, core 0"]["qps"]
             for label, r in rows:
-                print(f"{n:>7,}  {label:<30} {r['qps']:>9.0f} {r['latency_ms']:>9.2f} ms {r['lost']:>6}  {r['qps'] / base:.2f}")
+                print(
+                    f"{n:>7,}  {label:<30} {r['qps']:>9.0f} {r['latency_ms']:>9.2f} ms {r['lost']:>6}  {r['qps'] / base:.2f}"
+                )
 
 
 if __name__ == "__main__":

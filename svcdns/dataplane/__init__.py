@@ -44,7 +44,7 @@ class NftablesDataplane:
 
     def sync(self, table: ServiceTable, *, full: bool = False) -> SyncResult:
         from . import conntrack
-        from .nftables import NetlinkBatch, NetlinkError, encode, present_chains
+        from .nftables import NetlinkBatch, NetlinkError, encode, present
         from .ruleset import build, plan, udp_expectations
 
         start = time.perf_counter()
@@ -59,7 +59,7 @@ class NftablesDataplane:
                 if keys is None or current is None:
                     was_full = True
                     desired = build(table, family)
-                    tx = plan(desired, present_chains(desired.family))
+                    tx = plan(desired, *present(desired.family))
                     udp.update(udp_expectations(desired.services.values()))
                 else:
                     desired, tx = current, current.apply(table, keys)

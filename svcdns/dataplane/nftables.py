@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pyroute2.netlink.nfnetlink.nftsocket import (
     NFT_MSG_DELCHAIN,
     NFT_MSG_DELRULE,
+    NFT_MSG_DELSET,
     NFT_MSG_DELSETELEM,
     NFT_MSG_DELTABLE,
     NFT_MSG_NEWCHAIN,
@@ -43,7 +44,7 @@ from pyroute2.netlink.nfnetlink.nftsocket import (
 )
 
 from ..lab import check_netns_guard
-from .ruleset import TABLE, Chain, Transaction
+from .ruleset import TABLE, Chain, Transaction, affinity_set
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ BATCH_BEGIN, BATCH_END = 0x10, 0x11
 T_INTEGER, T_IPV4, T_IPV6, T_PROTO, T_SERVICE = 4, 7, 8, 12, 13
 NFT_DATA_VERDICT = 0xFFFFFF00
 NFT_JUMP, NFT_GOTO = -3, -4
-NFT_SET_MAP = 0x8
+NFT_SET_MAP, NFT_SET_TIMEOUT, NFT_SET_EVAL = 0x8, 0x10, 0x20
+NFT_DYNSET_OP_UPDATE = 1
 NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PROTO_SPECIFIED = 0x1, 0x2
 NFT_META_L4PROTO = 16
 LIST_ELEM = 1  # NFTA_LIST_ELEM
@@ -77,7 +79,8 @@ A = {  # attribute numbers, by pyroute2's names for them (the kernel's)
     **_numbers(nft_set_elem_list_msg.nla_map), **_numbers(nft_set_elem_list_msg.set_elem.nla_map),
     **_numbers(_EXPR.nla_map), **_numbers(nft_data.nfta_data.nla_map), **_numbers(nft_data.nfta_data.verdict.nla_map),
     **{k: v for cls in (_EXPR.nft_payload, _EXPR.nft_meta, _EXPR.nft_cmp, _EXPR.nft_lookup, _EXPR.nft_immediate,
-                        _EXPR.nft_numgen, _EXPR.nft_nat, _EXPR.nft_reject) for k, v in _numbers(cls.nla_map).items()},
+                        _EXPR.nft_numgen, _EXPR.nft_nat, _EXPR.nft_reject, _EXPR.nft_dynset)
+       for k, v in _numbers(cls.nla_map).items()},
 }  # fmt: skip
 
 
@@ -225,6 +228,23 @@ class Encoder:
                      + be32("NFTA_SET_DATA_LEN", 16))  # fmt: skip
         return [Msg(NFT_MSG_NEWSET, NLM_F_CREATE, body, f"add set {name}")]
 
+    def op_affinity_set(self, chain: Chain) -> list[Msg]:
+        """The ClientIP affinity map of a Service port: client address -> endpoint . port, each entry
+        expiring ``affinity`` seconds after the client was last seen."""
+        d = chain.dnat
+        assert d is not None
+        name = affinity_set(chain.name)
+        body = (string("NFTA_SET_TABLE", TABLE) + string("NFTA_SET_NAME", name) + be32("NFTA_SET_ID", next(self.ids))
+                + be32("NFTA_SET_FLAGS", NFT_SET_MAP | NFT_SET_TIMEOUT | NFT_SET_EVAL)
+                + be32("NFTA_SET_KEY_TYPE", self.addr_type) + be32("NFTA_SET_KEY_LEN", self.alen)
+                + be32("NFTA_SET_DATA_TYPE", _concat(self.addr_type, T_SERVICE)) + be32("NFTA_SET_DATA_LEN", self.alen + 4)
+                + nla("NFTA_SET_TIMEOUT", struct.pack("!Q", d.affinity * 1000)))  # fmt: skip
+        return [Msg(NFT_MSG_NEWSET, NLM_F_CREATE, body, f"add set {name}")]
+
+    def op_delete_set(self, name: str) -> list[Msg]:
+        body = string("NFTA_SET_TABLE", TABLE) + string("NFTA_SET_NAME", name)
+        return [Msg(NFT_MSG_DELSET, 0, body, f"delete set {name}")]
+
     def op_flush_set(self, name: str) -> list[Msg]:
         body = string("NFTA_SET_ELEM_LIST_TABLE", TABLE) + string("NFTA_SET_ELEM_LIST_SET", name)
         return [Msg(NFT_MSG_DELSETELEM, 0, body, f"flush set {name}")]
@@ -294,12 +314,43 @@ class Encoder:
         d = chain.dnat
         assert d is not None
         targets = d.targets
+        if d.affinity:
+            return self.sticky_cascade(chain)
         out = []
         for i, (addr, port) in enumerate(targets):
             left = len(targets) - i
             parts = [self._proto(d.protocol)] + ([self._pick(left)] if left > 1 else [])
             parts += [expr("immediate", be32("NFTA_IMMEDIATE_DREG", 1), value("NFTA_IMMEDIATE_DATA", self.pack(addr))),
                       self._port(port), self._nat]  # fmt: skip
+            out.append(self._rule(chain.name, *parts))
+        return out
+
+    def sticky_cascade(self, chain: Chain) -> list[Msg]:
+        """ClientIP affinity: a client found in the chain's affinity map goes back to its endpoint
+        (and its entry is refreshed); a new client takes the cascade, which records its pick.
+        Registers: the client address at unit 0, the endpoint address after it, then the port."""
+        d = chain.dnat
+        assert d is not None
+        units = self.alen // 4
+        addr_reg, port_reg = self.reg(units), self.reg(2 * units)
+        aff = affinity_set(chain.name)
+        timeout = struct.pack("!Q", d.affinity * 1000)
+        client = payload(1, 1, self.saddr, self.alen)
+        remember = expr("dynset", string("NFTA_DYNSET_SET_NAME", aff), be32("NFTA_DYNSET_OP", NFT_DYNSET_OP_UPDATE),
+                        be32("NFTA_DYNSET_SREG_KEY", 1), be32("NFTA_DYNSET_SREG_DATA", addr_reg),
+                        nla("NFTA_DYNSET_TIMEOUT", timeout))  # fmt: skip
+        nat = expr("nat", be32("NFTA_NAT_TYPE", 1), be32("NFTA_NAT_FAMILY", self.nfproto),
+                   be32("NFTA_NAT_REG_ADDR_MIN", addr_reg), be32("NFTA_NAT_REG_ADDR_MAX", addr_reg),
+                   be32("NFTA_NAT_REG_PROTO_MIN", port_reg), be32("NFTA_NAT_REG_PROTO_MAX", port_reg),
+                   be32("NFTA_NAT_FLAGS", NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED))  # fmt: skip
+        proto = self._proto(d.protocol)
+        out = [self._rule(chain.name, proto, client, lookup(aff, 1, dreg=addr_reg), remember, nat)]
+        for i, (addr, port) in enumerate(d.targets):
+            left = len(d.targets) - i
+            parts = [proto] + ([self._pick(left)] if left > 1 else []) + [client]
+            parts += [expr("immediate", be32("NFTA_IMMEDIATE_DREG", addr_reg), value("NFTA_IMMEDIATE_DATA", self.pack(addr))),
+                      expr("immediate", be32("NFTA_IMMEDIATE_DREG", port_reg), value("NFTA_IMMEDIATE_DATA", struct.pack("!H", port))),
+                      remember, nat]  # fmt: skip
             out.append(self._rule(chain.name, *parts))
         return out
 
@@ -397,15 +448,18 @@ class NetlinkBatch:
                 offset += max((length + 3) & ~3, 16)
 
 
-def present_chains(family: str) -> set[str]:
-    """The chains of our table in the kernel now (empty: no table)."""
-    from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETCHAIN, NFTSocket
+def present(family: str) -> tuple[set[str], set[str]]:
+    """The chains and the named sets of our table in the kernel now (empty: no table)."""
+    from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETCHAIN, NFT_MSG_GETSET, NFTSocket
 
     check_netns_guard("read nftables")
     sock = NFTSocket(nfgen_family=NFPROTO[family])
     try:
-        return {m.get_attr("NFTA_CHAIN_NAME") for m in sock.request_get(nft_chain_msg(), NFT_MSG_GETCHAIN)
-                if m.get_attr("NFTA_CHAIN_TABLE") == TABLE}  # fmt: skip
+        chains = {m.get_attr("NFTA_CHAIN_NAME") for m in sock.request_get(nft_chain_msg(), NFT_MSG_GETCHAIN)
+                  if m.get_attr("NFTA_CHAIN_TABLE") == TABLE}  # fmt: skip
+        sets = {m.get_attr("NFTA_SET_NAME") for m in sock.request_get(nft_set_msg(), NFT_MSG_GETSET)
+                if m.get_attr("NFTA_SET_TABLE") == TABLE}  # fmt: skip
+        return chains, sets
     finally:
         sock.close()
 

@@ -39,7 +39,7 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..model import IPV4, IPV6, Service
+from ..model import AFFINITY_CLIENT_IP, IPV4, IPV6, Service
 from ..table import ServiceTable
 
 TABLE = "svcdns"
@@ -49,10 +49,12 @@ FAMILIES = {IPV4: "ip", IPV6: "ip6"}
 
 @dataclass(frozen=True)
 class Dnat:
-    """``meta l4proto <proto> dnat to numgen random mod N map { i : addr . port }``."""
+    """A Service port's translation: a uniform pick among ``targets``; with ``affinity`` (seconds,
+    ClientIP session affinity) a client keeps its endpoint while it comes back within that time."""
 
     protocol: str
     targets: tuple[tuple[str, int], ...]  # (address, port), in a stable order
+    affinity: int = 0
 
 
 @dataclass(frozen=True)
@@ -151,9 +153,16 @@ class Ruleset:
         for name, chain in new_chains.items():
             if name in old_chains and old_chains[name] == chain:
                 continue
+            old_aff = old_chains[name].dnat.affinity if name in old_chains and old_chains[name].dnat else 0
             if name in old_chains:
                 tx.add("flush-chain", name)
+            if old_aff and chain.dnat.affinity:
+                tx.add("flush-set", affinity_set(name))  # endpoints changed: clients pick again
+            elif chain.dnat.affinity:
+                tx.add("affinity-set", chain)
             tx.add("rules", chain)
+            if old_aff and not chain.dnat.affinity:
+                tx.add("delete-set", affinity_set(name))
         _elements(tx, "vips", {v for v in vips_before if v not in self.vips},
                   {v for v in vips if v in self.vips and v not in vips_before})  # fmt: skip
         _elements(tx, "hairpin", {h for h in pairs_before if h not in self.hairpin},
@@ -167,6 +176,8 @@ class Ruleset:
         for name in sorted(set(old_chains) - set(new_chains)):
             tx.add("flush-chain", name)
             tx.add("delete-chain", name)
+            if old_chains[name].dnat is not None and old_chains[name].dnat.affinity:
+                tx.add("delete-set", affinity_set(name))
         return tx
 
 
@@ -199,6 +210,11 @@ FIXED_CHAINS = (
 )
 
 
+def affinity_set(chain: str) -> str:
+    """The ClientIP affinity map of a Service port chain: ``aff-<its hash>``."""
+    return "aff-" + chain.split("-")[1]
+
+
 def chain_name(svc: Service, protocol: str, port: int) -> str:
     """``svc-<8 hex>-<ns>/<name>/<proto>/<port>``: stable, readable in ``nft list ruleset``, and
     marked as ours by its prefix."""
@@ -217,7 +233,8 @@ def service_objects(svc: Service, family: str) -> ServiceObjects | None:
     for port in svc.ports:
         name = chain_name(svc, port.protocol, port.port)
         targets = tuple(sorted({(str(ep.address), ep.target_port(port)) for ep in usable}))
-        chains.append(Chain(name, dnat=Dnat(port.protocol, targets)))
+        affinity = svc.affinity_timeout if svc.session_affinity == AFFINITY_CLIENT_IP else 0
+        chains.append(Chain(name, dnat=Dnat(port.protocol, targets, affinity)))
         service_ips.append(((str(vip), port.protocol, port.port), name))
     hairpin = frozenset((str(ep.address), str(ep.address)) for ep in usable)
     return ServiceObjects(str(vip), tuple(chains), tuple(service_ips), hairpin)
@@ -253,7 +270,7 @@ class Transaction:
         return iter(self.ops)
 
 
-def plan(desired: Ruleset, present: set[str] | None = None) -> Transaction:
+def plan(desired: Ruleset, present: set[str] | None = None, present_sets: set[str] | None = None) -> Transaction:
     """A full convergence of whatever the kernel holds to ``desired``: the table created if missing,
     every set flushed and refilled, every chain flushed and rewritten, and our chains in ``present``
     that are not desired deleted, in one transaction, so a restart or a drift repair never opens a
@@ -266,6 +283,11 @@ def plan(desired: Ruleset, present: set[str] | None = None) -> Transaction:
     for chain in desired.chains.values():
         tx.add("chain", chain)
         tx.add("flush-chain", chain.name)
+        if chain.dnat is not None and chain.dnat.affinity:
+            # a full convergence cannot tell which remembered clients point at endpoints that went
+            # meanwhile, so sticky clients pick again once (after a restart or a drift repair)
+            tx.add("affinity-set", chain)
+            tx.add("flush-set", affinity_set(chain.name))
     for chain in _ordered(desired.chains.values()):
         tx.add("rules", chain)
     tx.add("elements", "vips", sorted(desired.vips))
@@ -274,6 +296,10 @@ def plan(desired: Ruleset, present: set[str] | None = None) -> Transaction:
     for name in sorted((present or set()) - set(desired.chains)):
         tx.add("flush-chain", name)
         tx.add("delete-chain", name)
+    wanted = {affinity_set(c.name) for c in desired.chains.values() if c.dnat is not None and c.dnat.affinity}
+    for name in sorted((present_sets or set()) - wanted):
+        if name.startswith("aff-"):
+            tx.add("delete-set", name)
     return tx
 
 
@@ -310,11 +336,18 @@ def render(rs: Ruleset) -> str:
             lines.append("\t\t" + FIXED_TEXT[rule].format(ip=fam))
         if chain.dnat is not None and chain.dnat.targets:
             d = chain.dnat
+            if d.affinity:
+                aff = affinity_set(name)
+                lines.append(
+                    f"\t\tmeta l4proto {d.protocol.lower()} dnat {fam} to {fam} saddr map @{aff} "
+                    f"update @{aff} {{ {fam} saddr }}  # ClientIP affinity, {d.affinity}s"
+                )
             for i, (addr, port) in enumerate(d.targets):
                 left = len(d.targets) - i
                 pick = f"numgen random mod {left} 0 " if left > 1 else ""
                 target = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
-                lines.append(f"\t\tmeta l4proto {d.protocol.lower()} {pick}dnat {fam} to {target}")
+                sticky = f"update @{affinity_set(name)} {{ {fam} saddr : {target} }} " if d.affinity else ""
+                lines.append(f"\t\tmeta l4proto {d.protocol.lower()} {pick}{sticky}dnat {fam} to {target}")
         lines.append("\t}")
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -191,3 +191,24 @@ def test_a_refused_batch_leaves_the_previous_rules(world):
     out = world.node.run([sys.executable, "-c", code], env=world.env).stdout
     assert "refused:" in out and "No such file or directory" in out and "add rule" in out
     assert set(world.ask("10.96.0.10", 80, count=30)) == {str(p1.ipv4), str(p2.ipv4)}
+
+
+def test_client_ip_affinity_sticks_and_moves_when_its_endpoint_goes(world):
+    p1, p2, p3 = world.pod_list
+    world.svcdns("service", "add", "sticky", "--vip", "10.96.0.14", "--port", "80:8080/tcp",
+                 "--session-affinity", "ClientIP", "--affinity-timeout", "60")  # fmt: skip
+    world.svcdns("endpoint", "add", "sticky", str(p1.ipv4))
+    world.svcdns("endpoint", "add", "sticky", str(p2.ipv4))
+    world.sync()
+    from_node = world.ask("10.96.0.14", 80, count=30)
+    assert len(set(from_node)) == 1 and from_node[0] in (str(p1.ipv4), str(p2.ipv4))  # one client, one endpoint
+    from_pod = world.ask("10.96.0.14", 80, count=30, ns=p3.ns)
+    assert len(set(from_pod)) == 1
+    world.sync()  # a full convergence (a restart): clients pick again, once, and stick again
+    again = world.ask("10.96.0.14", 80, count=10)
+    assert len(set(again)) == 1
+    gone = again[0]
+    world.svcdns("endpoint", "rm", "sticky", gone)
+    world.sync()
+    after = world.ask("10.96.0.14", 80, count=10)
+    assert len(set(after)) == 1 and after[0] != gone

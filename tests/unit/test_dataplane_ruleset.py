@@ -192,3 +192,27 @@ def test_shared_hairpin_pairs_leave_only_with_their_last_service():
     rs = build(both)
     tx = ops(rs.apply(both.replace(deletes=[other.key]), [other.key]))
     assert not any(op[:2] == ("delete-elements", "hairpin") for op in tx)
+
+
+def test_client_ip_affinity_objects():
+    sticky = Service("sticky", ports=(ServicePort(80),), cluster_ips=("10.96.0.97",), session_affinity="ClientIP",
+                     affinity_timeout=60, endpoints=(Endpoint("10.244.1.2"), Endpoint("10.244.2.2")))  # fmt: skip
+    chain = chain_name(sticky, "TCP", 80)
+    aff = "aff-" + chain.split("-")[1]
+    table = TABLE.replace([sticky])
+    rs, tx = advance(TABLE, table)
+    assert ops(tx)[:3] == [("chain", chain), ("affinity-set", chain), ("rules", chain)]
+    text = render(rs)
+    assert f"dnat ip to ip saddr map @{aff} update @{aff} {{ ip saddr }}" in text
+    assert f"update @{aff} {{ ip saddr : 10.244.1.2:80 }} dnat ip to 10.244.1.2:80" in text
+    # an endpoint leaves: the chain is rewritten and its remembered clients forgotten
+    fewer = table.replace([sticky.with_endpoints(sticky.endpoints[:1])])
+    tx = ops(rs.apply(fewer, [sticky.key]))
+    assert ("flush-set", aff) in tx and ("rules", chain) in tx
+    # the Service goes: its affinity map goes after its chain
+    tx = ops(rs.apply(TABLE, [sticky.key]))
+    assert tx.index(("delete-chain", chain)) < tx.index(("delete-set", aff))
+    messages = encode(plan(build(table), present=set(), present_sets={"aff-deadbeef"}))
+    assert any(m.what == f"add set {aff}" for m in messages) and any(
+        m.what == "delete set aff-deadbeef" for m in messages
+    )
