@@ -47,8 +47,8 @@ def names(n: int) -> list[tuple[str, str]]:
 
 
 def dnsperf(lab: Lab, server: str, queries: Path, seconds: int) -> dict:
-    out = lab.node.run(["taskset", "-c", "1", "dnsperf", "-s", server, "-d", str(queries), "-l", str(seconds),
-                        "-c", "4", "-q", "200"]).stdout  # fmt: skip
+    out = lab.node.run(["dnsperf", "-s", server, "-d", str(queries), "-l", str(seconds),
+                        "-c", "1", "-q", "100"]).stdout  # fmt: skip
 
     def grab(label: str) -> float:
         m = re.search(rf"{label}:\s+([\d.]+)", out)
@@ -87,7 +87,7 @@ def run_size(n: int, seconds: int, tmp: Path) -> list[tuple[str, dict]]:
             ("unbound, core 0", ["taskset", "-c", "0", "unbound", "-d", "-c", str(unbound)], "127.0.0.3"),
             ("svcdns, 2 workers, all cores", [sys.executable, "-c", SVCDNS, str(n), "2"], "127.0.0.1"),
         ]:  # fmt: skip
-            proc = lab.spawn(lab.node, cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            proc = lab.spawn(lab.node, cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{n}.log", "a"))
             try:
                 wait_for(lambda server=server: ready(lab, server, probe), 60, 0.2, f"{label} to answer")
                 rows.append((label, dnsperf(lab, server, queries, seconds)))

@@ -49,22 +49,30 @@ def answer(zone: Zone, data: bytes, udp: bool = True, ra: bool = False) -> tuple
     """Answer one query message. Returns (answer bytes, rcode), or (None, None) to drop it, or
     (FORWARD, None) for a name outside the zone. ``udp``: apply the client's UDP size (TC=1 when the
     answer does not fit). ``ra``: this client may recurse through us (forwarding allowed)."""
+    out, rcode, _ = answer_cacheable(zone, data, udp, ra)
+    return out, rcode
+
+
+def answer_cacheable(zone: Zone, data: bytes, udp: bool = True, ra: bool = False):
+    """:func:`answer`, plus whether the same query bytes (ID aside) always get the same answer from
+    this zone (everything but the rotating headless answers), for the server's answer cache."""
     data = bytes(data)
     if len(data) < 12 or data[2] & 0x80:
-        return None, None  # too short for a header, or a response: never answer those
+        return None, None, False  # too short for a header, or a response: never answer those
     opcode = (data[2] >> 3) & 0xF
     if opcode != 0:
-        return error_from_header(data, NOTIMP), NOTIMP
+        return error_from_header(data, NOTIMP), NOTIMP, True
     try:
         q = parse_query(data)
     except Malformed:
-        return error_from_header(data, FORMERR), FORMERR
+        return error_from_header(data, FORMERR), FORMERR, True
     out, rcode = lookup(zone, q, ra)
     if out is FORWARD:
-        return FORWARD, None
+        return FORWARD, None, False
+    cacheable = len(zone.entries.get((q.key, q.qtype), ())) <= 1
     if udp and len(out) > q.udp_limit():  # type: ignore[arg-type]
-        return truncated(q, ra), rcode
-    return out, rcode
+        return truncated(q, ra), rcode, cacheable
+    return out, rcode, cacheable
 
 
 def lookup(zone: Zone, q: Query, ra: bool = False) -> tuple[bytes | object, int]:
@@ -98,4 +106,4 @@ def _rfc8482(q: Query, ra: bool) -> bytes:
     return response(q, NOERROR, hinfo, (1, 0, 0), ra=ra)
 
 
-__all__ = ["answer", "lookup", "FORWARD"]
+__all__ = ["answer", "answer_cacheable", "lookup", "FORWARD"]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from ..errors import SvcdnsError
 from ..table import ServiceTable
-from .answer import FORWARD, answer
+from .answer import FORWARD, answer_cacheable
 from .forward import DEFAULT_ALLOWED, Allowed, Forwarder, default_upstreams
 from .wire import RCODE_NAMES, REFUSED, SERVFAIL, error_from_header, parse_query, response
 from .zone import Zone, compile_zone, empty_zone
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 TCP_IDLE = 10.0  # seconds a TCP client may stay silent
 TCP_MAX_CONNECTIONS = 256  # per worker
+CACHE_ENTRIES = 50_000  # answers kept per worker (dropped at each zone change)
 DURATION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -201,6 +202,8 @@ class _Worker:
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="forward") if self.forwarder else None
         self.sel = selectors.DefaultSelector()
         self.conns: dict[int, _Conn] = {}
+        self.cache: dict[bytes, tuple[bytes, int]] = {}
+        self.may_recurse: dict[str, bool] = {}
         self.queries: Counter = Counter()
         self.buckets: Counter = Counter()
         self.duration_sum = 0.0
@@ -251,6 +254,7 @@ class _Worker:
             return
         if verb == "zone":
             self.zone = arg  # one assignment: every answer after this comes from the new zone
+            self.cache = {}
             self.control.send("ok")
         elif verb == "stats":
             self.control.send({"queries": dict(self.queries), "duration_buckets": dict(self.buckets),
@@ -261,14 +265,29 @@ class _Worker:
     # -- answering
     def handle(self, data: bytes, client: str, udp: bool, reply) -> None:
         start = time.perf_counter()
-        ra = self.forwarder is not None and client in self.allowed
-        out, rcode = answer(self.zone, data, udp=udp, ra=ra)
+        ra = self.may_recurse.get(client)
+        if ra is None:
+            ra = self.may_recurse[client] = self.forwarder is not None and client in self.allowed
+            if len(self.may_recurse) > CACHE_ENTRIES:
+                self.may_recurse.clear()
+        # the answer cache: the same query bytes (ID aside) get the same answer from one zone
+        key = (b"U" if udp else b"T") + (b"R" if ra else b"-") + data[2:]
+        hit = self.cache.get(key)
+        if hit is not None:
+            reply(data[:2] + hit[0])
+            self.count(hit[1], start)
+            return
+        out, rcode, cacheable = answer_cacheable(self.zone, data, udp=udp, ra=ra)
         if out is FORWARD:
             self.forward(data, client, udp, reply, start)
             return
         if out is not None:
             reply(out)
             self.count(rcode, start)
+            if cacheable:
+                if len(self.cache) >= CACHE_ENTRIES:
+                    self.cache.clear()  # garbage queries must not grow it without bound
+                self.cache[key] = (out[2:], rcode)
 
     def forward(self, data: bytes, client: str, udp: bool, reply, start: float) -> None:
         q = parse_query(bytes(data))
