@@ -225,6 +225,14 @@ class Lab:
         self._namespaces.clear()
 
 
+def link(a: Netns, b: Netns, a_addr: str, b_addr: str, name: str = "svl0") -> None:
+    """Join two namespaces of labs (two "nodes") with a veth pair: ``a_addr``/``b_addr`` with prefix."""
+    a.run(["ip", "link", "add", name, "type", "veth", "peer", "name", name, "netns", b.name])
+    for ns, addr in ((a, a_addr), (b, b_addr)):
+        ns.run(["ip", "addr", "add", addr, "dev", name])
+        ns.run(["ip", "link", "set", name, "up"])
+
+
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
     """Poll ``predicate`` until it returns a truthy value; raise TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout
@@ -262,22 +270,24 @@ class EtcdServer:
 
     data_root: Path
     members: int = 1
+    host: str = "127.0.0.1"  # listen address (a namespace's own address when ``netns`` is given)
+    netns: Netns | None = None  # run inside this lab namespace instead of the caller's
     _procs: dict[int, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.client_ports = [free_port() for _ in range(self.members)]
         self.peer_ports = [free_port() for _ in range(self.members)]
-        self.cluster = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, p in enumerate(self.peer_ports))
+        self.cluster = ",".join(f"m{i}=http://{self.host}:{p}" for i, p in enumerate(self.peer_ports))
 
     @property
     def url(self) -> str:
-        hosts = ",".join(f"127.0.0.1:{p}" for p in self.client_ports)
+        hosts = ",".join(f"{self.host}:{p}" for p in self.client_ports)
         return f"etcd://{hosts}/svcdns-test"
 
     def _cmd(self, i: int) -> list[str]:
         binary = "/usr/bin/etcd" if Path("/usr/bin/etcd").exists() else "etcd"
-        client = f"http://127.0.0.1:{self.client_ports[i]}"
-        peer = f"http://127.0.0.1:{self.peer_ports[i]}"
+        client = f"http://{self.host}:{self.client_ports[i]}"
+        peer = f"http://{self.host}:{self.peer_ports[i]}"
         return [
             binary, "--name", f"m{i}", "--data-dir", str(self.data_root / f"m{i}"),
             "--listen-client-urls", client, "--advertise-client-urls", client,
@@ -291,7 +301,8 @@ class EtcdServer:
             if k in self._procs and self._procs[k].poll() is None:
                 continue
             log = open(self.data_root / f"m{k}.log", "ab")
-            self._procs[k] = subprocess.Popen(self._cmd(k), stdout=log, stderr=log, start_new_session=True)
+            cmd = self.netns.exec_args(self._cmd(k)) if self.netns else self._cmd(k)
+            self._procs[k] = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
             log.close()
         self.wait_ready(i)
 
@@ -302,8 +313,11 @@ class EtcdServer:
         for k in range(self.members) if i is None else [i]:
 
             def healthy(port=self.client_ports[k]) -> bool:
+                url = f"http://{self.host}:{port}/health"
+                if self.netns is not None:
+                    return '"true"' in self.netns.run(["curl", "-s", "--max-time", "1", url], check=False).stdout
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
+                    with urllib.request.urlopen(url, timeout=1) as resp:
                         return b'"true"' in resp.read()
                 except OSError:
                     return False
@@ -315,7 +329,7 @@ class EtcdServer:
             proc = self._procs.pop(k, None)
             if proc is None or proc.poll() is not None:
                 continue
-            proc.send_signal(sig)
+            os.killpg(proc.pid, sig)  # its own session: inside a namespace it runs under `ip netns exec`
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:

@@ -1,0 +1,92 @@
+"""Two hosts, one etcd: two agents in two "node" namespaces share the Services, VIPs and answers.
+
+etcd runs inside node A's namespace on the address of a link between the two nodes, so both agents
+(and the CLI, run inside a node) reach it as they would on a real network.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from svcdns.lab import EtcdServer, link, wait_for
+
+PY = [sys.executable, "-m"]
+pytestmark = pytest.mark.skipif(not shutil.which("etcd"), reason="needs Debian's etcd-server (tests/run installs it)")
+
+
+@pytest.fixture
+def hosts(make_lab, tmp_path):
+    a, b = make_lab(pods=1, tag="ea"), make_lab(pods=1, tag="eb")
+    link(a.node, b.node, "10.242.0.1/30", "10.242.0.2/30")
+    etcd = EtcdServer(tmp_path / "etcd", host="10.242.0.1", netns=a.node)
+    etcd.data_root.mkdir()
+    etcd.start()
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    url = etcd.url.rsplit("/", 1)[0] + "/two-hosts"
+    for lab in (a, b):
+        lab.serve(lab.pod_list[0], 8080)
+        lab.spawn(lab.node, [*PY, "svcdns", "agent", "--registry", url, "--dns-listen", "127.0.0.1:53",
+                             "--dns-workers", "1"], env=env, stdout=subprocess.DEVNULL)  # fmt: skip
+    for lab in (a, b):
+        wait_for(lambda lab=lab: "ok" in lab.node.run(["curl", "-s", "http://127.0.0.1:10256/readyz"], check=False).stdout,
+                 60, what="an agent to be ready")  # fmt: skip
+
+    def svcdns(lab, *args):
+        return lab.node.run([*PY, "svcdns", *args, "--registry", url], env=env).stdout.strip()
+
+    def dig(lab, name):
+        return lab.node.run(["dig", "+short", "+time=1", "+tries=2", "@127.0.0.1", name], check=False).stdout.strip()
+
+    def ask(lab, vip, count=1):
+        return lab.node.run([*PY, "svcdns.podserver", "--client", vip, "80", "--count", str(count), "--timeout", "2"],
+                            check=False, env=env).stdout.split()  # fmt: skip
+
+    yield a, b, svcdns, dig, ask, etcd
+    etcd.stop()
+
+
+def test_services_created_on_either_side_are_one_view(hosts):
+    a, b, svcdns, dig, ask, _ = hosts
+    vip_web = svcdns(a, "service", "add", "web", "--port", "http:80:8080/tcp")
+    vip_api = svcdns(b, "service", "add", "api", "--port", "http:80:8080/tcp")
+    svcdns(a, "endpoint", "add", "web", "10.244.1.2")  # each node's own pod has this address
+    svcdns(b, "endpoint", "add", "api", "10.244.1.2")
+    for lab in (a, b):
+        wait_for(lambda lab=lab: dig(lab, "web.default.svc.cluster.local") == vip_web, 15, what="web in DNS")
+        wait_for(lambda lab=lab: dig(lab, "api.default.svc.cluster.local") == vip_api, 15, what="api in DNS")
+        wait_for(lambda lab=lab: ask(lab, vip_web) == ["10.244.1.2"], 15, what="the web VIP to route")
+        wait_for(lambda lab=lab: ask(lab, vip_api) == ["10.244.1.2"], 15, what="the api VIP to route")
+    assert vip_web != vip_api
+
+
+def test_an_etcd_outage_changes_nothing_and_changes_made_after_it_arrive(hosts):
+    a, b, svcdns, dig, ask, etcd = hosts
+    vip = svcdns(a, "service", "add", "web", "--port", "http:80:8080/tcp")
+    svcdns(a, "endpoint", "add", "web", "10.244.1.2")
+    wait_for(lambda: ask(b, vip) == ["10.244.1.2"], 15, what="the VIP on host B")
+    failures, answers, stop = [], [], threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            got = ask(b, vip, 5)
+            answers.extend(got)
+            failures.extend(x for x in got if x.startswith("error"))
+
+    t = threading.Thread(target=loop)
+    t.start()
+    etcd.stop()
+    wait_for(lambda: "unreachable" in b.node.run(["curl", "-s", "http://127.0.0.1:10256/healthz"], check=False).stdout,
+             30, what="host B to report etcd unreachable")  # fmt: skip
+    time.sleep(3)
+    assert dig(b, "web.default.svc.cluster.local") == vip  # answers stay too
+    etcd.start()
+    stop.set()
+    t.join(30)
+    assert len(answers) > 10 and failures == []
+    late = svcdns(a, "service", "add", "late", "--port", "http:80:8080/tcp")
+    wait_for(lambda: dig(b, "late.default.svc.cluster.local") == late, 30, what="a Service made after the outage")
