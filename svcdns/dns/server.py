@@ -30,7 +30,7 @@ from ..table import ServiceTable
 from .answer import FORWARD, answer_cacheable
 from .forward import DEFAULT_ALLOWED, Allowed, Forwarder, default_upstreams
 from .wire import RCODE_NAMES, REFUSED, SERVFAIL, error_from_header, parse_query, response
-from .zone import Zone, compile_zone, empty_zone
+from .zone import Zone, ZoneCompiler, apply_delta, empty_zone
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ class DNSServer:
         self._procs: list[multiprocessing.Process] = []
         self._pipes: list = []
         self.zone: Zone | None = None
+        self.compiler: ZoneCompiler | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------------
 
@@ -118,9 +119,15 @@ class DNSServer:
         log.info("dns: serving %s on %s (UDP and TCP, %d workers)", self.settings.zone, addrs, self.workers)
 
     def update(self, table: ServiceTable) -> None:
-        """Compile and publish a new zone; returns once every worker answers from it."""
-        self.zone = compile_zone(table, self.settings.zone, self.settings.ttl)
-        payload = pickle.dumps(("zone", self.zone), protocol=pickle.HIGHEST_PROTOCOL)
+        """Publish the zone for ``table``; returns once every worker answers from it. Only the
+        Services that changed are compiled again, and the workers receive just that delta."""
+        first = self.compiler is None
+        if first:
+            self.compiler = ZoneCompiler(self.settings.zone, self.settings.ttl)
+        delta = self.compiler.update(table)
+        self.zone = self.compiler.zone
+        message = ("zone", self.zone) if first else ("delta", delta)
+        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         for pipe in self._pipes:
             pipe.send_bytes(payload)
         for pipe in self._pipes:
@@ -252,8 +259,9 @@ class _Worker:
         except (EOFError, OSError):
             self.running = False  # the parent is gone
             return
-        if verb == "zone":
-            self.zone = arg  # one assignment: every answer after this comes from the new zone
+        if verb in ("zone", "delta"):
+            # one assignment: every answer after this comes from the new zone
+            self.zone = arg if verb == "zone" else apply_delta(self.zone, arg)
             self.cache = {}
             self.control.send("ok")
         elif verb == "stats":

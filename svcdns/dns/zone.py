@@ -20,7 +20,8 @@ from __future__ import annotations
 import ipaddress
 import struct
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 
 from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SRV, TXT, A, DNSHeader, DNSQuestion, DNSRecord
 
@@ -160,16 +161,16 @@ def _body(name: str, rtype: int, answers: list[RR], additional: list[RR] = ()) -
     return packed[12 + question_len :], (len(answers), 0, len(additional))
 
 
-def compile_zone(table: ServiceTable, zone: str = "cluster.local", ttl: int = 5, serial: int | None = None) -> Zone:
-    """Every answer for ``table``, precompiled. Pure: the same table gives the same zone."""
-    origin = normalise_origin(zone)
-    b = _Builder(origin, ttl)
-    b.exists(origin)
-    for svc in sorted(table, key=lambda s: s.key):
-        b.service(svc)
-    b.add(origin, TYPE_NS, NS(f"ns.dns.{origin}"))
-    b.add(f"dns-version.{origin}", TYPE_TXT, TXT(DNS_SCHEMA_VERSION))
-    serial = int(time.time()) if serial is None else serial
+@dataclass(frozen=True)
+class Fragment:
+    """What one Service (or the apex) contributes to the zone, compiled."""
+
+    entries: dict[tuple[bytes, int], tuple[Body, ...]]
+    cnames: dict[bytes, Body]
+    names: frozenset[bytes]
+
+
+def _compile(b: _Builder) -> Fragment:
     entries: dict[tuple[bytes, int], tuple[Body, ...]] = {}
     for (name, rtype), answers in b.records.items():
         extra = b.additional.get((name, rtype), [])
@@ -179,12 +180,127 @@ def compile_zone(table: ServiceTable, zone: str = "cluster.local", ttl: int = 5,
         else:
             variants = (_body(name, rtype, answers, _dedupe(extra)),)
         entries[(name_to_wire(name), rtype)] = variants
-    soa = soa_record(origin, ttl, serial)
-    soa_owner = name_to_wire(origin)
-    entries[(soa_owner, TYPE_SOA)] = ((soa, (1, 0, 0)),)
     cnames = {name_to_wire(name): _body(name, QTYPE.CNAME, [rec]) for name, rec in b.cnames.items()}
-    names = frozenset(name_to_wire(n) for n in b.names if n.endswith(origin))
-    return Zone(origin, soa_owner, ttl, serial, soa, entries, cnames, names)
+    return Fragment(entries, cnames, frozenset(name_to_wire(n) for n in b.names if n.endswith(b.origin)))
+
+
+def compile_service(svc: Service, origin: str, ttl: int) -> Fragment:
+    b = _Builder(origin, ttl)
+    b.service(svc)
+    return _compile(b)
+
+
+def apex_fragment(origin: str, ttl: int) -> Fragment:
+    b = _Builder(origin, ttl)
+    b.exists(origin)
+    b.add(origin, TYPE_NS, NS(f"ns.dns.{origin}"))
+    b.add(f"dns-version.{origin}", TYPE_TXT, TXT(DNS_SCHEMA_VERSION))
+    return _compile(b)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A change of the zone, small enough to send to every worker at each update."""
+
+    put: dict[tuple[bytes, int], tuple[Body, ...]]
+    drop: tuple[tuple[bytes, int], ...]
+    cname_put: dict[bytes, Body]
+    cname_drop: tuple[bytes, ...]
+    names_add: frozenset[bytes]
+    names_drop: frozenset[bytes]
+    serial: int
+
+
+def apply_delta(zone: Zone, d: Delta) -> Zone:
+    """The zone after ``d`` (a new object: a worker swaps it in with one assignment)."""
+    entries = dict(zone.entries)
+    for key in d.drop:
+        entries.pop(key, None)
+    entries.update(d.put)
+    soa = soa_record(zone.origin, zone.ttl, d.serial)
+    entries[(zone.origin_wire, TYPE_SOA)] = ((soa, (1, 0, 0)),)
+    cnames = dict(zone.cnames)
+    for key in d.cname_drop:
+        cnames.pop(key, None)
+    cnames.update(d.cname_put)
+    names = (zone.names - d.names_drop) | d.names_add
+    return Zone(zone.origin, zone.origin_wire, zone.ttl, d.serial, soa, entries, cnames, names)
+
+
+class ZoneCompiler:
+    """Keeps each Service's compiled fragment, so a table change recompiles the changed Services only
+    and yields a Delta for the workers. (Two headless Services sharing an endpoint address share its
+    PTR name: the last one compiled answers it.)"""
+
+    def __init__(self, zone: str = "cluster.local", ttl: int = 5) -> None:
+        self.origin = normalise_origin(zone)
+        self.ttl = ttl
+        self.frags: dict[tuple[str, str], tuple[Service, Fragment]] = {}
+        self.owner: dict[tuple[bytes, int], tuple[str, str]] = {}
+        self.name_count: Counter = Counter()
+        self.zone = empty_zone(zone, ttl)
+        apex = apex_fragment(self.origin, ttl)
+        self._add(("", ""), apex, {}, {})
+        self.zone = Zone(self.origin, self.zone.origin_wire, ttl, 0, self.zone.soa, dict(apex.entries), {},
+                         frozenset(apex.names), ready=False)  # fmt: skip
+
+    def _add(self, key, frag: Fragment, put: dict, cname_put: dict) -> set[bytes]:
+        added = set()
+        for k, v in frag.entries.items():
+            put[k] = v
+            self.owner[k] = key
+        cname_put.update(frag.cnames)
+        for name in frag.names:
+            self.name_count[name] += 1
+            if self.name_count[name] == 1:
+                added.add(name)
+        return added
+
+    def update(self, table: ServiceTable, serial: int | None = None) -> Delta:
+        put: dict = {}
+        drop: list = []
+        cname_put: dict = {}
+        cname_drop: list = []
+        names_add: set[bytes] = set()
+        names_drop: set[bytes] = set()
+        current = table.services
+        for key in [k for k in self.frags if k not in current]:
+            self._remove(key, drop, cname_drop, names_drop)
+        for key, svc in current.items():
+            old = self.frags.get(key)
+            if old is not None and (old[0] is svc or old[0] == svc):
+                continue
+            if old is not None:
+                self._remove(key, drop, cname_drop, names_drop)
+            frag = compile_service(svc, self.origin, self.ttl)
+            self.frags[key] = (svc, frag)
+            names_add |= self._add(key, frag, put, cname_put)
+        drop = [k for k in drop if k not in put]
+        cname_drop = [k for k in cname_drop if k not in cname_put]
+        delta = Delta(put, tuple(drop), cname_put, tuple(cname_drop), frozenset(names_add - names_drop),
+                      frozenset(names_drop - names_add), int(time.time()) if serial is None else serial)  # fmt: skip
+        self.zone = replace(apply_delta(self.zone, delta), ready=True)
+        return delta
+
+    def _remove(self, key, drop: list, cname_drop: list, names_drop: set[bytes]) -> None:
+        _, frag = self.frags.pop(key)
+        for k in frag.entries:
+            if self.owner.get(k) == key:
+                del self.owner[k]
+                drop.append(k)
+        cname_drop.extend(frag.cnames)
+        for name in frag.names:
+            self.name_count[name] -= 1
+            if self.name_count[name] <= 0:
+                del self.name_count[name]
+                names_drop.add(name)
+
+
+def compile_zone(table: ServiceTable, zone: str = "cluster.local", ttl: int = 5, serial: int | None = None) -> Zone:
+    """Every answer for ``table``, precompiled. Pure: the same table gives the same zone."""
+    compiler = ZoneCompiler(zone, ttl)
+    compiler.update(table, serial)
+    return compiler.zone
 
 
 def _dedupe(records: list[RR]) -> list[RR]:

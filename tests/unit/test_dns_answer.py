@@ -224,3 +224,23 @@ def test_fuzz_mutated_real_queries_never_crash():
         _check(out, bytes(data))
     r, _ = ask("web.default.svc.cluster.local")
     assert str(r.rr[0].rdata) == "10.96.0.10"
+
+
+def test_incremental_zone_updates_equal_a_fresh_compile():
+    from svcdns.dns.zone import ZoneCompiler, apply_delta
+
+    web, db = TABLE.get("default", "web"), TABLE.get("default", "db")
+    steps = [
+        TABLE,
+        TABLE.replace(deletes=[web.key]),
+        TABLE.replace([db.with_endpoints(db.endpoints[:1])]),
+        TABLE.replace([Service("new", ports=(ServicePort(80, name="http"),), cluster_ips=("10.96.0.77",))]),
+        TABLE,
+    ]
+    compiler, worker = ZoneCompiler(), None
+    for i, table in enumerate(steps):
+        delta = compiler.update(table, serial=42)
+        worker = compiler.zone if i == 0 else apply_delta(worker, delta)  # what a worker holds
+        fresh = compile_zone(table, serial=42)
+        for zone in (compiler.zone, worker):
+            assert zone.entries == fresh.entries and zone.cnames == fresh.cnames and zone.names == fresh.names
