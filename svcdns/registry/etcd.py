@@ -277,7 +277,7 @@ class EtcdRegistry:
         return revision
 
     @staticmethod
-    async def _range(client: aetcd.Client, prefix: bytes) -> tuple[int, list]:
+    async def _range(client: aetcd.Client, prefix: bytes, keys_only: bool = False) -> tuple[int, list]:
         """Every key under ``prefix`` at one revision, in pages (a 10k-Service registry is larger than
         one gRPC message). aetcd 1.0 drops ``limit`` and ``revision``, so this builds the request."""
         from aetcd import rpc, utils
@@ -286,7 +286,7 @@ class EtcdRegistry:
         end = utils.prefix_range_end(prefix)
         start, revision, kvs = prefix, 0, []
         while True:
-            req = rpc.RangeRequest(key=start, range_end=end, limit=RANGE_PAGE, revision=revision)
+            req = rpc.RangeRequest(key=start, range_end=end, limit=RANGE_PAGE, revision=revision, keys_only=keys_only)
             try:
                 resp = await client.kvstub.Range(req, timeout=client._timeout, metadata=client.metadata)
             except rpc.AioRpcError as err:
@@ -514,12 +514,25 @@ class EtcdRegistry:
     async def _create(self, svc: Service) -> Service:
         await self.ensure_cidrs()
         for _ in range(CAS_RETRIES):
-            await self.read_all()
-            if svc.key in self.entries:
+            # the Service's key and the VIP keys (names only): not the whole registry
+            if await self.call(lambda c: c.get(self.service_key(svc.key))) is not None:
                 raise UsageError(f"Service {svc.ref} already exists in {self.url}; remove it first")
+            _, vip_keys = await self.call(lambda c: self._range(c, self.prefix + b"/vips/", keys_only=True))
+            alloc = Allocator(self.cidrs or list(DEFAULT_SERVICE_CIDRS))
+            for kv in vip_keys:
+                parsed = self.parse_key(kv.key)
+                if parsed is not None and parsed[0] == "vip" and alloc._pool_for(parsed[1]) is not None:
+                    alloc._pool_for(parsed[1]).claim(parsed[1], "?")
             out, compares, ops = svc, [("absent", self.service_key(svc.key), 0)], []
             if svc.has_vip:
-                ips = self.allocator().assign(svc.ref, svc.cluster_ips, svc.ip_families)
+                try:
+                    ips = alloc.assign(svc.ref, svc.cluster_ips, svc.ip_families)
+                except VIPConflict as err:
+                    if err.holder != "?":
+                        raise
+                    held = await self.call(lambda c, e=err: c.get(self.vip_key(ipaddress.ip_address(e.address))))
+                    holder = held.value.decode() if held is not None else "another Service"
+                    raise VIPConflict(err.address, f"is already held by Service {holder}", holder=holder) from None
                 out = svc.with_cluster_ips(ips)
                 out.check_endpoint_families()
                 compares += [("absent", self.vip_key(ip), 0) for ip in ips]
