@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3 python3-venv python3-pip iproute2 nftables iptables conntrack dnsutils curl procps)
 # the tests start throwaway etcd servers of their own (loopback ports, temporary data directories)
-[ "${1:-}" = "test" ] && APT_PACKAGES+=(etcd-server systemd)
+[ "${1:-}" = "test" ] && APT_PACKAGES+=(etcd-server systemd systemd-container debootstrap)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
