@@ -133,3 +133,28 @@ def test_registry_directory_gone_keeps_everything_until_it_returns(node):
     shutil.copytree(backup, node.registry)
     wait_for(lambda: json.loads(node.http("/status"))["registryProblem"] is None, 10, what="the registry back")
     assert node.ask(vip) == [str(p1.ipv4)]
+
+
+def test_sighup_reloads_the_configuration(node, tmp_path):
+    conf = tmp_path / "svcdns.toml"
+    conf.write_text("[dns]\nttl = 5\n")
+    vip = node.svcdns("service", "add", "web", "--port", "http:80:8080/tcp").strip()
+    agent = node.spawn(node.node, [*PY, "svcdns", "agent", "--config", str(conf), "--registry", str(node.registry),
+                                   "--dns-listen", "127.0.0.1:53", "--dns-workers", "1"],
+                       env=node.env, stdout=subprocess.DEVNULL)  # fmt: skip
+    wait_for(lambda: node.http("/readyz").startswith("ok"), 60, what="the agent to be ready")
+
+    def ttl():
+        out = node.node.run(["dig", "+noall", "+answer", "@127.0.0.1", "web.default.svc.cluster.local"], check=False)
+        fields = out.stdout.split()
+        return fields[1] if len(fields) >= 5 and fields[4] == vip else None
+
+    assert ttl() == "5"
+    conf.write_text("[dns]\nttl = 30\n")
+    agent.send_signal(signal.SIGHUP)
+    wait_for(lambda: ttl() == "30", 30, what="the new TTL after SIGHUP")
+    conf.write_text("[dns]\nttl = 'soon'\n")  # a bad file: refused, the running configuration stays
+    agent.send_signal(signal.SIGHUP)
+    time.sleep(2)
+    assert agent.poll() is None
+    wait_for(lambda: ttl() == "30", 30, what="answers with the kept configuration")

@@ -3,8 +3,9 @@
 The root file system is debootstrapped once into /var/cache/svcdns-test/bookworm (minutes; kept for
 later runs) and booted with ``--volatile=overlay`` (the image stays untouched) and
 ``--private-network``. The container has no network for pip, so this checkout and its Python are
-bind-mounted read-only at the same paths; a drop-in relaxes ProtectHome to read-only, because that
-Python lives under /root here (an installed svcdns lives in /usr/local and needs no such drop-in).
+bind-mounted read-only at the same paths; a drop-in relaxes ProtectHome (read-only) and PrivateTmp,
+because that Python lives under /root and a CI checkout under /tmp (an installed svcdns lives in
+/usr/local and needs no such drop-in).
 """
 
 import os
@@ -90,7 +91,8 @@ def test_install_start_notify_dig_stop_and_restart_on_failure(container):
     assert "svcdns.service" in out
     dropin = "/etc/systemd/system/svcdns.service.d"
     run("mkdir", "-p", dropin)
-    run("sh", "-c", f"printf '[Service]\\nProtectHome=read-only\\n' > {dropin}/test.conf")
+    # the checkout and its Python are bind-mounted at their host paths, which may be under /root or /tmp
+    run("sh", "-c", f"printf '[Service]\\nProtectHome=read-only\\nPrivateTmp=no\\n' > {dropin}/test.conf")
     run("systemctl", "daemon-reload")
     run("svcdns", "service", "add", "web", "--vip", "10.96.0.10", "--port", "80/tcp")
     started = run("systemctl", "start", "svcdns", check=False, timeout=120)  # Type=notify: waits for READY=1
