@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -49,6 +51,24 @@ def etcd_url(etcd_server, request):
     """An etcd registry URL with a prefix of this test's own."""
     name = "".join(c if c.isalnum() else "-" for c in request.node.name)[:80]
     return etcd_server.url.rsplit("/", 1)[0] + f"/t-{name}-{os.getpid()}"
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """``svcdns`` as a user runs it, against a registry directory of this test's own:
+    ``cli("service", "add", ...)`` returns its output; ``cli.registry`` and ``cli.env`` for the rest."""
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    env = dict(os.environ, SVCDNS_REGISTRY=str(registry), PYTHONPATH=os.getcwd())
+
+    def run(*args: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "svcdns", *args], env=env, capture_output=True, text=True, check=True
+        )
+        return proc.stdout
+
+    run.registry, run.env = registry, env
+    return run
 
 
 @pytest.fixture

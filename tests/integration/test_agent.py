@@ -1,7 +1,6 @@
 """`svcdns agent` end to end in namespaces: the CLI writes, a pod resolves with dig and connects."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -17,16 +16,11 @@ PY = [sys.executable, "-m"]
 
 
 @pytest.fixture
-def node(make_lab, tmp_path):
+def node(make_lab, cli):
     lab = make_lab(pods=3)
-    registry = tmp_path / "registry"
-    registry.mkdir()
-    env = dict(os.environ, SVCDNS_REGISTRY=str(registry), PYTHONPATH=os.getcwd())
+    registry, env, svcdns = cli.registry, cli.env, cli
     for pod in lab.pod_list[:2]:
         lab.serve(pod, 8080, "tcp")
-
-    def svcdns(*args):
-        return subprocess.run([*PY, "svcdns", *args], env=env, capture_output=True, text=True, check=True).stdout
 
     def start_agent():
         proc = lab.spawn(lab.node, [*PY, "svcdns", "agent", "--registry", str(registry), "--dns-listen", "127.0.0.1:53",

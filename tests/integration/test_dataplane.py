@@ -5,7 +5,6 @@ with their own address; pod 3 is a client (and serves too, for the hairpin case)
 --once` runs inside the node namespace, as the agent would.
 """
 
-import os
 import subprocess
 import sys
 import threading
@@ -17,18 +16,13 @@ PY = [sys.executable, "-m"]
 
 
 @pytest.fixture
-def world(make_lab, tmp_path):
+def world(make_lab, cli):
     lab = make_lab(pods=3)
-    registry = tmp_path / "registry"
-    registry.mkdir()
-    env = dict(os.environ, SVCDNS_REGISTRY=str(registry), PYTHONPATH=os.getcwd())
+    env, svcdns = cli.env, cli
     for pod in lab.pod_list:
         lab.serve(pod, 8080, "tcp")
         lab.serve(pod, 5353, "udp")
         lab.serve(pod, 8080, "tcp", family=6)
-
-    def svcdns(*args):
-        return subprocess.run([*PY, "svcdns", *args], env=env, capture_output=True, text=True, check=True).stdout
 
     def sync():
         out = lab.node.run([*PY, "svcdns", "sync", "--once"], env=env)

@@ -37,16 +37,9 @@ STUB = textwrap.dedent(
 
 
 @pytest.fixture
-def dns(make_lab, tmp_path):
+def dns(make_lab, cli):
     world = make_lab(pods=1)
-    registry = tmp_path / "registry"
-    registry.mkdir()
-    env = dict(os.environ, SVCDNS_REGISTRY=str(registry), PYTHONPATH=os.getcwd())
-
-    def svcdns(*args, check=True):
-        return subprocess.run(
-            [sys.executable, "-m", "svcdns", *args], env=env, capture_output=True, text=True, check=check
-        )
+    registry, env, svcdns = cli.registry, cli.env, cli
 
     svcdns("service", "add", "web", "--port", "http:80:8080/tcp", "--vip", "10.96.0.10")
     svcdns("service", "add", "db", "--headless", "--port", "pg:5432/tcp")
