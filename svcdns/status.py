@@ -90,7 +90,9 @@ class _DNSCollector:
             acc += n
             buckets.append((str(bound), acc))
         buckets.append(("+Inf", acc + s.get("duration_buckets", {}).get("+Inf", 0)))
-        hist = HistogramMetricFamily("svcdns_dns_request_duration_seconds", "Time to answer a DNS query")
+        hist = HistogramMetricFamily("svcdns_dns_request_duration_seconds",
+                                     "Time to answer a DNS query not found in the worker's answer cache "
+                                     "(cache hits take microseconds and are counted, not timed)")  # fmt: skip
         hist.add_metric([], buckets, s.get("duration_sum", 0.0))
         yield hist
 
