@@ -27,6 +27,8 @@ from .wire import (
     NXDOMAIN,
     REFUSED,
     SERVFAIL,
+    TYPE_A,
+    TYPE_AAAA,
     TYPE_ANY,
     TYPE_AXFR,
     TYPE_HINFO,
@@ -42,6 +44,7 @@ from .wire import (
 from .zone import Zone
 
 FORWARD = object()  # the query is for a name outside the zone
+CHASE = "chase"  # third value of answer_cacheable: a CNAME whose target the server should resolve
 _turn = itertools.count()
 
 
@@ -55,7 +58,9 @@ def answer(zone: Zone, data: bytes, udp: bool = True, ra: bool = False) -> tuple
 
 def answer_cacheable(zone: Zone, data: bytes, udp: bool = True, ra: bool = False):
     """:func:`answer`, plus whether the same query bytes (ID aside) always get the same answer from
-    this zone (everything but the rotating headless answers), for the server's answer cache."""
+    this zone (everything but the rotating headless answers), for the server's answer cache, or
+    CHASE for an ExternalName asked by a client that may recurse (the server appends the target's
+    addresses, resolved upstream)."""
     data = bytes(data)
     if len(data) < 12 or data[2] & 0x80:
         return None, None, False  # too short for a header, or a response: never answer those
@@ -69,6 +74,8 @@ def answer_cacheable(zone: Zone, data: bytes, udp: bool = True, ra: bool = False
     out, rcode = lookup(zone, q, ra)
     if out is FORWARD:
         return FORWARD, None, False
+    if ra and q.qtype in (TYPE_A, TYPE_AAAA) and q.key in zone.cnames:
+        return out, rcode, CHASE  # an ExternalName: the server adds the target's addresses
     cacheable = len(zone.entries.get((q.key, q.qtype), ())) <= 1
     if udp and len(out) > q.udp_limit():  # type: ignore[arg-type]
         return truncated(q, ra), rcode, cacheable

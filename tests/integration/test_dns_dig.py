@@ -110,10 +110,13 @@ def test_truncation_then_tcp_retry(dns):
 
 def test_forwarding_for_allowed_clients_only(dns):
     assert dns("+short", "example.org") == "192.0.2.1\n"  # loopback: allowed
+    # an ExternalName's target is resolved for clients that may recurse
+    assert records(dns("+short", "ext.default.svc.cluster.local")) == ["example.org.", "192.0.2.1"]
     pod = dns.world.pod_list[0]
     out = dns("example.org", ns=pod.ns, server="10.244.1.1")  # a pod: not in the allowed networks
     assert "status: REFUSED" in out
     assert dns("+short", "web.default.svc.cluster.local", ns=pod.ns, server="10.244.1.1") == "10.96.0.10\n"
+    assert records(dns("+short", "ext.default.svc.cluster.local", ns=pod.ns, server="10.244.1.1")) == ["example.org."]
 
 
 def test_registry_changes_are_visible_without_restart(dns):

@@ -244,3 +244,12 @@ def test_incremental_zone_updates_equal_a_fresh_compile():
         fresh = compile_zone(table, serial=42)
         for zone in (compiler.zone, worker):
             assert zone.entries == fresh.entries and zone.cnames == fresh.cnames and zone.names == fresh.names
+
+
+def test_external_names_are_chased_only_for_clients_that_may_recurse():
+    from svcdns.dns.answer import CHASE, answer_cacheable
+
+    q = bytes(DNSRecord.question("ext.default.svc.cluster.local", "A").pack())
+    assert answer_cacheable(ZONE, q, ra=True)[2] == CHASE
+    out, rcode, cacheable = answer_cacheable(ZONE, q, ra=False)
+    assert cacheable is True and [str(r.rdata) for r in DNSRecord.parse(out).rr] == ["example.org."]
