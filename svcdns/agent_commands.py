@@ -193,7 +193,8 @@ def cmd_uninstall(args) -> int:
     if args.root == "/":
         from .dataplane import open_dataplane
 
-        open_dataplane().cleanup()
+        for kind in ("nftables", "iptables"):  # whichever backend the agent ran with
+            open_dataplane(kind).cleanup()
         print("removed svcdns's rules")
         if shutil.which("systemctl"):
             subprocess.run(["systemctl", "daemon-reload"], check=False)

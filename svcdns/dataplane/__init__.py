@@ -11,10 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import SvcdnsError, UsageError
 from ..model import IPV4, IPV6
 from ..table import ServiceTable, changed_keys
+
+if TYPE_CHECKING:
+    from .iptables import IptablesDataplane
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +95,13 @@ class NftablesDataplane:
             self.current[family] = None
 
 
-def open_dataplane(kind: str = "nftables", **options) -> NftablesDataplane:
+def open_dataplane(kind: str = "nftables", **options) -> NftablesDataplane | IptablesDataplane:
     if kind == "nftables":
         return NftablesDataplane(**options)
     if kind == "iptables":
-        raise UsageError("--dataplane iptables: the iptables backend is not available yet; use nftables")
+        from .iptables import IptablesDataplane
+
+        return IptablesDataplane(**options)
     raise UsageError(f"--dataplane {kind!r}: expected nftables or iptables")
 
 

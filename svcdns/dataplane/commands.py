@@ -1,7 +1,8 @@
 """``svcdns sync --once`` and ``svcdns cleanup``: the dataplane from the command line.
 
-svcdns sync --once [--dataplane nftables]   # read the registry, program the rules, exit
-svcdns cleanup [--dataplane nftables]       # remove svcdns's tables (ip svcdns, ip6 svcdns), nothing else
+svcdns sync --once [--dataplane nftables|iptables]   # read the registry, program the rules, exit
+svcdns cleanup [--dataplane nftables|iptables]       # remove svcdns's rules, nothing else: the tables
+                                                     # ip/ip6 svcdns, or the SVCDNS- chains and jumps
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ def cmd_sync(args) -> int:
     if not args.once:
         raise UsageError("svcdns sync: pass --once (to keep the rules in sync, run `svcdns agent`)")
     snap = open_registry(registry_location(args.registry)).snapshot()
-    result = open_dataplane(args.dataplane).sync(snap.table, full=True)
+    dp = open_dataplane(args.dataplane)
+    result = dp.sync(snap.table, full=True)
+    unit = "netlink messages" if dp.kind == "nftables" else "iptables-restore lines"
     print(f"synced {result.services} Services, {result.endpoints} endpoints "
-          f"({result.rules} netlink messages, {result.duration * 1000:.1f} ms)")  # fmt: skip
+          f"({result.rules} {unit}, {result.duration * 1000:.1f} ms)")  # fmt: skip
     for source, message in sorted(snap.errors.items()):
         print(f"skipped {source}: {message}")
     return 0

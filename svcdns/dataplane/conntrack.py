@@ -58,3 +58,19 @@ def clear_udp(expected: Expected) -> int:
     if deleted:
         log.info("conntrack: deleted %d stale UDP entries", deleted)
     return deleted
+
+
+def udp_expectations(services, family: str) -> Expected:
+    """For :func:`clear_udp`: each UDP VIP:port of ``services`` in ``family``, and the endpoints it
+    sends to (``usable_endpoints``: the ready ones, else the serving and terminating ones); a port with
+    none maps to an empty set, so every entry to it goes."""
+    out: Expected = {}
+    for svc in services:
+        vip = svc.vip(family) if svc.has_vip else None
+        if vip is None:
+            continue
+        usable = svc.usable_endpoints(family)
+        for port in svc.ports:
+            if port.protocol == "UDP":
+                out[(str(vip), port.port)] = {(str(ep.address), ep.target_port(port)) for ep in usable}
+    return out

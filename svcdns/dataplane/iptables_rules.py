@@ -1,0 +1,304 @@
+"""The iptables planner: ServiceTable -> the ``iptables-restore --noflush`` text of each table, per family.
+
+Pure functions over plain data; the shell (:mod:`.iptables`) runs iptables-save / iptables-restore.
+The shape is kube-proxy's iptables mode, every chain prefixed ``SVCDNS-``:
+
+    nat    PREROUTING, OUTPUT  -j SVCDNS-SERVICES          (one jump each, ensured exactly once)
+           POSTROUTING         -j SVCDNS-POSTROUTING
+           SVCDNS-SERVICES     -d VIP -p tcp --dport 80 -j SVCDNS-SVC-<hash>   one rule per port with endpoints
+           SVCDNS-SVC-<hash>   (affinity: -m recent --rcheck per endpoint, first)
+                               -m statistic --mode random --probability 1/N     -j SVCDNS-SEP-<hash ep0>
+                               -m statistic --mode random --probability 1/(N-1) -j SVCDNS-SEP-<hash ep1>
+                               ...                                               -j SVCDNS-SEP-<hash epN-1>
+           SVCDNS-SEP-<hash>   -s ep -j SVCDNS-MARK-MASQ       (hairpin: a pod reaching itself)
+                               -p tcp -j DNAT --to-destination ep:targetPort
+           SVCDNS-MARK-MASQ    -j MARK --or-mark 0x4000
+           SVCDNS-POSTROUTING  marked packets: clear the bit, MASQUERADE
+    filter FORWARD, OUTPUT     -m conntrack --ctstate NEW -j SVCDNS-REJECT
+           SVCDNS-REJECT       -d VIP -p tcp -j REJECT --reject-with tcp-reset; -d VIP -j REJECT
+
+A packet that reaches the filter table still addressed to a VIP was not translated (its port has no
+usable endpoint, or the Service has no such port): it is rejected at once. Only NEW packets walk
+SVCDNS-REJECT; a rejected first packet never confirms its conntrack entry, so every retry is NEW again.
+
+Chain names are ``SVCDNS-SVC-`` / ``SVCDNS-SEP-`` plus the first 16 characters of the base32 SHA-256 of
+``ns/name/proto/port`` (and ``/address:targetPort`` for an endpoint), as kube-proxy does: stable across
+restarts and hosts, and 27 characters, under iptables' 28. Rule comments carry the readable names.
+
+Every sync rewrites everything (kube-proxy's iptables mode does too): one restore per table, whose
+``:CHAIN - [0:0]`` lines flush our chains before they are refilled, and whose ``-X`` lines delete the
+SVCDNS- chains no longer wanted (flushed first, in the same restore). The kernel takes a table's restore
+whole or not at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..model import AFFINITY_CLIENT_IP, IPV4, IPV6, Service
+from ..table import ServiceTable
+
+PREFIX = "SVCDNS-"
+SERVICES = "SVCDNS-SERVICES"
+POSTROUTING = "SVCDNS-POSTROUTING"
+MARK_MASQ = "SVCDNS-MARK-MASQ"
+REJECT = "SVCDNS-REJECT"
+MASQ_MARK = "0x4000"  # kube-proxy's bit
+TABLES = ("nat", "filter")
+COMMANDS = {IPV4: ("iptables-save", "iptables-restore"), IPV6: ("ip6tables-save", "ip6tables-restore")}
+
+_PORTALS = '-m comment --comment "svcdns service portals"'
+# The jumps from the built-in chains, written as iptables-save prints them back, so that the check
+# against iptables-save's output is a comparison of text: (built-in chain, rule spec), per table.
+JUMPS: dict[str, tuple[tuple[str, str], ...]] = {
+    "nat": (
+        ("PREROUTING", f"{_PORTALS} -j {SERVICES}"),
+        ("OUTPUT", f"{_PORTALS} -j {SERVICES}"),
+        ("POSTROUTING", f'-m comment --comment "svcdns postrouting rules" -j {POSTROUTING}'),
+    ),
+    "filter": (
+        ("FORWARD", f"-m conntrack --ctstate NEW {_PORTALS} -j {REJECT}"),
+        ("OUTPUT", f"-m conntrack --ctstate NEW {_PORTALS} -j {REJECT}"),
+    ),
+}
+FIXED: dict[str, dict[str, tuple[str, ...]]] = {  # the chains every sync writes, whatever the Services
+    "nat": {
+        SERVICES: (),
+        MARK_MASQ: (f"-A {MARK_MASQ} -j MARK --or-mark {MASQ_MARK}",),
+        POSTROUTING: (
+            f"-A {POSTROUTING} -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN",
+            f"-A {POSTROUTING} -j MARK --xor-mark {MASQ_MARK}",  # clear it: a packet goes out unmarked
+            f'-A {POSTROUTING} -m comment --comment "svcdns hairpin traffic" -j MASQUERADE',
+        ),
+    },
+    "filter": {REJECT: ()},
+}
+
+
+def _hash(text: str) -> str:
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
+
+
+def port_ref(svc: Service, protocol: str, port: int) -> str:
+    return f"{svc.namespace}/{svc.name}/{protocol.lower()}/{port}"
+
+
+def svc_chain(svc: Service, protocol: str, port: int) -> str:
+    """``SVCDNS-SVC-<16 base32>`` of ``ns/name/proto/port``: stable, 27 characters."""
+    return "SVCDNS-SVC-" + _hash(port_ref(svc, protocol, port))
+
+
+def sep_chain(svc: Service, protocol: str, port: int, address: str, target: int) -> str:
+    """``SVCDNS-SEP-<16 base32>`` of ``ns/name/proto/port/address:targetPort``."""
+    return "SVCDNS-SEP-" + _hash(f"{port_ref(svc, protocol, port)}/{address}:{target}")
+
+
+def _host(address: str, family: str) -> str:
+    return f"{address}/{128 if family == IPV6 else 32}"
+
+
+def _dest(address: str, port: int, family: str) -> str:
+    return f"[{address}]:{port}" if family == IPV6 else f"{address}:{port}"
+
+
+@dataclass(frozen=True)
+class ServiceRules:
+    """What one Service contributes to one family: rules in the shared chains, and chains of its own."""
+
+    services: tuple[str, ...]  # rules of SVCDNS-SERVICES (nat)
+    reject: tuple[str, ...]  # rules of SVCDNS-REJECT (filter)
+    chains: tuple[tuple[str, tuple[str, ...]], ...]  # (SVC / SEP chain, its rules), nat
+
+
+def service_rules(svc: Service, family: str) -> ServiceRules | None:
+    """One Service's rules in one family (None: it has no VIP of that family)."""
+    vip = svc.vip(family) if svc.has_vip else None
+    if vip is None:
+        return None
+    vip_s = str(vip)
+    usable = svc.usable_endpoints(family)
+    affinity = svc.affinity_timeout if svc.session_affinity == AFFINITY_CLIENT_IP else 0
+    services: list[str] = []
+    chains: list[tuple[str, tuple[str, ...]]] = []
+    for port in svc.ports:
+        targets = sorted({(str(ep.address), ep.target_port(port)) for ep in usable})
+        if not targets:
+            continue  # untranslated: SVCDNS-REJECT rejects it
+        proto = port.protocol.lower()
+        label = f"{svc.namespace}/{svc.name}:{port.name or port.port}"
+        chain = svc_chain(svc, port.protocol, port.port)
+        services.append(
+            f"-A {SERVICES} -d {_host(vip_s, family)} -p {proto} -m comment --comment "
+            f'"{label} cluster IP" -m {proto} --dport {port.port} -j {chain}'
+        )
+        seps = [(sep_chain(svc, port.protocol, port.port, a, tp), a, tp) for a, tp in targets]
+        rules = []
+        if affinity:
+            for sep, _, _ in seps:
+                rules.append(f"-A {chain} -m recent --name {sep} --rcheck --seconds {affinity} --reap -j {sep}")
+        for i, (sep, address, tp) in enumerate(seps):
+            left = len(seps) - i
+            pick = f"-m statistic --mode random --probability {1 / left:.10f} " if left > 1 else ""
+            rules.append(f'-A {chain} -m comment --comment "{label} -> {_dest(address, tp, family)}" {pick}-j {sep}')
+        chains.append((chain, tuple(rules)))
+        for sep, address, tp in seps:
+            sticky = f"-m recent --name {sep} --set " if affinity else ""
+            chains.append((sep, (
+                f"-A {sep} -s {_host(address, family)} -j {MARK_MASQ}",
+                f"-A {sep} -p {proto} {sticky}-j DNAT --to-destination {_dest(address, tp, family)}",
+            )))  # fmt: skip
+    unreachable = "icmp6-port-unreachable" if family == IPV6 else "icmp-port-unreachable"
+    reject = (
+        f"-A {REJECT} -d {_host(vip_s, family)} -p tcp -j REJECT --reject-with tcp-reset",
+        f"-A {REJECT} -d {_host(vip_s, family)} -j REJECT --reject-with {unreachable}",
+    )
+    return ServiceRules(tuple(services), reject, tuple(chains))
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    """Everything svcdns wants in one family: per table, each SVCDNS- chain and its rules, in the
+    order they are written."""
+
+    family: str
+    tables: dict[str, dict[str, tuple[str, ...]]]
+
+    def rule_count(self) -> int:
+        return sum(len(rules) for chains in self.tables.values() for rules in chains.values())
+
+
+def build(table: ServiceTable, family: str = IPV4) -> Ruleset:
+    """The desired rules of one family for every Service with a VIP of that family. Chains in the
+    order their rules are written: the shared ones, then each Service's (by namespace/name), each
+    Service port chain followed by its endpoint chains."""
+    nat = {name: list(rules) for name, rules in FIXED["nat"].items()}
+    filt = {name: list(rules) for name, rules in FIXED["filter"].items()}
+    own: list[tuple[str, tuple[str, ...]]] = []
+    for svc in sorted(table, key=lambda s: s.key):
+        rules = service_rules(svc, family)
+        if rules is None:
+            continue
+        nat[SERVICES].extend(rules.services)
+        filt[REJECT].extend(rules.reject)
+        own.extend(rules.chains)
+    return Ruleset(family, {
+        "nat": {**{name: tuple(rules) for name, rules in nat.items()}, **dict(own)},
+        "filter": {name: tuple(rules) for name, rules in filt.items()},
+    })  # fmt: skip
+
+
+# ---- what the kernel holds, from iptables-save -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Present:
+    """Our part of one table as ``iptables-save -t TABLE`` shows it: the SVCDNS- chains, and the rules
+    of other chains that jump to one (as (chain, rule spec), in order, duplicates kept)."""
+
+    chains: frozenset[str] = frozenset()
+    jumps: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.chains and not self.jumps
+
+
+_JUMP = re.compile(r"(?:^|\s)-[jg] " + PREFIX)
+
+
+def parse_save(text: str) -> Present:
+    """Parse ``iptables-save -t TABLE`` output (one table) into what svcdns owns in it."""
+    chains, jumps = set(), []
+    for line in text.splitlines():
+        if line.startswith(":" + PREFIX):
+            chains.add(line[1:].split()[0])
+        elif line.startswith("-A "):
+            _, chain, spec = line.split(" ", 2)
+            if not chain.startswith(PREFIX) and _JUMP.search(spec):
+                jumps.append((chain, spec))
+    return Present(frozenset(chains), tuple(jumps))
+
+
+# ---- the restore text ------------------------------------------------------------------------------------
+
+
+def restore_text(rs: Ruleset, table: str, present: Present = Present()) -> str:
+    """The ``iptables-restore --noflush`` input that takes ``table`` from ``present`` to ``rs``:
+    our chains declared (created or flushed), stale ones too; jumps from the built-in chains made to
+    exist exactly once (missing ones inserted first in their chain, duplicates and strangers deleted);
+    every rule written; stale chains deleted. Deterministic: chains sorted, rules in order."""
+    wanted = rs.tables[table]
+    stale = sorted(present.chains - set(wanted))
+    lines = [f"*{table}"]
+    lines += [f":{name} - [0:0]" for name in (*sorted(wanted), *stale)]
+    seen = set()
+    for chain, spec in present.jumps:
+        if (chain, spec) in JUMPS[table] and (chain, spec) not in seen:
+            seen.add((chain, spec))
+        else:
+            lines.append(f"-D {chain} {spec}")
+    lines += [f"-I {chain} {spec}" for chain, spec in JUMPS[table] if (chain, spec) not in seen]
+    for rules in wanted.values():
+        lines.extend(rules)
+    lines += [f"-X {name}" for name in stale]
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def removal_text(table: str, present: Present) -> str | None:
+    """The restore input that removes every SVCDNS- chain and every jump to one, nothing else
+    (None: there is nothing of ours in ``table``)."""
+    if present.empty:
+        return None
+    lines = [f"*{table}"]
+    lines += [f"-D {chain} {spec}" for chain, spec in present.jumps]
+    lines += [f":{name} - [0:0]" for name in sorted(present.chains)]
+    lines += [f"-X {name}" for name in sorted(present.chains)]
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def render(table: ServiceTable, family: str = IPV4) -> str:
+    """Both tables' restore text for a host with nothing of ours yet: what tests and the reference
+    file compare."""
+    rs = build(table, family)
+    return "".join(restore_text(rs, t) for t in TABLES)
+
+
+# ---- the operator's reference (iptables/reference.rules) -------------------------------------------------
+
+
+def load_sample_registry(root: str | Path) -> ServiceTable:
+    """Read a registry directory's Service files as written (no VIP allocation, nothing written):
+    every ClusterIP Service must name its VIPs (``clusterIP`` / ``clusterIPs``) so the output is fixed."""
+    from ..errors import UsageError
+    from ..registry.documents import decode
+    from ..registry.files import is_service_file
+
+    root = Path(root)
+    services = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and is_service_file(p.name)):
+        svc = decode(path.read_bytes(), str(path))
+        if svc.has_vip and not svc.cluster_ips:
+            raise UsageError(f"{path}: a reference Service needs a fixed VIP: add clusterIP: (or clusterIPs:)")
+        services.append(svc)
+    return ServiceTable.of(services)
+
+
+def reference_text(root: str | Path) -> str:
+    """``iptables/reference.rules``: the restore input for the sample registry, both families."""
+    table = load_sample_registry(root)
+    head = (
+        "# What svcdns's iptables backend writes for iptables/sample-registry on a host with none of its rules\n"
+        "# yet (regenerate: python -m svcdns.dataplane.iptables --render iptables/sample-registry\n"
+        "#   > iptables/reference.rules; tests/unit/test_dataplane_iptables.py checks that it is current).\n"
+    )
+    out = [head]
+    for family, (_, restore) in COMMANDS.items():
+        out.append(f"\n# ---- {family}: {restore} -w --noflush, one run per table\n")
+        out.append(render(table, family))
+    return "".join(out)
