@@ -70,16 +70,16 @@ def child(args) -> None:
         times.append(dp.sync(nxt).duration)
         current = nxt
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # the same kind of change with the nft CLI: flush the chain, write its rules again
+    # the same change with the nft CLI: the chain draws among one more, the new endpoint's element
     svc = list(current)[1]
-    eps = [str(e.address) for e in svc.endpoints] + ["10.251.0.1"]
+    vip, n = str(svc.cluster_ips[0]), len(svc.endpoints) + 1
     chain = chain_name(svc, "TCP", 80)
-    rules = [f"add rule ip svcdns {chain} meta l4proto tcp "
-             + (f"numgen random mod {len(eps) - i} 0 " if len(eps) - i > 1 else "") + f"dnat ip to {a}:8080"
-             for i, a in enumerate(eps)]  # fmt: skip
-    script = "\n".join(
-        [f"flush chain ip svcdns {chain}", *rules, "add element ip svcdns hairpin { 10.251.0.1 . 10.251.0.1 }"]
-    )
+    script = "\n".join([
+        f"flush chain ip svcdns {chain}",
+        f"add rule ip svcdns {chain} ct mark set numgen random mod {n} offset 1",
+        f"add element ip svcdns endpoints {{ {vip} . tcp . 80 . {n} : 10.251.0.1 . 8080 }}",
+        "add element ip svcdns hairpin { 10.251.0.1 . 10.251.0.1 }",
+    ])  # fmt: skip
     start = time.perf_counter()
     subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
     nft_change = time.perf_counter() - start

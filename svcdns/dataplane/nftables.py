@@ -58,13 +58,15 @@ PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 ELEMENTS_PER_MESSAGE = 500
 BATCH_BEGIN, BATCH_END = 0x10, 0x11
 # nft's datatype numbers (for `nft list` to print our sets legibly; the kernel only checks lengths)
-T_INTEGER, T_IPV4, T_IPV6, T_PROTO, T_SERVICE = 4, 7, 8, 12, 13
+T_INTEGER, T_IPV4, T_IPV6, T_PROTO, T_SERVICE, T_MARK = 4, 7, 8, 12, 13, 19
 NFT_DATA_VERDICT = 0xFFFFFF00
 NFT_JUMP, NFT_GOTO = -3, -4
 NFT_SET_MAP, NFT_SET_TIMEOUT, NFT_SET_EVAL = 0x8, 0x10, 0x20
 NFT_DYNSET_OP_UPDATE = 1
 NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PROTO_SPECIFIED = 0x1, 0x2
 NFT_META_L4PROTO = 16
+NFT_CT_MARK, NFT_CT_DST_IP, NFT_CT_DST_IP6 = 3, 20, 22
+NFT_CT_DIR_ORIGINAL = 0
 LIST_ELEM = 1  # NFTA_LIST_ELEM
 
 
@@ -79,7 +81,7 @@ A = {  # attribute numbers, by pyroute2's names for them (the kernel's)
     **_numbers(nft_set_elem_list_msg.nla_map), **_numbers(nft_set_elem_list_msg.set_elem.nla_map),
     **_numbers(_EXPR.nla_map), **_numbers(nft_data.nfta_data.nla_map), **_numbers(nft_data.nfta_data.verdict.nla_map),
     **{k: v for cls in (_EXPR.nft_payload, _EXPR.nft_meta, _EXPR.nft_cmp, _EXPR.nft_lookup, _EXPR.nft_immediate,
-                        _EXPR.nft_numgen, _EXPR.nft_nat, _EXPR.nft_reject, _EXPR.nft_dynset)
+                        _EXPR.nft_numgen, _EXPR.nft_nat, _EXPR.nft_reject, _EXPR.nft_dynset, _EXPR.nft_ct)
        for k, v in _numbers(cls.nla_map).items()},
 }  # fmt: skip
 
@@ -149,6 +151,17 @@ def lookup(set_name: str, sreg: int, dreg: int | None = None, set_id: int | None
     if set_id is not None:
         parts.append(be32("NFTA_LOOKUP_SET_ID", set_id))
     return expr("lookup", *parts)
+
+
+def ct_load(key: int, dreg: int, direction: int | None = None) -> bytes:
+    parts = [be32("NFTA_CT_KEY", key), be32("NFTA_CT_DREG", dreg)]
+    if direction is not None:
+        parts.append(nla("NFTA_CT_DIRECTION", bytes([direction])))
+    return expr("ct", *parts)
+
+
+def ct_set_mark(sreg: int) -> bytes:
+    return expr("ct", be32("NFTA_CT_KEY", NFT_CT_MARK), be32("NFTA_CT_SREG", sreg))
 
 
 def reject(kind: int, code: int) -> bytes:
@@ -222,6 +235,11 @@ class Encoder:
             body += be32("NFTA_SET_KEY_TYPE", _concat(self.addr_type, self.addr_type)) + be32(
                 "NFTA_SET_KEY_LEN", 2 * self.alen
             )
+        elif name == "endpoints":  # VIP . proto . port . number -> endpoint . port
+            body += (be32("NFTA_SET_FLAGS", NFT_SET_MAP)
+                     + be32("NFTA_SET_KEY_TYPE", _concat(self.addr_type, T_PROTO, T_SERVICE, T_MARK))
+                     + be32("NFTA_SET_KEY_LEN", self.alen + 12) + be32("NFTA_SET_DATA_TYPE", _concat(self.addr_type, T_SERVICE))
+                     + be32("NFTA_SET_DATA_LEN", self.alen + 4))  # fmt: skip
         else:  # service-ips: a verdict map
             body += (be32("NFTA_SET_FLAGS", NFT_SET_MAP) + be32("NFTA_SET_KEY_TYPE", _concat(self.addr_type, T_PROTO, T_SERVICE))
                      + be32("NFTA_SET_KEY_LEN", self.alen + 8) + be32("NFTA_SET_DATA_TYPE", NFT_DATA_VERDICT)
@@ -229,15 +247,15 @@ class Encoder:
         return [Msg(NFT_MSG_NEWSET, NLM_F_CREATE, body, f"add set {name}")]
 
     def op_affinity_set(self, chain: Chain) -> list[Msg]:
-        """The ClientIP affinity map of a Service port: client address -> endpoint . port, each entry
-        expiring ``affinity`` seconds after the client was last seen."""
+        """The ClientIP affinity map of a Service port: client address -> its endpoint's number, each
+        entry expiring ``affinity`` seconds after the client was last seen."""
         d = chain.dnat
         assert d is not None
         name = affinity_set(chain.name)
         body = (string("NFTA_SET_TABLE", TABLE) + string("NFTA_SET_NAME", name) + be32("NFTA_SET_ID", next(self.ids))
                 + be32("NFTA_SET_FLAGS", NFT_SET_MAP | NFT_SET_TIMEOUT | NFT_SET_EVAL)
                 + be32("NFTA_SET_KEY_TYPE", self.addr_type) + be32("NFTA_SET_KEY_LEN", self.alen)
-                + be32("NFTA_SET_DATA_TYPE", _concat(self.addr_type, T_SERVICE)) + be32("NFTA_SET_DATA_LEN", self.alen + 4)
+                + be32("NFTA_SET_DATA_TYPE", T_MARK) + be32("NFTA_SET_DATA_LEN", 4)
                 + nla("NFTA_SET_TIMEOUT", struct.pack("!Q", d.affinity * 1000)))  # fmt: skip
         return [Msg(NFT_MSG_NEWSET, NLM_F_CREATE, body, f"add set {name}")]
 
@@ -255,9 +273,13 @@ class Encoder:
             return nest(LIST_ELEM, value("NFTA_SET_ELEM_KEY", self.pack(item)))
         if name == "hairpin":
             return nest(LIST_ELEM, value("NFTA_SET_ELEM_KEY", self.pack(item[0]) + self.pack(item[1])))
-        (vip, proto, port), chain = item if with_data else (item, None)
-        key = self.pack(vip) + bytes([PROTO_NUMBERS[proto], 0, 0, 0]) + struct.pack("!H", port) + b"\0\0"
-        data = verdict("NFTA_SET_ELEM_DATA", NFT_GOTO, chain) if with_data else b""
+        key_, target = item if with_data else (item, None)
+        key = self.pack(key_[0]) + bytes([PROTO_NUMBERS[key_[1]], 0, 0, 0]) + struct.pack("!H", key_[2]) + b"\0\0"
+        if name == "endpoints":
+            key += struct.pack("=I", key_[3])  # the mark, in host byte order as ct mark loads it
+            data = value("NFTA_SET_ELEM_DATA", self.pack(target[0]) + struct.pack("!H", target[1]) + b"\0\0") if with_data else b""
+        else:
+            data = verdict("NFTA_SET_ELEM_DATA", NFT_GOTO, target) if with_data else b""
         return nest(LIST_ELEM, value("NFTA_SET_ELEM_KEY", key), data)
 
     def _elements(self, mtype: int, flags: int, name: str, items, with_data: bool, verb: str) -> list[Msg]:
@@ -286,7 +308,7 @@ class Encoder:
     def op_rules(self, chain: Chain) -> list[Msg]:
         out = [self._rule(chain.name, *self.fixed(rule)) for rule in chain.rules]
         if chain.dnat is not None:
-            out += self.cascade(chain)
+            out += self.draw(chain)
         return out
 
     def fixed(self, rule: str) -> list[bytes]:
@@ -298,6 +320,15 @@ class Encoder:
             return [
                 expr("immediate", be32("NFTA_IMMEDIATE_DREG", 0), verdict("NFTA_IMMEDIATE_DATA", NFT_JUMP, "services"))
             ]
+        if rule.startswith("dnat-"):  # VIP . proto . port . ct mark -> endpoint . port
+            return [l4proto_is(PROTO_NUMBERS[rule[5:].upper()]), payload(1, 1, self.daddr, self.alen),
+                    meta_l4proto(self.reg(units)), payload(self.reg(units + 1), 2, 2, 2),
+                    ct_load(NFT_CT_MARK, self.reg(units + 2)), lookup("endpoints", 1, dreg=1), self._nat]  # fmt: skip
+        if rule == "reset-mark":
+            key = NFT_CT_DST_IP6 if self.alen == 16 else NFT_CT_DST_IP
+            return [ct_load(key, 1, NFT_CT_DIR_ORIGINAL), lookup("vips", 1),
+                    expr("immediate", be32("NFTA_IMMEDIATE_DREG", 1), value("NFTA_IMMEDIATE_DATA", bytes(4))),
+                    ct_set_mark(1)]  # fmt: skip
         if rule == "hairpin-masquerade":
             return [payload(1, 1, self.saddr, self.alen), payload(self.reg(units), 1, self.daddr, self.alen),
                     lookup("hairpin", 1), expr("masq")]  # fmt: skip
@@ -307,51 +338,27 @@ class Encoder:
             return [payload(1, 1, self.daddr, self.alen), lookup("vips", 1), reject(0, self.unreach_code)]
         raise ValueError(f"unknown fixed rule {rule!r}")
 
-    def cascade(self, chain: Chain) -> list[Msg]:
-        """``numgen random mod K 0 dnat to addr:port``, K = N, N-1, ..., then a plain dnat: endpoint i
-        is taken with probability 1/(N-i) when none before it was, so the choice is uniform. The
-        constant parts are packed once per family and reused; a 10k-Service sync writes 100k rules."""
+    def draw(self, chain: Chain) -> list[Msg]:
+        """``ct mark set numgen random mod N offset 1``: the endpoint's number, uniform over 1..N, for
+        the base chain's ``endpoints`` lookup. Neither expression makes the kernel re-validate the
+        table, so rewriting this rule is cheap. With ClientIP affinity, a known client's remembered
+        number replaces the draw, and each connection refreshes its client's entry."""
         d = chain.dnat
         assert d is not None
-        targets = d.targets
+        if not d.targets:
+            return []
+        draw = expr("numgen", be32("NFTA_NG_DREG", 1), be32("NFTA_NG_MODULUS", len(d.targets)),
+                    be32("NFTA_NG_TYPE", 1), be32("NFTA_NG_OFFSET", 1))  # fmt: skip
+        out = [self._rule(chain.name, draw, ct_set_mark(1))]
         if d.affinity:
-            return self.sticky_cascade(chain)
-        out = []
-        for i, (addr, port) in enumerate(targets):
-            left = len(targets) - i
-            parts = [self._proto(d.protocol)] + ([self._pick(left)] if left > 1 else [])
-            parts += [expr("immediate", be32("NFTA_IMMEDIATE_DREG", 1), value("NFTA_IMMEDIATE_DATA", self.pack(addr))),
-                      self._port(port), self._nat]  # fmt: skip
-            out.append(self._rule(chain.name, *parts))
-        return out
-
-    def sticky_cascade(self, chain: Chain) -> list[Msg]:
-        """ClientIP affinity: a client found in the chain's affinity map goes back to its endpoint
-        (and its entry is refreshed); a new client takes the cascade, which records its pick.
-        Registers: the client address at unit 0, the endpoint address after it, then the port."""
-        d = chain.dnat
-        assert d is not None
-        units = self.alen // 4
-        addr_reg, port_reg = self.reg(units), self.reg(2 * units)
-        aff = affinity_set(chain.name)
-        timeout = struct.pack("!Q", d.affinity * 1000)
-        client = payload(1, 1, self.saddr, self.alen)
-        remember = expr("dynset", string("NFTA_DYNSET_SET_NAME", aff), be32("NFTA_DYNSET_OP", NFT_DYNSET_OP_UPDATE),
-                        be32("NFTA_DYNSET_SREG_KEY", 1), be32("NFTA_DYNSET_SREG_DATA", addr_reg),
-                        nla("NFTA_DYNSET_TIMEOUT", timeout))  # fmt: skip
-        nat = expr("nat", be32("NFTA_NAT_TYPE", 1), be32("NFTA_NAT_FAMILY", self.nfproto),
-                   be32("NFTA_NAT_REG_ADDR_MIN", addr_reg), be32("NFTA_NAT_REG_ADDR_MAX", addr_reg),
-                   be32("NFTA_NAT_REG_PROTO_MIN", port_reg), be32("NFTA_NAT_REG_PROTO_MAX", port_reg),
-                   be32("NFTA_NAT_FLAGS", NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED))  # fmt: skip
-        proto = self._proto(d.protocol)
-        out = [self._rule(chain.name, proto, client, lookup(aff, 1, dreg=addr_reg), remember, nat)]
-        for i, (addr, port) in enumerate(d.targets):
-            left = len(d.targets) - i
-            parts = [proto] + ([self._pick(left)] if left > 1 else []) + [client]
-            parts += [expr("immediate", be32("NFTA_IMMEDIATE_DREG", addr_reg), value("NFTA_IMMEDIATE_DATA", self.pack(addr))),
-                      expr("immediate", be32("NFTA_IMMEDIATE_DREG", port_reg), value("NFTA_IMMEDIATE_DATA", struct.pack("!H", port))),
-                      remember, nat]  # fmt: skip
-            out.append(self._rule(chain.name, *parts))
+            aff = affinity_set(chain.name)
+            client = payload(1, 1, self.saddr, self.alen)
+            mark = self.reg(self.alen // 4)
+            remember = expr("dynset", string("NFTA_DYNSET_SET_NAME", aff), be32("NFTA_DYNSET_OP", NFT_DYNSET_OP_UPDATE),
+                            be32("NFTA_DYNSET_SREG_KEY", 1), be32("NFTA_DYNSET_SREG_DATA", mark),
+                            nla("NFTA_DYNSET_TIMEOUT", struct.pack("!Q", d.affinity * 1000)))  # fmt: skip
+            out.append(self._rule(chain.name, client, lookup(aff, 1, dreg=mark), ct_set_mark(mark)))
+            out.append(self._rule(chain.name, client, ct_load(NFT_CT_MARK, mark), remember))
         return out
 
     @functools.cached_property
@@ -361,23 +368,6 @@ class Encoder:
                     be32("NFTA_NAT_REG_ADDR_MIN", 1), be32("NFTA_NAT_REG_ADDR_MAX", 1),
                     be32("NFTA_NAT_REG_PROTO_MIN", proto_reg), be32("NFTA_NAT_REG_PROTO_MAX", proto_reg),
                     be32("NFTA_NAT_FLAGS", NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED))  # fmt: skip
-
-    @functools.lru_cache(maxsize=256)  # noqa: B019 - one Encoder per sync; the cache dies with it
-    def _pick(self, modulus: int) -> bytes:
-        return expr("numgen", be32("NFTA_NG_DREG", 1), be32("NFTA_NG_MODULUS", modulus), be32("NFTA_NG_TYPE", 1),
-                    be32("NFTA_NG_OFFSET", 0)) + expr("cmp", be32("NFTA_CMP_SREG", 1), be32("NFTA_CMP_OP", 0),
-                                                      value("NFTA_CMP_DATA", b"\0\0\0\0"))  # fmt: skip
-
-    @functools.lru_cache(maxsize=4)  # noqa: B019 - as above
-    def _proto(self, protocol: str) -> bytes:
-        """``meta l4proto P``: redundant after the service-ips lookup, kept so that the rule reads
-        (and loads with ``nft -f``) as nft writes it: nft wants it before a port mapping."""
-        return l4proto_is(PROTO_NUMBERS[protocol])
-
-    @functools.lru_cache(maxsize=4096)  # noqa: B019 - as above
-    def _port(self, port: int) -> bytes:
-        return expr("immediate", be32("NFTA_IMMEDIATE_DREG", self.reg(self.alen // 4)),
-                    value("NFTA_IMMEDIATE_DATA", struct.pack("!H", port)))  # fmt: skip
 
 
 def _concat(*types: int) -> int:

@@ -2,35 +2,53 @@
 the smallest transaction that gets there. Pure data; the kernel shell (:mod:`.nftables`) encodes it.
 
 The shape (one table per family, ``ip svcdns`` / ``ip6 svcdns``), chosen for what the kernel costs to
-*program* (DESIGN.md section 7: a transaction that adds a jump or goto re-validates the whole jump
-graph, one that adds none skips it):
+*program* (DESIGN.md section 7): any transaction that adds a rule holding a jump, a nat, a lookup or
+an immediate, or a verdict-map element, makes the kernel re-validate every chain reachable from the
+base chains (~60 ms at 10k Services); one that adds only rules of ``numgen``/``ct set`` and data-map
+elements skips that walk (~0.2 ms). So endpoint churn touches nothing else:
 
     set vips            { type ipv4_addr }                         every VIP
-    map service-ips     { type ipv4_addr . inet_proto . inet_service : verdict }   VIP.proto.port -> goto svc chain
     set hairpin         { type ipv4_addr . ipv4_addr }             endpoint . endpoint: pod to its own Service
+    map service-ips     { type ipv4_addr . inet_proto . inet_service : verdict }   VIP.proto.port -> goto svc chain
+    map endpoints       { type ipv4_addr . inet_proto . inet_service . mark : ipv4_addr . inet_service }
+                                                                   VIP.proto.port.pick -> endpoint . target port
     chain services      { ip daddr . meta l4proto . th dport vmap @service-ips }
-    chain nat-prerouting  { type nat hook prerouting priority dstnat; jump services }
-    chain nat-output      { type nat hook output priority -100; jump services }
-    chain nat-postrouting { type nat hook postrouting priority srcnat; ip saddr . ip daddr @hairpin masquerade }
+    chain nat-prerouting  { type nat hook prerouting priority dstnat; jump services
+                            meta l4proto tcp dnat ip to ip daddr . meta l4proto . th dport . ct mark map @endpoints
+                            (the same for udp and sctp) }
+    chain nat-output      { type nat hook output priority -100; the same }
+    chain nat-postrouting { type nat hook postrouting priority srcnat; ct original ip daddr @vips ct mark set 0
+                            ip saddr . ip daddr @hairpin masquerade }
     chain filter-forward / filter-output { type filter ...; ip daddr @vips reject (tcp: with tcp reset) }
-    chain svc-<hash>-<ns>/<name>/<proto>/<port>     (N usable endpoints)
-                        { meta l4proto tcp numgen random mod N 0 dnat ip to ep0:port
-                          meta l4proto tcp numgen random mod N-1 0 dnat ip to ep1:port
-                          ...
-                          meta l4proto tcp dnat ip to epN-1:port }
+    chain svc-<hash>-<ns>/<name>/<proto>/<port>   (N usable endpoints)
+                        { ct mark set numgen random mod N offset 1 }
 
-One chain per Service port, no chain per endpoint and no set per Service: a packet walks its
-Service's cascade (each rule takes its endpoint with probability 1/remaining, so the choice is
-uniform), which costs O(endpoints of that Service) and nothing in the number of Services. Endpoint
-churn flushes and rewrites that one chain, whose rules hold no jump (so the kernel skips its
-jump-graph validation), and changes hairpin elements. What was measured on the way here
-(bench/dataplane.py, 10k Services x 10 endpoints): one anonymous map per Service
-(``dnat to numgen random mod N map {...}``) costs ~0.8 ms of kernel time per Service to create (10 s
-full sync); one shared ``chain-id . numgen`` map is quadratic, since every element added is validated
-against every rule bound to the map (14 s full sync, 33 ms per change). A Service port without a usable
-endpoint gets an empty chain: its packets leave the nat hook untranslated, still addressed to a VIP,
-and the filter chains reject them at once (TCP reset, ICMP port unreachable); so do packets to a
-port the Service does not have. Lookups are O(1) in the number of Services.
+A new connection to a VIP:port goes to its Service port chain, which draws its endpoint's number
+(1..N, uniform) into the connection's conntrack mark; back in the base chain one lookup of
+``VIP . proto . port . number`` in the ``endpoints`` map gives the endpoint and the DNAT; postrouting
+sets the mark back to 0, the value a new connection starts with. (A register cannot carry the number
+across rules: this kernel refuses loads from registers a rule did not set itself, and ``meta mark
+set`` would cost the validation walk, ``ct mark set`` does not.) Per packet: two hash lookups and one
+rule, whatever the number of Services or endpoints. Endpoint churn rewrites the Service port's
+one-rule chain (only when N changes) and that port's ``endpoints`` elements. The price: svcdns owns
+the conntrack mark of new connections to VIPs between the dstnat and srcnat hooks (README).
+
+ClientIP session affinity adds two rules to a sticky port's chain and a map of its own (client
+address -> number, entries expiring after the timeout): a known client's number replaces the draw,
+and every connection refreshes its client's entry. Those rules hold a lookup, so rewriting a sticky
+chain costs the validation walk; its map is flushed whenever that port's endpoints change, since the
+numbers then name other endpoints.
+
+What was measured on the way here (10k Services x 10 endpoints, bench/dataplane.py and DESIGN.md
+section 7): a cascade of ``numgen random mod K 0 dnat to ep:port`` rules per Service port (the shape
+before this one) loads in 3.5 s but every endpoint change costs the ~60 ms validation walk; one named
+interval map per Service port is validation-free to change but creating 10k named sets is quadratic in
+the kernel (3.4 s of kernel time at 10k, 19 s at 20k); one anonymous map per Service costs ~0.8 ms of
+kernel time each (10 s); one shared ``chain-id . numgen`` map bound by every Service's rule validates
+each element against every rule bound to it (14 s, 33 ms per change). A Service port without a usable
+endpoint gets an empty chain: nothing is drawn, the lookup misses, its packets leave the nat hook
+still addressed to a VIP and the filter chains reject them at once (TCP reset, ICMP port
+unreachable); so do packets to a port the Service does not have.
 """
 
 from __future__ import annotations
@@ -43,18 +61,25 @@ from ..model import AFFINITY_CLIENT_IP, IPV4, IPV6, Service
 from ..table import ServiceTable
 
 TABLE = "svcdns"
-SETS = ("vips", "hairpin", "service-ips")
+SETS = ("vips", "hairpin", "service-ips", "endpoints")
 FAMILIES = {IPV4: "ip", IPV6: "ip6"}
+PROTOCOLS = ("TCP", "UDP", "SCTP")
 
 
 @dataclass(frozen=True)
 class Dnat:
     """A Service port's translation: a uniform pick among ``targets``; with ``affinity`` (seconds,
-    ClientIP session affinity) a client keeps its endpoint while it comes back within that time."""
+    ClientIP session affinity) a client keeps its endpoint while it comes back within that time.
+    Target *i* is number *i + 1* in the ``endpoints`` map."""
 
     protocol: str
     targets: tuple[tuple[str, int], ...]  # (address, port), in a stable order
     affinity: int = 0
+
+    @property
+    def rules(self) -> tuple[int, int]:
+        """What the chain's rules depend on: a change of anything else is a change of elements."""
+        return len(self.targets), self.affinity
 
 
 @dataclass(frozen=True)
@@ -63,12 +88,15 @@ class Chain:
     hook: str | None = None  # prerouting, output, postrouting, forward
     kind: str = ""  # nat / filter, for base chains
     priority: int = 0
-    rules: tuple[str, ...] = ()  # fixed rules by name (see FIXED_RULES), for base and helper chains
-    dnat: Dnat | None = None  # a Service port chain's one rule
+    rules: tuple[str, ...] = ()  # fixed rules by name (see FIXED_TEXT), for base and helper chains
+    dnat: Dnat | None = None  # a Service port chain's draw
 
     @property
     def base(self) -> bool:
         return self.hook is not None
+
+
+Key = tuple[str, str, int]  # VIP, protocol, port
 
 
 @dataclass(frozen=True)
@@ -77,7 +105,8 @@ class ServiceObjects:
 
     vip: str
     chains: tuple[Chain, ...]
-    service_ips: tuple[tuple[tuple[str, str, int], str], ...]  # ((vip, proto, port), chain name)
+    service_ips: tuple[tuple[Key, str], ...]  # ((vip, proto, port), chain name)
+    endpoints: tuple[tuple[tuple[str, str, int, int], tuple[str, int]], ...]  # ((vip, proto, port, n), target)
     hairpin: frozenset[tuple[str, str]]
 
 
@@ -86,14 +115,15 @@ class Ruleset:
     """Everything svcdns wants in one family's table: the per-Service objects and their union.
 
     The dataplane owns one per family and advances it with :meth:`apply`, which also returns the
-    transaction; the union views (chains, vips, service_ips, hairpin) are kept up to date so a
-    change costs what the changed Services cost, not what the whole table costs."""
+    transaction; the union views (chains, vips, service_ips, endpoints, hairpin) are kept up to date
+    so a change costs what the changed Services cost, not what the whole table costs."""
 
     family: str  # "ip" or "ip6"
     services: dict[tuple[str, str], ServiceObjects] = field(default_factory=dict)
     chains: dict[str, Chain] = field(default_factory=lambda: {c.name: c for c in FIXED_CHAINS})
     vips: Counter = field(default_factory=Counter)
-    service_ips: dict[tuple[str, str, int], str] = field(default_factory=dict)
+    service_ips: dict[Key, str] = field(default_factory=dict)
+    endpoints: dict[tuple[str, str, int, int], tuple[str, int]] = field(default_factory=dict)
     hairpin: Counter = field(default_factory=Counter)
     last_change: tuple[dict, dict] = ({}, {})  # the objects apply() replaced, and their successors
 
@@ -104,8 +134,8 @@ class Ruleset:
         self.services[key] = objs
         self.vips[objs.vip] += 1
         self.chains.update((c.name, c) for c in objs.chains)
-
         self.service_ips.update(objs.service_ips)
+        self.endpoints.update(objs.endpoints)
         self.hairpin.update(objs.hairpin)
 
     def _remove(self, key) -> ServiceObjects | None:
@@ -117,13 +147,16 @@ class Ruleset:
             self.chains.pop(c.name, None)
         for k, _ in objs.service_ips:
             self.service_ips.pop(k, None)
+        for k, _ in objs.endpoints:
+            self.endpoints.pop(k, None)
         _decrement(self.hairpin, objs.hairpin)
         return objs
 
     def apply(self, table: ServiceTable, keys) -> Transaction:
         """Advance to ``table`` for the Services in ``keys`` (the ones that changed) and return the
-        ops that take the kernel along: new and rewritten chains, element changes, then the chains
-        that went. If the kernel refuses them, discard this Ruleset (the next sync converges fully)."""
+        ops that take the kernel along: new chains, rewritten chains (only where the number of
+        endpoints or the affinity changed), element changes, then the chains that went. If the
+        kernel refuses them, discard this Ruleset (the next sync converges fully)."""
         family = IPV4 if self.family == "ip" else IPV6
         old = {k: self.services[k] for k in keys if k in self.services}
         new = {}
@@ -143,36 +176,38 @@ class Ruleset:
         self.last_change = (old, new)
         old_chains = {c.name: c for o in old.values() for c in o.chains}
         new_chains = {c.name: c for o in new.values() for c in o.chains}
-        old_map = {k: v for o in old.values() for k, v in o.service_ips}
-        new_map = {k: v for o in new.values() for k, v in o.service_ips}
 
         tx = Transaction(self.family)
         for name, chain in new_chains.items():
             if name not in old_chains:
                 tx.add("chain", chain)
         for name, chain in new_chains.items():
-            if name in old_chains and old_chains[name] == chain:
+            before = old_chains[name].dnat if name in old_chains else None
+            d = chain.dnat
+            assert d is not None
+            if before == d:
                 continue
-            old_aff = old_chains[name].dnat.affinity if name in old_chains and old_chains[name].dnat else 0
-            if name in old_chains:
-                tx.add("flush-chain", name)
-            if old_aff and chain.dnat.affinity:
-                tx.add("flush-set", affinity_set(name))  # endpoints changed: clients pick again
-            elif chain.dnat.affinity:
-                tx.add("affinity-set", chain)
-            tx.add("rules", chain)
-            if old_aff and not chain.dnat.affinity:
-                tx.add("delete-set", affinity_set(name))
+            if before is None or before.rules != d.rules:
+                if before is not None:
+                    tx.add("flush-chain", name)
+                if d.affinity and not (before and before.affinity):
+                    tx.add("affinity-set", chain)
+                tx.add("rules", chain)
+                if before is not None and before.affinity and not d.affinity:
+                    tx.add("delete-set", affinity_set(name))
+            if before is not None and before.affinity and d.affinity:
+                tx.add("flush-set", affinity_set(name))  # the numbers now name other endpoints: clients pick again
         _elements(tx, "vips", {v for v in vips_before if v not in self.vips},
                   {v for v in vips if v in self.vips and v not in vips_before})  # fmt: skip
         _elements(tx, "hairpin", {h for h in pairs_before if h not in self.hairpin},
                   {h for h in pairs if h in self.hairpin and h not in pairs_before})  # fmt: skip
-        gone = sorted(k for k, v in old_map.items() if new_map.get(k) != v)
-        added = sorted((k, v) for k, v in new_map.items() if old_map.get(k) != v)
-        if gone:
-            tx.add("delete-elements", "service-ips", gone)
-        if added:
-            tx.add("elements", "service-ips", added)
+        for name in ("endpoints", "service-ips"):
+            field_ = "endpoints" if name == "endpoints" else "service_ips"
+            before = {k: v for o in old.values() for k, v in getattr(o, field_)}
+            after = {k: v for o in new.values() for k, v in getattr(o, field_)}
+            # a key whose value changed is deleted and added again in the same transaction
+            _elements(tx, name, {k for k, v in before.items() if after.get(k) != v},
+                      {(k, v) for k, v in after.items() if before.get(k) != v})  # fmt: skip
         for name in sorted(set(old_chains) - set(new_chains)):
             tx.add("flush-chain", name)
             tx.add("delete-chain", name)
@@ -200,11 +235,12 @@ def _decrement(counter: Counter, items) -> None:
 
 
 # The fixed part of the ruleset is data: base chains and what they hold.
+_DNAT = tuple(f"dnat-{p.lower()}" for p in PROTOCOLS)
 FIXED_CHAINS = (
     Chain("services", rules=("service-vmap",)),
-    Chain("nat-prerouting", hook="prerouting", kind="nat", priority=-100, rules=("jump-services",)),
-    Chain("nat-output", hook="output", kind="nat", priority=-100, rules=("jump-services",)),
-    Chain("nat-postrouting", hook="postrouting", kind="nat", priority=100, rules=("hairpin-masquerade",)),
+    Chain("nat-prerouting", hook="prerouting", kind="nat", priority=-100, rules=("jump-services", *_DNAT)),
+    Chain("nat-output", hook="output", kind="nat", priority=-100, rules=("jump-services", *_DNAT)),
+    Chain("nat-postrouting", hook="postrouting", kind="nat", priority=100, rules=("reset-mark", "hairpin-masquerade")),
     Chain("filter-forward", hook="forward", kind="filter", priority=-10, rules=("reject-vips-tcp", "reject-vips")),
     Chain("filter-output", hook="output", kind="filter", priority=-10, rules=("reject-vips-tcp", "reject-vips")),
 )
@@ -228,16 +264,18 @@ def service_objects(svc: Service, family: str) -> ServiceObjects | None:
     vip = svc.vip(family) if svc.has_vip else None
     if vip is None:
         return None
+    vip_s = str(vip)
     usable = svc.usable_endpoints(family)
-    chains, service_ips = [], []
+    affinity = svc.affinity_timeout if svc.session_affinity == AFFINITY_CLIENT_IP else 0
+    chains, service_ips, endpoints = [], [], []
     for port in svc.ports:
         name = chain_name(svc, port.protocol, port.port)
         targets = tuple(sorted({(str(ep.address), ep.target_port(port)) for ep in usable}))
-        affinity = svc.affinity_timeout if svc.session_affinity == AFFINITY_CLIENT_IP else 0
         chains.append(Chain(name, dnat=Dnat(port.protocol, targets, affinity)))
-        service_ips.append(((str(vip), port.protocol, port.port), name))
+        service_ips.append(((vip_s, port.protocol, port.port), name))
+        endpoints.extend(((vip_s, port.protocol, port.port, n), t) for n, t in enumerate(targets, 1))
     hairpin = frozenset((str(ep.address), str(ep.address)) for ep in usable)
-    return ServiceObjects(str(vip), tuple(chains), tuple(service_ips), hairpin)
+    return ServiceObjects(vip_s, tuple(chains), tuple(service_ips), tuple(endpoints), hairpin)
 
 
 def build(table: ServiceTable, family: str = IPV4) -> Ruleset:
@@ -292,6 +330,7 @@ def plan(desired: Ruleset, present: set[str] | None = None, present_sets: set[st
         tx.add("rules", chain)
     tx.add("elements", "vips", sorted(desired.vips))
     tx.add("elements", "hairpin", sorted(desired.hairpin))
+    tx.add("elements", "endpoints", sorted(desired.endpoints.items()))
     tx.add("elements", "service-ips", sorted(desired.service_ips.items()))
     for name in sorted((present or set()) - set(desired.chains)):
         tx.add("flush-chain", name)
@@ -319,7 +358,8 @@ def _ordered(chains) -> list[Chain]:
 
 
 def render(rs: Ruleset) -> str:
-    """The ruleset as ``nft -f`` text, sorted by object, rules in order: what tests compare."""
+    """The ruleset as ``nft -f`` text, sorted by object, rules in order: what tests compare, and
+    what ``nft -f`` loads to the same kernel objects svcdns programs."""
     fam = rs.family
     addr = "ipv4_addr" if fam == "ip" else "ipv6_addr"
     lines = [f"table {fam} {TABLE} {{"]
@@ -327,6 +367,13 @@ def render(rs: Ruleset) -> str:
     lines.append(f"\tset hairpin {{ type {addr} . {addr}; {_elems(f'{a} . {b}' for a, b in sorted(rs.hairpin))}}}")
     svc_elems = (f"{v} . {p.lower()} . {port} : goto {c}" for (v, p, port), c in sorted(rs.service_ips.items()))
     lines.append(f"\tmap service-ips {{ type {addr} . inet_proto . inet_service : verdict; {_elems(svc_elems)}}}")
+    ep_elems = (f"{v} . {p.lower()} . {port} . {n} : {a} . {tp}" for (v, p, port, n), (a, tp) in sorted(rs.endpoints.items()))
+    lines.append(f"\tmap endpoints {{ type {addr} . inet_proto . inet_service . mark : {addr} . inet_service; "
+                 f"{_elems(ep_elems)}}}")  # fmt: skip
+    for name in sorted(rs.chains):
+        d = rs.chains[name].dnat
+        if d is not None and d.affinity:
+            lines.append(f"\tmap {affinity_set(name)} {{ type {addr} : mark; flags timeout; timeout {d.affinity}s; }}")
     for name in sorted(rs.chains):
         chain = rs.chains[name]
         lines.append(f"\tchain {name} {{")
@@ -335,19 +382,11 @@ def render(rs: Ruleset) -> str:
         for rule in chain.rules:
             lines.append("\t\t" + FIXED_TEXT[rule].format(ip=fam))
         if chain.dnat is not None and chain.dnat.targets:
-            d = chain.dnat
-            if d.affinity:
+            lines.append(f"\t\tct mark set numgen random mod {len(chain.dnat.targets)} offset 1")
+            if chain.dnat.affinity:
                 aff = affinity_set(name)
-                lines.append(
-                    f"\t\tmeta l4proto {d.protocol.lower()} dnat {fam} to {fam} saddr map @{aff} "
-                    f"update @{aff} {{ {fam} saddr }}  # ClientIP affinity, {d.affinity}s"
-                )
-            for i, (addr, port) in enumerate(d.targets):
-                left = len(d.targets) - i
-                pick = f"numgen random mod {left} 0 " if left > 1 else ""
-                target = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
-                sticky = f"update @{affinity_set(name)} {{ {fam} saddr : {target} }} " if d.affinity else ""
-                lines.append(f"\t\tmeta l4proto {d.protocol.lower()} {pick}{sticky}dnat {fam} to {target}")
+                lines.append(f"\t\tct mark set {fam} saddr map @{aff}")
+                lines.append(f"\t\tupdate @{aff} {{ {fam} saddr : ct mark }}")
         lines.append("\t}")
     lines.append("}")
     return "\n".join(lines) + "\n"
@@ -361,7 +400,10 @@ def _elems(items) -> str:
 FIXED_TEXT = {
     "service-vmap": "{ip} daddr . meta l4proto . th dport vmap @service-ips",
     "jump-services": "jump services",
+    **{f"dnat-{p.lower()}": f"meta l4proto {p.lower()} dnat {{ip}} to {{ip}} daddr . meta l4proto . th dport . ct mark map @endpoints"
+       for p in PROTOCOLS},
+    "reset-mark": "ct original {ip} daddr @vips ct mark set 0",
     "hairpin-masquerade": "{ip} saddr . {ip} daddr @hairpin masquerade",
     "reject-vips-tcp": "{ip} daddr @vips meta l4proto tcp reject with tcp reset",
     "reject-vips": "{ip} daddr @vips reject",
-}
+}  # fmt: skip

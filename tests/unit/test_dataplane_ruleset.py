@@ -20,14 +20,16 @@ EMPTY = Service("empty", namespace="prod", ports=(ServicePort(443),), cluster_ip
 HEADLESS = Service("db", type="Headless", ports=(ServicePort(5432),), endpoints=(Endpoint("10.244.9.9"),))
 TABLE = ServiceTable.of([WEB, EMPTY, HEADLESS])
 
+DNAT = [f"meta l4proto {p} dnat ip to ip daddr . meta l4proto . th dport . ct mark map @endpoints" for p in ("tcp", "udp", "sctp")]
 BASE = {
     "filter-forward": ["type filter hook forward priority -10; policy accept;",
                        "ip daddr @vips meta l4proto tcp reject with tcp reset", "ip daddr @vips reject"],
     "filter-output": ["type filter hook output priority -10; policy accept;",
                       "ip daddr @vips meta l4proto tcp reject with tcp reset", "ip daddr @vips reject"],
-    "nat-output": ["type nat hook output priority -100; policy accept;", "jump services"],
-    "nat-postrouting": ["type nat hook postrouting priority 100; policy accept;", "ip saddr . ip daddr @hairpin masquerade"],
-    "nat-prerouting": ["type nat hook prerouting priority -100; policy accept;", "jump services"],
+    "nat-output": ["type nat hook output priority -100; policy accept;", "jump services", *DNAT],
+    "nat-postrouting": ["type nat hook postrouting priority 100; policy accept;",
+                        "ct original ip daddr @vips ct mark set 0", "ip saddr . ip daddr @hairpin masquerade"],
+    "nat-prerouting": ["type nat hook prerouting priority -100; policy accept;", "jump services", *DNAT],
     "services": ["ip daddr . meta l4proto . th dport vmap @service-ips"],
 }  # fmt: skip
 
@@ -36,15 +38,9 @@ def test_the_whole_ipv4_ruleset():
     web_tcp, web_udp = chain_name(WEB, "TCP", 80), chain_name(WEB, "UDP", 53)
     empty = chain_name(EMPTY, "TCP", 443)
     chains = dict(BASE)
-    chains[web_tcp] = [
-        "meta l4proto tcp numgen random mod 2 0 dnat ip to 10.244.1.2:8080",
-        "meta l4proto tcp dnat ip to 10.244.2.2:8080",
-    ]
-    chains[web_udp] = [
-        "meta l4proto udp numgen random mod 2 0 dnat ip to 10.244.1.2:53",
-        "meta l4proto udp dnat ip to 10.244.2.2:53",
-    ]
-    chains[empty] = []  # no endpoint: nothing translated, the filter chains reject
+    chains[web_tcp] = ["ct mark set numgen random mod 2 offset 1"]  # draws 1 or 2: an endpoint's number
+    chains[web_udp] = ["ct mark set numgen random mod 2 offset 1"]
+    chains[empty] = []  # no endpoint: nothing drawn, nothing translated, the filter chains reject
     expected = [
         "table ip svcdns {",
         "\tset vips { type ipv4_addr; elements = { 10.96.0.10, 10.96.0.11 } }",
@@ -52,6 +48,9 @@ def test_the_whole_ipv4_ruleset():
         "\tmap service-ips { type ipv4_addr . inet_proto . inet_service : verdict; elements = { "
         f"10.96.0.10 . tcp . 80 : goto {web_tcp}, 10.96.0.10 . udp . 53 : goto {web_udp}, "
         f"10.96.0.11 . tcp . 443 : goto {empty} }} }}",
+        "\tmap endpoints { type ipv4_addr . inet_proto . inet_service . mark : ipv4_addr . inet_service; elements = { "
+        "10.96.0.10 . tcp . 80 . 1 : 10.244.1.2 . 8080, 10.96.0.10 . tcp . 80 . 2 : 10.244.2.2 . 8080, "
+        "10.96.0.10 . udp . 53 . 1 : 10.244.1.2 . 53, 10.96.0.10 . udp . 53 . 2 : 10.244.2.2 . 53 } }",
     ]
     for name in sorted(chains):
         expected += [f"\tchain {name} {{", *(f"\t\t{line}" for line in chains[name]), "\t}"]
@@ -63,7 +62,8 @@ def test_ipv6_has_its_own_table():
     got = render(build(TABLE, "IPv6"))
     assert got.startswith("table ip6 svcdns {")
     assert "fd00:96::a . tcp . 80" in got and "10.96.0.10" not in got
-    assert "meta l4proto tcp dnat ip6 to [fd00:244:1::2]:8080" in got
+    assert "fd00:96::a . tcp . 80 . 1 : fd00:244:1::2 . 8080" in got
+    assert "meta l4proto tcp dnat ip6 to ip6 daddr . meta l4proto . th dport . ct mark map @endpoints" in got
 
 
 def test_chain_names_are_stable_readable_and_marked():
@@ -94,13 +94,30 @@ def test_adding_an_endpoint_touches_that_service_only():
     tcp, udp = chain_name(WEB, "TCP", 80), chain_name(WEB, "UDP", 53)
     assert ops(tx) == [
         ("flush-chain", tcp),
-        ("rules", tcp),
+        ("rules", tcp),  # now draws 1..3
         ("flush-chain", udp),
         ("rules", udp),
         ("elements", "hairpin", [("10.244.4.2", "10.244.4.2")]),
+        ("elements", "endpoints", [(("10.96.0.10", "TCP", 80, 3), ("10.244.4.2", 8080)),
+                                   (("10.96.0.10", "UDP", 53, 3), ("10.244.4.2", 53))]),
     ]  # fmt: skip
     # nothing that holds a jump is touched: no new chain, no service-ips element
     assert not any(op[0] in ("chain", "delete-chain") or op[1:2] == ("service-ips",) for op in ops(tx))
+    assert rs.chains[tcp].dnat.rules == (3, 0)
+
+
+def test_a_replaced_endpoint_changes_elements_only():
+    """A pod replaced by another at a new address (a rolling update's step): no rule is rewritten."""
+    moved = TABLE.replace([WEB.with_endpoints((Endpoint("10.244.1.2"), Endpoint("10.244.7.7")))])
+    tx = ops(advance(TABLE, moved)[1])
+    assert [op[:2] for op in tx] == [
+        ("delete-elements", "hairpin"),
+        ("elements", "hairpin"),
+        ("delete-elements", "endpoints"),
+        ("elements", "endpoints"),
+    ]
+    assert tx[2][2] == [("10.96.0.10", "TCP", 80, 2), ("10.96.0.10", "UDP", 53, 2)]
+    assert tx[3][2] == [(("10.96.0.10", "TCP", 80, 2), ("10.244.7.7", 8080)), (("10.96.0.10", "UDP", 53, 2), ("10.244.7.7", 53))]
 
 
 def test_no_change_no_ops():
@@ -149,25 +166,30 @@ def test_the_packed_dnat_rule_reads_back_with_pyroute2():
 
     from pyroute2.netlink.nfnetlink.nftsocket import nft_rule_msg
 
-    chain = build(TABLE).chains[chain_name(WEB, "TCP", 80)]
     from svcdns.dataplane.nftables import Encoder
 
-    rule = Encoder("ip").cascade(chain)[0]
-    data = struct.pack("=IHHII", 20 + len(rule.body), 0xA06, 0, 1, 0) + struct.pack("!BBH", 2, 0, 0) + rule.body
-    msg = nft_rule_msg(data)
-    msg.decode()
+    def decode(rule):
+        data = struct.pack("=IHHII", 20 + len(rule.body), 0xA06, 0, 1, 0) + struct.pack("!BBH", 2, 0, 0) + rule.body
+        msg = nft_rule_msg(data)
+        msg.decode()
+        exprs = msg.get_attr("NFTA_RULE_EXPRESSIONS")
+        return msg, [e.get_attr("NFTA_EXPR_NAME") for e in exprs], [e.get_attr("NFTA_EXPR_DATA") for e in exprs]
+
+    chain = build(TABLE).chains[chain_name(WEB, "TCP", 80)]
+    msg, names, data = decode(Encoder("ip").draw(chain)[0])
     assert msg.get_attr("NFTA_RULE_CHAIN") == chain.name
-    exprs = msg.get_attr("NFTA_RULE_EXPRESSIONS")
-    names = [e.get_attr("NFTA_EXPR_NAME") for e in exprs]
-    assert names == ["meta", "cmp", "numgen", "cmp", "immediate", "immediate", "nat"]
-    assert exprs[2].get_attr("NFTA_EXPR_DATA").get_attr("NFTA_NG_MODULUS") == 2
-    nat = exprs[-1].get_attr("NFTA_EXPR_DATA")
+    assert names == ["numgen", "ct"]  # neither makes the kernel walk the table at commit
+    assert data[0].get_attr("NFTA_NG_MODULUS") == 2 and data[0].get_attr("NFTA_NG_OFFSET") == 1
+    msg, names, data = decode(Encoder("ip").op_rules(build(TABLE).chains["nat-prerouting"])[1])
+    assert names == ["meta", "cmp", "payload", "meta", "payload", "ct", "lookup", "nat"]
+    assert data[6].get_attr("NFTA_LOOKUP_SET") == "endpoints"
+    nat = data[-1]
     assert nat.get_attr("NFTA_NAT_TYPE") == "NFT_NAT_DNAT" and nat.get_attr("NFTA_NAT_REG_PROTO_MIN") == "NFT_REG32_01"
 
 
 def semantic(rs):
     """What a ruleset holds, as comparable data."""
-    return (dict(rs.chains), dict(rs.vips), dict(rs.service_ips), dict(rs.hairpin))
+    return (dict(rs.chains), dict(rs.vips), dict(rs.service_ips), dict(rs.endpoints), dict(rs.hairpin))
 
 
 def test_incremental_apply_equals_a_fresh_build():
@@ -203,8 +225,13 @@ def test_client_ip_affinity_objects():
     rs, tx = advance(TABLE, table)
     assert ops(tx)[:3] == [("chain", chain), ("affinity-set", chain), ("rules", chain)]
     text = render(rs)
-    assert f"dnat ip to ip saddr map @{aff} update @{aff} {{ ip saddr }}" in text
-    assert f"update @{aff} {{ ip saddr : 10.244.1.2:80 }} dnat ip to 10.244.1.2:80" in text
+    assert f"map {aff} {{ type ipv4_addr : mark; flags timeout; timeout 60s; }}" in text
+    rules = text.split(f"chain {chain} {{\n")[1].split("\n\t}")[0].splitlines()
+    assert [r.strip() for r in rules] == [
+        "ct mark set numgen random mod 2 offset 1",  # a new client draws
+        f"ct mark set ip saddr map @{aff}",  # a known client takes its remembered number
+        f"update @{aff} {{ ip saddr : ct mark }}",  # and every connection refreshes it
+    ]
     # an endpoint leaves: the chain is rewritten and its remembered clients forgotten
     fewer = table.replace([sticky.with_endpoints(sticky.endpoints[:1])])
     tx = ops(rs.apply(fewer, [sticky.key]))
