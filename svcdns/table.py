@@ -7,6 +7,7 @@ tracker, reduced to its result).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -14,12 +15,23 @@ from types import MappingProxyType
 from .model import Service
 
 Key = tuple[str, str]  # (namespace, name)
+LINEAGE = 32  # how many ancestors a table remembers its differences from
+_serials = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceTable:
     services: Mapping[Key, Service] = field(default_factory=lambda: MappingProxyType({}))
     revision: int = 0
+    # bookkeeping, so that a sync costs what changed and not what the table holds: a serial number,
+    # the keys touched since each of the last LINEAGE ancestors (by serial), the endpoint count
+    serial: int = field(default_factory=lambda: next(_serials), compare=False, repr=False)
+    lineage: tuple[tuple[int, frozenset[Key]], ...] = field(default=(), compare=False, repr=False)
+    endpoints: int = field(default=-1, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.endpoints < 0:
+            object.__setattr__(self, "endpoints", sum(len(s.endpoints) for s in self.services.values()))
 
     @classmethod
     def of(cls, services: Iterable[Service], revision: int = 0) -> ServiceTable:
@@ -47,20 +59,36 @@ class ServiceTable:
     ) -> ServiceTable:
         """A new table with ``puts`` added or replaced and ``deletes`` removed."""
         table = dict(self.services)
+        endpoints = self.endpoints
+        touched = set()
         for key in deletes:
-            table.pop(key, None)
+            gone = table.pop(key, None)
+            if gone is not None:
+                endpoints -= len(gone.endpoints)
+                touched.add(key)
         for svc in puts:
+            prev = table.get(svc.key)
+            endpoints += len(svc.endpoints) - (len(prev.endpoints) if prev is not None else 0)
             table[svc.key] = svc
-        return ServiceTable(MappingProxyType(table), self.revision if revision is None else revision)
+            touched.add(svc.key)
+        delta = frozenset(touched)
+        lineage = ((self.serial, delta), *((s, d | delta) for s, d in self.lineage[: LINEAGE - 1]))
+        return ServiceTable(MappingProxyType(table), self.revision if revision is None else revision,
+                            lineage=lineage, endpoints=endpoints)  # fmt: skip
 
     def endpoint_count(self) -> int:
-        return sum(len(s.endpoints) for s in self.services.values())
+        return self.endpoints
 
 
 def changed_keys(old: ServiceTable, new: ServiceTable) -> set[Key]:
-    """Keys of the Services added, removed or changed between ``old`` and ``new``."""
+    """Keys of the Services added, removed or changed between ``old`` and ``new``: from ``new``'s
+    lineage when ``old`` is one of its recent ancestors (a cost in the changes), else by comparing
+    the two tables whole."""
     if old.services is new.services:
         return set()
+    candidates = next((d for s, d in new.lineage if s == old.serial), None)
+    if candidates is not None:
+        return {k for k in candidates if old.services.get(k) != new.services.get(k)}
     keys = set(old.services.keys()) ^ set(new.services.keys())
     for key, svc in new.services.items():
         prev = old.services.get(key)

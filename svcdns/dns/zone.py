@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SRV, TXT, A, DNSHeader, DNSQuestion, DNSRecord
 
 from ..model import CLUSTER_IP, EXTERNAL_NAME, HEADLESS, Service
-from ..table import ServiceTable
+from ..table import ServiceTable, changed_keys
 from .wire import TYPE_A, TYPE_AAAA, TYPE_NS, TYPE_PTR, TYPE_SOA, TYPE_SRV, TYPE_TXT, name_to_wire, rr
 
 DNS_SCHEMA_VERSION = "1.1.0"  # the Kubernetes DNS specification version this follows
@@ -238,6 +238,7 @@ class ZoneCompiler:
         self.frags: dict[tuple[str, str], tuple[Service, Fragment]] = {}
         self.owner: dict[tuple[bytes, int], tuple[str, str]] = {}
         self.name_count: Counter = Counter()
+        self.table: ServiceTable | None = None  # the last table compiled
         self.zone = empty_zone(zone, ttl)
         apex = apex_fragment(self.origin, ttl)
         self._add(("", ""), apex, {}, {})
@@ -264,9 +265,17 @@ class ZoneCompiler:
         names_add: set[bytes] = set()
         names_drop: set[bytes] = set()
         current = table.services
-        for key in [k for k in self.frags if k not in current]:
+        if self.table is None:
+            keys = list(current)
+        else:
+            keys = changed_keys(self.table, table)
+        self.table = table
+        for key in [k for k in keys if k not in current and k in self.frags]:
             self._remove(key, drop, cname_drop, names_drop)
-        for key, svc in current.items():
+        for key in keys:
+            svc = current.get(key)
+            if svc is None:
+                continue
             old = self.frags.get(key)
             if old is not None and (old[0] is svc or old[0] == svc):
                 continue
