@@ -8,7 +8,9 @@ Debouncing: the first change after a quiet period is applied at once; changes th
 syncs are recent are gathered and applied together at most every ``min_interval`` seconds, so a
 burst of a thousand file writes is a few syncs. A failed sync keeps the previous rules and answers,
 is logged and counted, forces a full convergence next, and is retried with backoff. Every
-``full_sync_period`` a full convergence repairs drift (someone flushed the table).
+``full_sync_period`` the agent asks the dataplane whether the kernel changed behind its back (for
+nftables, one netlink round trip: has anyone committed since?) and converges fully only then, so
+drift is repaired (someone flushed the table) without rewriting a 10k-Service table every time.
 
 The watch, the dataplane and the DNS server are injected (unit tests use fakes).
 """
@@ -37,7 +39,7 @@ class Agent:
         state: State | None = None,
         metrics: Metrics | None = None,
         notifier: Notifier | None = None,
-        full_sync_period: float = 300.0,
+        full_sync_period: float = 60.0,
         min_interval: float = 0.05,
         retry: tuple[float, float] = (0.5, 30.0),
     ) -> None:
@@ -68,8 +70,8 @@ class Agent:
             if self.notifier.watchdog_interval and now - last_watchdog >= self.notifier.watchdog_interval:
                 self.notifier.watchdog()
                 last_watchdog = now
-            if now - self.last_full >= self.full_sync_period and self.applied is not None:
-                self.need_full = True
+            if now - self.last_full >= self.full_sync_period and self.applied is not None and not self.need_full:
+                self.check_drift(now)
             if self.due(now):
                 self.sync()
                 continue
@@ -104,6 +106,18 @@ class Agent:
         if self.need_full:
             return True
         return self.pending() and now >= self.last_sync + self.min_interval
+
+    def check_drift(self, now: float) -> None:
+        try:
+            drifted = self.dataplane.drifted()
+        except (SvcdnsError, OSError) as err:
+            log.warning("agent: could not check the kernel's rules for drift (%s); converging fully", err)
+            drifted = True
+        if drifted:
+            log.info("agent: the kernel's rules may have changed behind svcdns's back; converging fully")
+            self.need_full = True
+        else:
+            self.last_full = now
 
     # ---- one sync -----------------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@
     pod_cidrs = []                            # networks of the pods: their DNS clients may recurse
     cluster_zone = "cluster.local"
     dataplane = "nftables"                    # or "iptables"
-    full_sync_period = 300                    # seconds between full re-syncs (drift repair)
+    full_sync_period = 60                     # seconds between drift checks (a full re-sync when drifted)
     health_listen = "127.0.0.1:10256"         # /healthz, /readyz, /metrics, /status
 
     [dns]
@@ -41,7 +41,7 @@ class Config:
     pod_cidrs: tuple[str, ...] = ()
     cluster_zone: str = "cluster.local"
     dataplane: str = "nftables"
-    full_sync_period: float = 300.0
+    full_sync_period: float = 60.0
     health_listen: str = "127.0.0.1:10256"
     dns_listen: tuple[str, ...] = ("127.0.0.1:53",)
     dns_upstreams: tuple[str, ...] = ()

@@ -45,6 +45,7 @@ class NftablesDataplane:
         self.families = families
         self.current: dict[str, Ruleset | None] = {f: None for f in families}
         self.table: ServiceTable | None = None  # the last table the kernel took
+        self.generation: int | None = None  # nftables' generation right after svcdns's last commit
 
     def sync(self, table: ServiceTable, *, full: bool = False) -> SyncResult:
         from . import conntrack
@@ -79,11 +80,20 @@ class NftablesDataplane:
                                          "the previous rules stay in place") from None  # fmt: skip
                 self.current[family] = desired
                 written += len(messages)
+            self.generation = batch.generation()
         finally:
             batch.close()
         self.table = table
         conntrack.clear_udp(udp)
         return SyncResult(len(table), table.endpoint_count(), written, was_full, time.perf_counter() - start)
+
+    def drifted(self) -> bool:
+        """Whether the kernel may hold something else than the last sync left: nftables' generation
+        moved since (anyone committed: someone flushed our table, or changed another one). One
+        netlink round trip, so the agent can look often and converge fully only when needed."""
+        from .nftables import generation
+
+        return self.generation is None or generation() != self.generation
 
     def cleanup(self) -> None:
         from .nftables import delete_table

@@ -75,6 +75,11 @@ class IptablesDataplane:
         conntrack.clear_udp(udp)
         return SyncResult(len(table), table.endpoint_count(), written, was_full, time.perf_counter() - start)
 
+    def drifted(self) -> bool:
+        """iptables has no cheap change counter: at each drift check the agent converges fully
+        (iptables-save, then a restore of every SVCDNS- chain), as kube-proxy's iptables mode does."""
+        return True
+
     def cleanup(self) -> None:
         """Remove every SVCDNS- chain and every jump to one, in both families; nothing else."""
         for family in self.families:

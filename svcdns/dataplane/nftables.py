@@ -29,6 +29,7 @@ from pyroute2.netlink.nfnetlink.nftsocket import (
     NFT_MSG_DELSET,
     NFT_MSG_DELSETELEM,
     NFT_MSG_DELTABLE,
+    NFT_MSG_GETGEN,
     NFT_MSG_NEWCHAIN,
     NFT_MSG_NEWRULE,
     NFT_MSG_NEWSET,
@@ -37,6 +38,7 @@ from pyroute2.netlink.nfnetlink.nftsocket import (
     nft_chain_msg,
     nft_contains_expr,
     nft_data,
+    nft_gen_msg,
     nft_rule_msg,
     nft_set_elem_list_msg,
     nft_set_msg,
@@ -76,7 +78,7 @@ def _numbers(nla_map) -> dict[str, int]:
 
 _EXPR = nft_contains_expr.nft_expr
 A = {  # attribute numbers, by pyroute2's names for them (the kernel's)
-    **_numbers(nft_table_msg.nla_map), **_numbers(nft_chain_msg.nla_map), **_numbers(nft_chain_msg.hook.nla_map),
+    **_numbers(nft_gen_msg.nla_map), **_numbers(nft_table_msg.nla_map), **_numbers(nft_chain_msg.nla_map), **_numbers(nft_chain_msg.hook.nla_map),
     **_numbers(nft_rule_msg.nla_map), **_numbers(nft_set_msg.nla_map), **_numbers(nft_set_msg.set_desc.nla_map),
     **_numbers(nft_set_elem_list_msg.nla_map), **_numbers(nft_set_elem_list_msg.set_elem.nla_map),
     **_numbers(_EXPR.nla_map), **_numbers(nft_data.nfta_data.nla_map), **_numbers(nft_data.nfta_data.verdict.nla_map),
@@ -403,6 +405,29 @@ class NetlinkBatch:
             struct.pack("=IHHII", 20 + len(body), mtype, flags, seq, 0) + struct.pack("!BBH", family, 0, res_id) + body
         )
 
+    def generation(self) -> int:
+        """The nftables generation now (NFT_MSG_GETGEN): read it right after a commit to know later
+        whether anyone committed since."""
+        seq = next(self.seq)
+        self.sock.send(self._header((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, NLM_F_REQUEST, b"", 0, seq))
+        while True:
+            reply = self.sock.recv(65536)
+            offset = 0
+            while offset + 16 <= len(reply):
+                length, mtype, _flags, rseq, _pid = struct.unpack_from("=IHHII", reply, offset)
+                if rseq == seq and mtype == 2:
+                    code = -struct.unpack_from("=i", reply, offset + 16)[0]
+                    raise NetlinkError(code or errno.ENODATA, "read the nftables generation")
+                if rseq == seq:
+                    attrs = offset + 20
+                    while attrs + 4 <= offset + length:
+                        alen, atype = struct.unpack_from("=HH", reply, attrs)
+                        if atype & 0x7FFF == A["NFTA_GEN_ID"]:
+                            return struct.unpack_from("!I", reply, attrs + 4)[0]
+                        attrs += max((alen + 3) & ~3, 4)
+                    raise NetlinkError(errno.ENODATA, "read the nftables generation")
+                offset += max((length + 3) & ~3, 16)
+
     def send(self, messages: list[Msg], family: str = "ip") -> None:
         """Send begin + messages + end; raise NetlinkError if the kernel refused any of them."""
         if not messages:
@@ -452,6 +477,15 @@ def present(family: str) -> tuple[set[str], set[str]]:
         return chains, sets
     finally:
         sock.close()
+
+
+def generation() -> int:
+    """This namespace's nftables generation: the kernel moves it at every commit, svcdns's or anyone's."""
+    batch = NetlinkBatch()
+    try:
+        return batch.generation()
+    finally:
+        batch.close()
 
 
 def delete_table(family: str) -> bool:

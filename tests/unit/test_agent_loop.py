@@ -37,8 +37,12 @@ class FakeWatch:
 
 
 class Recorder:
-    def __init__(self, log, fail=0):
-        self.log, self.fail = log, fail
+    def __init__(self, log, fail=0, drift=()):
+        self.log, self.fail, self.drift = log, fail, list(drift)
+
+    def drifted(self):
+        self.log.append(("drift check",))
+        return self.drift.pop(0) if self.drift else False
 
     def sync(self, table, full=False):
         if self.fail:
@@ -89,6 +93,16 @@ def test_ready_only_after_the_first_sync_and_failures_retry_with_a_full_sync():
     assert log[0] == ("rules", ("a",), True)
     assert sent[0][0] == "READY=1" and "1 Services" in sent[0][1]
     assert state.healthy()[0]
+
+
+def test_drift_checks_converge_fully_only_when_the_kernel_changed():
+    log = []
+    dataplane = Recorder(log, drift=[False, True, False])
+    agent = Agent(FakeWatch(ServiceTable.of([svc("a")])), dataplane, Recorder(log), full_sync_period=0.05)
+    run_until(agent, lambda: log.count(("drift check",)) >= 3 and len(dataplane.drift) == 0)
+    rules = [e for e in log if e[0] in ("rules", "drift check")]
+    assert rules[:4] == [("rules", ("a",), True), ("drift check",), ("drift check",), ("rules", ("a",), True)]
+    assert [e for e in log if e[0] == "rules"].count(("rules", ("a",), True)) == 2  # the first sync, and the drift
 
 
 def test_a_burst_is_a_few_syncs():
