@@ -16,6 +16,7 @@ time to ready, and one change's propagation (written to etcd -> both agents answ
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import subprocess
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from svcdns.lab import EtcdServer, Lab, link, wait_for  # noqa: E402
 
 ROOT = str(Path(__file__).resolve().parent.parent)
+PODS = int(ipaddress.ip_address("10.128.0.0"))  # endpoint i*16+k+1 of Service i: 10 per Service
 ENV = dict(os.environ, PYTHONPATH=ROOT)
 
 PROBER = r"""
@@ -79,8 +81,7 @@ print(json.dumps({"p50": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(le
 
 def write_registry(root: Path, n: int) -> None:
     for i in range(n):
-        eps = [f"10.{128 + (i >> 14)}.{(i >> 6) & 255}.{(i & 63) * 4 + k + 1}" for k in range(3)] + \
-              [f"10.{160 + (i >> 14)}.{(i >> 6) & 255}.{(i & 63) * 4 + k + 1}" for k in range(7)]  # fmt: skip
+        eps = [str(ipaddress.ip_address(PODS + i * 16 + k + 1)) for k in range(10)]
         doc = {"name": f"s{i}", "namespace": "bench", "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
                "endpoints": eps}  # fmt: skip
         (root / f"s{i}.json").write_text(json.dumps(doc))
