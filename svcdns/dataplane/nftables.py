@@ -273,8 +273,8 @@ class Encoder:
     def _element(self, name: str, item, with_data: bool) -> bytes:
         if name == "vips":
             return nest(LIST_ELEM, value("NFTA_SET_ELEM_KEY", self.pack(item)))
-        if name == "hairpin":
-            return nest(LIST_ELEM, value("NFTA_SET_ELEM_KEY", self.pack(item[0]) + self.pack(item[1])))
+        if name == "hairpin":  # an endpoint address: the pair 'a . a' (a pod reaching itself)
+            return nest(LIST_ELEM, value("NFTA_SET_ELEM_KEY", self.pack(item) * 2))
         key_, target = item if with_data else (item, None)
         key = self.pack(key_[0]) + bytes([PROTO_NUMBERS[key_[1]], 0, 0, 0]) + struct.pack("!H", key_[2]) + b"\0\0"
         if name == "endpoints":

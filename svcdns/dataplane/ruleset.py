@@ -106,8 +106,15 @@ class ServiceObjects:
     vip: str
     chains: tuple[Chain, ...]
     service_ips: tuple[tuple[Key, str], ...]  # ((vip, proto, port), chain name)
-    endpoints: tuple[tuple[tuple[str, str, int, int], tuple[str, int]], ...]  # ((vip, proto, port, n), target)
-    hairpin: frozenset[tuple[str, str]]
+    hairpin: frozenset[str]  # usable endpoint addresses: 'a . a' elements of the hairpin set
+
+    def endpoint_elements(self):
+        """The ``endpoints`` map elements: ((vip, proto, port, number), (address, target port)).
+        Derived from the chains' targets when needed rather than stored: 10 per Service adds up."""
+        chains = {c.name: c for c in self.chains}
+        for key, name in self.service_ips:
+            for n, target in enumerate(chains[name].dnat.targets, 1):  # type: ignore[union-attr]
+                yield (*key, n), target
 
 
 @dataclass
@@ -115,27 +122,29 @@ class Ruleset:
     """Everything svcdns wants in one family's table: the per-Service objects and their union.
 
     The dataplane owns one per family and advances it with :meth:`apply`, which also returns the
-    transaction; the union views (chains, vips, service_ips, endpoints, hairpin) are kept up to date
-    so a change costs what the changed Services cost, not what the whole table costs."""
+    transaction; the union views (chains, vips, service_ips, hairpin) are kept up to date so a change
+    costs what the changed Services cost, not what the whole table costs."""
 
     family: str  # "ip" or "ip6"
     services: dict[tuple[str, str], ServiceObjects] = field(default_factory=dict)
     chains: dict[str, Chain] = field(default_factory=lambda: {c.name: c for c in FIXED_CHAINS})
     vips: Counter = field(default_factory=Counter)
     service_ips: dict[Key, str] = field(default_factory=dict)
-    endpoints: dict[tuple[str, str, int, int], tuple[str, int]] = field(default_factory=dict)
-    hairpin: Counter = field(default_factory=Counter)
+    hairpin: Counter = field(default_factory=Counter)  # endpoint address -> how many Services use it
     last_change: tuple[dict, dict] = ({}, {})  # the objects apply() replaced, and their successors
 
     def service_chains(self) -> dict[str, Chain]:
         return {n: c for n, c in self.chains.items() if c.dnat is not None}
+
+    def endpoint_elements(self) -> dict[tuple[str, str, int, int], tuple[str, int]]:
+        """Every ``endpoints`` map element, sorted."""
+        return dict(sorted(e for key in sorted(self.services) for e in self.services[key].endpoint_elements()))
 
     def _add(self, key, objs: ServiceObjects) -> None:
         self.services[key] = objs
         self.vips[objs.vip] += 1
         self.chains.update((c.name, c) for c in objs.chains)
         self.service_ips.update(objs.service_ips)
-        self.endpoints.update(objs.endpoints)
         self.hairpin.update(objs.hairpin)
 
     def _remove(self, key) -> ServiceObjects | None:
@@ -147,8 +156,6 @@ class Ruleset:
             self.chains.pop(c.name, None)
         for k, _ in objs.service_ips:
             self.service_ips.pop(k, None)
-        for k, _ in objs.endpoints:
-            self.endpoints.pop(k, None)
         _decrement(self.hairpin, objs.hairpin)
         return objs
 
@@ -201,10 +208,9 @@ class Ruleset:
                   {v for v in vips if v in self.vips and v not in vips_before})  # fmt: skip
         _elements(tx, "hairpin", {h for h in pairs_before if h not in self.hairpin},
                   {h for h in pairs if h in self.hairpin and h not in pairs_before})  # fmt: skip
-        for name in ("endpoints", "service-ips"):
-            field_ = "endpoints" if name == "endpoints" else "service_ips"
-            before = {k: v for o in old.values() for k, v in getattr(o, field_)}
-            after = {k: v for o in new.values() for k, v in getattr(o, field_)}
+        for name, items in (("endpoints", ServiceObjects.endpoint_elements), ("service-ips", _service_ips)):
+            before = {k: v for o in old.values() for k, v in items(o)}
+            after = {k: v for o in new.values() for k, v in items(o)}
             # a key whose value changed is deleted and added again in the same transaction
             _elements(tx, name, {k for k, v in before.items() if after.get(k) != v},
                       {(k, v) for k, v in after.items() if before.get(k) != v})  # fmt: skip
@@ -214,6 +220,10 @@ class Ruleset:
             if old_chains[name].dnat is not None and old_chains[name].dnat.affinity:
                 tx.add("delete-set", affinity_set(name))
         return tx
+
+
+def _service_ips(objs: ServiceObjects):
+    return objs.service_ips
 
 
 def udp_expectations(objects) -> dict[tuple[str, int], set[tuple[str, int]]]:
@@ -265,17 +275,15 @@ def service_objects(svc: Service, family: str) -> ServiceObjects | None:
     if vip is None:
         return None
     vip_s = str(vip)
-    usable = svc.usable_endpoints(family)
+    usable = [(ep, str(ep.address)) for ep in svc.usable_endpoints(family)]  # one string per address
     affinity = svc.affinity_timeout if svc.session_affinity == AFFINITY_CLIENT_IP else 0
-    chains, service_ips, endpoints = [], [], []
+    chains, service_ips = [], []
     for port in svc.ports:
         name = chain_name(svc, port.protocol, port.port)
-        targets = tuple(sorted({(str(ep.address), ep.target_port(port)) for ep in usable}))
+        targets = tuple(sorted({(addr, ep.target_port(port)) for ep, addr in usable}))
         chains.append(Chain(name, dnat=Dnat(port.protocol, targets, affinity)))
         service_ips.append(((vip_s, port.protocol, port.port), name))
-        endpoints.extend(((vip_s, port.protocol, port.port, n), t) for n, t in enumerate(targets, 1))
-    hairpin = frozenset((str(ep.address), str(ep.address)) for ep in usable)
-    return ServiceObjects(vip_s, tuple(chains), tuple(service_ips), tuple(endpoints), hairpin)
+    return ServiceObjects(vip_s, tuple(chains), tuple(service_ips), frozenset(addr for _, addr in usable))
 
 
 def build(table: ServiceTable, family: str = IPV4) -> Ruleset:
@@ -330,7 +338,7 @@ def plan(desired: Ruleset, present: set[str] | None = None, present_sets: set[st
         tx.add("rules", chain)
     tx.add("elements", "vips", sorted(desired.vips))
     tx.add("elements", "hairpin", sorted(desired.hairpin))
-    tx.add("elements", "endpoints", sorted(desired.endpoints.items()))
+    tx.add("elements", "endpoints", list(desired.endpoint_elements().items()))
     tx.add("elements", "service-ips", sorted(desired.service_ips.items()))
     for name in sorted((present or set()) - set(desired.chains)):
         tx.add("flush-chain", name)
@@ -364,10 +372,10 @@ def render(rs: Ruleset) -> str:
     addr = "ipv4_addr" if fam == "ip" else "ipv6_addr"
     lines = [f"table {fam} {TABLE} {{"]
     lines.append(f"\tset vips {{ type {addr}; {_elems(sorted(rs.vips))}}}")
-    lines.append(f"\tset hairpin {{ type {addr} . {addr}; {_elems(f'{a} . {b}' for a, b in sorted(rs.hairpin))}}}")
+    lines.append(f"\tset hairpin {{ type {addr} . {addr}; {_elems(f'{a} . {a}' for a in sorted(rs.hairpin))}}}")
     svc_elems = (f"{v} . {p.lower()} . {port} : goto {c}" for (v, p, port), c in sorted(rs.service_ips.items()))
     lines.append(f"\tmap service-ips {{ type {addr} . inet_proto . inet_service : verdict; {_elems(svc_elems)}}}")
-    ep_elems = (f"{v} . {p.lower()} . {port} . {n} : {a} . {tp}" for (v, p, port, n), (a, tp) in sorted(rs.endpoints.items()))
+    ep_elems = (f"{v} . {p.lower()} . {port} . {n} : {a} . {tp}" for (v, p, port, n), (a, tp) in rs.endpoint_elements().items())
     lines.append(f"\tmap endpoints {{ type {addr} . inet_proto . inet_service . mark : {addr} . inet_service; "
                  f"{_elems(ep_elems)}}}")  # fmt: skip
     for name in sorted(rs.chains):
