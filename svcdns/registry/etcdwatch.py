@@ -74,8 +74,14 @@ class EtcdWatcher(Watch):
 
     def close(self) -> None:
         if self._task is not None:
-            self.registry._loop.call_soon_threadsafe(self._task.cancel)
+            self.registry._loop.call_soon_threadsafe(self._cancel, self._task)
             self._task = None
+
+    def _cancel(self, task) -> None:
+        if self._pending is not None:  # a rebuild scheduled but not started: it would outlive the watch
+            self._pending.cancel()
+            self._pending = None
+        task.cancel()
 
     # ---- the loop (runs on the registry's event loop) ----------------------------------------------------
 
