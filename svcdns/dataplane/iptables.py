@@ -6,10 +6,25 @@ The rules are planned by :mod:`.iptables_rules` (pure); this shell reads what th
 refused one leaves the previous rules and raises :class:`DataplaneError` with iptables-restore's own
 message. Every sync rewrites every SVCDNS- chain, as kube-proxy's iptables mode does; a sync that is
 not ``full`` trusts what the last successful restore left instead of running iptables-save again
-(a full sync, which the agent runs periodically and after any failure, re-reads and repairs drift:
-a jump someone deleted, a chain someone added).
+(a full sync re-reads and repairs drift: a jump someone deleted, a chain someone added; the agent
+runs one after any failure and, since :meth:`IptablesDataplane.drifted` cannot tell, at every drift
+check, every ``full_sync_period``).
 
-What it costs: measured in a network namespace, see below (to be filled in with the measurement).
+What it costs, measured in a network namespace of its own (Debian 12, iptables 1.8.9, 2 cores that
+other jobs were loading at the time, so take the figures as +-30%; E = 10 endpoints per Service, one
+TCP port, IPv4 nat table; the filter table and IPv6 add little):
+
+    Services  restore input   rendering  restore (nf_tables)        save (nf_tables)    legacy restore / save
+    1,000      44k lines      0.15 s     2.1-2.7 s                  1.5 s
+    3,000     132k lines                 18 s first, 22 s rewrite    13 s
+    10,000    440k lines      ~1.5 s     240 s                       crashed (SIGSEGV)    9.9 s (14 s rewrite) / 1.4 s
+    one sync at 1,000 through this class: 2.7 s on an empty host, 4.1 s full (save + restore), 2.3 s partial
+
+``iptables-restore --noflush`` and ``iptables-save`` of the nf_tables variant grow much faster than
+linearly with the number of chains (one per endpoint, kube-proxy's shape); without ``--noflush`` the
+same 1,000-Service input loads in 0.64 s, but that would flush every other rule of the table, and
+iptables-legacy has no such growth. So this backend is for small tables (up to ~1,000 Services);
+the nftables backend is the one that scales.
 """
 
 from __future__ import annotations

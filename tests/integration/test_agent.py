@@ -22,10 +22,10 @@ def node(make_lab, cli):
     for pod in lab.pod_list[:2]:
         lab.serve(pod, 8080, "tcp")
 
-    def start_agent():
+    def start_agent(*extra):
         proc = lab.spawn(lab.node, [*PY, "svcdns", "agent", "--registry", str(registry), "--dns-listen", "127.0.0.1:53",
                                     "--dns-listen", "10.244.3.1:53", "--dns-workers", "1",
-                                    "--pod-cidr", "10.244.0.0/16"], env=env, stdout=subprocess.DEVNULL)  # fmt: skip
+                                    "--pod-cidr", "10.244.0.0/16", *extra], env=env, stdout=subprocess.DEVNULL)  # fmt: skip
         wait_for(lambda: http("/readyz").startswith("ok"), 60, what="the agent to be ready")
         return proc
 
@@ -152,3 +152,16 @@ def test_sighup_reloads_the_configuration(node, tmp_path):
     time.sleep(2)
     assert agent.poll() is None
     wait_for(lambda: ttl() == "30", 30, what="answers with the kept configuration")
+
+
+def test_the_agent_with_the_iptables_backend_serves_a_vip(node):
+    p1, p2, _ = node.pod_list
+    vip = node.svcdns("service", "add", "web", "--port", "http:80:8080/tcp").strip()
+    node.svcdns("endpoint", "add", "web", str(p1.ipv4))
+    node.start_agent("--dataplane", "iptables")
+    wait_for(lambda: node.ask(vip) == [str(p1.ipv4)], 10, what="the VIP to work")
+    node.svcdns("endpoint", "add", "web", str(p2.ipv4))  # a partial sync
+    wait_for(lambda: set(node.ask(vip, 20)) == {str(p1.ipv4), str(p2.ipv4)}, 10, what="both endpoints")
+    assert node.dig("web.default.svc.cluster.local") == vip
+    nat = node.node.run(["iptables-save", "-t", "nat"]).stdout
+    assert "SVCDNS-SVC-" in nat and "svcdns" not in node.node.run(["nft", "list", "tables"]).stdout

@@ -1,8 +1,10 @@
-"""The nftables dataplane with real packets, in namespaces of the test's own: what a user would check.
+"""Both dataplanes (nftables, iptables) with real packets, in namespaces of the test's own: what a user
+would check.
 
 World: a node namespace, pods 1-3 behind veths. Pods 1 and 2 serve TCP 8080 and UDP 5353 and answer
 with their own address; pod 3 is a client (and serves too, for the hairpin case). `svcdns sync
---once` runs inside the node namespace, as the agent would.
+--once --dataplane X` runs inside the node namespace, as the agent would. Every behaviour test runs
+once per backend; the tests of one backend's own machinery pin ``world`` to it.
 """
 
 import subprocess
@@ -15,8 +17,9 @@ import pytest
 PY = [sys.executable, "-m"]
 
 
-@pytest.fixture
-def world(make_lab, cli):
+@pytest.fixture(params=["nftables", "iptables"])
+def world(request, make_lab, cli):
+    backend = request.param
     lab = make_lab(pods=3)
     env, svcdns = cli.env, cli
     for pod in lab.pod_list:
@@ -25,7 +28,7 @@ def world(make_lab, cli):
         lab.serve(pod, 8080, "tcp", family=6)
 
     def sync():
-        out = lab.node.run([*PY, "svcdns", "sync", "--once"], env=env)
+        out = lab.node.run([*PY, "svcdns", "sync", "--once", "--dataplane", backend], env=env)
         return out.stdout
 
     def ask(vip, port, proto="tcp", count=1, ns=None, timeout=2.0):
@@ -34,13 +37,17 @@ def world(make_lab, cli):
                       "--count", str(count), "--timeout", str(timeout)], check=False, env=env)  # fmt: skip
         return out.stdout.split()
 
-    lab.svcdns, lab.sync, lab.ask, lab.env = svcdns, sync, ask, env
+    lab.svcdns, lab.sync, lab.ask, lab.env, lab.backend = svcdns, sync, ask, env, backend
     svcdns("service", "add", "web", "--vip", "10.96.0.10", "--port", "http:80:8080/tcp", "--port", "dns:53:5353/udp")
     p1, p2, p3 = lab.pod_list
     svcdns("endpoint", "add", "web", str(p1.ipv4))
     svcdns("endpoint", "add", "web", str(p2.ipv4))
     svcdns("endpoint", "add", "web", str(p3.ipv4), "--not-ready")
     sync()
+    # the backend asked for is the one in the kernel (a test must not pass on the other one's rules)
+    nat = lab.node.run(["iptables-save", "-t", "nat"]).stdout
+    tables = lab.node.run(["nft", "list", "tables"]).stdout
+    assert ("SVCDNS-SERVICES" in nat) == (backend == "iptables") and ("svcdns" in tables) == (backend == "nftables")
     return lab
 
 
@@ -155,6 +162,7 @@ def test_repeated_syncs_keep_a_connection_stream_and_an_open_connection_going(wo
     del socket
 
 
+@pytest.mark.parametrize("world", ["nftables"], indirect=True)
 def test_cleanup_leaves_nothing_of_ours(world):
     world.node.run(["nft", "add", "table", "inet", "someone-else"])
     world.node.run([*PY, "svcdns", "cleanup"], env=world.env)
@@ -163,6 +171,56 @@ def test_cleanup_leaves_nothing_of_ours(world):
     assert "someone-else" in tables  # only ours
 
 
+@pytest.mark.parametrize("world", ["iptables"], indirect=True)
+def test_iptables_cleanup_leaves_nothing_of_ours_and_every_other_rule(world):
+    others = [
+        ["iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", "10.9.0.0/16", "-j", "MASQUERADE"],
+        ["iptables", "-w", "-t", "nat", "-N", "OTHER"],
+        ["iptables", "-w", "-t", "nat", "-A", "OTHER", "-p", "tcp", "--dport", "9", "-j", "RETURN"],
+        ["iptables", "-w", "-A", "FORWARD", "-s", "10.9.0.0/16", "-j", "ACCEPT"],
+        ["ip6tables", "-w", "-A", "OUTPUT", "-d", "fd00:9::/64", "-j", "ACCEPT"],
+    ]
+    for cmd in others:
+        world.node.run(cmd)
+    saved = {cmd: world.node.run([cmd]).stdout for cmd in ("iptables-save", "ip6tables-save")}
+    assert all("SVCDNS" in text for text in saved.values())  # both families had ours
+    world.node.run([*PY, "svcdns", "cleanup", "--dataplane", "iptables"], env=world.env)
+    for cmd, before in saved.items():
+        after = world.node.run([cmd]).stdout
+        assert "SVCDNS" not in after and "svcdns" not in after
+        ours_gone = [line for line in before.splitlines() if "SVCDNS" not in line and not line.startswith("#")]
+        assert [line for line in after.splitlines() if not line.startswith("#")] == ours_gone  # the rest untouched
+    assert "OTHER" in saved["iptables-save"]
+    again = world.node.run([*PY, "svcdns", "cleanup", "--dataplane", "iptables"], env=world.env)
+    assert again.returncode == 0  # nothing left: a no-op
+
+
+@pytest.mark.parametrize("world", ["iptables"], indirect=True)
+def test_a_refused_restore_leaves_the_previous_rules(world):
+    p1, p2, _ = world.pod_list
+    code = (
+        "from svcdns.dataplane import open_dataplane, DataplaneError\n"
+        "from svcdns.dataplane import iptables\n"
+        "from svcdns.registry import load_table\n"
+        "import os\n"
+        "dp = open_dataplane('iptables'); t = load_table(os.environ['SVCDNS_REGISTRY'])\n"
+        "dp.sync(t)\n"
+        "orig = iptables.restore_text\n"
+        "def broken(rs, table, present):\n"
+        "    return orig(rs, table, present).replace('COMMIT', '-A SVCDNS-SERVICES -j SVCDNS-NO-SUCH-CHAIN\\nCOMMIT')\n"
+        "iptables.restore_text = broken\n"
+        "try:\n"
+        "    web = t.get('default', 'web')\n"
+        "    dp.sync(t.replace([web.with_endpoints(web.endpoints[:1])]))\n"
+        "except DataplaneError as e:\n"
+        "    print('refused:', e)\n"
+    )
+    out = world.node.run([sys.executable, "-c", code], env=world.env).stdout
+    assert "refused:" in out and "SVCDNS-NO-SUCH-CHAIN" in out and "previous rules stay" in out, out
+    assert set(world.ask("10.96.0.10", 80, count=30)) == {str(p1.ipv4), str(p2.ipv4)}
+
+
+@pytest.mark.parametrize("world", ["nftables"], indirect=True)
 def test_a_refused_batch_leaves_the_previous_rules(world):
     p1, p2, _ = world.pod_list
     code = (
