@@ -171,6 +171,22 @@ def test_cleanup_leaves_nothing_of_ours(world):
     assert "someone-else" in tables  # only ours
 
 
+@pytest.mark.parametrize("world", ["nftables"], indirect=True)
+def test_the_conntrack_mark_is_borrowed_for_vip_connections_only(world):
+    """The draw writes a new VIP connection's ct mark between dstnat and srcnat and sets it back to 0;
+    a mark someone else gives other connections stays (README: the conntrack mark)."""
+    p1, _, p3 = world.pod_list
+    world.node.run(["nft", "-f", "-"], input="table inet someone-else {\n chain pre { type filter hook prerouting "
+                   "priority -150; ct state new ct mark set 0x42; }\n}\n")  # fmt: skip
+    assert len(world.ask("10.96.0.10", 80, count=10, ns=p3.ns)) == 10  # routed through the node
+    assert len(world.ask("10.96.0.10", 80, count=10)) == 10  # from the node itself
+    assert len(world.ask(str(p1.ipv4), 8080, ns=p3.ns)) == 1  # straight to a pod, no VIP
+    to_vip = world.node.run(["conntrack", "-L", "-d", "10.96.0.10"]).stdout.splitlines()
+    to_pod = world.node.run(["conntrack", "-L", "-d", str(p1.ipv4)]).stdout.splitlines()
+    assert len(to_vip) >= 20 and all("mark=0 " in line for line in to_vip), to_vip
+    assert to_pod and all("mark=66 " in line for line in to_pod), to_pod
+
+
 @pytest.mark.parametrize("world", ["iptables"], indirect=True)
 def test_iptables_cleanup_leaves_nothing_of_ours_and_every_other_rule(world):
     others = [
