@@ -165,3 +165,27 @@ def test_the_agent_with_the_iptables_backend_serves_a_vip(node):
     assert node.dig("web.default.svc.cluster.local") == vip
     nat = node.node.run(["iptables-save", "-t", "nat"]).stdout
     assert "SVCDNS-SVC-" in nat and "svcdns" not in node.node.run(["nft", "list", "tables"]).stdout
+
+
+def test_drift_is_repaired_and_only_drift_costs_a_full_sync(node, tmp_path):
+    """Someone flushes svcdns's table: the next drift check (here every second) puts it back; while
+    nobody touches nftables, the checks rewrite nothing (the full-sync count stays put)."""
+    p1 = node.pod_list[0]
+    conf = tmp_path / "svcdns.toml"
+    conf.write_text("full_sync_period = 1\n")
+    vip = node.svcdns("service", "add", "web", "--port", "http:80:8080/tcp").strip()
+    node.svcdns("endpoint", "add", "web", str(p1.ipv4))
+    node.start_agent("--config", str(conf))
+
+    def full_syncs():
+        for line in node.http("/metrics").splitlines():
+            if line.startswith('svcdns_sync_duration_seconds_count{kind="full"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    assert node.ask(vip) == [str(p1.ipv4)]
+    time.sleep(3.5)  # three drift checks with nothing changed behind the agent's back
+    assert full_syncs() == 1
+    node.node.run(["nft", "flush", "table", "ip", "svcdns"])
+    wait_for(lambda: full_syncs() >= 2, 10, what="a full sync after the flush")
+    assert node.ask(vip) == [str(p1.ipv4)]
