@@ -30,6 +30,7 @@ the nftables backend is the one that scales.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import shutil
 import subprocess
@@ -61,6 +62,7 @@ class IptablesDataplane:
         self.families = families
         self.known: dict[tuple[str, str], Present] = {}  # (family, table) -> what our last restore left
         self.table: ServiceTable | None = None  # the last table the kernel took
+        self.generation: int | None = None  # nftables' generation after our last restore (iptables-nft)
 
     def sync(self, table: ServiceTable, *, full: bool = False):
         from . import SyncResult, conntrack
@@ -87,13 +89,16 @@ class IptablesDataplane:
                 for key in conntrack.udp_expectations(self.table, family):
                     udp.setdefault(key, set())
         self.table = table
+        self.generation = _nft_generation()
         conntrack.clear_udp(udp)
         return SyncResult(len(table), table.endpoint_count(), written, was_full, time.perf_counter() - start)
 
     def drifted(self) -> bool:
-        """iptables has no cheap change counter: at each drift check the agent converges fully
+        """With iptables-nft (Debian's default), iptables-restore commits through nftables, so its
+        generation tells whether anyone committed since our last restore, as for the nftables
+        backend. Legacy iptables has no such counter: every drift check then converges fully
         (iptables-save, then a restore of every SVCDNS- chain), as kube-proxy's iptables mode does."""
-        return True
+        return self.generation is None or _nft_generation() != self.generation
 
     def cleanup(self) -> None:
         """Remove every SVCDNS- chain and every jump to one, in both families; nothing else."""
@@ -112,6 +117,19 @@ class IptablesDataplane:
                     log.info("dataplane: removed %d SVCDNS- chains and %d jumps from %s table %s",
                              len(present.chains), len(present.jumps), COMMANDS[family][0].split("-")[0], name)  # fmt: skip
         self.table = None
+
+
+def _nft_generation() -> int | None:
+    """nftables' generation when iptables is the nf_tables variant, else None."""
+    from .nftables import generation
+
+    return generation() if _nft_backed() else None
+
+
+@functools.cache
+def _nft_backed() -> bool:
+    """Whether iptables is the nf_tables variant ('iptables v1.8.9 (nf_tables)'), as on Debian 12."""
+    return "nf_tables" in _run(["iptables", "--version"]).stdout
 
 
 def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:

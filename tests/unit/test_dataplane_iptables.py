@@ -296,7 +296,7 @@ class FakeIptables:
     BUILTIN = {"nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"), "filter": ("INPUT", "FORWARD", "OUTPUT")}
 
     def __init__(self):
-        self.calls, self.tables, self.fail = [], {}, None
+        self.calls, self.tables, self.fail, self.variant = [], {}, None, "legacy"
 
     def chains(self, family, table):
         return self.tables.setdefault((family, table), {c: [] for c in self.BUILTIN[table]})
@@ -308,6 +308,8 @@ class FakeIptables:
         return "\n".join([*lines, "COMMIT", ""])
 
     def __call__(self, argv, input=None, **kw):
+        if argv[1:] == ["--version"]:
+            return subprocess.CompletedProcess(argv, 0, f"iptables v1.8.9 ({self.variant})\n", "")
         self.calls.append((tuple(argv), input))
         family = "6" if argv[0].startswith("ip6") else "4"
         if argv[0].endswith("-save"):
@@ -342,7 +344,25 @@ def fake(monkeypatch):
     monkeypatch.setattr(iptables, "check_netns_guard", guarded.append)
     monkeypatch.setattr(conntrack, "clear_udp", cleared.append)
     fake.guarded, fake.cleared = guarded, cleared
-    return fake
+    iptables._nft_backed.cache_clear()  # the fake says which variant it is
+    yield fake
+    iptables._nft_backed.cache_clear()
+
+
+def test_drift_checks_use_the_nftables_generation_with_iptables_nft_only(fake, monkeypatch):
+    from svcdns.dataplane import nftables
+
+    gen = [7]
+    monkeypatch.setattr(nftables, "generation", lambda: gen[0])
+    dp = open_dataplane("iptables")
+    dp.sync(TABLE)
+    assert dp.drifted()  # legacy iptables: no counter, every check converges
+    fake.variant = "nf_tables"
+    iptables._nft_backed.cache_clear()
+    dp.sync(TABLE)
+    assert not dp.drifted()  # nobody committed since our restore
+    gen[0] = 8
+    assert dp.drifted()  # someone did
 
 
 def test_a_full_sync_saves_then_restores_each_table_of_each_family(fake):
@@ -352,7 +372,7 @@ def test_a_full_sync_saves_then_restores_each_table_of_each_family(fake):
                     ("iptables-save", "-t", "filter"), ("iptables-restore", "-w", "--noflush"),
                     ("ip6tables-save", "-t", "nat"), ("ip6tables-restore", "-w", "--noflush"),
                     ("ip6tables-save", "-t", "filter"), ("ip6tables-restore", "-w", "--noflush")]  # fmt: skip
-    assert len(fake.guarded) == 8  # the namespace guard before every call
+    assert len(fake.guarded) == 8 + 1  # the namespace guard before every call (and `iptables --version`)
     assert fake.calls[1][1] + fake.calls[3][1] == IPV4_TEXT
     assert result.full and result.services == 5 and result.rules > 0
     assert fake.cleared == [{("10.96.0.10", 53): {("10.244.1.2", 53), ("10.244.2.2", 53)},
