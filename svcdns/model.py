@@ -393,6 +393,11 @@ class Service:
             return ready
         return tuple(e for e in eps if e.serving and e.terminating)
 
+    def targets(self, port: ServicePort, family: str) -> tuple[tuple[str, int], ...]:
+        """Where new connections to ``port`` go in ``family``: (address, target port) of each usable
+        endpoint, sorted. Every dataplane and the conntrack cleaner take it from here."""
+        return tuple(sorted({(str(ep.address), ep.target_port(port)) for ep in self.usable_endpoints(family)}))
+
     def ready_endpoints(self) -> tuple[Endpoint, ...]:
         return tuple(e for e in self.endpoints if e.ready)
 

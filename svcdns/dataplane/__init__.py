@@ -50,7 +50,7 @@ class NftablesDataplane:
     def sync(self, table: ServiceTable, *, full: bool = False) -> SyncResult:
         from . import conntrack
         from .nftables import NetlinkBatch, NetlinkError, encode, present
-        from .ruleset import build, plan, udp_expectations
+        from .ruleset import build, plan
 
         start = time.perf_counter()
         written = 0
@@ -65,12 +65,12 @@ class NftablesDataplane:
                     was_full = True
                     desired = build(table, family)
                     tx = plan(desired, *present(desired.family))
-                    udp.update(udp_expectations(desired.services.values()))
+                    udp.update(conntrack.udp_expectations(table, family))
                 else:
                     desired, tx = current, current.apply(table, keys)
-                    old, new = current.last_change
-                    udp.update({k: set() for k in udp_expectations(old.values())})  # ports that went
-                    udp.update(udp_expectations(new.values()))
+                    before = [self.table.services[k] for k in keys if k in self.table.services]  # type: ignore[union-attr]
+                    udp.update({k: set() for k in conntrack.udp_expectations(before, family)})  # ports that went
+                    udp.update(conntrack.udp_expectations([table.services[k] for k in keys if k in table], family))
                 self.current[family] = None  # until the kernel took it
                 messages = encode(tx)
                 try:

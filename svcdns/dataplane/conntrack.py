@@ -69,8 +69,7 @@ def udp_expectations(services, family: str) -> Expected:
         vip = svc.vip(family) if svc.has_vip else None
         if vip is None:
             continue
-        usable = svc.usable_endpoints(family)
         for port in svc.ports:
             if port.protocol == "UDP":
-                out[(str(vip), port.port)] = {(str(ep.address), ep.target_port(port)) for ep in usable}
+                out[(str(vip), port.port)] = set(svc.targets(port, family))
     return out

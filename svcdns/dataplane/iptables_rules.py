@@ -120,12 +120,11 @@ def service_rules(svc: Service, family: str) -> ServiceRules | None:
     if vip is None:
         return None
     vip_s = str(vip)
-    usable = svc.usable_endpoints(family)
     affinity = svc.affinity_timeout if svc.session_affinity == AFFINITY_CLIENT_IP else 0
     services: list[str] = []
     chains: list[tuple[str, tuple[str, ...]]] = []
     for port in svc.ports:
-        targets = sorted({(str(ep.address), ep.target_port(port)) for ep in usable})
+        targets = svc.targets(port, family)
         if not targets:
             continue  # untranslated: SVCDNS-REJECT rejects it
         proto = port.protocol.lower()

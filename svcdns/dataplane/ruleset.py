@@ -131,7 +131,6 @@ class Ruleset:
     vips: Counter = field(default_factory=Counter)
     service_ips: dict[Key, str] = field(default_factory=dict)
     hairpin: Counter = field(default_factory=Counter)  # endpoint address -> how many Services use it
-    last_change: tuple[dict, dict] = ({}, {})  # the objects apply() replaced, and their successors
 
     def service_chains(self) -> dict[str, Chain]:
         return {n: c for n, c in self.chains.items() if c.dnat is not None}
@@ -180,7 +179,6 @@ class Ruleset:
             self._remove(key)
         for key, objs in new.items():
             self._add(key, objs)
-        self.last_change = (old, new)
         old_chains = {c.name: c for o in old.values() for c in o.chains}
         new_chains = {c.name: c for o in new.values() for c in o.chains}
 
@@ -226,17 +224,6 @@ def _service_ips(objs: ServiceObjects):
     return objs.service_ips
 
 
-def udp_expectations(objects) -> dict[tuple[str, int], set[tuple[str, int]]]:
-    """For conntrack cleaning: each UDP VIP:port of these Services' objects, and its endpoints."""
-    out: dict[tuple[str, int], set[tuple[str, int]]] = {}
-    for objs in objects:
-        chains = {c.name: c for c in objs.chains}
-        for (vip, proto, port), name in objs.service_ips:
-            if proto == "UDP":
-                out[(vip, port)] = set(chains[name].dnat.targets)
-    return out
-
-
 def _decrement(counter: Counter, items) -> None:
     for item in items:
         counter[item] -= 1
@@ -275,15 +262,14 @@ def service_objects(svc: Service, family: str) -> ServiceObjects | None:
     if vip is None:
         return None
     vip_s = str(vip)
-    usable = [(ep, str(ep.address)) for ep in svc.usable_endpoints(family)]  # one string per address
     affinity = svc.affinity_timeout if svc.session_affinity == AFFINITY_CLIENT_IP else 0
     chains, service_ips = [], []
     for port in svc.ports:
         name = chain_name(svc, port.protocol, port.port)
-        targets = tuple(sorted({(addr, ep.target_port(port)) for ep, addr in usable}))
-        chains.append(Chain(name, dnat=Dnat(port.protocol, targets, affinity)))
+        chains.append(Chain(name, dnat=Dnat(port.protocol, svc.targets(port, family), affinity)))
         service_ips.append(((vip_s, port.protocol, port.port), name))
-    return ServiceObjects(vip_s, tuple(chains), tuple(service_ips), frozenset(addr for _, addr in usable))
+    hairpin = frozenset(addr for c in chains for addr, _ in c.dnat.targets)  # type: ignore[union-attr]
+    return ServiceObjects(vip_s, tuple(chains), tuple(service_ips), hairpin)
 
 
 def build(table: ServiceTable, family: str = IPV4) -> Ruleset:
