@@ -27,6 +27,26 @@ def svc(name):
     return Service(name, ports=(ServicePort(80),))
 
 
+def test_creates_in_a_crowded_cidr_never_share_a_vip(etcd_url):
+    """A create first tries a random VIP without reading the held ones; where that collides (often,
+    in a /26 filling up) it reads them and allocates: every Service still gets its own VIP."""
+    writers = [open_registry(etcd_url, ["10.97.0.0/26"]) for _ in range(3)]
+    made = []
+
+    def create(w, names):
+        made.extend(w.create(svc(n)) for n in names)
+
+    threads = [threading.Thread(target=create, args=(w, [f"c{i}-{k}" for k in range(14)])) for i, w in enumerate(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    vips = [s.cluster_ips[0] for s in made]
+    assert len(made) == 42 and len(set(vips)) == 42
+    held = open_registry(etcd_url).snapshot().table
+    assert sorted(str(s.cluster_ips[0]) for s in held) == sorted(str(v) for v in vips)
+
+
 def test_two_hosts_adopting_at_once_agree_on_one_vip(etcd_url):
     writer = open_registry(etcd_url)
     for i in range(20):
