@@ -2,7 +2,7 @@
 
     python bench/dns.py [--sizes 1000,10000] [--seconds 10]
 
-Needs root and Debian's dnsperf, dnsmasq-base and unbound. Everything runs inside one network
+Needs root; installs Debian's dnsperf, dnsmasq-base and unbound if missing (``examples/setup.sh bench``). Everything runs inside one network
 namespace this script creates (the servers listen on its loopback addresses, never the host's
 port 53) and deletes. For each zone size, in the same run: each server pinned to core 0 (svcdns with
 one worker), then svcdns with a worker per core; dnsperf (one client, 100 queries in flight) asks
@@ -15,6 +15,7 @@ import argparse
 import ipaddress
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -105,6 +106,9 @@ def main() -> None:
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/dns.py: needs root (it builds a network namespace)")
+    if not all(shutil.which(tool) for tool in ("dnsperf", "dnsmasq", "unbound")):
+        print("bench/dns.py: installing dnsperf, dnsmasq-base and unbound (examples/setup.sh bench)", file=sys.stderr)
+        subprocess.run(["bash", str(Path(__file__).resolve().parent.parent / "examples" / "setup.sh"), "bench"], check=True)
     with tempfile.TemporaryDirectory(prefix="svcdns-bench-dns-") as tmp:
         print(f"{'zone':>7}  {'server':<30} {'QPS':>9} {'avg latency':>12} {'lost':>6}  ratio to dnsmasq")
         for n in (int(x) for x in args.sizes.split(",")):
