@@ -125,7 +125,7 @@ class Agent:
         desired, applied, full = self.desired, self.applied, self.need_full
         start = time.monotonic()
         try:
-            gone = [k for k in changed_keys(applied, desired) if k not in desired.services] if applied else []
+            gone = [k for k in changed_keys(applied, desired) if k not in desired.services] if applied is not None else []
             if gone:  # names leave DNS before their rules leave the kernel
                 self.dns.update(applied.replace(deletes=gone))
             result = self.dataplane.sync(desired, full=full)

@@ -59,6 +59,7 @@ HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 ELEMENTS_PER_MESSAGE = 500
 BATCH_BEGIN, BATCH_END = 0x10, 0x11
+NLMSG_ERROR = 2
 # nft's datatype numbers (for `nft list` to print our sets legibly; the kernel only checks lengths)
 T_INTEGER, T_IPV4, T_IPV6, T_PROTO, T_SERVICE, T_MARK = 4, 7, 8, 12, 13, 19
 NFT_DATA_VERDICT = 0xFFFFFF00
@@ -410,22 +411,28 @@ class NetlinkBatch:
         whether anyone committed since."""
         seq = next(self.seq)
         self.sock.send(self._header((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, NLM_F_REQUEST, b"", 0, seq))
+        for reply, offset, length, mtype, rseq in self._replies():
+            if rseq != seq:
+                continue
+            if mtype != NLMSG_ERROR:  # NEWGEN: nfgenmsg, then the attributes
+                attrs = offset + 20
+                while attrs + 4 <= offset + length:
+                    alen, atype = struct.unpack_from("=HH", reply, attrs)
+                    if atype & 0x7FFF == A["NFTA_GEN_ID"]:
+                        return struct.unpack_from("!I", reply, attrs + 4)[0]
+                    attrs += max((alen + 3) & ~3, 4)
+            code = -struct.unpack_from("=i", reply, offset + 16)[0] if mtype == NLMSG_ERROR else 0
+            raise NetlinkError(code or errno.ENODATA, "read the nftables generation")
+        raise AssertionError("unreachable: _replies() never ends")
+
+    def _replies(self):
+        """Every netlink message the kernel sends back: (buffer, offset, length, type, sequence)."""
         while True:
-            reply = self.sock.recv(65536)
+            reply = self.sock.recv(1 << 20)
             offset = 0
             while offset + 16 <= len(reply):
-                length, mtype, _flags, rseq, _pid = struct.unpack_from("=IHHII", reply, offset)
-                if rseq == seq and mtype == 2:
-                    code = -struct.unpack_from("=i", reply, offset + 16)[0]
-                    raise NetlinkError(code or errno.ENODATA, "read the nftables generation")
-                if rseq == seq:
-                    attrs = offset + 20
-                    while attrs + 4 <= offset + length:
-                        alen, atype = struct.unpack_from("=HH", reply, attrs)
-                        if atype & 0x7FFF == A["NFTA_GEN_ID"]:
-                            return struct.unpack_from("!I", reply, attrs + 4)[0]
-                        attrs += max((alen + 3) & ~3, 4)
-                    raise NetlinkError(errno.ENODATA, "read the nftables generation")
+                length, mtype, _flags, seq, _pid = struct.unpack_from("=IHHII", reply, offset)
+                yield reply, offset, length, mtype, seq
                 offset += max((length + 3) & ~3, 16)
 
     def send(self, messages: list[Msg], family: str = "ip") -> None:
@@ -446,21 +453,16 @@ class NetlinkBatch:
             raise NetlinkError(errno.EMSGSIZE, f"batch of {len(data)} bytes was cut short")
         last = next(reversed(seqs))
         first_error: NetlinkError | None = None
-        while True:
-            reply = self.sock.recv(1 << 20)
-            offset = 0
-            while offset + 16 <= len(reply):
-                length, mtype, _flags, seq, _pid = struct.unpack_from("=IHHII", reply, offset)
-                if mtype == 2 and length >= 20:  # NLMSG_ERROR: an error, or the acknowledgement
-                    code = -struct.unpack_from("=i", reply, offset + 16)[0]
-                    if code and first_error is None:
-                        what = seqs[seq].what if seq in seqs else "the batch"
-                        first_error = NetlinkError(code, what)
-                    if seq == last:
-                        if first_error is not None:
-                            raise first_error
-                        return
-                offset += max((length + 3) & ~3, 16)
+        for reply, offset, length, mtype, seq in self._replies():
+            if mtype == NLMSG_ERROR and length >= 20:  # an error, or the acknowledgement
+                code = -struct.unpack_from("=i", reply, offset + 16)[0]
+                if code and first_error is None:
+                    what = seqs[seq].what if seq in seqs else "the batch"
+                    first_error = NetlinkError(code, what)
+                if seq == last:
+                    if first_error is not None:
+                        raise first_error
+                    return
 
 
 def present(family: str) -> tuple[set[str], set[str]]:

@@ -72,12 +72,11 @@ class Dnat:
     ClientIP session affinity) a client keeps its endpoint while it comes back within that time.
     Target *i* is number *i + 1* in the ``endpoints`` map."""
 
-    protocol: str
     targets: tuple[tuple[str, int], ...]  # (address, port), in a stable order
     affinity: int = 0
 
     @property
-    def rules(self) -> tuple[int, int]:
+    def shape(self) -> tuple[int, int]:
         """What the chain's rules depend on: a change of anything else is a change of elements."""
         return len(self.targets), self.affinity
 
@@ -172,9 +171,9 @@ class Ruleset:
             if objs is not None:
                 new[key] = objs
         vips = {o.vip for o in (*old.values(), *new.values())}
-        pairs = set().union(*(o.hairpin for o in (*old.values(), *new.values())))
+        addrs = set().union(*(o.hairpin for o in (*old.values(), *new.values())))
         vips_before = {v for v in vips if v in self.vips}
-        pairs_before = {h for h in pairs if h in self.hairpin}
+        addrs_before = {a for a in addrs if a in self.hairpin}
         for key in old:
             self._remove(key)
         for key, objs in new.items():
@@ -192,7 +191,7 @@ class Ruleset:
             assert d is not None
             if before == d:
                 continue
-            if before is None or before.rules != d.rules:
+            if before is None or before.shape != d.shape:
                 if before is not None:
                     tx.add("flush-chain", name)
                 if d.affinity and not (before and before.affinity):
@@ -204,24 +203,18 @@ class Ruleset:
                 tx.add("flush-set", affinity_set(name))  # the numbers now name other endpoints: clients pick again
         _elements(tx, "vips", {v for v in vips_before if v not in self.vips},
                   {v for v in vips if v in self.vips and v not in vips_before})  # fmt: skip
-        _elements(tx, "hairpin", {h for h in pairs_before if h not in self.hairpin},
-                  {h for h in pairs if h in self.hairpin and h not in pairs_before})  # fmt: skip
-        for name, items in (("endpoints", ServiceObjects.endpoint_elements), ("service-ips", _service_ips)):
-            before = {k: v for o in old.values() for k, v in items(o)}
-            after = {k: v for o in new.values() for k, v in items(o)}
-            # a key whose value changed is deleted and added again in the same transaction
-            _elements(tx, name, {k for k, v in before.items() if after.get(k) != v},
-                      {(k, v) for k, v in after.items() if before.get(k) != v})  # fmt: skip
+        _elements(tx, "hairpin", {a for a in addrs_before if a not in self.hairpin},
+                  {a for a in addrs if a in self.hairpin and a not in addrs_before})  # fmt: skip
+        _map_elements(tx, "endpoints", {k: v for o in old.values() for k, v in o.endpoint_elements()},
+                      {k: v for o in new.values() for k, v in o.endpoint_elements()})  # fmt: skip
+        _map_elements(tx, "service-ips", {k: v for o in old.values() for k, v in o.service_ips},
+                      {k: v for o in new.values() for k, v in o.service_ips})  # fmt: skip
         for name in sorted(set(old_chains) - set(new_chains)):
             tx.add("flush-chain", name)
             tx.add("delete-chain", name)
             if old_chains[name].dnat is not None and old_chains[name].dnat.affinity:
                 tx.add("delete-set", affinity_set(name))
         return tx
-
-
-def _service_ips(objs: ServiceObjects):
-    return objs.service_ips
 
 
 def _decrement(counter: Counter, items) -> None:
@@ -266,7 +259,7 @@ def service_objects(svc: Service, family: str) -> ServiceObjects | None:
     chains, service_ips = [], []
     for port in svc.ports:
         name = chain_name(svc, port.protocol, port.port)
-        chains.append(Chain(name, dnat=Dnat(port.protocol, svc.targets(port, family), affinity)))
+        chains.append(Chain(name, dnat=Dnat(svc.targets(port, family), affinity)))
         service_ips.append(((vip_s, port.protocol, port.port), name))
     hairpin = frozenset(addr for c in chains for addr, _ in c.dnat.targets)  # type: ignore[union-attr]
     return ServiceObjects(vip_s, tuple(chains), tuple(service_ips), hairpin)
@@ -341,6 +334,12 @@ def _elements(tx: Transaction, name: str, removed, added) -> None:
         tx.add("delete-elements", name, sorted(removed))
     if added:
         tx.add("elements", name, sorted(added))
+
+
+def _map_elements(tx: Transaction, name: str, before: dict, after: dict) -> None:
+    """A map's changes: a key whose value changed is deleted and added again in the same transaction."""
+    _elements(tx, name, {k for k, v in before.items() if after.get(k) != v},
+              {(k, v) for k, v in after.items() if before.get(k) != v})  # fmt: skip
 
 
 def _ordered(chains) -> list[Chain]:

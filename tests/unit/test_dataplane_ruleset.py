@@ -103,7 +103,7 @@ def test_adding_an_endpoint_touches_that_service_only():
     ]  # fmt: skip
     # nothing that holds a jump is touched: no new chain, no service-ips element
     assert not any(op[0] in ("chain", "delete-chain") or op[1:2] == ("service-ips",) for op in ops(tx))
-    assert rs.chains[tcp].dnat.rules == (3, 0)
+    assert rs.chains[tcp].dnat.shape == (3, 0)
 
 
 def test_a_replaced_endpoint_changes_elements_only():
