@@ -29,7 +29,8 @@ from ..errors import SvcdnsError
 from ..table import ServiceTable
 from .answer import CHASE, FORWARD, answer_cacheable
 from .forward import DEFAULT_ALLOWED, Allowed, Forwarder, default_upstreams
-from .wire import RCODE_NAMES, REFUSED, SERVFAIL, error_from_header, parse_query, response
+from .mmsg import BATCH, NAME, QUERY, STRIDE, Batch
+from .wire import FORMERR, RCODE_NAMES, REFUSED, SERVFAIL, error_from_header, parse_query, response
 from .zone import Zone, ZoneCompiler, apply_delta, empty_zone
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,10 @@ class DNSServer:
 # ---- the worker ------------------------------------------------------------------------------------------
 
 
+def _rcode_name(rcode: int) -> str:
+    return RCODE_NAMES.get(rcode, str(rcode))
+
+
 @dataclass
 class _Conn:
     sock: socket.socket
@@ -209,9 +214,14 @@ class _Worker:
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="forward") if self.forwarder else None
         self.sel = selectors.DefaultSelector()
         self.conns: dict[int, _Conn] = {}
-        self.cache: dict[bytes, tuple[bytes, int]] = {}
-        self.may_recurse: dict[str, bool] = {}
-        self.queries: Counter = Counter()
+        # the answer caches, by transport and by whether the client may recurse: query bytes after
+        # the ID -> (answer bytes after the ID, rcode); emptied, in place, at every zone change
+        self.udp_cache: tuple[dict, dict] = ({}, {})
+        self.tcp_cache: tuple[dict, dict] = ({}, {})
+        self.recurse: dict[str, bool] = {}  # client address -> may recurse
+        self.udp_clients: dict[bytes, dict] = {}  # client address bytes -> its UDP answer cache
+        self.next_expiry = 0.0
+        self.rcodes = [0] * 4096  # queries answered, by rcode
         self.buckets: Counter = Counter()
         self.duration_sum = 0.0
         self.duration_count = 0
@@ -234,7 +244,7 @@ class _Worker:
             except OSError:
                 pass
             tcp.listen(128)
-            self.sel.register(udp, selectors.EVENT_READ, ("udp", udp))
+            self.sel.register(udp, selectors.EVENT_READ, ("udp", Batch(udp)))
             self.sel.register(tcp, selectors.EVENT_READ, ("listen", tcp))
         self.sel.register(self.control, selectors.EVENT_READ, ("control", None))
 
@@ -250,7 +260,10 @@ class _Worker:
                     self.on_tcp(obj)
                 else:
                     self.on_control()
-            self.expire()
+            now = time.monotonic()
+            if now >= self.next_expiry:
+                self.expire(now)
+                self.next_expiry = now + 1.0
 
     # -- control
     def on_control(self) -> None:
@@ -262,25 +275,31 @@ class _Worker:
         if verb in ("zone", "delta"):
             # one assignment: every answer after this comes from the new zone
             self.zone = arg if verb == "zone" else apply_delta(self.zone, arg)
-            self.cache = {}
+            for cache in (*self.udp_cache, *self.tcp_cache):
+                cache.clear()
             self.control.send("ok")
         elif verb == "stats":
-            self.control.send({"queries": dict(self.queries), "duration_buckets": dict(self.buckets),
+            queries = {_rcode_name(rcode): n for rcode, n in enumerate(self.rcodes) if n}
+            self.control.send({"queries": queries, "duration_buckets": dict(self.buckets),
                                "duration_sum": self.duration_sum, "duration_count": self.duration_count})  # fmt: skip
         elif verb == "stop":
             self.running = False
 
     # -- answering
-    def handle(self, data: bytes, client: str, udp: bool, reply) -> None:
-        start = time.perf_counter()
-        ra = self.may_recurse.get(client)
+    def may_recurse(self, client: str) -> bool:
+        """Whether ``client`` gets forwarded answers."""
+        ra = self.recurse.get(client)
         if ra is None:
-            ra = self.may_recurse[client] = self.forwarder is not None and client in self.allowed
-            if len(self.may_recurse) > CACHE_ENTRIES:
-                self.may_recurse.clear()
+            if len(self.recurse) >= CACHE_ENTRIES:
+                self.recurse.clear()
+            ra = self.recurse[client] = self.forwarder is not None and client in self.allowed
+        return ra
+
+    def handle(self, data: bytes, client: str, udp: bool, ra: bool, reply) -> None:
+        start = time.perf_counter()
         # the answer cache: the same query bytes (ID aside) get the same answer from one zone
-        key = (b"U" if udp else b"T") + (b"R" if ra else b"-") + data[2:]
-        hit = self.cache.get(key)
+        cache = (self.udp_cache if udp else self.tcp_cache)[ra]
+        hit = cache.get(data[2:])
         if hit is not None:
             reply(data[:2] + hit[0])
             self.count(hit[1], start)
@@ -296,9 +315,9 @@ class _Worker:
             reply(out)
             self.count(rcode, start)
             if cacheable:
-                if len(self.cache) >= CACHE_ENTRIES:
-                    self.cache.clear()  # garbage queries must not grow it without bound
-                self.cache[key] = (out[2:], rcode)
+                if len(cache) >= CACHE_ENTRIES:
+                    cache.clear()  # garbage queries must not grow it without bound
+                cache[data[2:]] = (out[2:], rcode)
 
     def forward(self, data: bytes, client: str, udp: bool, reply, start: float) -> None:
         q = parse_query(bytes(data))
@@ -341,51 +360,83 @@ class _Worker:
         reply(answer)
         self.count(0, start)
 
-    def count(self, rcode: int | None, start: float) -> None:
-        elapsed = time.perf_counter() - start
-        self.queries[RCODE_NAMES.get(rcode, str(rcode))] += 1
-        self.duration_sum += elapsed
-        self.duration_count += 1
+    def count(self, rcode: int, start: float) -> None:
+        self.rcodes[rcode] += 1
+        self.observe(time.perf_counter() - start, 1)
+
+    def observe(self, elapsed: float, n: int) -> None:
+        """``n`` requests that took ``elapsed`` seconds (a batch counts its whole time for each)."""
+        self.duration_sum += elapsed * n
+        self.duration_count += n
         for b in DURATION_BUCKETS:
             if elapsed <= b:
-                self.buckets[b] += 1
+                self.buckets[b] += n
                 break
         else:
-            self.buckets["+Inf"] += 1
+            self.buckets["+Inf"] += n
 
-    def on_udp(self, sock: socket.socket) -> None:
-        cache, may_recurse, queries = self.cache, self.may_recurse, self.queries
-        for _ in range(64):  # drain a burst, then let the others speak
-            try:
-                data, addr = sock.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
+    def on_udp(self, batch: Batch) -> None:
+        """Answer the queued datagrams in batches. The fast path, a query this worker has answered
+        from the same zone before, copies the cached answer over the query; anything else goes to
+        :meth:`udp_slow`, and the answers on either side of it are sent as two runs."""
+        clients, rcodes, nocache = self.udp_clients, self.rcodes, {}
+        buf, view, meta, out_len, slots = batch.buf, batch.view, batch.meta, batch.out_len, batch.slots
+        room = QUERY - 2
+        for _ in range(8):  # up to 8 batches, then let the other sockets speak
+            k = batch.recv()
+            if not k:
                 return
-            except OSError:
-                return
-            # the fast path: an answer this worker already gave to the same query bytes
-            ra = may_recurse.get(addr[0])
-            hit = cache.get((b"UR" if ra else b"U-") + data[2:]) if ra is not None else None
-            if hit is not None:
-                try:
-                    sock.sendto(data[:2] + hit[0], addr)
-                except OSError:
-                    pass
-                queries[RCODE_NAMES.get(hit[1], str(hit[1]))] += 1
-                continue
+            start = time.perf_counter()
+            run = slow = 0  # run: the first answer not sent yet
+            for i, a0, a1, q, length, answer_length in slots[:k]:
+                hit = clients.get(view[a0:a1].tobytes(), nocache).get(view[q + 2 : q + meta[length]].tobytes())
+                if hit is None or len(hit[0]) > room:
+                    if run < i:
+                        batch.send(run, i)
+                    run = i + 1
+                    slow += 1
+                    self.udp_slow(batch, i)
+                    continue
+                answer = hit[0]
+                buf[q + 2 : q + 2 + len(answer)] = answer  # the ID is already there
+                out_len[answer_length] = len(answer) + 2
+                rcodes[hit[1]] += 1
+            if run < k:
+                batch.send(run, k)
+            if slow < k:  # (udp_slow counted its own)
+                self.observe(time.perf_counter() - start, k - slow)
+            if k < BATCH:
+                return  # the queue is empty
 
-            def reply(out: bytes, addr=addr) -> None:
-                try:
-                    sock.sendto(out, addr)
-                except OSError as exc:
-                    log.debug("dns: cannot answer %s: %s", addr, exc)
+    def udp_slow(self, batch: Batch, i: int) -> None:
+        """Datagram ``i`` of the batch, answered on its own with :meth:`handle`."""
+        at = i * STRIDE
+        data = batch.view[at + NAME : at + NAME + batch.length(i)].tobytes()
+        addr = batch.client(i)
+        sock = batch.sock
 
+        def reply(out: bytes, addr=addr) -> None:
             try:
-                self.handle(data, addr[0], True, reply)
-            except Exception:  # noqa: BLE001 - one bad packet must not stop the server; it is logged
-                log.exception("dns: failed to answer a query from %s", addr[0])
-                err = error_from_header(data, SERVFAIL)
-                if err:
-                    reply(err)
+                sock.sendto(out, addr)
+            except OSError as exc:
+                log.debug("dns: cannot answer %s: %s", addr, exc)
+
+        if batch.truncated(i):  # longer than any sane query: FORMERR, from its header
+            err = error_from_header(data, FORMERR)
+            if err:
+                reply(err)
+            return
+        ra = self.may_recurse(addr[0])
+        if len(self.udp_clients) >= CACHE_ENTRIES:
+            self.udp_clients.clear()
+        self.udp_clients[batch.view[at + batch.addr[0] : at + batch.addr[1]].tobytes()] = self.udp_cache[ra]
+        try:
+            self.handle(data, addr[0], True, ra, reply)
+        except Exception:  # noqa: BLE001 - one bad packet must not stop the server; it is logged
+            log.exception("dns: failed to answer a query from %s", addr[0])
+            err = error_from_header(data, SERVFAIL)
+            if err:
+                reply(err)
 
     def on_accept(self, listener: socket.socket) -> None:
         try:
@@ -434,7 +485,7 @@ class _Worker:
                 self.close(conn)
                 return
             try:
-                self.handle(data, peer, False, reply)
+                self.handle(data, peer, False, self.may_recurse(peer), reply)
             except Exception:  # noqa: BLE001 - as for UDP: logged, answered SERVFAIL, server goes on
                 log.exception("dns: failed to answer a TCP query from %s", peer)
                 err = error_from_header(data, SERVFAIL)
@@ -449,8 +500,7 @@ class _Worker:
             pass
         conn.sock.close()
 
-    def expire(self) -> None:
-        now = time.monotonic()
+    def expire(self, now: float) -> None:
         for conn in [c for c in self.conns.values() if now - c.last > TCP_IDLE]:
             self.close(conn)
 

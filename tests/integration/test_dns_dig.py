@@ -55,7 +55,7 @@ def dns(make_lab, cli):
     server = world.spawn(
         world.node,
         [sys.executable, "-m", "svcdns", "dns", "--registry", str(registry), "--listen", "127.0.0.1:53",
-         "--listen", "10.244.1.1:53", "--upstream", "127.0.0.2:53", "--workers", "2"],
+         "--listen", "[::1]:53", "--listen", "10.244.1.1:53", "--upstream", "127.0.0.2:53", "--workers", "2"],
         env=env, stdout=subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -124,6 +124,77 @@ def test_registry_changes_are_visible_without_restart(dns):
     wait_for(lambda: dns("+short", "late.default.svc.cluster.local") == "10.96.0.77\n", 10, what="the new Service")
     dns.svcdns("service", "rm", "late")
     wait_for(lambda: "NXDOMAIN" in dns("late.default.svc.cluster.local"), 10, what="the Service to go")
+
+
+BURST = textwrap.dedent(
+    """
+    import json, random, socket, sys
+    from dnslib import DNSRecord
+    names = [("web.default.svc.cluster.local", "A"), ("WEB.default.svc.CLUSTER.local", "A"), ("db.default.svc.cluster.local", "A"),
+             ("_pg._tcp.db.default.svc.cluster.local", "SRV"), ("nope.default.svc.cluster.local", "A"),
+             ("db-1.db.default.svc.cluster.local", "A"), ("web.default.svc.cluster.local", "AAAA")]
+    rng = random.Random(int(sys.argv[2]))
+    family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+    socks = [socket.socket(family, socket.SOCK_DGRAM) for _ in range(16)]
+    sent = {}
+    for n in range(40):  # every socket sends 40 queries before anything is read: the server's queue fills
+        for k, s in enumerate(socks):
+            name, qtype = rng.choice(names)
+            q = DNSRecord.question(name, qtype)
+            q.header.id = rng.randrange(65536)
+            sent[k, q.header.id] = (name, qtype)
+            s.sendto(q.pack(), (sys.argv[1], 53))
+    got = []
+    for k, s in enumerate(socks):
+        s.settimeout(5)
+        for _ in range(40):
+            a = DNSRecord.parse(s.recv(4096))
+            name, qtype = sent.pop((k, a.header.id))  # an answer to a query this very socket sent
+            got.append([str(a.q.qname), name + ".", qtype, a.header.rcode, sorted(str(r.rdata) for r in a.rr)])
+    print(json.dumps(got))
+    """
+)
+
+
+BURST_ANSWERS = {
+    ("web.default.svc.cluster.local.", "A"): (0, ["10.96.0.10"]),
+    ("web.default.svc.cluster.local.", "AAAA"): (0, []),  # NODATA
+    ("nope.default.svc.cluster.local.", "A"): (3, []),  # NXDOMAIN
+    ("db-1.db.default.svc.cluster.local.", "A"): (0, ["10.244.9.2"]),
+    ("db.default.svc.cluster.local.", "A"): (0, ["10.244.9.1", "10.244.9.2", "10.244.9.3"]),  # rotates: not cached
+    ("_pg._tcp.db.default.svc.cluster.local.", "SRV"): (
+        0,
+        [f"0 33 5432 db-{i}.db.default.svc.cluster.local." for i in range(3)],
+    ),
+}
+
+
+def test_bursts_from_many_clients_each_get_their_own_answers(dns):
+    """Queued queries are answered in batches; every client gets the answer to its own question,
+    with its ID and its case, whether the answer came from the cache or not, over IPv4 and IPv6."""
+    for server, seed in (("127.0.0.1", 1), ("127.0.0.1", 2), ("::1", 3)):
+        out = dns.world.node.run(
+            [sys.executable, "-c", BURST, server, str(seed)], env=dict(os.environ, PYTHONPATH=os.getcwd())
+        )
+        got = json.loads(out.stdout)
+        assert len(got) == 16 * 40
+        for qname, sent_name, qtype, rcode, rdata in got:
+            assert qname == sent_name  # the question comes back as sent, case included
+            assert (rcode, rdata) == BURST_ANSWERS[sent_name.lower(), qtype], (sent_name, qtype)
+    assert dns("+short", "web.default.svc.cluster.local", server="::1") == "10.96.0.10\n"
+
+
+def test_an_oversized_datagram_gets_formerr(dns):
+    """A datagram longer than any query (here 5,000 bytes) is answered FORMERR, with its ID."""
+    script = (
+        "import socket, struct\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)\n"
+        "s.sendto(struct.pack('!HHHHHH', 4242, 0x0100, 1, 0, 0, 0) + bytes(5000), ('127.0.0.1', 53))\n"
+        "a = s.recv(4096); print(list(struct.unpack('!HH', a[:4])))\n"
+    )
+    out = dns.world.node.run([sys.executable, "-c", script])
+    ident, flags = json.loads(out.stdout)
+    assert ident == 4242 and flags & 0x8000 and flags & 0xF == 1  # a response, FORMERR
 
 
 def test_forwarding_off_means_refused(dns, tmp_path):
