@@ -1,12 +1,19 @@
 """Benchmark svcdns's DNS server against dnsmasq and unbound serving the same names, with dnsperf.
 
-    python bench/dns.py [--sizes 1000,10000] [--seconds 10]
+    python bench/dns.py [--sizes 1000,10000] [--seconds 10] [--rounds 3]
 
 Needs root; installs Debian's dnsperf, dnsmasq-base and unbound if missing (``examples/setup.sh bench``). Everything runs inside one network
 namespace this script creates (the servers listen on its loopback addresses, never the host's
 port 53) and deletes. For each zone size, in the same run: each server pinned to core 0 (svcdns with
 one worker), then svcdns with a worker per core; dnsperf (on core 1: one client, 100 queries in flight) asks
-for every Service name in turn. The table: queries per second, average latency, queries lost.
+for every Service name in turn. The servers take turns, ``--rounds`` times, so that the machine's
+drift hits them alike; the table gives the median of the rounds: queries per second, average latency,
+queries lost (all rounds), and the server's CPU time per query on core 0.
+
+On a 2-core machine dnsperf on its one core saturates at about the same rate as the servers, so the
+queries per second partly measure the client. The CPU time per query on the server's core does not:
+it is the server's own cost (user, system and softirq time on core 0 over the run, divided by the
+queries answered), and its inverse is what the server would answer with that core to itself.
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ import ipaddress
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -47,17 +56,33 @@ def names(n: int) -> list[tuple[str, str]]:
             for i in range(n)]  # fmt: skip
 
 
+def core0() -> tuple[int, int]:
+    """Core 0's busy and total time so far (clock ticks; steal time excluded from both)."""
+    for line in open("/proc/stat"):
+        if line.startswith("cpu0 "):
+            user, nice, system, idle, iowait, irq, softirq = map(int, line.split()[1:8])
+            busy = user + nice + system + irq + softirq
+            return busy, busy + idle + iowait
+    raise RuntimeError("no cpu0 line in /proc/stat")
+
+
 def dnsperf(lab, server: str, queries: Path, seconds: int) -> dict:
     pin = ["taskset", "-c", "1"] if (os.cpu_count() or 1) > 1 else []  # the servers have core 0
+    busy0, total0 = core0()
+    start = time.monotonic()
     out = lab.node.run([*pin, "dnsperf", "-s", server, "-d", str(queries), "-l", str(seconds),
                         "-c", "1", "-q", "100"]).stdout  # fmt: skip
+    wall = time.monotonic() - start
+    busy1, total1 = core0()
 
     def grab(label: str) -> float:
         m = re.search(rf"{label}:\s+([\d.]+)", out)
         return float(m.group(1)) if m else float("nan")
 
+    answered = grab("Queries completed")
+    busy = (busy1 - busy0) / max(total1 - total0, 1)  # core 0's busy share over the run
     return {"qps": grab("Queries per second"), "latency_ms": grab(r"Average Latency \(s\)") * 1000,
-            "lost": int(grab("Queries lost"))}  # fmt: skip
+            "lost": int(grab("Queries lost")), "cpu_us": busy * wall / answered * 1e6 if answered else float("nan")}  # fmt: skip
 
 
 def ready(lab, server: str, name: str) -> bool:
@@ -66,8 +91,8 @@ def ready(lab, server: str, name: str) -> bool:
     return bool(out) and not out.startswith(";")
 
 
-def run_size(n: int, seconds: int, tmp: Path) -> list[tuple[str, dict]]:
-    rows = []
+def run_size(n: int, seconds: int, rounds: int, tmp: Path) -> list[tuple[str, dict]]:
+    runs: dict[str, list[dict]] = {}
     pairs = names(n)
     queries = tmp / f"queries-{n}"
     queries.write_text("".join(f"{name} A\n" for name, _ in pairs))
@@ -82,21 +107,28 @@ def run_size(n: int, seconds: int, tmp: Path) -> list[tuple[str, dict]]:
     )  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     probe = pairs[-1][0]
-    with Lab(pods=0, tag="benchdns") as lab:
-        for label, cmd, server in [
+    servers = [
             ("svcdns, 1 worker, core 0", ["taskset", "-c", "0", sys.executable, "-c", SVCDNS, str(n), "1"], "127.0.0.1"),
             ("dnsmasq, core 0", ["taskset", "-c", "0", "dnsmasq", "-k", "--conf-file=/dev/null", "--listen-address=127.0.0.2",
                                  "--bind-interfaces", "--port=53", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}",
                                  "--cache-size=10000", "--user=root", "--pid-file="], "127.0.0.2"),
             ("unbound, core 0", ["taskset", "-c", "0", "unbound", "-d", "-c", str(unbound)], "127.0.0.3"),
             ("svcdns, 2 workers, all cores", [sys.executable, "-c", SVCDNS, str(n), "2"], "127.0.0.1"),
-        ]:  # fmt: skip
-            proc = lab.spawn(lab.node, cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{n}.log", "a"))
-            try:
-                wait_for(lambda server=server: ready(lab, server, probe), 60, 0.2, f"{label} to answer")
-                rows.append((label, dnsperf(lab, server, queries, seconds)))
-            finally:
-                lab.stop(proc)
+    ]  # fmt: skip
+    with Lab(pods=0, tag="benchdns") as lab:
+        for _ in range(rounds):
+            for label, cmd, server in servers:
+                proc = lab.spawn(lab.node, cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{n}.log", "a"))
+                try:
+                    wait_for(lambda server=server: ready(lab, server, probe), 60, 0.2, f"{label} to answer")
+                    runs.setdefault(label, []).append(dnsperf(lab, server, queries, seconds))
+                finally:
+                    lab.stop(proc)
+    rows = []
+    for label, results in runs.items():
+        row = {k: statistics.median(r[k] for r in results) for k in ("qps", "latency_ms", "cpu_us")}
+        row["lost"] = sum(r["lost"] for r in results)
+        rows.append((label, row))
     return rows
 
 
@@ -104,21 +136,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3, help="turns each server takes (the table gives medians)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/dns.py: needs root (it builds a network namespace)")
     if not all(shutil.which(tool) for tool in ("dnsperf", "dnsmasq", "unbound")):
         print("bench/dns.py: installing dnsperf, dnsmasq-base and unbound (examples/setup.sh bench)", file=sys.stderr)
-        subprocess.run(["bash", str(Path(__file__).resolve().parent.parent / "examples" / "setup.sh"), "bench"], check=True)
+        subprocess.run(
+            ["bash", str(Path(__file__).resolve().parent.parent / "examples" / "setup.sh"), "bench"], check=True
+        )
     with tempfile.TemporaryDirectory(prefix="svcdns-bench-dns-") as tmp:
-        print(f"{'zone':>7}  {'server':<30} {'QPS':>9} {'avg latency':>12} {'lost':>6}  ratio to dnsmasq")
+        print(f"{'zone':>7}  {'server':<30} {'QPS':>9} {'vs dnsmasq':>10} {'avg latency':>12} {'lost':>6}"
+              f"  {'core-0 CPU/query':>16} {'capacity':>10}")  # fmt: skip
         for n in (int(x) for x in args.sizes.split(",")):
-            rows = run_size(n, args.seconds, Path(tmp))
-            base = dict(rows)["dnsmasq, core 0"]["qps"]
+            rows = run_size(n, args.seconds, args.rounds, Path(tmp))
+            base = dict(rows)["dnsmasq, core 0"]
             for label, r in rows:
-                print(
-                    f"{n:>7,}  {label:<30} {r['qps']:>9.0f} {r['latency_ms']:>9.2f} ms {r['lost']:>6}  {r['qps'] / base:.2f}"
+                pinned = "core 0" in label  # the all-cores row shares core 0 with nothing to compare
+                cpu = (
+                    f"{r['cpu_us']:>13.2f} us {base['cpu_us'] / r['cpu_us']:>9.2f}x"
+                    if pinned
+                    else f"{'-':>16} {'-':>10}"
                 )
+                print(f"{n:>7,}  {label:<30} {r['qps']:>9.0f} {r['qps'] / base['qps']:>9.2f}x"
+                      f" {r['latency_ms']:>9.2f} ms {r['lost']:>6}  {cpu}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -91,8 +91,8 @@ class _DNSCollector:
             buckets.append((str(bound), acc))
         buckets.append(("+Inf", acc + s.get("duration_buckets", {}).get("+Inf", 0)))
         hist = HistogramMetricFamily("svcdns_dns_request_duration_seconds",
-                                     "Time to answer a DNS query not found in the worker's answer cache "
-                                     "(cache hits take microseconds and are counted, not timed)")  # fmt: skip
+                                     "Time to answer a DNS query (an answer sent in a UDP batch counts the "
+                                     "whole batch's time)")  # fmt: skip
         hist.add_metric([], buckets, s.get("duration_sum", 0.0))
         yield hist
 

@@ -5,6 +5,10 @@ over its UDP sockets, TCP listeners and TCP connections (RFC 7766: length-prefix
 queries per connection, an idle timeout, a cap on connections). Answers come from the precompiled
 zone; forwarded queries run on a small thread pool so they never stall the loop.
 
+UDP is read and answered in batches (:mod:`.mmsg`): a query this worker has answered before from the
+same zone is answered from its cache by copying the cached bytes over the query, with no object built
+and one system call per batch each way; everything else is answered one by one by :meth:`_Worker.handle`.
+
 ``update(table)`` compiles the zone once, sends it to every worker and returns when all of them
 answer from it: each worker swaps its zone in one assignment, so no answer ever mixes two tables.
 """
@@ -425,6 +429,7 @@ class _Worker:
             err = error_from_header(data, FORMERR)
             if err:
                 reply(err)
+                self.count(FORMERR, time.perf_counter())
             return
         ra = self.may_recurse(addr[0])
         if len(self.udp_clients) >= CACHE_ENTRIES:

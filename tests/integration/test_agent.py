@@ -73,7 +73,25 @@ def test_create_change_delete_seen_by_a_pod_with_dig_and_connect(node, record_pr
     status = json.loads(node.http("/status"))
     assert status["services"] == 0 and status["ready"] and status["healthy"]
     metrics = node.http("/metrics")
-    assert "svcdns_sync_duration_seconds_count" in metrics and 'svcdns_dns_queries_total{rcode="NOERROR"}' in metrics
+    assert "svcdns_sync_duration_seconds_count" in metrics
+    # every query is counted by rcode and timed, answers from the workers' cache included
+    before = dns_counts(metrics)
+    for _ in range(5):
+        assert node.dig("nope.default.svc.cluster.local") == ""  # NXDOMAIN, the same query: cached after the first
+    after = dns_counts(node.http("/metrics"))
+    assert after["NXDOMAIN"] - before.get("NXDOMAIN", 0) == 5
+    assert after["timed"] == sum(n for rcode, n in after.items() if rcode != "timed")
+
+
+def dns_counts(metrics: str) -> dict:
+    """DNS queries by rcode, and how many the duration histogram holds ("timed")."""
+    counts = {}
+    for line in metrics.splitlines():
+        if line.startswith("svcdns_dns_queries_total{"):
+            counts[line.split('"')[1]] = float(line.split()[-1])
+        elif line.startswith("svcdns_dns_request_duration_seconds_count"):
+            counts["timed"] = float(line.split()[-1])
+    return counts
 
 
 def test_restart_drops_no_connection(node):
