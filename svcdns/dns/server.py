@@ -189,6 +189,7 @@ def _rcode_name(rcode: int) -> str:
 @dataclass
 class _Conn:
     sock: socket.socket
+    peer: str  # the client's address
     inbuf: bytearray = field(default_factory=bytearray)
     last: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -445,14 +446,14 @@ class _Worker:
 
     def on_accept(self, listener: socket.socket) -> None:
         try:
-            sock, _ = listener.accept()
+            sock, addr = listener.accept()
         except (BlockingIOError, InterruptedError):
             return
         if len(self.conns) >= TCP_MAX_CONNECTIONS:
             sock.close()  # at the cap: the client retries later
             return
         sock.setblocking(False)
-        self.conns[sock.fileno()] = _Conn(sock)
+        self.conns[sock.fileno()] = _Conn(sock, addr[0])
         self.sel.register(sock, selectors.EVENT_READ, ("tcp", sock))
 
     def on_tcp(self, sock: socket.socket) -> None:
@@ -485,14 +486,9 @@ class _Worker:
                         log.debug("dns: TCP answer failed: %s", exc)
 
             try:
-                peer = sock.getpeername()[0]
-            except OSError:
-                self.close(conn)
-                return
-            try:
-                self.handle(data, peer, False, self.may_recurse(peer), reply)
+                self.handle(data, conn.peer, False, self.may_recurse(conn.peer), reply)
             except Exception:  # noqa: BLE001 - as for UDP: logged, answered SERVFAIL, server goes on
-                log.exception("dns: failed to answer a TCP query from %s", peer)
+                log.exception("dns: failed to answer a TCP query from %s", conn.peer)
                 err = error_from_header(data, SERVFAIL)
                 if err:
                     reply(err)
