@@ -25,10 +25,12 @@ Chain names are ``SVCDNS-SVC-`` / ``SVCDNS-SEP-`` plus the first 16 characters o
 ``ns/name/proto/port`` (and ``/address:targetPort`` for an endpoint), as kube-proxy does: stable across
 restarts and hosts, and 27 characters, under iptables' 28. Rule comments carry the readable names.
 
-Every sync rewrites everything (kube-proxy's iptables mode does too): one restore per table, whose
-``:CHAIN - [0:0]`` lines flush our chains before they are refilled, and whose ``-X`` lines delete the
-SVCDNS- chains no longer wanted (flushed first, in the same restore). The kernel takes a table's restore
-whole or not at all.
+A full sync (:func:`restore_text`) rewrites everything: one restore per table, whose ``:CHAIN - [0:0]``
+lines flush our chains before they are refilled, and whose ``-X`` lines delete the SVCDNS- chains no
+longer wanted (flushed first, in the same restore). Other syncs (:func:`delta`) write only what
+changed, as kube-proxy's iptables mode does since its MinimizeIPTablesRestore: the changed Services'
+own chains, and SVCDNS-SERVICES / SVCDNS-REJECT only when one of their rules changed. The kernel
+takes a table's restore whole or not at all.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..model import AFFINITY_CLIENT_IP, IPV4, IPV6, Service
-from ..table import ServiceTable
+from ..table import Key, ServiceTable
 
 PREFIX = "SVCDNS-"
 SERVICES = "SVCDNS-SERVICES"
@@ -170,24 +172,88 @@ class Ruleset:
         return sum(len(rules) for chains in self.tables.values() for rules in chains.values())
 
 
+def service_rule_map(table: ServiceTable, family: str = IPV4) -> dict[Key, ServiceRules]:
+    """Each Service's rules in one family, by key (Services without a VIP of that family left out)."""
+    out = {}
+    for svc in table:
+        rules = service_rules(svc, family)
+        if rules is not None:
+            out[svc.key] = rules
+    return out
+
+
+def shared_rules(rules: dict[Key, ServiceRules]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The rules of SVCDNS-SERVICES (nat) and SVCDNS-REJECT (filter), Services by namespace/name."""
+    services, reject = list(FIXED["nat"][SERVICES]), list(FIXED["filter"][REJECT])
+    for key in sorted(rules):
+        services.extend(rules[key].services)
+        reject.extend(rules[key].reject)
+    return tuple(services), tuple(reject)
+
+
 def build(table: ServiceTable, family: str = IPV4) -> Ruleset:
     """The desired rules of one family for every Service with a VIP of that family. Chains in the
     order their rules are written: the shared ones, then each Service's (by namespace/name), each
     Service port chain followed by its endpoint chains."""
-    nat = {name: list(rules) for name, rules in FIXED["nat"].items()}
-    filt = {name: list(rules) for name, rules in FIXED["filter"].items()}
-    own: list[tuple[str, tuple[str, ...]]] = []
-    for svc in sorted(table, key=lambda s: s.key):
-        rules = service_rules(svc, family)
-        if rules is None:
+    return ruleset_of(service_rule_map(table, family), family)
+
+
+def ruleset_of(rules: dict[Key, ServiceRules], family: str) -> Ruleset:
+    """The whole ruleset from each Service's rules (:func:`service_rule_map`)."""
+    services, reject = shared_rules(rules)
+    nat = {**FIXED["nat"], SERVICES: services}
+    for key in sorted(rules):
+        nat.update(rules[key].chains)
+    return Ruleset(family, {"nat": nat, "filter": {**FIXED["filter"], REJECT: reject}})
+
+
+def delta(
+    before: dict[Key, ServiceRules], table: ServiceTable, keys: set[Key], family: str
+) -> tuple[dict[Key, ServiceRules], dict[str, str]]:
+    """The ``--noflush`` restore input, per iptables table, that takes the kernel from ``before`` (each
+    Service's rules as the last restore wrote them) to ``table``, given the keys of the Services that
+    changed. Only those Services' own chains are written (created, or flushed and refilled) and their
+    chains no longer wanted deleted; SVCDNS-SERVICES and SVCDNS-REJECT are rewritten only when a rule
+    of theirs changed (a Service or a port came or went, a port got its first endpoint or lost its
+    last). A table with nothing to write is left out. Returns the new per-Service rules too."""
+    after = dict(before)
+    old_chains: dict[str, tuple[str, ...]] = {}
+    new_chains: dict[str, tuple[str, ...]] = {}
+    services_changed = reject_changed = False
+    for key in sorted(keys):
+        old = before.get(key)
+        svc = table.services.get(key)
+        new = service_rules(svc, family) if svc is not None else None
+        if new is None:
+            after.pop(key, None)
+        else:
+            after[key] = new
+        if old == new:
             continue
-        nat[SERVICES].extend(rules.services)
-        filt[REJECT].extend(rules.reject)
-        own.extend(rules.chains)
-    return Ruleset(family, {
-        "nat": {**{name: tuple(rules) for name, rules in nat.items()}, **dict(own)},
-        "filter": {name: tuple(rules) for name, rules in filt.items()},
-    })  # fmt: skip
+        old_chains.update(old.chains if old else ())
+        new_chains.update(new.chains if new else ())
+        services_changed |= (old.services if old else ()) != (new.services if new else ())
+        reject_changed |= (old.reject if old else ()) != (new.reject if new else ())
+    services, reject = shared_rules(after) if services_changed or reject_changed else ((), ())
+    texts = {}
+    nat = {SERVICES: services} if services_changed else {}
+    nat.update((name, rules) for name, rules in new_chains.items() if old_chains.get(name) != rules)
+    stale = sorted(set(old_chains) - set(new_chains))
+    if nat or stale:
+        texts["nat"] = _restore_lines("nat", nat, stale)
+    if reject_changed:
+        texts["filter"] = _restore_lines("filter", {REJECT: reject}, [])
+    return after, texts
+
+
+def _restore_lines(table: str, chains: dict[str, tuple[str, ...]], stale: list[str]) -> str:
+    """Chains declared (created, or flushed) and filled; stale ones flushed and deleted."""
+    lines = [f"*{table}", *(f":{name} - [0:0]" for name in (*chains, *stale))]
+    for rules in chains.values():
+        lines.extend(rules)
+    lines += [f"-X {name}" for name in stale]
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
 
 
 # ---- what the kernel holds, from iptables-save -------------------------------------------------------------

@@ -215,10 +215,10 @@ def test_iptables_cleanup_leaves_nothing_of_ours_and_every_other_rule(world):
 SABOTAGE = {
     "iptables": (
         "from svcdns.dataplane import iptables\n"
-        "orig = iptables.restore_text\n"
-        "def broken(rs, table, present):\n"
-        "    return orig(rs, table, present).replace('COMMIT', '-A SVCDNS-SERVICES -j SVCDNS-NO-SUCH-CHAIN\\nCOMMIT')\n"
-        "iptables.restore_text = broken\n",
+        "orig = iptables._restore\n"
+        "def broken(family, table, text):\n"
+        "    orig(family, table, text.replace('COMMIT', '-A SVCDNS-SERVICES -j SVCDNS-NO-SUCH-CHAIN\\nCOMMIT'))\n"
+        "iptables._restore = broken\n",
         ("SVCDNS-NO-SUCH-CHAIN", "previous rules stay"),
     ),
     "nftables": (

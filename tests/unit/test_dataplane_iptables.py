@@ -1,6 +1,7 @@
 """The iptables planner, without root: the whole restore text for a small table, names, the plan
 against what iptables-save shows, the reference file; and the shell against a fake iptables."""
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
@@ -11,12 +12,14 @@ from svcdns.dataplane.iptables_rules import (
     JUMPS,
     Present,
     build,
+    delta,
     parse_save,
     reference_text,
     removal_text,
     render,
     restore_text,
     sep_chain,
+    service_rule_map,
     service_rules,
     svc_chain,
 )
@@ -368,12 +371,13 @@ def test_drift_checks_use_the_nftables_generation_with_iptables_nft_only(fake, m
 def test_a_full_sync_saves_then_restores_each_table_of_each_family(fake):
     result = open_dataplane("iptables").sync(TABLE, full=True)
     argv = [c[0] for c in fake.calls]
-    assert argv == [("iptables-save", "-t", "nat"), ("iptables-restore", "-w", "--noflush"),
-                    ("iptables-save", "-t", "filter"), ("iptables-restore", "-w", "--noflush"),
-                    ("ip6tables-save", "-t", "nat"), ("ip6tables-restore", "-w", "--noflush"),
-                    ("ip6tables-save", "-t", "filter"), ("ip6tables-restore", "-w", "--noflush")]  # fmt: skip
+    # a family's tables are all read before any is written
+    assert argv == [("iptables-save", "-t", "nat"), ("iptables-save", "-t", "filter"),
+                    ("iptables-restore", "-w", "--noflush"), ("iptables-restore", "-w", "--noflush"),
+                    ("ip6tables-save", "-t", "nat"), ("ip6tables-save", "-t", "filter"),
+                    ("ip6tables-restore", "-w", "--noflush"), ("ip6tables-restore", "-w", "--noflush")]  # fmt: skip
     assert len(fake.guarded) == 8 + 1  # the namespace guard before every call (and `iptables --version`)
-    assert fake.calls[1][1] + fake.calls[3][1] == IPV4_TEXT
+    assert fake.calls[2][1] + fake.calls[3][1] == IPV4_TEXT
     assert result.full and result.services == 5 and result.rules > 0
     assert fake.cleared == [{("10.96.0.10", 53): {("10.244.1.2", 53), ("10.244.2.2", 53)},
                              ("fd00:96::a", 53): {("fd00:244:1::2", 53)}}]  # fmt: skip
@@ -400,8 +404,8 @@ def test_a_refused_restore_raises_with_its_message_and_the_next_sync_reads_the_k
     ):
         dp.sync(TABLE.replace(deletes=[WEB.key]))
     fake.fail, fake.calls[:] = None, []
-    dp.sync(TABLE.replace(deletes=[WEB.key]))
-    assert [c[0][0] for c in fake.calls] == ["iptables-restore", "iptables-save", "iptables-restore"]
+    dp.sync(TABLE.replace(deletes=[WEB.key]))  # after a failure the family is read and written whole
+    assert [c[0][0] for c in fake.calls] == ["iptables-save", "iptables-save", "iptables-restore", "iptables-restore"]
 
 
 def test_cleanup_removes_ours_in_both_families_and_is_a_no_op_after(fake):
@@ -447,3 +451,89 @@ def test_repeated_full_syncs_keep_each_jump_exactly_once(fake):
     assert not any("-I " in (c[1] or "") for c in fake.calls)
     assert (fake.save("4", "nat"), fake.save("4", "filter")) == first
     assert fake.save("4", "nat").count("-j SVCDNS-SERVICES") == 2  # PREROUTING and OUTPUT, once each
+
+
+# ---- syncs that write only what changed ------------------------------------------------------------------
+
+CHANGES = [  # each step's table, from TABLE on; every kind of change a sync meets
+    ("an endpoint goes", lambda t: t.replace([WEB.with_endpoints(WEB.endpoints[1:])])),
+    ("an endpoint comes", lambda t: t.replace([WEB.with_endpoints((*WEB.endpoints, Endpoint("10.244.6.2")))])),
+    ("a port gets its first endpoint", lambda t: t.replace([EMPTY.with_endpoints((Endpoint("10.244.7.2"),))])),
+    (
+        "a Service comes",
+        lambda t: t.replace(
+            [
+                Service(
+                    "new", ports=(ServicePort(8443),), cluster_ips=("10.96.0.20",), endpoints=(Endpoint("10.244.8.2"),)
+                )
+            ]
+        ),
+    ),  # fmt: skip
+    ("affinity is switched off", lambda t: t.replace([dataclasses.replace(STICKY, session_affinity="None")])),
+    ("a port's last endpoint goes", lambda t: t.replace([t.get("prod", "empty").with_endpoints(())])),
+    ("a Service goes", lambda t: t.replace(deletes=[WEB.key])),
+    ("nothing changes", lambda t: t),
+]
+
+
+def ours(fake, table: str) -> dict[str, list[str]]:
+    """Our chains in the fake kernel, as full rules ("-A CHAIN spec")."""
+    return {
+        c: [f"-A {c} {spec}" for spec in specs]
+        for c, specs in fake.chains("4", table).items()
+        if c.startswith("SVCDNS-")
+    }
+
+
+def test_each_change_writes_only_what_changed_and_leaves_what_a_full_sync_would(fake):
+    dp = open_dataplane("iptables", families=("IPv4",))
+    table = TABLE
+    dp.sync(table, full=True)
+    for what, change in CHANGES:
+        fake.calls.clear()
+        before_nat = ours(fake, "nat")
+        table = change(table)
+        result = dp.sync(table)
+        assert not result.full and all(argv[0] == "iptables-restore" for argv, _ in fake.calls), what  # no save
+        want = build(table)
+        assert ours(fake, "nat") == {c: list(r) for c, r in want.tables["nat"].items()}, what
+        assert ours(fake, "filter") == {c: list(r) for c, r in want.tables["filter"].items()}, what
+        written = [line.split()[0][1:] for _, text in fake.calls for line in text.splitlines() if line.startswith(":")]
+        rewritten = {
+            c for c in {*before_nat, *want.tables["nat"]} if before_nat.get(c) != list(want.tables["nat"].get(c, []))
+        }
+        assert set(written) - {"SVCDNS-REJECT"} == rewritten, what  # exactly the chains that differ
+    assert fake.save("4", "nat").count("-j SVCDNS-SERVICES") == 2  # the jumps, untouched
+
+
+def test_an_endpoint_change_is_one_small_nat_restore():
+    before = service_rule_map(TABLE)
+    table = TABLE.replace([WEB.with_endpoints(WEB.endpoints[1:])])
+    after, texts = delta(before, table, {WEB.key}, "IPv4")
+    assert list(texts) == ["nat"]  # SVCDNS-SERVICES and SVCDNS-REJECT are not touched
+    gone = sep_chain(WEB, "TCP", 80, "10.244.1.2", 8080)
+    assert texts["nat"].splitlines() == [
+        "*nat",
+        f":{svc_chain(WEB, 'TCP', 80)} - [0:0]",
+        f":{svc_chain(WEB, 'UDP', 53)} - [0:0]",
+        f":{gone} - [0:0]",
+        f":{sep_chain(WEB, 'UDP', 53, '10.244.1.2', 53)} - [0:0]",
+        *[r for c in (svc_chain(WEB, "TCP", 80), svc_chain(WEB, "UDP", 53)) for r in build(table).tables["nat"][c]],
+        f"-X {gone}",
+        f"-X {sep_chain(WEB, 'UDP', 53, '10.244.1.2', 53)}",
+        "COMMIT",
+    ]
+    assert after == service_rule_map(table)
+
+
+def test_a_new_service_rewrites_the_shared_chains_of_both_tables():
+    new = Service("new", ports=(ServicePort(8443),), cluster_ips=("10.96.0.20",), endpoints=(Endpoint("10.244.8.2"),))
+    table = TABLE.replace([new])
+    _, texts = delta(service_rule_map(TABLE), table, {new.key}, "IPv4")
+    want = build(table).tables
+    assert texts["nat"].count(":SVCDNS-SERVICES - [0:0]") == 1 and all(
+        r in texts["nat"] for r in want["nat"]["SVCDNS-SERVICES"]
+    )
+    assert texts["filter"] == "\n".join(
+        ["*filter", ":SVCDNS-REJECT - [0:0]", *want["filter"]["SVCDNS-REJECT"], "COMMIT", ""]
+    )
