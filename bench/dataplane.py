@@ -1,6 +1,6 @@
 """Benchmark the nftables dataplane against the nft CLI and kube-proxy's iptables shape.
 
-    python bench/dataplane.py [--sizes 1000,10000] [--endpoints 10] [--changes 20]
+    python bench/dataplane.py [--sizes 1000,10000] [--endpoints 10] [--changes 20] [--iptables-sizes 1000]
 
 Needs root: everything runs in network namespaces this script creates and deletes (svcdns.lab).
 For each size, N Services with E endpoints each, measured side by side in one run:
@@ -12,6 +12,10 @@ For each size, N Services with E endpoints each, measured side by side in one ru
   vs the ``nft`` CLI making the same change (it reads the kernel's state first);
 - connect() to the last VIP, median over 2000 connections, vs the same with 1 Service;
 - peak RSS of the process that ran svcdns's syncs.
+
+Then svcdns's iptables backend (``--iptables-sizes``, IPv4; empty to skip): its first sync, an
+endpoint replaced and a new Service (medians of 5; only the changed chains are written), and a full
+resync (iptables-save, then every chain rewritten).
 """
 
 from __future__ import annotations
@@ -87,6 +91,29 @@ def child(args) -> None:
                       "rss": rss, "connect_us": connect}))  # fmt: skip
 
 
+def child_iptables(args) -> None:
+    """Runs inside the node namespace: the iptables backend's syncs."""
+    from svcdns.dataplane import open_dataplane
+    from svcdns.model import Endpoint, Service, ServicePort
+
+    t = table(args.n, args.endpoints, args.live)
+    dp = open_dataplane("iptables", families=("IPv4",))
+    first = dp.sync(t).duration
+    services = sorted(t, key=lambda s: s.key)
+    replaced, added = [], []
+    for i in range(5):
+        svc = services[(i * 97) % (args.n - 1)]
+        t = t.replace([svc.with_endpoints((*svc.endpoints[1:], Endpoint(f"10.250.{i}.1")))])
+        replaced.append(dp.sync(t).duration)
+    for i in range(5):
+        t = t.replace([Service(f"new{i}", namespace="bench", ports=(ServicePort(80, target_port=8080),),
+                               cluster_ips=(f"10.97.0.{i + 1}",), endpoints=(Endpoint("10.250.9.1"),))])  # fmt: skip
+        added.append(dp.sync(t).duration)
+    full = dp.sync(t, full=True).duration
+    print(json.dumps({"first": first, "replaced": statistics.median(replaced), "added": statistics.median(added),
+                      "full": full}))  # fmt: skip
+
+
 def connect_us(vip: str, count: int = 2000) -> float:
     import socket
 
@@ -149,17 +176,27 @@ def measure(n: int, endpoints: int, changes: int) -> dict:
     return result
 
 
+def measure_iptables(n: int, endpoints: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    with Lab(pods=0, tag="bench") as lab:
+        out = lab.node.run([sys.executable, __file__, CHILD, "--iptables", "--n", str(n), "--endpoints", str(endpoints),
+                            "--live", "10.244.1.2"], env=env)  # fmt: skip
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--endpoints", type=int, default=10)
     ap.add_argument("--changes", type=int, default=20)
+    ap.add_argument("--iptables-sizes", default="1000", help="Services for the iptables backend's rows ('' to skip)")
     ap.add_argument(CHILD, action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--iptables", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--live", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args)
+        child_iptables(args) if args.iptables else child(args)
         return
     if os.geteuid() != 0:
         sys.exit("bench/dataplane.py: needs root (it builds network namespaces)")
@@ -177,6 +214,13 @@ def main() -> None:
             f"{r['connect_us']:.1f} us", f"{r['connect_us'] / one['connect_us']:.2f}x", f"{r['rss']:.0f} MB",
         ]))  # fmt: skip
     print(f"(2 Services: connect {one['connect_us']:.1f} us)")
+    ipt = {n: measure_iptables(n, args.endpoints) for n in (int(x) for x in args.iptables_sizes.split(",") if x)}
+    if ipt:
+        print("\nsvcdns --dataplane iptables (" + os.path.realpath("/usr/sbin/iptables").rsplit("/", 1)[-1] + ")")
+        print(" | ".join(["Services", "first sync", "endpoint replaced", "new Service", "full resync"]))
+        for n, r in ipt.items():
+            print(" | ".join([f"{n:,}", f"{r['first']:.2f}", f"{r['replaced'] * 1000:.0f} ms",
+                              f"{r['added'] * 1000:.0f} ms", f"{r['full']:.2f}"]))  # fmt: skip
 
 
 if __name__ == "__main__":
