@@ -378,6 +378,11 @@ class Service:
     def has_vip(self) -> bool:
         return self.type == CLUSTER_IP
 
+    @property
+    def affinity_seconds(self) -> int:
+        """How long ClientIP affinity keeps a client on its endpoint; 0 without affinity."""
+        return self.affinity_timeout if self.session_affinity == AFFINITY_CLIENT_IP else 0
+
     def vip(self, family: str) -> IPAddress | None:
         for ip in self.cluster_ips:
             if family_of(ip) == family:

@@ -65,12 +65,10 @@ class NftablesDataplane:
                     was_full = True
                     desired = build(table, family)
                     tx = plan(desired, *present(desired.family))
-                    udp.update(conntrack.udp_expectations(table, family))
+                    udp.update(conntrack.sync_expectations(self.table, table, None, family))
                 else:
                     desired, tx = current, current.apply(table, keys)
-                    before = [self.table.services[k] for k in keys if k in self.table.services]  # type: ignore[union-attr]
-                    udp.update({k: set() for k in conntrack.udp_expectations(before, family)})  # ports that went
-                    udp.update(conntrack.udp_expectations([table.services[k] for k in keys if k in table], family))
+                    udp.update(conntrack.sync_expectations(self.table, table, keys, family))
                 self.current[family] = None  # until the kernel took it
                 messages = encode(tx)
                 try:

@@ -22,6 +22,20 @@ log = logging.getLogger(__name__)
 Expected = dict[tuple[str, int], set[tuple[str, int]]]  # (vip, port) -> {(endpoint, target port)}
 
 
+def sync_expectations(before, table, keys, family: str) -> Expected:
+    """What :func:`clear_udp` checks after a sync from table ``before`` (None: the first sync) to
+    ``table``: the UDP VIP:ports of the Services in ``keys`` (None: of every Service), and the ports
+    of ``before`` among them that went (every entry to those goes)."""
+    if keys is None:
+        old, new = (before or ()), table
+    else:
+        old = [before.services[k] for k in keys if before is not None and k in before.services]
+        new = [table.services[k] for k in keys if k in table.services]
+    out = {key: set() for key in udp_expectations(old, family)}
+    out.update(udp_expectations(new, family))
+    return out
+
+
 def clear_udp(expected: Expected) -> int:
     """Delete UDP entries to a VIP:port in ``expected`` whose reply source is not one of its
     endpoints. One dump of the UDP entries, whatever the number of ports. Returns how many went."""
@@ -66,7 +80,7 @@ def udp_expectations(services, family: str) -> Expected:
     none maps to an empty set, so every entry to it goes."""
     out: Expected = {}
     for svc in services:
-        vip = svc.vip(family) if svc.has_vip else None
+        vip = svc.vip(family)
         if vip is None:
             continue
         for port in svc.ports:

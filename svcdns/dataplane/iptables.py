@@ -89,12 +89,10 @@ class IptablesDataplane:
                 after = service_rule_map(table, family)
                 rs = ruleset_of(after, family)
                 texts = {name: restore_text(rs, name, parse_save(_save(family, name))) for name in TABLES}
-                udp.update(conntrack.udp_expectations(table, family))
+                udp.update(conntrack.sync_expectations(self.table, table, None, family))
             else:
                 after, texts = delta(before, table, keys, family)
-                gone = [self.table.services[k] for k in keys if k in self.table.services]  # type: ignore[union-attr]
-                udp.update({k: set() for k in conntrack.udp_expectations(gone, family)})  # ports that went
-                udp.update(conntrack.udp_expectations([table.services[k] for k in keys if k in table], family))
+                udp.update(conntrack.sync_expectations(self.table, table, keys, family))
             for name, text in texts.items():
                 _restore(family, name, text)
                 written += text.count("\n") - 2

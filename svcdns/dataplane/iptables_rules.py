@@ -41,7 +41,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..model import AFFINITY_CLIENT_IP, IPV4, IPV6, Service
+from ..model import IPV4, IPV6, Service
 from ..table import Key, ServiceTable
 
 PREFIX = "SVCDNS-"
@@ -118,11 +118,11 @@ class ServiceRules:
 
 def service_rules(svc: Service, family: str) -> ServiceRules | None:
     """One Service's rules in one family (None: it has no VIP of that family)."""
-    vip = svc.vip(family) if svc.has_vip else None
+    vip = svc.vip(family)  # None for a Headless or ExternalName Service too
     if vip is None:
         return None
     vip_s = str(vip)
-    affinity = svc.affinity_timeout if svc.session_affinity == AFFINITY_CLIENT_IP else 0
+    affinity = svc.affinity_seconds
     services: list[str] = []
     chains: list[tuple[str, tuple[str, ...]]] = []
     for port in svc.ports:

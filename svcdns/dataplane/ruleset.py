@@ -57,7 +57,7 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..model import AFFINITY_CLIENT_IP, IPV4, IPV6, Service
+from ..model import IPV4, IPV6, Service
 from ..table import ServiceTable
 
 TABLE = "svcdns"
@@ -251,11 +251,11 @@ def chain_name(svc: Service, protocol: str, port: int) -> str:
 
 def service_objects(svc: Service, family: str) -> ServiceObjects | None:
     """One Service's objects in one family's table (None: it has no VIP of that family)."""
-    vip = svc.vip(family) if svc.has_vip else None
+    vip = svc.vip(family)  # None for a Headless or ExternalName Service too
     if vip is None:
         return None
     vip_s = str(vip)
-    affinity = svc.affinity_timeout if svc.session_affinity == AFFINITY_CLIENT_IP else 0
+    affinity = svc.affinity_seconds
     chains, service_ips = [], []
     for port in svc.ports:
         name = chain_name(svc, port.protocol, port.port)

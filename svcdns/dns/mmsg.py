@@ -51,8 +51,8 @@ class _Mmsghdr(ctypes.Structure):
     _fields_ = [("hdr", _Msghdr), ("len", ctypes.c_uint32)]
 
 
-WORDS = ctypes.sizeof(_Mmsghdr) // 4  # a message's header in Batch.meta: 16 words on 64-bit Linux
-LEN_WORD = _Mmsghdr.len.offset // 4  # its datagram's length
+_WORDS = ctypes.sizeof(_Mmsghdr) // 4  # a message's header in Batch.meta: 16 words on 64-bit Linux
+_LEN_WORD = _Mmsghdr.len.offset // 4  # its datagram's length
 _FLAGS_WORD = (_Mmsghdr.hdr.offset + _Msghdr.flags.offset) // 4  # MSG_TRUNC when cut at QUERY bytes
 
 
@@ -78,12 +78,12 @@ class Batch:
                 h = msgs[i].hdr
                 h.name, h.namelen, h.iov, h.iovlen = base + i * STRIDE, namelen, ctypes.addressof(iov[i]), 1
         self._rmsg_p, self._smsg_p = ctypes.addressof(self._rmsg), ctypes.addressof(self._smsg)
-        self.meta = memoryview(self._rmsg).cast("B").cast("I")  # [i * WORDS + LEN_WORD]: datagram i's length
+        self.meta = memoryview(self._rmsg).cast("B").cast("I")  # [i * _WORDS + _LEN_WORD]: datagram i's length
         size_t = "Q" if ctypes.sizeof(ctypes.c_size_t) == 8 else "I"
         self.out_len = memoryview(self._siov).cast("B").cast(size_t)  # [i * 2 + 1]: answer i's length
         a0, a1 = self.addr
         # per slot, the offsets the hot loop needs: (i, address start and end, datagram, length word, answer length word)
-        self.slots = [(i, i * STRIDE + a0, i * STRIDE + a1, i * STRIDE + NAME, i * WORDS + LEN_WORD, i * 2 + 1)
+        self.slots = [(i, i * STRIDE + a0, i * STRIDE + a1, i * STRIDE + NAME, i * _WORDS + _LEN_WORD, i * 2 + 1)
                       for i in range(BATCH)]  # fmt: skip
 
     def recv(self) -> int:
@@ -95,17 +95,22 @@ class Batch:
             if ctypes.get_errno() != errno.EINTR:
                 return 0  # EAGAIN: drained (an error on a datagram socket is reported by its next call)
 
-    def length(self, i: int) -> int:
-        return self.meta[i * WORDS + LEN_WORD]
+    def datagram(self, i: int) -> bytes:
+        at = i * STRIDE + NAME
+        return self.view[at : at + self.meta[i * _WORDS + _LEN_WORD]].tobytes()
+
+    def address(self, i: int) -> bytes:
+        """Datagram ``i``'s sender's address bytes (the key the hot loop reads the same way)."""
+        return self.view[i * STRIDE + self.addr[0] : i * STRIDE + self.addr[1]].tobytes()
 
     def truncated(self, i: int) -> bool:
         """Datagram ``i`` was longer than QUERY bytes (only its start is in the buffer)."""
-        return bool(self.meta[i * WORDS + _FLAGS_WORD] & MSG_TRUNC)
+        return bool(self.meta[i * _WORDS + _FLAGS_WORD] & MSG_TRUNC)
 
     def client(self, i: int) -> tuple:
         """Datagram ``i``'s sender as ``socket.sendto`` takes it."""
         at = i * STRIDE
-        host = socket.inet_ntop(self.family, self.buf[at + self.addr[0] : at + self.addr[1]])
+        host = socket.inet_ntop(self.family, self.address(i))
         if self.family == socket.AF_INET6:  # sockaddr_in6: family, port, flowinfo, address, scope id
             return host, *_PORT_FLOW.unpack_from(self.buf, at + 2), _SCOPE.unpack_from(self.buf, at + 24)[0]
         return host, _PORT.unpack_from(self.buf, at + 2)[0]
@@ -125,4 +130,4 @@ class Batch:
         return sent
 
 
-__all__ = ["Batch", "BATCH", "LEN_WORD", "NAME", "QUERY", "STRIDE", "WORDS"]
+__all__ = ["Batch", "BATCH", "NAME", "QUERY", "STRIDE"]

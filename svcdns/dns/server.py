@@ -33,7 +33,7 @@ from ..errors import SvcdnsError
 from ..table import ServiceTable
 from .answer import CHASE, FORWARD, answer_cacheable
 from .forward import DEFAULT_ALLOWED, Allowed, Forwarder, default_upstreams
-from .mmsg import BATCH, NAME, QUERY, STRIDE, Batch
+from .mmsg import BATCH, QUERY, Batch
 from .wire import FORMERR, RCODE_NAMES, REFUSED, SERVFAIL, error_from_header, parse_query, response
 from .zone import Zone, ZoneCompiler, apply_delta, empty_zone
 
@@ -304,7 +304,8 @@ class _Worker:
         start = time.perf_counter()
         # the answer cache: the same query bytes (ID aside) get the same answer from one zone
         cache = (self.udp_cache if udp else self.tcp_cache)[ra]
-        hit = cache.get(data[2:])
+        key = data[2:]
+        hit = cache.get(key)
         if hit is not None:
             reply(data[:2] + hit[0])
             self.count(hit[1], start)
@@ -322,7 +323,7 @@ class _Worker:
             if cacheable:
                 if len(cache) >= CACHE_ENTRIES:
                     cache.clear()  # garbage queries must not grow it without bound
-                cache[data[2:]] = (out[2:], rcode)
+                cache[key] = (out[2:], rcode)
 
     def forward(self, data: bytes, client: str, udp: bool, reply, start: float) -> None:
         q = parse_query(bytes(data))
@@ -415,8 +416,7 @@ class _Worker:
 
     def udp_slow(self, batch: Batch, i: int) -> None:
         """Datagram ``i`` of the batch, answered on its own with :meth:`handle`."""
-        at = i * STRIDE
-        data = batch.view[at + NAME : at + NAME + batch.length(i)].tobytes()
+        data = batch.datagram(i)
         addr = batch.client(i)
         sock = batch.sock
 
@@ -435,7 +435,7 @@ class _Worker:
         ra = self.may_recurse(addr[0])
         if len(self.udp_clients) >= CACHE_ENTRIES:
             self.udp_clients.clear()
-        self.udp_clients[batch.view[at + batch.addr[0] : at + batch.addr[1]].tobytes()] = self.udp_cache[ra]
+        self.udp_clients[batch.address(i)] = self.udp_cache[ra]
         try:
             self.handle(data, addr[0], True, ra, reply)
         except Exception:  # noqa: BLE001 - one bad packet must not stop the server; it is logged
