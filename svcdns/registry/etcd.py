@@ -129,10 +129,13 @@ class _TLSClient(aetcd.Client):
 
 # gRPC shares connections between channels of a process by default, and with them a failed
 # connection's backoff: a fresh client would then fail at once for seconds after etcd came back.
+# The first retry comes after 100 ms. gRPC also takes "min_reconnect_backoff_ms" as the time it gives
+# one connection attempt (TCP and HTTP/2 SETTINGS), so that is set per client to the call timeout:
+# at 100 ms a busy etcd or a loaded host failed CLI commands with "connection attempt timed out
+# before receiving SETTINGS frame".
 _GRPC_OPTIONS = {
     "grpc.use_local_subchannel_pool": 1,
     "grpc.initial_reconnect_backoff_ms": 100,
-    "grpc.min_reconnect_backoff_ms": 100,
     "grpc.max_reconnect_backoff_ms": 2000,
     "grpc.keepalive_time_ms": 10000,
     "grpc.keepalive_timeout_ms": 5000,
@@ -193,7 +196,8 @@ class EtcdRegistry:
     def _new_client(self) -> aetcd.Client:
         host, port = self.options.endpoints[self._endpoint % len(self.options.endpoints)]
         kwargs = dict(host=host, port=port, username=self.options.username, password=self.options.password,
-                      timeout=self.options.timeout, options=_GRPC_OPTIONS)  # fmt: skip
+                      timeout=self.options.timeout,
+                      options={**_GRPC_OPTIONS, "grpc.min_reconnect_backoff_ms": int(self.options.timeout * 1000)})  # fmt: skip
         if self.options.ca_file or self.options.cert_file:
             import grpc
 

@@ -1,7 +1,9 @@
 """etcd-only behaviour: URLs, adoption races, watch resume, compaction, outages, a member lost."""
 
 import json
+import socket
 import threading
+import time
 
 import pytest
 
@@ -45,6 +47,56 @@ def test_creates_in_a_crowded_cidr_never_share_a_vip(etcd_url):
     assert len(made) == 42 and len(set(vips)) == 42
     held = open_registry(etcd_url).snapshot().table
     assert sorted(str(s.cluster_ips[0]) for s in held) == sorted(str(v) for v in vips)
+
+
+class SlowStart:
+    """A loopback TCP relay to etcd that holds etcd's first bytes (its HTTP/2 SETTINGS) for ``delay``
+    seconds: what a client sees from a busy etcd or a loaded host."""
+
+    def __init__(self, target: tuple[str, int], delay: float) -> None:
+        self.target, self.delay = target, delay
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            threading.Thread(target=self._pump, args=(client, upstream, 0.0), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, self.delay), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket, delay: float) -> None:
+        with src, dst:
+            try:
+                while data := src.recv(65536):
+                    time.sleep(delay)
+                    delay = 0.0
+                    dst.sendall(data)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_slow_connection_handshake_is_waited_for_not_failed(etcd_url):
+    """CLI commands run in bursts (one process each) against a busy etcd; a handshake that takes 0.6 s
+    is well inside the call timeout and must not be reported as "etcd unreachable"."""
+    host_port, prefix = etcd_url.removeprefix("etcd://").split("/", 1)
+    host, port = host_port.rsplit(":", 1)
+    relay = SlowStart((host, int(port)), 0.6)
+    try:
+        reg = open_registry(f"etcd://127.0.0.1:{relay.port}/{prefix}")
+        made = reg.create(svc("slow"))
+        assert open_registry(etcd_url).get("default", "slow").cluster_ips == made.cluster_ips
+        reg.close()
+    finally:
+        relay.close()
 
 
 def test_two_hosts_adopting_at_once_agree_on_one_vip(etcd_url):
