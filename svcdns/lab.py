@@ -330,11 +330,21 @@ class EtcdServer:
             if proc is None or proc.poll() is not None:
                 continue
             os.killpg(proc.pid, sig)  # its own session: inside a namespace it runs under `ip netns exec`
+            os.killpg(proc.pid, signal.SIGCONT)  # a paused member must run to act on it
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+    def member(self, endpoint: str) -> int:
+        """The index of the member serving clients at ``endpoint`` (``host:port``)."""
+        return [f"{self.host}:{p}" for p in self.client_ports].index(endpoint)
+
+    def pause(self, i: int, paused: bool = True) -> None:
+        """Freeze member ``i`` (SIGSTOP), or thaw it: a hung host. Its sockets stay open and the kernel
+        still accepts connections, but nothing answers on them."""
+        os.killpg(self._procs[i].pid, signal.SIGSTOP if paused else signal.SIGCONT)
 
     def __enter__(self) -> EtcdServer:
         self.data_root.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ etcd runs inside node A's namespace on the address of a link between the two nod
 (and the CLI, run inside a node) reach it as they would on a real network.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -20,10 +21,11 @@ pytestmark = pytest.mark.skipif(not shutil.which("etcd"), reason="needs Debian's
 
 
 @pytest.fixture
-def hosts(make_lab, tmp_path):
+def hosts(make_lab, tmp_path, request):
     a, b = make_lab(pods=1, tag="ea"), make_lab(pods=1, tag="eb")
     link(a.node, b.node, "10.242.0.1/30", "10.242.0.2/30")
-    etcd = EtcdServer(tmp_path / "etcd", host="10.242.0.1", netns=a.node)
+    members = getattr(request, "param", 1)  # a cluster where a test asks for one
+    etcd = EtcdServer(tmp_path / "etcd", members=members, host="10.242.0.1", netns=a.node)
     etcd.data_root.mkdir()
     etcd.start()
     env = dict(os.environ, PYTHONPATH=os.getcwd())
@@ -92,3 +94,28 @@ def test_an_etcd_outage_changes_nothing_and_changes_made_after_it_arrive(hosts):
     assert len(answers) > 10 and failures == []
     late = svcdns(a, "service", "add", "late", "--port", "http:80:8080/tcp")
     wait_for(lambda: dig(b, "late.default.svc.cluster.local") == late, 30, what="a Service made after the outage")
+
+
+@pytest.mark.parametrize("hosts", [3], indirect=True)
+def test_a_hung_etcd_member_is_left_and_both_agents_carry_on(hosts):
+    """Three etcd members; the one both agents (and the CLI) talk to first hangs, as a frozen host
+    does: its connections stay open and nothing answers. The agents keep their rules, move their
+    watches to a live member, and a Service made after the hang reaches both hosts' DNS and VIPs."""
+    a, b, svcdns, dig, ask, etcd = hosts
+    vip = svcdns(a, "service", "add", "web", "--port", "http:80:8080/tcp")
+    svcdns(a, "endpoint", "add", "web", "10.244.1.2")
+    for lab in (a, b):
+        wait_for(lambda lab=lab: ask(lab, vip) == ["10.244.1.2"], 15, what="the VIP on both hosts")
+    etcd.pause(0)
+    try:
+        late = svcdns(b, "service", "add", "late", "--port", "http:80:8080/tcp")  # the CLI moves on too
+        svcdns(b, "endpoint", "add", "late", "10.244.1.2")
+        for lab in (a, b):
+            assert ask(lab, vip) == ["10.244.1.2"]  # the rules stayed in force meanwhile
+            wait_for(lambda lab=lab: dig(lab, "late.default.svc.cluster.local") == late, 45,
+                     what="a Service made after the hang, in DNS")  # fmt: skip
+            wait_for(lambda lab=lab: ask(lab, late) == ["10.244.1.2"], 15, what="its VIP to route")
+            health = json.loads(lab.node.run(["curl", "-s", "http://127.0.0.1:10256/healthz"], check=False).stdout)
+            assert health["registry"]["up"], health
+    finally:
+        etcd.pause(0, False)

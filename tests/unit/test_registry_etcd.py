@@ -189,3 +189,54 @@ def test_a_three_member_cluster_survives_losing_a_member(tmp_path):
         finally:
             watcher.close()
             reg.close()
+
+
+def test_a_hung_member_is_left_for_another(tmp_path):
+    """A member that hangs (its host froze) keeps its TCP connections open and answers nothing: the
+    watch on it must notice (keepalive pings go unanswered) and resume on another member, and a new
+    client must not wait on it longer than the call timeout."""
+    with EtcdServer(tmp_path / "cluster", members=3) as cluster:
+        reg = open_registry(cluster.url)
+        watcher = open_registry(cluster.url).watch(retry_interval=0.05)
+        try:
+            watcher.start()
+            reg.create(svc("a"))
+            wait_for(lambda: ("default", "a") in watcher.registry.table.services, 10, what="the watch stream")
+            assert cluster.member(watcher.registry.endpoint) == 0  # the member both clients talk to first
+            cluster.pause(0)
+            writer = open_registry(cluster.url)
+            writer.create(svc("b"))  # waits up to the call timeout (5 s) on member 0, then member 1
+            wait_for(lambda: ("default", "b") in watcher.registry.table.services, 40, what="the watch to move")
+            assert watcher.healthy
+            writer.close()
+        finally:
+            cluster.pause(0, False)
+            watcher.close()
+            reg.close()
+
+
+def test_a_member_without_quorum_ends_the_watch_and_says_so(tmp_path):
+    """The two other members are gone: the one left has no leader and would keep an idle watch open
+    forever, showing a frozen view as healthy. The watch asks for a leader, so the member ends it
+    and the agent's health says etcd is unreachable; with quorum back, changes flow again."""
+    with EtcdServer(tmp_path / "cluster", members=3) as cluster:
+        reg = open_registry(cluster.url)
+        reg.create(svc("a"))
+        watcher = open_registry(cluster.url).watch(retry_interval=0.05)
+        try:
+            watcher.start()
+            where = watcher.registry.endpoint
+            others = [i for i in range(3) if i != cluster.member(where)]
+            for i in others:
+                cluster.stop(i)
+            wait_for(lambda: not watcher.healthy, 30, what="the watch to report that etcd lost quorum")
+            assert f"etcd at {where} unreachable (etcdserver: no leader)" in watcher.problem
+            assert ("default", "a") in watcher.registry.table.services  # the last known Services stay
+            for i in others:
+                cluster.start(i)
+            reg.create(svc("b"))
+            wait_for(lambda: ("default", "b") in watcher.registry.table.services, 30, what="the resumed watch")
+            assert watcher.healthy
+        finally:
+            watcher.close()
+            reg.close()
