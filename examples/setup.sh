@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3 python3-venv python3-pip iproute2 nftables iptables conntrack dnsutils curl procps)
 # the tests start throwaway etcd servers of their own (loopback ports, temporary data directories)
-[ "${1:-}" = "test" ] && APT_PACKAGES+=(etcd-server systemd systemd-container debootstrap)
+[ "${1:-}" = "test" ] && APT_PACKAGES+=(etcd-server openssl systemd systemd-container debootstrap)
 # the benchmarks' baselines (bench/dns.py runs them in a namespace of its own, never as services)
 [ "${1:-}" = "bench" ] && APT_PACKAGES+=(etcd-server dnsperf dnsmasq-base unbound)
 missing=()

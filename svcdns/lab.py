@@ -17,6 +17,7 @@ namespaces, whatever happened.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 import os
@@ -266,37 +267,60 @@ def free_port() -> int:
 @dataclass
 class EtcdServer:
     """A throwaway etcd on loopback ports with its own data directory (Debian's etcd-server), for
-    tests and benchmarks. ``members`` > 1 starts a cluster; ``stop(i)`` / ``start(i)`` one member."""
+    tests and benchmarks. ``members`` > 1 starts a cluster; ``stop(i)`` / ``start(i)`` one member.
+    ``tls``: clients must speak TLS and show a certificate of the cluster's own CA (etcd's
+    ``--client-cert-auth``); ``tls_files`` are then the CA, a client certificate and its key."""
 
     data_root: Path
     members: int = 1
     host: str = "127.0.0.1"  # listen address (a namespace's own address when ``netns`` is given)
     netns: Netns | None = None  # run inside this lab namespace instead of the caller's
+    tls: bool = False
     _procs: dict[int, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.client_ports = [free_port() for _ in range(self.members)]
         self.peer_ports = [free_port() for _ in range(self.members)]
         self.cluster = ",".join(f"m{i}=http://{self.host}:{p}" for i, p in enumerate(self.peer_ports))
+        self.tls_files: dict[str, Path] = {}
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"{self.host}:{p}" for p in self.client_ports)
-        return f"etcd://{hosts}/svcdns-test"
+        query = "?" + "&".join(f"{k}={v}" for k, v in self.tls_files.items()) if self.tls_files else ""
+        return f"etcd://{hosts}/svcdns-test{query}"
+
+    def _make_certs(self) -> None:
+        """A CA, and one certificate (for the members and for clients) valid for ``host``."""
+        d = self.data_root / "tls"
+        d.mkdir(parents=True, exist_ok=True)
+        key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        run = functools.partial(subprocess.run, check=True, capture_output=True, cwd=d)
+        run(["openssl", "req", "-x509", *key, "-days", "2", "-subj", "/CN=svcdns-test-ca",
+             "-keyout", "ca.key", "-out", "ca.pem"])  # fmt: skip
+        run(["openssl", "req", *key, "-subj", "/CN=svcdns-test", "-keyout", "node.key", "-out", "node.csr"])
+        (d / "ext").write_text(f"subjectAltName=IP:{self.host}\nextendedKeyUsage=serverAuth,clientAuth\n")
+        run(["openssl", "x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "2", "-extfile", "ext", "-out", "node.pem"])  # fmt: skip
+        self.tls_files = {"cacert": d / "ca.pem", "cert": d / "node.pem", "key": d / "node.key"}
 
     def _cmd(self, i: int) -> list[str]:
         binary = "/usr/bin/etcd" if Path("/usr/bin/etcd").exists() else "etcd"
-        client = f"http://{self.host}:{self.client_ports[i]}"
+        client = f"{'https' if self.tls else 'http'}://{self.host}:{self.client_ports[i]}"
         peer = f"http://{self.host}:{self.peer_ports[i]}"
+        tls = ["--trusted-ca-file", str(self.tls_files["cacert"]), "--cert-file", str(self.tls_files["cert"]),
+               "--key-file", str(self.tls_files["key"]), "--client-cert-auth"] if self.tls else []  # fmt: skip
         return [
             binary, "--name", f"m{i}", "--data-dir", str(self.data_root / f"m{i}"),
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", self.cluster, "--initial-cluster-state", "new",
-            "--heartbeat-interval", "50", "--election-timeout", "500", "--log-level", "error",
+            "--heartbeat-interval", "50", "--election-timeout", "500", "--log-level", "error", *tls,
         ]  # fmt: skip
 
     def start(self, i: int | None = None) -> None:
+        if self.tls and not self.tls_files:
+            self._make_certs()
         for k in range(self.members) if i is None else [i]:
             if k in self._procs and self._procs[k].poll() is None:
                 continue
@@ -308,19 +332,16 @@ class EtcdServer:
 
     def wait_ready(self, i: int | None = None, timeout: float = 30.0) -> None:
         """Wait until the member(s) answer etcd's /health with true (a leader elected, quorum)."""
-        import urllib.request
-
+        f = self.tls_files
+        tls = ["--cacert", str(f["cacert"]), "--cert", str(f["cert"]), "--key", str(f["key"])] if self.tls else []
         for k in range(self.members) if i is None else [i]:
 
             def healthy(port=self.client_ports[k]) -> bool:
-                url = f"http://{self.host}:{port}/health"
+                url = f"{'https' if self.tls else 'http'}://{self.host}:{port}/health"
+                cmd = ["curl", "-s", "--max-time", "1", *tls, url]
                 if self.netns is not None:
-                    return '"true"' in self.netns.run(["curl", "-s", "--max-time", "1", url], check=False).stdout
-                try:
-                    with urllib.request.urlopen(url, timeout=1) as resp:
-                        return b'"true"' in resp.read()
-                except OSError:
-                    return False
+                    return '"true"' in self.netns.run(cmd, check=False).stdout
+                return '"true"' in subprocess.run(cmd, capture_output=True, text=True).stdout
 
             wait_for(healthy, timeout, 0.05, f"etcd member m{k} on port {self.client_ports[k]} to be healthy")
 

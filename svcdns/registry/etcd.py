@@ -84,6 +84,15 @@ def parse_url(url: str, **overrides: Any) -> EtcdOptions:
         raise UsageError(
             f"registry {url!r}: unknown option(s) {', '.join(sorted(unknown))}; known: cacert, cert, key, username, password, timeout"
         )
+    if ("cert" in query) != ("key" in query):
+        given, missing = ("cert", "key") if "cert" in query else ("key", "cert")
+        raise UsageError(f"registry {url!r}: {given}={query[given]} needs {missing}= too (a certificate and its key)")
+    try:
+        timeout = float(query.get("timeout", 5.0))
+    except ValueError:
+        timeout = 0.0
+    if not timeout > 0:
+        raise UsageError(f"registry {url!r}: timeout={query['timeout']!r} is not a positive number of seconds")
     prefix = "/" + parsed.path.strip("/") if parsed.path.strip("/") else DEFAULT_PREFIX
     opts = dict(
         endpoints=tuple(endpoints),
@@ -93,7 +102,7 @@ def parse_url(url: str, **overrides: Any) -> EtcdOptions:
         ca_file=query.get("cacert"),
         cert_file=query.get("cert"),
         key_file=query.get("key"),
-        timeout=float(query.get("timeout", 5.0)),
+        timeout=timeout,
     )
     opts.update({k: v for k, v in overrides.items() if v is not None})
     return EtcdOptions(**opts)

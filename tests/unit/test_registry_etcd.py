@@ -11,7 +11,7 @@ from svcdns.errors import UsageError
 from svcdns.lab import EtcdServer, wait_for
 from svcdns.model import Service, ServicePort
 from svcdns.registry import open_registry
-from svcdns.registry.etcd import parse_url
+from svcdns.registry.etcd import RegistryUnavailable, parse_url
 
 
 def test_url_parsing():
@@ -23,6 +23,13 @@ def test_url_parsing():
         parse_url("etcd://h/p?tls=1")
     with pytest.raises(UsageError, match="bad port"):
         parse_url("etcd://h:xx/p")
+    with pytest.raises(UsageError, match="cert=/c.pem needs key="):
+        parse_url("etcd://h/p?cert=/c.pem")
+    with pytest.raises(UsageError, match="timeout='soon' is not a positive number"):
+        parse_url("etcd://h/p?timeout=soon")
+    with pytest.raises(UsageError, match="timeout='0' is not"):
+        parse_url("etcd://h/p?timeout=0")
+    assert parse_url("etcd://h/p?timeout=2.5").timeout == 2.5
 
 
 def svc(name):
@@ -240,3 +247,38 @@ def test_a_member_without_quorum_ends_the_watch_and_says_so(tmp_path):
         finally:
             watcher.close()
             reg.close()
+
+
+@pytest.fixture(scope="module")
+def tls_etcd(tmp_path_factory):
+    """An etcd that takes TLS clients with a certificate of its CA only (--client-cert-auth)."""
+    with EtcdServer(tmp_path_factory.mktemp("etcd-tls"), tls=True) as server:
+        yield server
+
+
+def test_tls_with_a_client_certificate_writes_reads_and_watches(tls_etcd):
+    reg = open_registry(tls_etcd.url)
+    watcher = open_registry(tls_etcd.url).watch(retry_interval=0.05)
+    try:
+        watcher.start()
+        made = reg.create(svc("secure"))
+        wait_for(lambda: ("default", "secure") in watcher.registry.table.services, 10, what="the watch over TLS")
+        assert watcher.registry.table.get("default", "secure").cluster_ips == made.cluster_ips
+    finally:
+        watcher.close()
+        reg.close()
+
+
+def test_tls_refusals_are_reported(tls_etcd):
+    """Without TLS, or with the CA but no client certificate, etcd refuses the client: the registry
+    says it cannot reach etcd, with gRPC's reason; a missing file names itself."""
+    plain = tls_etcd.url.split("?")[0]
+    ca_only = f"{plain}?cacert={tls_etcd.tls_files['cacert']}"
+    for url in (plain, ca_only):
+        reg = open_registry(url)
+        with pytest.raises(RegistryUnavailable, match=r"etcd at 127\.0\.0\.1:\d+ is unreachable: Connection"):
+            reg.snapshot()
+        reg.close()
+    missing = tls_etcd.url.replace(str(tls_etcd.tls_files["key"]), "/nonexistent/client.key")
+    with pytest.raises(UsageError, match="etcd TLS file /nonexistent/client.key: No such file"):
+        open_registry(missing).snapshot()
