@@ -269,13 +269,19 @@ class EtcdServer:
     """A throwaway etcd on loopback ports with its own data directory (Debian's etcd-server), for
     tests and benchmarks. ``members`` > 1 starts a cluster; ``stop(i)`` / ``start(i)`` one member.
     ``tls``: clients must speak TLS and show a certificate of the cluster's own CA (etcd's
-    ``--client-cert-auth``); ``tls_files`` are then the CA, a client certificate and its key."""
+    ``--client-cert-auth``); ``tls_files`` are then the CA, a client certificate and its key.
+    ``auth``: etcd's authentication is on, user ``root`` with password ``PASSWORD`` (in ``url``);
+    ``args``: more etcd flags (say ``--auth-token-ttl``)."""
+
+    PASSWORD = "svcdns-test"
 
     data_root: Path
     members: int = 1
     host: str = "127.0.0.1"  # listen address (a namespace's own address when ``netns`` is given)
     netns: Netns | None = None  # run inside this lab namespace instead of the caller's
     tls: bool = False
+    auth: bool = False
+    args: tuple[str, ...] = ()
     _procs: dict[int, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -283,11 +289,13 @@ class EtcdServer:
         self.peer_ports = [free_port() for _ in range(self.members)]
         self.cluster = ",".join(f"m{i}=http://{self.host}:{p}" for i, p in enumerate(self.peer_ports))
         self.tls_files: dict[str, Path] = {}
+        self._auth_on = False
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"{self.host}:{p}" for p in self.client_ports)
-        query = "?" + "&".join(f"{k}={v}" for k, v in self.tls_files.items()) if self.tls_files else ""
+        options = {**self.tls_files, **({"username": "root", "password": self.PASSWORD} if self.auth else {})}
+        query = "?" + "&".join(f"{k}={v}" for k, v in options.items()) if options else ""
         return f"etcd://{hosts}/svcdns-test{query}"
 
     def _make_certs(self) -> None:
@@ -315,7 +323,7 @@ class EtcdServer:
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", self.cluster, "--initial-cluster-state", "new",
-            "--heartbeat-interval", "50", "--election-timeout", "500", "--log-level", "error", *tls,
+            "--heartbeat-interval", "50", "--election-timeout", "500", "--log-level", "error", *tls, *self.args,
         ]  # fmt: skip
 
     def start(self, i: int | None = None) -> None:
@@ -329,6 +337,27 @@ class EtcdServer:
             self._procs[k] = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
             log.close()
         self.wait_ready(i)
+        if self.auth and not self._auth_on:
+            self._enable_auth()
+            self._auth_on = True
+
+    def _enable_auth(self) -> None:
+        """User ``root`` (role ``root``), then authentication on: what ``etcdctl user add root`` and
+        ``etcdctl auth enable`` do (over plain text: not with ``tls``). Once: members keep it in their data."""
+        import asyncio
+
+        import grpc.aio
+        from aetcd import rpc
+
+        async def enable() -> None:
+            async with grpc.aio.insecure_channel(f"{self.host}:{self.client_ports[0]}") as channel:
+                stub = rpc.AuthStub(channel)
+                await stub.RoleAdd(rpc.AuthRoleAddRequest(name="root"), timeout=5)
+                await stub.UserAdd(rpc.AuthUserAddRequest(name="root", password=self.PASSWORD), timeout=5)
+                await stub.UserGrantRole(rpc.AuthUserGrantRoleRequest(user="root", role="root"), timeout=5)
+                await stub.AuthEnable(rpc.AuthEnableRequest(), timeout=5)
+
+        asyncio.run(enable())
 
     def wait_ready(self, i: int | None = None, timeout: float = 30.0) -> None:
         """Wait until the member(s) answer etcd's /health with true (a leader elected, quorum)."""

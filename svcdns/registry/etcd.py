@@ -53,6 +53,11 @@ class RegistryUnavailable(SvcdnsError):
     """etcd could not be reached."""
 
 
+class RegistryAuthFailed(RegistryUnavailable):
+    """etcd refused the user name and password. An agent keeps its rules and retries, as in an outage:
+    the fix (the password in etcd or in the config) is made elsewhere."""
+
+
 @dataclass(frozen=True)
 class EtcdOptions:
     endpoints: tuple[tuple[str, int], ...]
@@ -140,9 +145,18 @@ class _Client(aetcd.Client):
             self.channel = grpc.aio.insecure_channel(target, options)
         if self._username is not None:
             self.auth_stub = rpc.AuthStub(self.channel)
-            resp = await self.auth_stub.Authenticate(
-                rpc.AuthenticateRequest(name=self._username, password=self._password), timeout=self._timeout
-            )
+            try:
+                resp = await self.auth_stub.Authenticate(
+                    rpc.AuthenticateRequest(name=self._username, password=self._password), timeout=self._timeout
+                )
+            except rpc.AioRpcError as err:
+                await self.channel.close()
+                error = _client_error(err)
+                if isinstance(error, aetcd.exceptions.ConnectionFailedError):
+                    raise error from None
+                raise RegistryAuthFailed(
+                    f"etcd at {self._host}:{self._port}: authentication as {self._username!r} failed: {err.details()}"
+                ) from None
             self.metadata = (("token", resp.token),)
         self.kvstub = rpc.KVStub(self.channel)
         self.clusterstub = rpc.ClusterStub(self.channel)
@@ -174,6 +188,19 @@ _GRPC_OPTIONS = {
     "grpc.http2.ping_timeout_ms": 5000,
     "grpc.max_receive_message_length": 64 << 20,
 }
+def _client_error(err: Any) -> aetcd.exceptions.ClientError:
+    """The aetcd exception for a gRPC error from a call made on aetcd's stubs directly, as aetcd's
+    own calls raise them (its mapping is private)."""
+    from aetcd import rpc
+
+    kind = {
+        rpc.StatusCode.UNAVAILABLE: aetcd.exceptions.ConnectionFailedError,
+        rpc.StatusCode.DEADLINE_EXCEEDED: aetcd.exceptions.ConnectionFailedError,
+        rpc.StatusCode.UNAUTHENTICATED: aetcd.exceptions.UnauthenticatedError,
+    }.get(err.code())
+    return kind(err.details()) if kind else aetcd.exceptions.ClientError(f"{err.code().name}: {err.details()}")
+
+
 _UNAVAILABLE = (
     aetcd.exceptions.ConnectionFailedError,
     aetcd.exceptions.ConnectionTimeoutError,
@@ -260,14 +287,22 @@ class EtcdRegistry:
         return self._client
 
     async def call(self, fn: Callable[[aetcd.Client], Coroutine]) -> Any:
-        """Run ``fn(client)``; on a connection failure try the next endpoint (every endpoint twice)."""
+        """Run ``fn(client)``; on a connection failure try the next endpoint (every endpoint twice).
+        An auth token that etcd no longer takes (simple tokens expire after ``--auth-token-ttl``
+        idle, 5 min by default) is renewed once by authenticating again."""
         last: Exception | None = None
+        renewed = False
         for attempt in range(2 * len(self.options.endpoints)):
             if attempt == len(self.options.endpoints):
                 await asyncio.sleep(0.2)  # every endpoint failed once: a short pause, then once more
             client = await self.client()
             try:
                 return await asyncio.wait_for(fn(client), self.options.timeout)
+            except aetcd.exceptions.UnauthenticatedError as err:
+                if renewed or self.options.username is None:
+                    raise RegistryAuthFailed(f"etcd at {self.endpoint}: {err}") from None
+                renewed = True
+                await self._drop_client()  # the next client authenticates again
             except _UNAVAILABLE as err:
                 last = err
                 await self._drop_client()
@@ -333,9 +368,7 @@ class EtcdRegistry:
             try:
                 resp = await client.kvstub.Range(req, timeout=client._timeout, metadata=client.metadata)
             except rpc.AioRpcError as err:
-                if err.code() in (rpc.StatusCode.UNAVAILABLE, rpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise aetcd.exceptions.ConnectionFailedError(err.details()) from None
-                raise aetcd.exceptions.ClientError(f"{err.code().name}: {err.details()}") from None
+                raise _client_error(err) from None
             revision = revision or resp.header.revision
             kvs.extend(resp.kvs)
             if not resp.more or not resp.kvs:

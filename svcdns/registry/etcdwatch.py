@@ -128,8 +128,9 @@ class EtcdWatcher(Watch):
                 log.warning("registry: revision %d was compacted (%s); taking a fresh snapshot", reg.revision + 1, err)
                 self._needs_snapshot = True
             except (RegistryUnavailable, aetcd.exceptions.ClientError, OSError) as err:
-                where = "" if isinstance(err, RegistryUnavailable) else f" at {reg.endpoint}"  # it names them all
-                self._trouble(f"etcd{where} unreachable ({err}); keeping the last known Services, retrying")
+                # RegistryUnavailable says what and where; a broken stream is the current member's
+                what = str(err) if isinstance(err, RegistryUnavailable) else f"etcd at {reg.endpoint} unreachable ({err})"
+                self._trouble(f"{what}; keeping the last known Services, retrying")
                 await reg._drop_client()
                 reg._endpoint += 1
                 await asyncio.sleep(backoff)

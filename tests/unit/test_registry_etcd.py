@@ -1,7 +1,10 @@
 """etcd-only behaviour: URLs, adoption races, watch resume, compaction, outages, a member lost."""
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,7 +14,7 @@ from svcdns.errors import UsageError
 from svcdns.lab import EtcdServer, wait_for
 from svcdns.model import Service, ServicePort
 from svcdns.registry import open_registry
-from svcdns.registry.etcd import RegistryUnavailable, parse_url
+from svcdns.registry.etcd import RegistryAuthFailed, RegistryUnavailable, parse_url
 
 
 def test_url_parsing():
@@ -282,3 +285,44 @@ def test_tls_refusals_are_reported(tls_etcd):
     missing = tls_etcd.url.replace(str(tls_etcd.tls_files["key"]), "/nonexistent/client.key")
     with pytest.raises(UsageError, match="etcd TLS file /nonexistent/client.key: No such file"):
         open_registry(missing).snapshot()
+
+
+@pytest.fixture(scope="module")
+def auth_etcd(tmp_path_factory):
+    """An etcd with authentication on, whose tokens expire after 1 s idle (the default is 5 min)."""
+    with EtcdServer(tmp_path_factory.mktemp("etcd-auth"), auth=True, args=("--auth-token-ttl", "1")) as server:
+        yield server
+
+
+def test_an_expired_auth_token_is_renewed(auth_etcd):
+    """A long-running agent goes quiet for longer than etcd's token TTL: its next write and the watch
+    still work (the client authenticates again), where they used to fail with 'invalid auth token'."""
+    reg = open_registry(auth_etcd.url)
+    watcher = open_registry(auth_etcd.url).watch(retry_interval=0.05)
+    try:
+        watcher.start()
+        reg.create(svc("first"))
+        time.sleep(2.5)  # both clients' tokens expire
+        made = reg.create(svc("after-quiet"))
+        wait_for(lambda: ("default", "after-quiet") in watcher.registry.table.services, 10, what="the watch")
+        assert watcher.registry.table.get("default", "after-quiet").cluster_ips == made.cluster_ips
+        assert watcher.healthy
+    finally:
+        watcher.close()
+        reg.close()
+
+
+def test_a_wrong_password_is_named_and_the_watch_keeps_what_it_had(auth_etcd):
+    wrong = auth_etcd.url.replace(f"password={auth_etcd.PASSWORD}", "password=not-it")
+    message = "authentication as 'root' failed: etcdserver: authentication failed, invalid user ID or password"
+    with pytest.raises(RegistryAuthFailed, match=message):
+        open_registry(wrong).snapshot()
+    watcher = open_registry(wrong).watch(retry_interval=0.05)
+    try:
+        assert len(watcher.start().table) == 0  # nothing known yet, nothing invented
+        assert not watcher.healthy and message in watcher.problem
+    finally:
+        watcher.close()
+    cli = subprocess.run([sys.executable, "-m", "svcdns", "service", "list", "--registry", wrong],
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))  # fmt: skip
+    assert cli.returncode == 1 and message in cli.stderr and "Traceback" not in cli.stderr
