@@ -51,6 +51,7 @@ class Agent:
         self.min_interval = min_interval
         self.retry_min, self.retry_max = retry
         self.applied: ServiceTable | None = None  # what the kernel and DNS hold
+        self.registry_read = False  # the registry has been read in full once
         self.desired = ServiceTable()
         self.pending_since = 0.0
         self.need_full = True
@@ -85,7 +86,15 @@ class Agent:
                 self.take(snap)
 
     def take(self, snap) -> None:
-        """A new registry snapshot: remember it; the loop applies it when due."""
+        """A new registry snapshot: remember it; the loop applies it when due. Until the registry has
+        been read once (``snap.synced``), nothing is applied: an agent that starts while etcd is down
+        keeps the rules its last run left in the kernel (and DNS answers SERVFAIL in the zone), where
+        converging to the empty stand-in table would remove every Service on the host (kube-proxy
+        likewise waits for its first full list)."""
+        if not snap.synced:
+            log.warning("agent: the registry has not been read yet; leaving the kernel's rules as they are")
+            return
+        self.registry_read = True
         if snap.table is not self.desired and (self.applied is None or changed_keys(self.desired, snap.table)):
             if not self.pending_since:
                 self.pending_since = time.monotonic()
@@ -101,7 +110,7 @@ class Agent:
         )
 
     def due(self, now: float) -> bool:
-        if now < self.next_attempt:
+        if not self.registry_read or now < self.next_attempt:
             return False
         if self.need_full:
             return True

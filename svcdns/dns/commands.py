@@ -59,14 +59,16 @@ def cmd_dns(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
     server.start()
     try:
-        snap = watch.start()
-        server.update(snap.table)
-        log.warning("dns: answering for %d Services (registry revision %d)", len(snap.table), snap.revision)
+        snap, loaded = watch.start(), False
         while not stop.is_set():
-            snap = watch.poll(0.5)
-            if snap is not None:
+            if snap is not None and snap.synced:  # until the registry is read, the zone answers SERVFAIL
                 server.update(snap.table)
-                log.info("dns: %d Services (registry revision %d)", len(snap.table), snap.revision)
+                log.log(logging.INFO if loaded else logging.WARNING, "dns: answering for %d Services (registry "
+                        "revision %d)", len(snap.table), snap.revision)  # fmt: skip
+                loaded = True
+            elif snap is not None:
+                log.warning("dns: the registry has not been read yet (%s); the zone answers SERVFAIL", watch.problem)
+            snap = watch.poll(0.5)
     finally:
         watch.close()
         server.stop()

@@ -20,6 +20,9 @@ class Snapshot:
     revision: int
     table: ServiceTable
     errors: Mapping[str, str] = field(default_factory=dict)  # source (file, key) -> what is wrong
+    # False: the registry has never been read in full (unreachable since start). The table is then a
+    # stand-in, not the registry's content: the agent must not converge the kernel or DNS to it.
+    synced: bool = True
 
     @property
     def services(self):

@@ -229,6 +229,7 @@ class EtcdRegistry:
         self.vips: dict[IPAddress, str] = {}
         self.table = ServiceTable()
         self.revision = 0
+        self.synced = False  # read in full at least once
         self.dirty: set[Key] | None = None  # keys to recompute; None: all of them
         self.rebuilt: set[Key] = set()  # the keys the last rebuild recomputed
         self._endpoint = 0
@@ -438,6 +439,7 @@ class EtcdRegistry:
     def rebuild(self, revision: int) -> bool:
         """Recompute the Services of the keys touched since the last rebuild; True if the table changed."""
         keys = set(self.entries) | set(self.table.services) if self.dirty is None else self.dirty
+        self.synced = self.synced or self.dirty is None  # None: after a full read
         self.dirty = set()
         self.rebuilt = keys
         self.revision = max(self.revision, revision)
@@ -469,7 +471,7 @@ class EtcdRegistry:
 
     def current(self) -> Snapshot:
         errors = {f"{self.options.prefix}/services/{k[0]}/{k[1]}": e.error for k, e in self.entries.items() if e.error}
-        return Snapshot(self.revision, self.table, errors)
+        return Snapshot(self.revision, self.table, errors, self.synced)
 
     def snapshot(self) -> Snapshot:
         return self.run(self._snapshot())

@@ -71,6 +71,7 @@ class FileRegistry:
         self.table = ServiceTable()
         self.key_errors: dict[Key, dict[str, str]] = {}  # key -> {source: message}
         self.revision = 0
+        self.synced = False  # read in full at least once
         self._store: AllocationStore | None = None
         self._allocator: Allocator | None = None
         self._lock_depth = 0
@@ -157,6 +158,7 @@ class FileRegistry:
         for rel in set(self.entries) - seen:
             del self.entries[rel]
         self._resolve(None)
+        self.synced = True
         return self.current()
 
     def refresh(self, rels: Iterable[str]) -> bool:
@@ -177,7 +179,7 @@ class FileRegistry:
         for by_source in self.key_errors.values():
             for source, message in by_source.items():
                 errors.setdefault(source, message)
-        return Snapshot(self.revision, self.table, errors)
+        return Snapshot(self.revision, self.table, errors, self.synced)
 
     # ---- resolving: files -> Services with VIPs -------------------------------------------------------------
 

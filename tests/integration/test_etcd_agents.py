@@ -30,13 +30,23 @@ def hosts(make_lab, tmp_path, request):
     etcd.start()
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     url = etcd.url.rsplit("/", 1)[0] + "/two-hosts"
+    agents = {}
+
+    def start_agent(lab):
+        agents[lab.tag] = lab.spawn(lab.node, [*PY, "svcdns", "agent", "--registry", url, "--dns-listen",
+                                               "127.0.0.1:53", "--dns-workers", "1"], env=env, stdout=subprocess.DEVNULL)  # fmt: skip
+
+    def stop_agent(lab):
+        lab.stop(agents.pop(lab.tag))  # SIGTERM: the rules stay in the kernel
+
     for lab in (a, b):
         lab.serve(lab.pod_list[0], 8080)
-        lab.spawn(lab.node, [*PY, "svcdns", "agent", "--registry", url, "--dns-listen", "127.0.0.1:53",
-                             "--dns-workers", "1"], env=env, stdout=subprocess.DEVNULL)  # fmt: skip
+        start_agent(lab)
     for lab in (a, b):
         wait_for(lambda lab=lab: "ok" in lab.node.run(["curl", "-s", "http://127.0.0.1:10256/readyz"], check=False).stdout,
                  60, what="an agent to be ready")  # fmt: skip
+    a.start_agent, b.start_agent = (lambda: start_agent(a)), (lambda: start_agent(b))
+    a.stop_agent, b.stop_agent = (lambda: stop_agent(a)), (lambda: stop_agent(b))
 
     def svcdns(lab, *args):
         return lab.node.run([*PY, "svcdns", *args, "--registry", url], env=env).stdout.strip()
@@ -119,3 +129,29 @@ def test_a_hung_etcd_member_is_left_and_both_agents_carry_on(hosts):
             assert health["registry"]["up"], health
     finally:
         etcd.pause(0, False)
+
+
+def health(lab):
+    return json.loads(lab.node.run(["curl", "-s", "http://127.0.0.1:10256/healthz"], check=False).stdout or "{}")
+
+
+def test_an_agent_restarted_during_an_etcd_outage_keeps_the_rules_it_had(hosts):
+    """etcd is down and host B's agent restarts (an upgrade, a crash): it cannot read the registry,
+    so it must leave the kernel's rules as its last run left them, not converge to an empty table,
+    and answer SERVFAIL (not NXDOMAIN) for names it cannot know yet. With etcd back it catches up."""
+    a, b, svcdns, dig, ask, etcd = hosts
+    vip = svcdns(a, "service", "add", "web", "--port", "http:80:8080/tcp")
+    svcdns(a, "endpoint", "add", "web", "10.244.1.2")
+    wait_for(lambda: ask(b, vip) == ["10.244.1.2"], 15, what="the VIP on host B")
+    etcd.stop()
+    b.stop_agent()
+    b.start_agent()
+    wait_for(lambda: "unreachable" in str(health(b).get("registry", {}).get("problem")), 30,
+             what="the new agent to report etcd unreachable")  # fmt: skip
+    time.sleep(2)  # time enough to have wiped the rules, had it converged to nothing
+    assert ask(b, vip) == ["10.244.1.2"]
+    answer = b.node.run(["dig", "+time=1", "+tries=2", "@127.0.0.1", "web.default.svc.cluster.local"], check=False)
+    assert "status: SERVFAIL" in answer.stdout
+    etcd.start()
+    wait_for(lambda: dig(b, "web.default.svc.cluster.local") == vip, 30, what="the name once etcd is back")
+    assert ask(b, vip) == ["10.244.1.2"] and health(b)["registry"]["up"]

@@ -95,6 +95,22 @@ def test_ready_only_after_the_first_sync_and_failures_retry_with_a_full_sync():
     assert state.healthy()[0]
 
 
+def test_nothing_is_applied_until_the_registry_has_been_read():
+    """The first snapshots stand in for a registry that cannot be read yet (etcd down at start): the
+    agent must leave the kernel and DNS alone, and not say it is ready, until a real one comes."""
+    log = []
+    state = State()
+    watch = FakeWatch(ServiceTable(), ServiceTable(), ServiceTable.of([svc("a")]))
+    watch.snaps[0] = Snapshot(0, ServiceTable(), synced=False)
+    watch.snaps[1] = Snapshot(0, ServiceTable(), synced=False)
+    agent = Agent(watch, Recorder(log), Recorder(log), state=state, min_interval=0)
+    agent.take(watch.start())
+    agent.take(watch.poll(0))
+    assert not agent.due(time.monotonic())
+    run_until(agent, lambda: state.ready)
+    assert log[:2] == [("rules", ("a",), True), ("names", ("a",))]  # nothing before the real snapshot
+
+
 def test_drift_checks_converge_fully_only_when_the_kernel_changed():
     log = []
     dataplane = Recorder(log, drift=[False, True, False])

@@ -120,6 +120,20 @@ def test_registry_directory_removed_keeps_everything_until_it_returns(watch):
     assert watch.healthy and list(snap.services) == [("default", "b")]
 
 
+def test_a_registry_directory_missing_at_start_is_not_an_empty_registry(tmp_path):
+    root = tmp_path / "not-yet"
+    w = open_registry(str(root)).watch(retry_interval=0.05)
+    try:
+        first = w.start()
+        assert not first.synced and not w.healthy and "does not exist" in w.problem
+        root.mkdir()
+        (root / "a.yaml").write_text(A)
+        snap = next_snapshot(w)
+        assert snap.synced and list(snap.services) == [("default", "a")]
+    finally:
+        w.close()
+
+
 def test_many_files_at_once(watch):
     watch.start()
     for i in range(300):
