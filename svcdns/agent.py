@@ -11,6 +11,8 @@ is logged and counted, forces a full convergence next, and is retried with backo
 ``full_sync_period`` the agent asks the dataplane whether the kernel changed behind its back (for
 nftables, one netlink round trip: has anyone committed since?) and converges fully only then, so
 drift is repaired (someone flushed the table) without rewriting a 10k-Service table every time.
+Every second it also asks whether svcdns's tables are gone altogether (``nft flush ruleset``, as
+Debian's nftables.service runs at every start and reload), and puts them back at once.
 
 The watch, the dataplane and the DNS server are injected (unit tests use fakes).
 """
@@ -40,6 +42,7 @@ class Agent:
         metrics: Metrics | None = None,
         notifier: Notifier | None = None,
         full_sync_period: float = 60.0,
+        loss_check_period: float = 1.0,
         min_interval: float = 0.05,
         retry: tuple[float, float] = (0.5, 30.0),
     ) -> None:
@@ -48,6 +51,7 @@ class Agent:
         self.metrics = metrics or Metrics()
         self.notifier = notifier or Notifier(env={})
         self.full_sync_period = full_sync_period
+        self.loss_check_period = loss_check_period
         self.min_interval = min_interval
         self.retry_min, self.retry_max = retry
         self.applied: ServiceTable | None = None  # what the kernel and DNS hold
@@ -59,6 +63,7 @@ class Agent:
         self.next_attempt = 0.0
         self.last_sync = 0.0
         self.last_full = 0.0
+        self.last_loss_check = 0.0
         self.syncs = 0
 
     # ---- the loop ---------------------------------------------------------------------------------------
@@ -73,6 +78,8 @@ class Agent:
                 last_watchdog = now
             if now - self.last_full >= self.full_sync_period and self.applied is not None and not self.need_full:
                 self.check_drift(now)
+            if now - self.last_loss_check >= self.loss_check_period and self.applied is not None and not self.need_full:
+                self.check_lost(now)
             if self.due(now):
                 self.sync()
                 continue
@@ -115,6 +122,17 @@ class Agent:
         if self.need_full:
             return True
         return self.pending() and now >= self.last_sync + self.min_interval
+
+    def check_lost(self, now: float) -> None:
+        self.last_loss_check = now
+        try:
+            lost = self.dataplane.lost()
+        except (SvcdnsError, OSError) as err:
+            log.warning("agent: could not check that svcdns's tables are still there (%s)", err)
+            return  # the drift check will tell
+        if lost:
+            log.warning("agent: svcdns's tables were removed behind its back (nft flush ruleset?); putting them back")
+            self.need_full = True
 
     def check_drift(self, now: float) -> None:
         try:

@@ -46,6 +46,7 @@ class NftablesDataplane:
         self.current: dict[str, Ruleset | None] = {f: None for f in families}
         self.table: ServiceTable | None = None  # the last table the kernel took
         self.generation: int | None = None  # nftables' generation right after svcdns's last commit
+        self.handles: dict | None = None  # our tables' handles then
 
     def sync(self, table: ServiceTable, *, full: bool = False) -> SyncResult:
         from . import conntrack
@@ -79,6 +80,7 @@ class NftablesDataplane:
                 self.current[family] = desired
                 written += len(messages)
             self.generation = batch.generation()
+            self.handles = {t: batch.table_handle(*t) for t in self._tables()}
         finally:
             batch.close()
         self.table = table
@@ -93,6 +95,21 @@ class NftablesDataplane:
 
         return self.generation is None or generation() != self.generation
 
+    def lost(self) -> bool:
+        """Whether our tables are gone or were replaced since the last sync: ``nft flush ruleset``,
+        which Debian's nftables.service runs at every start, restart and reload. Cheap enough to
+        ask every second: one round trip while nobody else committed, one per family after."""
+        from .nftables import table_handles
+
+        if self.handles is None or not self.drifted():
+            return False
+        return table_handles(self._tables()) != self.handles
+
+    def _tables(self) -> list[tuple[str, str]]:
+        from .ruleset import FAMILIES, TABLE
+
+        return [(FAMILIES[f], TABLE) for f in self.families]
+
     def cleanup(self) -> None:
         from .nftables import delete_table
         from .ruleset import FAMILIES
@@ -101,6 +118,7 @@ class NftablesDataplane:
             if delete_table(FAMILIES[family]):
                 log.info("dataplane: removed table %s svcdns", FAMILIES[family])
             self.current[family] = None
+        self.handles = None
 
 
 def open_dataplane(kind: str = "nftables", **options) -> NftablesDataplane | IptablesDataplane:

@@ -73,6 +73,7 @@ class IptablesDataplane:
         self.written: dict[str, dict] = {}
         self.table: ServiceTable | None = None  # the last table the kernel took
         self.generation: int | None = None  # nftables' generation after our last restore (iptables-nft)
+        self.handles: dict | None = None  # with iptables-nft, its nat and filter tables' handles then
 
     def sync(self, table: ServiceTable, *, full: bool = False):
         from . import SyncResult, conntrack
@@ -99,6 +100,7 @@ class IptablesDataplane:
             self.written[family] = after
         self.table = table
         self.generation = _nft_generation()
+        self.handles = _table_handles(self.families) if self.generation is not None else None
         conntrack.clear_udp(udp)
         return SyncResult(len(table), table.endpoint_count(), written, was_full, time.perf_counter() - start)
 
@@ -108,6 +110,14 @@ class IptablesDataplane:
         backend. Legacy iptables has no such counter: every drift check then converges fully
         (iptables-save, then a restore of every SVCDNS- chain), as kube-proxy's iptables mode does."""
         return self.generation is None or _nft_generation() != self.generation
+
+    def lost(self) -> bool:
+        """With iptables-nft: whether its nat or filter tables were deleted and made again since our
+        last restore (``nft flush ruleset``), taking our chains with them; see the nftables backend.
+        Legacy iptables has no cheap way to tell: the periodic drift check covers it."""
+        if self.handles is None or not self.drifted():
+            return False
+        return _table_handles(self.families) != self.handles
 
     def cleanup(self) -> None:
         """Remove every SVCDNS- chain and every jump to one, in both families; nothing else."""
@@ -126,6 +136,14 @@ class IptablesDataplane:
                     log.info("dataplane: removed %d SVCDNS- chains and %d jumps from %s table %s",
                              len(present.chains), len(present.jumps), COMMANDS[family][0].split("-")[0], name)  # fmt: skip
         self.table = None
+        self.handles = None
+
+
+def _table_handles(families: tuple[str, ...]) -> dict:
+    from .nftables import table_handles
+    from .ruleset import FAMILIES
+
+    return table_handles([(FAMILIES[f], name) for f in families for name in TABLES])
 
 
 def _nft_generation() -> int | None:

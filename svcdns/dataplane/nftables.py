@@ -30,6 +30,7 @@ from pyroute2.netlink.nfnetlink.nftsocket import (
     NFT_MSG_DELSETELEM,
     NFT_MSG_DELTABLE,
     NFT_MSG_GETGEN,
+    NFT_MSG_GETTABLE,
     NFT_MSG_NEWCHAIN,
     NFT_MSG_NEWRULE,
     NFT_MSG_NEWSET,
@@ -409,20 +410,35 @@ class NetlinkBatch:
     def generation(self) -> int:
         """The nftables generation now (NFT_MSG_GETGEN): read it right after a commit to know later
         whether anyone committed since."""
+        found = self._get(NFT_MSG_GETGEN, b"", 0, "NFTA_GEN_ID", "read the nftables generation")
+        assert found is not None  # every kernel answers GETGEN
+        return struct.unpack("!I", found)[0]
+
+    def table_handle(self, family: str, name: str) -> int | None:
+        """The handle of table ``family name``, None if there is none (NFT_MSG_GETTABLE). A table
+        deleted and made again gets a new handle."""
+        body = string("NFTA_TABLE_NAME", name)
+        found = self._get(NFT_MSG_GETTABLE, body, NFPROTO[family], "NFTA_TABLE_HANDLE", f"read table {family} {name}")
+        return None if found is None else struct.unpack("!Q", found[:8])[0]
+
+    def _get(self, mtype: int, body: bytes, family: int, attr: str, what: str) -> bytes | None:
+        """One object's attribute ``attr`` (its payload), by a plain request; None for ENOENT."""
         seq = next(self.seq)
-        self.sock.send(self._header((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, NLM_F_REQUEST, b"", 0, seq))
-        for reply, offset, length, mtype, rseq in self._replies():
+        self.sock.send(self._header((NFNL_SUBSYS_NFTABLES << 8) | mtype, NLM_F_REQUEST, body, family, seq))
+        for reply, offset, length, rtype, rseq in self._replies():
             if rseq != seq:
                 continue
-            if mtype != NLMSG_ERROR:  # NEWGEN: nfgenmsg, then the attributes
+            if rtype != NLMSG_ERROR:  # the object: nfgenmsg, then the attributes
                 attrs = offset + 20
                 while attrs + 4 <= offset + length:
                     alen, atype = struct.unpack_from("=HH", reply, attrs)
-                    if atype & 0x7FFF == A["NFTA_GEN_ID"]:
-                        return struct.unpack_from("!I", reply, attrs + 4)[0]
+                    if atype & 0x7FFF == A[attr]:
+                        return reply[attrs + 4 : attrs + alen]
                     attrs += max((alen + 3) & ~3, 4)
-            code = -struct.unpack_from("=i", reply, offset + 16)[0] if mtype == NLMSG_ERROR else 0
-            raise NetlinkError(code or errno.ENODATA, "read the nftables generation")
+            code = -struct.unpack_from("=i", reply, offset + 16)[0] if rtype == NLMSG_ERROR else 0
+            if code == errno.ENOENT:
+                return None
+            raise NetlinkError(code or errno.ENODATA, what)
         raise AssertionError("unreachable: _replies() never ends")
 
     def _replies(self):
@@ -479,6 +495,16 @@ def present(family: str) -> tuple[set[str], set[str]]:
         return chains, sets
     finally:
         sock.close()
+
+
+def table_handles(tables: list[tuple[str, str]]) -> dict[tuple[str, str], int | None]:
+    """The kernel's handle of each ``(family, name)`` nftables table, None where there is none. A
+    table deleted and made again (``nft flush ruleset``, then anyone's first rule) has a new handle."""
+    batch = NetlinkBatch()
+    try:
+        return {(family, name): batch.table_handle(family, name) for family, name in tables}
+    finally:
+        batch.close()
 
 
 def generation() -> int:

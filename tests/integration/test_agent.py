@@ -207,3 +207,17 @@ def test_drift_is_repaired_and_only_drift_costs_a_full_sync(node, tmp_path):
     node.node.run(["nft", "flush", "table", "ip", "svcdns"])
     wait_for(lambda: full_syncs() >= 2, 10, what="a full sync after the flush")
     assert node.ask(vip) == [str(p1.ipv4)]
+
+
+@pytest.mark.parametrize("dataplane", ["nftables", "iptables"])
+def test_a_flushed_ruleset_is_put_back_within_seconds(node, dataplane):
+    """Debian's nftables.service runs `flush ruleset` at every start, restart and reload: every
+    table goes, svcdns's too (and iptables-nft's, with the SVCDNS- chains). The agent notices within
+    a second and puts its rules back, without waiting for the drift period (60 s by default)."""
+    p1 = node.pod_list[0]
+    vip = node.svcdns("service", "add", "web", "--port", "http:80:8080/tcp").strip()
+    node.svcdns("endpoint", "add", "web", str(p1.ipv4))
+    node.start_agent("--dataplane", dataplane)
+    assert node.ask(vip) == [str(p1.ipv4)]
+    node.node.run(["nft", "flush", "ruleset"])
+    wait_for(lambda: node.ask(vip) == [str(p1.ipv4)], 10, what="the VIP to work again")

@@ -37,8 +37,12 @@ class FakeWatch:
 
 
 class Recorder:
-    def __init__(self, log, fail=0, drift=()):
-        self.log, self.fail, self.drift = log, fail, list(drift)
+    def __init__(self, log, fail=0, drift=(), lost=()):
+        self.log, self.fail, self.drift, self.gone = log, fail, list(drift), list(lost)
+
+    def lost(self):
+        self.log.append(("loss check",))
+        return self.gone.pop(0) if self.gone else False
 
     def drifted(self):
         self.log.append(("drift check",))
@@ -109,6 +113,17 @@ def test_nothing_is_applied_until_the_registry_has_been_read():
     assert not agent.due(time.monotonic())
     run_until(agent, lambda: state.ready)
     assert log[:2] == [("rules", ("a",), True), ("names", ("a",))]  # nothing before the real snapshot
+
+
+def test_lost_tables_are_put_back_at_the_next_check_without_waiting_for_the_drift_period():
+    log = []
+    dataplane = Recorder(log, lost=[False, True])
+    agent = Agent(FakeWatch(ServiceTable.of([svc("a")])), dataplane, Recorder([]), full_sync_period=3600,
+                  loss_check_period=0.01)  # fmt: skip
+    run_until(agent, lambda: [e for e in log if e[0] == "rules"] == [("rules", ("a",), True)] * 2)
+    assert ("drift check",) not in log  # the hour has not passed: only the loss checks ran
+    first, second = (i for i, e in enumerate(log) if e[0] == "rules")
+    assert log[first + 1 : second].count(("loss check",)) == 2
 
 
 def test_drift_checks_converge_fully_only_when_the_kernel_changed():

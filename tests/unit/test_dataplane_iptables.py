@@ -352,20 +352,24 @@ def fake(monkeypatch):
     iptables._nft_backed.cache_clear()
 
 
-def test_drift_checks_use_the_nftables_generation_with_iptables_nft_only(fake, monkeypatch):
+def test_drift_and_loss_checks_use_nftables_with_iptables_nft_only(fake, monkeypatch):
     from svcdns.dataplane import nftables
 
-    gen = [7]
+    gen, handle = [7], [3]
     monkeypatch.setattr(nftables, "generation", lambda: gen[0])
+    monkeypatch.setattr(nftables, "table_handles", lambda tables: {t: handle[0] for t in tables})
     dp = open_dataplane("iptables")
     dp.sync(TABLE)
     assert dp.drifted()  # legacy iptables: no counter, every check converges
+    assert not dp.lost()  # and no cheap way to tell: left to the drift check
     fake.variant = "nf_tables"
     iptables._nft_backed.cache_clear()
     dp.sync(TABLE)
-    assert not dp.drifted()  # nobody committed since our restore
+    assert not dp.drifted() and not dp.lost()  # nobody committed since our restore
     gen[0] = 8
-    assert dp.drifted()  # someone did
+    assert dp.drifted() and not dp.lost()  # someone did, and left iptables-nft's tables in place
+    handle[0] = 9
+    assert dp.lost()  # the tables were deleted and made again (nft flush ruleset)
 
 
 def test_a_full_sync_saves_then_restores_each_table_of_each_family(fake):
