@@ -183,73 +183,59 @@ def test_compaction_past_the_watch_revision_takes_a_fresh_snapshot(etcd_url):
         reg.close()
 
 
-def test_a_three_member_cluster_survives_losing_a_member(tmp_path):
-    with EtcdServer(tmp_path / "cluster", members=3) as cluster:
-        reg = open_registry(cluster.url)
-        reg.create(svc("a"))
-        watcher = open_registry(cluster.url).watch(retry_interval=0.05)
-        try:
-            watcher.start()
-            cluster.stop(0)  # the member both clients talk to first
-            reg.create(svc("b"))
-            wait_for(
-                lambda: ("default", "b") in watcher.registry.table.services, 30, what="the watch on another member"
-            )
-            assert reg.get("default", "a").cluster_ips
-        finally:
-            watcher.close()
-            reg.close()
-
-
-def test_a_hung_member_is_left_for_another(tmp_path):
-    """A member that hangs (its host froze) keeps its TCP connections open and answers nothing: the
-    watch on it must notice (keepalive pings go unanswered) and resume on another member, and a new
-    client must not wait on it longer than the call timeout."""
-    with EtcdServer(tmp_path / "cluster", members=3) as cluster:
+@pytest.fixture
+def cluster(tmp_path):
+    """Three members; a writer, and a watch that has seen a first Service, both on member 0."""
+    with EtcdServer(tmp_path / "cluster", members=3) as cluster:  # stopping thaws a paused member
         reg = open_registry(cluster.url)
         watcher = open_registry(cluster.url).watch(retry_interval=0.05)
         try:
             watcher.start()
             reg.create(svc("a"))
             wait_for(lambda: ("default", "a") in watcher.registry.table.services, 10, what="the watch stream")
-            assert cluster.member(watcher.registry.endpoint) == 0  # the member both clients talk to first
-            cluster.pause(0)
-            writer = open_registry(cluster.url)
-            writer.create(svc("b"))  # waits up to the call timeout (5 s) on member 0, then member 1
-            wait_for(lambda: ("default", "b") in watcher.registry.table.services, 40, what="the watch to move")
-            assert watcher.healthy
-            writer.close()
+            assert cluster.member(watcher.registry.endpoint) == 0 == cluster.member(reg.endpoint)
+            yield cluster, reg, watcher
         finally:
-            cluster.pause(0, False)
             watcher.close()
             reg.close()
 
 
-def test_a_member_without_quorum_ends_the_watch_and_says_so(tmp_path):
+def test_a_three_member_cluster_survives_losing_a_member(cluster):
+    cluster, reg, watcher = cluster
+    cluster.stop(0)
+    reg.create(svc("b"))
+    wait_for(lambda: ("default", "b") in watcher.registry.table.services, 30, what="the watch on another member")
+    assert reg.get("default", "a").cluster_ips
+
+
+def test_a_hung_member_is_left_for_another(cluster):
+    """A member that hangs (its host froze) keeps its TCP connections open and answers nothing: the
+    watch on it must notice (keepalive pings go unanswered) and resume on another member, and a new
+    client must not wait on it longer than the call timeout."""
+    cluster, _, watcher = cluster
+    cluster.pause(0)
+    writer = open_registry(cluster.url)
+    writer.create(svc("b"))  # waits up to the call timeout (5 s) on member 0, then member 1
+    wait_for(lambda: ("default", "b") in watcher.registry.table.services, 40, what="the watch to move")
+    assert watcher.healthy
+    writer.close()
+
+
+def test_a_member_without_quorum_ends_the_watch_and_says_so(cluster):
     """The two other members are gone: the one left has no leader and would keep an idle watch open
     forever, showing a frozen view as healthy. The watch asks for a leader, so the member ends it
     and the agent's health says etcd is unreachable; with quorum back, changes flow again."""
-    with EtcdServer(tmp_path / "cluster", members=3) as cluster:
-        reg = open_registry(cluster.url)
-        reg.create(svc("a"))
-        watcher = open_registry(cluster.url).watch(retry_interval=0.05)
-        try:
-            watcher.start()
-            where = watcher.registry.endpoint
-            others = [i for i in range(3) if i != cluster.member(where)]
-            for i in others:
-                cluster.stop(i)
-            said = f"etcd at {where} unreachable (etcdserver: no leader)"  # between other members' refusals
-            wait_for(lambda: said in (watcher.problem or ""), 30, what="the watch to report that etcd lost quorum")
-            assert ("default", "a") in watcher.registry.table.services  # the last known Services stay
-            for i in others:
-                cluster.start(i)
-            reg.create(svc("b"))
-            wait_for(lambda: ("default", "b") in watcher.registry.table.services, 30, what="the resumed watch")
-            assert watcher.healthy
-        finally:
-            watcher.close()
-            reg.close()
+    cluster, reg, watcher = cluster
+    cluster.stop(1)
+    cluster.stop(2)
+    said = f"etcd at {cluster.host}:{cluster.client_ports[0]} unreachable (etcdserver: no leader)"  # among others
+    wait_for(lambda: said in (watcher.problem or ""), 30, what="the watch to report that etcd lost quorum")
+    assert ("default", "a") in watcher.registry.table.services  # the last known Services stay
+    cluster.start(1)
+    cluster.start(2)
+    reg.create(svc("b"))
+    wait_for(lambda: ("default", "b") in watcher.registry.table.services, 30, what="the resumed watch")
+    assert watcher.healthy
 
 
 @pytest.fixture(scope="module")
