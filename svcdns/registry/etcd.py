@@ -188,6 +188,8 @@ _GRPC_OPTIONS = {
     "grpc.http2.ping_timeout_ms": 5000,
     "grpc.max_receive_message_length": 64 << 20,
 }
+
+
 def _client_error(err: Any) -> aetcd.exceptions.ClientError:
     """The aetcd exception for a gRPC error from a call made on aetcd's stubs directly, as aetcd's
     own calls raise them (its mapping is private)."""
