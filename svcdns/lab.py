@@ -287,13 +287,13 @@ class EtcdServer:
     def __post_init__(self) -> None:
         self.client_ports = [free_port() for _ in range(self.members)]
         self.peer_ports = [free_port() for _ in range(self.members)]
-        self.cluster = ",".join(f"m{i}=http://{self.host}:{p}" for i, p in enumerate(self.peer_ports))
+        self.cluster = ",".join(f"m{i}=http://{self._at(p)}" for i, p in enumerate(self.peer_ports))
         self.tls_files: dict[str, Path] = {}
         self._auth_on = False
 
     @property
     def url(self) -> str:
-        hosts = ",".join(f"{self.host}:{p}" for p in self.client_ports)
+        hosts = ",".join(self._at(p) for p in self.client_ports)
         options = {**self.tls_files, **({"username": "root", "password": self.PASSWORD} if self.auth else {})}
         query = "?" + "&".join(f"{k}={v}" for k, v in options.items()) if options else ""
         return f"etcd://{hosts}/svcdns-test{query}"
@@ -314,8 +314,8 @@ class EtcdServer:
 
     def _cmd(self, i: int) -> list[str]:
         binary = "/usr/bin/etcd" if Path("/usr/bin/etcd").exists() else "etcd"
-        client = f"{'https' if self.tls else 'http'}://{self.host}:{self.client_ports[i]}"
-        peer = f"http://{self.host}:{self.peer_ports[i]}"
+        client = f"{'https' if self.tls else 'http'}://{self._at(self.client_ports[i])}"
+        peer = f"http://{self._at(self.peer_ports[i])}"
         tls = ["--trusted-ca-file", str(self.tls_files["cacert"]), "--cert-file", str(self.tls_files["cert"]),
                "--key-file", str(self.tls_files["key"]), "--client-cert-auth"] if self.tls else []  # fmt: skip
         return [
@@ -350,7 +350,7 @@ class EtcdServer:
         from aetcd import rpc
 
         async def enable() -> None:
-            async with grpc.aio.insecure_channel(f"{self.host}:{self.client_ports[0]}") as channel:
+            async with grpc.aio.insecure_channel(self._at(self.client_ports[0])) as channel:
                 stub = rpc.AuthStub(channel)
                 await stub.RoleAdd(rpc.AuthRoleAddRequest(name="root"), timeout=5)
                 await stub.UserAdd(rpc.AuthUserAddRequest(name="root", password=self.PASSWORD), timeout=5)
@@ -366,8 +366,8 @@ class EtcdServer:
         for k in range(self.members) if i is None else [i]:
 
             def healthy(port=self.client_ports[k]) -> bool:
-                url = f"{'https' if self.tls else 'http'}://{self.host}:{port}/health"
-                cmd = ["curl", "-s", "--max-time", "1", *tls, url]
+                url = f"{'https' if self.tls else 'http'}://{self._at(port)}/health"
+                cmd = ["curl", "-sg", "--max-time", "1", *tls, url]
                 if self.netns is not None:
                     return '"true"' in self.netns.run(cmd, check=False).stdout
                 return '"true"' in subprocess.run(cmd, capture_output=True, text=True).stdout
@@ -389,7 +389,12 @@ class EtcdServer:
 
     def member(self, endpoint: str) -> int:
         """The index of the member serving clients at ``endpoint`` (``host:port``)."""
-        return [f"{self.host}:{p}" for p in self.client_ports].index(endpoint)
+        return [self._at(p) for p in self.client_ports].index(endpoint)
+
+    def _at(self, port: int) -> str:
+        from .registry.etcd import hostport
+
+        return hostport(self.host, port)
 
     def pause(self, i: int, paused: bool = True) -> None:
         """Freeze member ``i`` (SIGSTOP), or thaw it: a hung host. Its sockets stay open and the kernel

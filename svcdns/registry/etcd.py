@@ -70,6 +70,11 @@ class EtcdOptions:
     timeout: float = 5.0
 
 
+def hostport(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets (as gRPC targets and URLs want it)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_url(url: str, **overrides: Any) -> EtcdOptions:
     """``etcd://host[:port][,host[:port]...][/prefix][?cacert=F&cert=F&key=F&username=U&password=P]``."""
     parsed = urllib.parse.urlsplit(url)
@@ -77,12 +82,20 @@ def parse_url(url: str, **overrides: Any) -> EtcdOptions:
         raise UsageError(f"registry {url!r}: expected etcd://host:port[,host:port]/prefix")
     endpoints = []
     for hostport in parsed.netloc.split(","):
-        host, _, port = hostport.rpartition(":") if hostport.count(":") == 1 or "]" in hostport else (hostport, "", "")
-        host = (host or hostport).strip("[]")
+        if hostport.startswith("["):  # [IPv6] or [IPv6]:port
+            host, _, rest = hostport[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else "" if not rest else "?"
+        elif hostport.count(":") == 1:
+            host, _, port = hostport.partition(":")
+        else:  # a name, an IPv4 address, or a bare IPv6 address: the default port
+            host, port = hostport, ""
         try:
-            endpoints.append((host, int(port) if port else DEFAULT_PORT))
+            number = int(port) if port else DEFAULT_PORT
         except ValueError:
-            raise UsageError(f"registry {url!r}: bad port in {hostport!r}") from None
+            number = 0
+        if not host or not 0 < number < 65536:
+            raise UsageError(f"registry {url!r}: bad host or port in {hostport!r} (expected host, host:port or [IPv6]:port)")
+        endpoints.append((host, number))
     query = dict(urllib.parse.parse_qsl(parsed.query))
     unknown = set(query) - {"cacert", "cert", "key", "username", "password", "timeout"}
     if unknown:
@@ -138,7 +151,7 @@ class _Client(aetcd.Client):
         import grpc.aio
         from aetcd import rpc, watcher
 
-        target, options = f"{self._host}:{self._port}", list(self._options.items())
+        target, options = hostport(self._host, self._port), list(self._options.items())
         if self._credentials is not None:
             self.channel = grpc.aio.secure_channel(target, self._credentials, options)
         else:
@@ -155,7 +168,7 @@ class _Client(aetcd.Client):
                 if isinstance(error, aetcd.exceptions.ConnectionFailedError):
                     raise error from None
                 raise RegistryAuthFailed(
-                    f"etcd at {self._host}:{self._port}: authentication as {self._username!r} failed: {err.details()}"
+                    f"etcd at {hostport(self._host, self._port)}: authentication as {self._username!r} failed: {err.details()}"
                 ) from None
             self.metadata = (("token", resp.token),)
         self.kvstub = rpc.KVStub(self.channel)
@@ -282,7 +295,7 @@ class EtcdRegistry:
     def endpoint(self) -> str:
         """The member this registry talks to now (``host:port``); the next one after a failure."""
         host, port = self.options.endpoints[self._endpoint % len(self.options.endpoints)]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return hostport(host, port)
 
     async def client(self) -> aetcd.Client:
         if self._client is None:
@@ -310,7 +323,7 @@ class EtcdRegistry:
                 last = err
                 await self._drop_client()
                 self._endpoint += 1
-        hosts = ", ".join(f"{h}:{p}" for h, p in self.options.endpoints)
+        hosts = ", ".join(hostport(h, p) for h, p in self.options.endpoints)
         raise RegistryUnavailable(f"etcd at {hosts} is unreachable: {last!r}")
 
     async def _drop_client(self) -> None:

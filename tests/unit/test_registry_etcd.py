@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,8 +25,11 @@ def test_url_parsing():
     assert parse_url("etcd://127.0.0.1:2379").prefix == "/svcdns"
     with pytest.raises(UsageError, match="unknown option"):
         parse_url("etcd://h/p?tls=1")
-    with pytest.raises(UsageError, match="bad port"):
-        parse_url("etcd://h:xx/p")
+    assert parse_url("etcd://[::1]:2380,[fd00::2],fd00::3,10.0.0.1:7/p").endpoints == (
+        ("::1", 2380), ("fd00::2", 2379), ("fd00::3", 2379), ("10.0.0.1", 7))  # fmt: skip
+    for bad in ("h:xx", "h:0", "h:70000", "[::1]x", ":80"):
+        with pytest.raises(UsageError, match=f"bad host or port in '{re.escape(bad)}'"):
+            parse_url(f"etcd://{bad}/p")
     with pytest.raises(UsageError, match="cert=/c.pem needs key="):
         parse_url("etcd://h/p?cert=/c.pem")
     with pytest.raises(UsageError, match="timeout='soon' is not a positive number"):
@@ -236,6 +240,18 @@ def test_a_member_without_quorum_ends_the_watch_and_says_so(cluster):
     reg.create(svc("b"))
     wait_for(lambda: ("default", "b") in watcher.registry.table.services, 30, what="the resumed watch")
     assert watcher.healthy
+
+
+def test_an_etcd_on_an_ipv6_address(tmp_path):
+    """etcd://[::1]:port: the brackets go to gRPC as well (a bare "::1:port" is no target)."""
+    with EtcdServer(tmp_path / "etcd6", host="::1") as server:
+        assert server.url.startswith("etcd://[::1]:")
+        reg = open_registry(server.url)
+        made = reg.create(svc("v6"))
+        snap = open_registry(server.url).snapshot()
+        assert snap.synced and snap.table.get("default", "v6").cluster_ips == made.cluster_ips
+        assert reg.endpoint.startswith("[::1]:")
+        reg.close()
 
 
 @pytest.fixture(scope="module")
