@@ -56,6 +56,7 @@ class Agent:
         self.retry_min, self.retry_max = retry
         self.applied: ServiceTable | None = None  # what the kernel and DNS hold
         self.registry_read = False  # the registry has been read in full once
+        self.told_systemd = False  # READY=1 sent
         self.desired = ServiceTable()
         self.pending_since = 0.0
         self.need_full = True
@@ -100,6 +101,9 @@ class Agent:
         likewise waits for its first full list)."""
         if not snap.synced:
             log.warning("agent: the registry has not been read yet; leaving the kernel's rules as they are")
+            # systemd: started (DNS listens, the kernel keeps the last run's rules), not synced; else a
+            # start during an etcd outage would time out and restart in a loop. /readyz stays 503.
+            self.tell_systemd(f"waiting for the registry ({self.watch.problem}); the rules stay as the last run left them")
             return
         self.registry_read = True
         if snap.table is not self.desired and (self.applied is None or changed_keys(self.desired, snap.table)):
@@ -182,12 +186,18 @@ class Agent:
         status = f"{st.services} Services, {st.endpoints} endpoints, revision {st.revision}"
         if not st.ready:
             st.ready = True
-            self.notifier.ready(status)
             log.warning("agent: ready: %s", status)
-        else:
-            self.notifier.status(status)
+        self.tell_systemd(status)
         log.info("agent: synced %s (%s, %.1f ms)", status, "full" if full else "partial", (now - start) * 1000)
         return True
+
+    def tell_systemd(self, status: str) -> None:
+        """READY=1 with the first status (the agent is up), STATUS= after it."""
+        if self.told_systemd:
+            self.notifier.status(status)
+        else:
+            self.notifier.ready(status)
+            self.told_systemd = True
 
     def fail(self, err: Exception) -> None:
         self.metrics.sync_errors.inc()

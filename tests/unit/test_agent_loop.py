@@ -102,17 +102,25 @@ def test_ready_only_after_the_first_sync_and_failures_retry_with_a_full_sync():
 def test_nothing_is_applied_until_the_registry_has_been_read():
     """The first snapshots stand in for a registry that cannot be read yet (etcd down at start): the
     agent must leave the kernel and DNS alone, and not say it is ready, until a real one comes."""
-    log = []
+    log, sent = [], []
     state = State()
+    notifier = Notifier(env={})
+    notifier.send = lambda *f: sent.append(f) or True
     watch = FakeWatch(ServiceTable(), ServiceTable(), ServiceTable.of([svc("a")]))
     watch.snaps[0] = Snapshot(0, ServiceTable(), synced=False)
     watch.snaps[1] = Snapshot(0, ServiceTable(), synced=False)
-    agent = Agent(watch, Recorder(log), Recorder(log), state=state, min_interval=0)
+    watch.problem = "etcd at 10.0.0.1:2379 is unreachable"
+    agent = Agent(watch, Recorder(log), Recorder(log), state=state, notifier=notifier, min_interval=0)
     agent.take(watch.start())
     agent.take(watch.poll(0))
-    assert not agent.due(time.monotonic())
+    assert not agent.due(time.monotonic()) and not state.ready  # /readyz: 503
+    # systemd hears the agent is up (else a start during an outage times out and loops), and why
+    assert sent[0][0] == "READY=1" and "waiting for the registry (etcd at 10.0.0.1:2379" in sent[0][1]
+    assert sent[1][0].startswith("STATUS=waiting")
+    watch.problem = None
     run_until(agent, lambda: state.ready)
     assert log[:2] == [("rules", ("a",), True), ("names", ("a",))]  # nothing before the real snapshot
+    assert [f[0] for f in sent].count("READY=1") == 1 and "1 Services" in sent[-1][0]
 
 
 def test_lost_tables_are_put_back_at_the_next_check_without_waiting_for_the_drift_period():
