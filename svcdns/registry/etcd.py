@@ -168,7 +168,8 @@ class _Client(aetcd.Client):
                 if isinstance(error, aetcd.exceptions.ConnectionFailedError):
                     raise error from None
                 raise RegistryAuthFailed(
-                    f"etcd at {hostport(self._host, self._port)}: authentication as {self._username!r} failed: {err.details()}"
+                    f"etcd at {hostport(self._host, self._port)}: authentication as {self._username!r} failed: "
+                    f"{err.details()} (check username= and password= in the registry URL)"
                 ) from None
             self.metadata = (("token", resp.token),)
         self.kvstub = rpc.KVStub(self.channel)
