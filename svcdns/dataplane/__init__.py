@@ -40,13 +40,13 @@ class NftablesDataplane:
     kind = "nftables"
 
     def __init__(self, families: tuple[str, ...] = (IPV4, IPV6)) -> None:
-        from .ruleset import Ruleset
+        from .nftables import Footprint
+        from .ruleset import FAMILIES, TABLE, Ruleset
 
         self.families = families
         self.current: dict[str, Ruleset | None] = {f: None for f in families}
         self.table: ServiceTable | None = None  # the last table the kernel took
-        self.generation: int | None = None  # nftables' generation right after svcdns's last commit
-        self.handles: dict | None = None  # our tables' handles then
+        self.footprint = Footprint([(FAMILIES[f], TABLE) for f in families])  # after our last commit
 
     def sync(self, table: ServiceTable, *, full: bool = False) -> SyncResult:
         from . import conntrack
@@ -79,8 +79,7 @@ class NftablesDataplane:
                                          "the previous rules stay in place") from None  # fmt: skip
                 self.current[family] = desired
                 written += len(messages)
-            self.generation = batch.generation()
-            self.handles = {t: batch.table_handle(*t) for t in self._tables()}
+            self.footprint.record(batch)
         finally:
             batch.close()
         self.table = table
@@ -91,24 +90,13 @@ class NftablesDataplane:
         """Whether the kernel may hold something else than the last sync left: nftables' generation
         moved since (anyone committed: someone flushed our table, or changed another one). One
         netlink round trip, so the agent can look often and converge fully only when needed."""
-        from .nftables import generation
-
-        return self.generation is None or generation() != self.generation
+        return self.footprint.drifted()
 
     def lost(self) -> bool:
         """Whether our tables are gone or were replaced since the last sync: ``nft flush ruleset``,
         which Debian's nftables.service runs at every start, restart and reload. Cheap enough to
         ask every second: one round trip while nobody else committed, one per family after."""
-        from .nftables import table_handles
-
-        if self.handles is None or not self.drifted():
-            return False
-        return table_handles(self._tables()) != self.handles
-
-    def _tables(self) -> list[tuple[str, str]]:
-        from .ruleset import FAMILIES, TABLE
-
-        return [(FAMILIES[f], TABLE) for f in self.families]
+        return self.footprint.lost()
 
     def cleanup(self) -> None:
         from .nftables import delete_table
@@ -118,7 +106,7 @@ class NftablesDataplane:
             if delete_table(FAMILIES[family]):
                 log.info("dataplane: removed table %s svcdns", FAMILIES[family])
             self.current[family] = None
-        self.handles = None
+        self.footprint.forget()
 
 
 def open_dataplane(kind: str = "nftables", **options) -> NftablesDataplane | IptablesDataplane:

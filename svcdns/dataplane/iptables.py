@@ -68,12 +68,15 @@ class IptablesDataplane:
     kind = "iptables"
 
     def __init__(self, families: tuple[str, ...] = (IPV4, IPV6)) -> None:
+        from .nftables import Footprint
+        from .ruleset import FAMILIES
+
         self.families = families
         # family -> each Service's rules as our last restores left them (absent: read the kernel next)
         self.written: dict[str, dict] = {}
         self.table: ServiceTable | None = None  # the last table the kernel took
-        self.generation: int | None = None  # nftables' generation after our last restore (iptables-nft)
-        self.handles: dict | None = None  # with iptables-nft, its nat and filter tables' handles then
+        # with iptables-nft: nftables' generation and its nat and filter tables after our last restore
+        self.footprint = Footprint([(FAMILIES[f], name) for f in families for name in TABLES])
 
     def sync(self, table: ServiceTable, *, full: bool = False):
         from . import SyncResult, conntrack
@@ -99,8 +102,10 @@ class IptablesDataplane:
                 written += text.count("\n") - 2
             self.written[family] = after
         self.table = table
-        self.generation = _nft_generation()
-        self.handles = _table_handles(self.families) if self.generation is not None else None
+        if _nft_backed():
+            self.footprint.record()
+        else:
+            self.footprint.forget()  # legacy iptables: no counter, every drift check converges
         conntrack.clear_udp(udp)
         return SyncResult(len(table), table.endpoint_count(), written, was_full, time.perf_counter() - start)
 
@@ -109,15 +114,13 @@ class IptablesDataplane:
         generation tells whether anyone committed since our last restore, as for the nftables
         backend. Legacy iptables has no such counter: every drift check then converges fully
         (iptables-save, then a restore of every SVCDNS- chain), as kube-proxy's iptables mode does."""
-        return self.generation is None or _nft_generation() != self.generation
+        return self.footprint.drifted()
 
     def lost(self) -> bool:
         """With iptables-nft: whether its nat or filter tables were deleted and made again since our
         last restore (``nft flush ruleset``), taking our chains with them; see the nftables backend.
         Legacy iptables has no cheap way to tell: the periodic drift check covers it."""
-        if self.handles is None or not self.drifted():
-            return False
-        return _table_handles(self.families) != self.handles
+        return self.footprint.lost()
 
     def cleanup(self) -> None:
         """Remove every SVCDNS- chain and every jump to one, in both families; nothing else."""
@@ -136,21 +139,7 @@ class IptablesDataplane:
                     log.info("dataplane: removed %d SVCDNS- chains and %d jumps from %s table %s",
                              len(present.chains), len(present.jumps), COMMANDS[family][0].split("-")[0], name)  # fmt: skip
         self.table = None
-        self.handles = None
-
-
-def _table_handles(families: tuple[str, ...]) -> dict:
-    from .nftables import table_handles
-    from .ruleset import FAMILIES
-
-    return table_handles([(FAMILIES[f], name) for f in families for name in TABLES])
-
-
-def _nft_generation() -> int | None:
-    """nftables' generation when iptables is the nf_tables variant, else None."""
-    from .nftables import generation
-
-    return generation() if _nft_backed() else None
+        self.footprint.forget()
 
 
 @functools.cache

@@ -271,7 +271,7 @@ class EtcdRegistry:
         self._thread.join(5)
 
     def _new_client(self) -> aetcd.Client:
-        host, port = self.options.endpoints[self._endpoint % len(self.options.endpoints)]
+        host, port = self._member()
         kwargs = dict(host=host, port=port, username=self.options.username, password=self.options.password,
                       timeout=self.options.timeout,
                       options={**_GRPC_OPTIONS, "grpc.min_reconnect_backoff_ms": int(self.options.timeout * 1000)})  # fmt: skip
@@ -292,11 +292,13 @@ class EtcdRegistry:
             return _Client(credentials=creds, **kwargs)
         return _Client(**kwargs)
 
+    def _member(self) -> tuple[str, int]:
+        return self.options.endpoints[self._endpoint % len(self.options.endpoints)]
+
     @property
     def endpoint(self) -> str:
         """The member this registry talks to now (``host:port``); the next one after a failure."""
-        host, port = self.options.endpoints[self._endpoint % len(self.options.endpoints)]
-        return hostport(host, port)
+        return hostport(*self._member())
 
     async def client(self) -> aetcd.Client:
         if self._client is None:
@@ -322,10 +324,14 @@ class EtcdRegistry:
                 await self._drop_client()  # the next client authenticates again
             except _UNAVAILABLE as err:
                 last = err
-                await self._drop_client()
-                self._endpoint += 1
+                await self.next_member()
         hosts = ", ".join(hostport(h, p) for h, p in self.options.endpoints)
         raise RegistryUnavailable(f"etcd at {hosts} is unreachable: {last!r}")
+
+    async def next_member(self) -> None:
+        """Leave the current member (its client closed) for the next one in the URL."""
+        await self._drop_client()
+        self._endpoint += 1
 
     async def _drop_client(self) -> None:
         client, self._client = self._client, None

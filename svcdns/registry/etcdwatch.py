@@ -131,8 +131,7 @@ class EtcdWatcher(Watch):
                 # RegistryUnavailable says what and where; a broken stream is the current member's
                 what = str(err) if isinstance(err, RegistryUnavailable) else f"etcd at {reg.endpoint} unreachable ({err})"
                 self._trouble(f"{what}; keeping the last known Services, retrying")
-                await reg._drop_client()
-                reg._endpoint += 1
+                await reg.next_member()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
 
