@@ -30,7 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from svcdns.lab import EtcdServer, Lab, link, wait_for  # noqa: E402
+from svcdns.testing.etcd import EtcdServer  # noqa: E402
+from svcdns.testing.lab import Lab, link, wait_for  # noqa: E402
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 PODS = int(ipaddress.ip_address("10.128.0.0"))  # endpoint i*16+k+1 of Service i: 10 per Service

@@ -2,7 +2,7 @@
 
     python bench/dataplane.py [--sizes 1000,10000] [--endpoints 10] [--changes 20] [--iptables-sizes 1000]
 
-Needs root: everything runs in network namespaces this script creates and deletes (svcdns.lab).
+Needs root: everything runs in network namespaces this script creates and deletes (svcdns.testing.lab).
 For each size, N Services with E endpoints each, measured side by side in one run:
 
 - full sync from empty: svcdns over netlink vs ``nft -f`` of the same ruleset (svcdns's own
@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from svcdns.lab import Lab  # noqa: E402
+from svcdns.testing.lab import Lab  # noqa: E402
 
 CHILD = "--child"
 

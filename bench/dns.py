@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from svcdns.lab import Lab, wait_for  # noqa: E402
+from svcdns.testing.lab import Lab, wait_for  # noqa: E402
 
 SVCDNS = """
 import signal, sys, threading

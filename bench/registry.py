@@ -117,8 +117,8 @@ def bench_etcd(n: int, changes: int) -> list[tuple[str, float, float, str]]:
     import asyncio
     import threading
 
-    from svcdns.lab import EtcdServer
     from svcdns.registry import open_registry
+    from svcdns.testing.etcd import EtcdServer
 
     rows = []
     data = Path(tempfile.mkdtemp(prefix="svcdns-bench-etcd-"))

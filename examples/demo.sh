@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash examples/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
-exec python -m svcdns.demo "$@"
+exec python examples/demo.py "$@"

@@ -9,11 +9,13 @@ import sys
 
 import pytest
 
-from svcdns import lab
+from svcdns.dataplane.guard import GUARD_ENV, host_netns_inode
+from svcdns.testing import lab
+from svcdns.testing.etcd import EtcdServer
 
 # Every kernel shell refuses to program the namespace named here: the host's own. A test that forgot
 # to enter its namespace then fails loudly instead of touching the host.
-os.environ[lab.GUARD_ENV] = str(lab.host_netns_inode())
+os.environ[GUARD_ENV] = str(host_netns_inode())
 
 
 def _root_reason() -> str | None:
@@ -42,7 +44,7 @@ def etcd_server(tmp_path_factory):
     """One throwaway etcd on loopback ports for the session (tests use their own key prefixes)."""
     if not shutil.which("etcd") and not os.path.exists("/usr/bin/etcd"):
         pytest.skip("needs Debian's etcd-server package (apt-get install etcd-server); tests/run installs it")
-    with lab.EtcdServer(tmp_path_factory.mktemp("etcd")) as server:
+    with EtcdServer(tmp_path_factory.mktemp("etcd")) as server:
         yield server
 
 

@@ -10,30 +10,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import SvcdnsError, UsageError
+from ..errors import DataplaneError, UsageError
 from ..model import IPV4, IPV6
 from ..table import ServiceTable, changed_keys
+from .contract import Dataplane, SyncResult
 
 if TYPE_CHECKING:
     from .iptables import IptablesDataplane
 
 log = logging.getLogger(__name__)
-
-
-class DataplaneError(SvcdnsError):
-    """The kernel refused a sync; the previous ruleset is still in place."""
-
-
-@dataclass(frozen=True)
-class SyncResult:
-    services: int
-    endpoints: int
-    rules: int  # netlink messages written
-    full: bool
-    duration: float  # seconds
 
 
 class NftablesDataplane:
@@ -119,4 +106,4 @@ def open_dataplane(kind: str = "nftables", **options) -> NftablesDataplane | Ipt
     raise UsageError(f"--dataplane {kind!r}: expected nftables or iptables")
 
 
-__all__ = ["DataplaneError", "SyncResult", "NftablesDataplane", "open_dataplane"]
+__all__ = ["Dataplane", "DataplaneError", "NftablesDataplane", "SyncResult", "open_dataplane"]

@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import socket
 
-from ..lab import check_netns_guard
+from .guard import check_netns_guard
 
 log = logging.getLogger(__name__)
 

@@ -46,9 +46,9 @@ import subprocess
 import sys
 import time
 
-from ..lab import check_netns_guard
 from ..model import IPV4, IPV6
 from ..table import ServiceTable, changed_keys
+from .guard import check_netns_guard
 from .iptables_rules import (
     COMMANDS,
     TABLES,
@@ -149,7 +149,7 @@ def _nft_backed() -> bool:
 
 
 def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
-    from . import DataplaneError
+    from ..errors import DataplaneError
 
     check_netns_guard(f"run {argv[0]}")
     try:
@@ -162,7 +162,7 @@ def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProce
 
 
 def _save(family: str, table: str) -> str:
-    from . import DataplaneError
+    from ..errors import DataplaneError
 
     argv = [COMMANDS[family][0], "-t", table]  # iptables-save takes no -w: it only reads
     proc = _run(argv)
@@ -172,7 +172,7 @@ def _save(family: str, table: str) -> str:
 
 
 def _restore(family: str, table: str, text: str) -> None:
-    from . import DataplaneError
+    from ..errors import DataplaneError
 
     argv = [COMMANDS[family][1], "-w", "--noflush"]
     log.debug("dataplane: %s, table %s:\n%s", " ".join(argv), table, text)

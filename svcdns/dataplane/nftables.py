@@ -46,7 +46,7 @@ from pyroute2.netlink.nfnetlink.nftsocket import (
     nft_table_msg,
 )
 
-from ..lab import check_netns_guard
+from .guard import check_netns_guard
 from .ruleset import TABLE, Chain, Transaction, affinity_set
 
 log = logging.getLogger(__name__)

@@ -34,11 +34,11 @@ from typing import Any
 import aetcd
 import aetcd.exceptions
 
-from ..errors import NotFound, SvcdnsError, UsageError
+from ..errors import NotFound, RegistryAuthFailed, RegistryUnavailable, SvcdnsError, UsageError
 from ..ipam import DEFAULT_SERVICE_CIDRS, Allocator, VIPConflict
 from ..model import IPAddress, Service
 from ..table import Key, ServiceTable
-from . import Snapshot
+from .contract import Snapshot
 from .documents import DocumentError, from_document
 
 log = logging.getLogger(__name__)
@@ -47,15 +47,6 @@ DEFAULT_PORT = 2379
 DEFAULT_PREFIX = "/svcdns"
 CAS_RETRIES = 200
 RANGE_PAGE = 1000  # keys per read: well under gRPC's 4 MiB message limit with 1 MiB documents at most
-
-
-class RegistryUnavailable(SvcdnsError):
-    """etcd could not be reached."""
-
-
-class RegistryAuthFailed(RegistryUnavailable):
-    """etcd refused the user name and password. An agent keeps its rules and retries, as in an outage:
-    the fix (the password in etcd or in the config) is made elsewhere."""
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,13 @@ from typing import Any
 
 import aetcd.exceptions
 
-from . import Snapshot, Watch
+from .contract import Snapshot, WatchBase
 from .etcd import EtcdRegistry, RegistryUnavailable
 
 log = logging.getLogger(__name__)
 
 
-class EtcdWatcher(Watch):
+class EtcdWatcher(WatchBase):
     def __init__(self, registry: EtcdRegistry, retry_interval: float = 0.2, max_backoff: float = 5.0,
                  batch_window: float = 0.005) -> None:  # fmt: skip
         self.registry = registry

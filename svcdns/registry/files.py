@@ -29,7 +29,7 @@ from ..errors import NotFound, SvcdnsError, UsageError
 from ..ipam import Allocator, VIPConflict, parse_cidr
 from ..model import Service, ValidationError, family_of
 from ..table import Key, ServiceTable
-from . import Snapshot
+from .contract import Snapshot
 from .documents import MAX_DOCUMENT_BYTES, DocumentError, decode, encode
 from .store import STATE_DIR, Allocation, AllocationStore, atomic_write, registry_lock
 

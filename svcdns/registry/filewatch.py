@@ -20,7 +20,7 @@ import time
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
-from . import Snapshot, Watch
+from .contract import Snapshot, WatchBase
 from .files import FileRegistry, is_service_file
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 _DIR_MASK = F.CLOSE_WRITE | F.MOVED_TO | F.MOVED_FROM | F.DELETE | F.CREATE | F.DELETE_SELF | F.MOVE_SELF | F.ONLYDIR
 
 
-class FileWatcher(Watch):
+class FileWatcher(WatchBase):
     """``for snap in FileWatcher(registry): ...`` yields the first snapshot, then one per change.
 
     ``poll(timeout)`` is the non-blocking form: a new Snapshot if something changed within

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from svcdns.lab import wait_for
+from svcdns.testing.lab import wait_for
 
 PY = [sys.executable, "-m"]
 
@@ -41,7 +41,7 @@ def node(make_lab, cli):
         )
 
     def ask(vip, count=1):
-        return lab.pod_list[2].ns.run([*PY, "svcdns.podserver", "--client", vip, "80", "--count", str(count)],
+        return lab.pod_list[2].ns.run([*PY, "svcdns.testing.podserver", "--client", vip, "80", "--count", str(count)],
                                       check=False, env=env).stdout.split()  # fmt: skip
 
     lab.svcdns, lab.start_agent, lab.http, lab.dig, lab.ask, lab.registry, lab.env = (

@@ -33,7 +33,7 @@ def world(request, make_lab, cli):
 
     def ask(vip, port, proto="tcp", count=1, ns=None, timeout=2.0):
         ns = ns or lab.node
-        out = ns.run([*PY, "svcdns.podserver", "--client", vip, str(port), "--proto", proto,
+        out = ns.run([*PY, "svcdns.testing.podserver", "--client", vip, str(port), "--proto", proto,
                       "--count", str(count), "--timeout", str(timeout)], check=False, env=env)  # fmt: skip
         return out.stdout.split()
 
@@ -89,7 +89,7 @@ def test_udp_moves_to_the_new_endpoint_after_the_old_one_goes(world):
     p1, p2, p3 = world.pod_list
     world.svcdns("endpoint", "rm", "web", str(p2.ipv4))
     world.sync()
-    client = "from svcdns.podserver import ask; import sys; print(ask('10.96.0.10', 53, 'udp', source_port=40000))"
+    client = "from svcdns.testing.podserver import ask; import sys; print(ask('10.96.0.10', 53, 'udp', source_port=40000))"
     first = p3.ns.run([sys.executable, "-c", client], env=world.env).stdout.strip()
     assert first == str(p1.ipv4)
     world.svcdns("endpoint", "add", "web", str(p2.ipv4))
@@ -103,7 +103,7 @@ def test_zero_to_one_endpoint_udp(world):
     _, p2, p3 = world.pod_list
     world.svcdns("service", "add", "late", "--vip", "10.96.0.12", "--port", "dns:53:5353/udp")
     world.sync()
-    client = "from svcdns.podserver import ask; print(ask('10.96.0.12', 53, 'udp', source_port=40001, timeout=1))"
+    client = "from svcdns.testing.podserver import ask; print(ask('10.96.0.12', 53, 'udp', source_port=40001, timeout=1))"
     assert p3.ns.run([sys.executable, "-c", client], env=world.env, check=False).returncode != 0
     world.svcdns("endpoint", "add", "late", str(p2.ipv4))
     world.sync()

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from svcdns.lab import wait_for
+from svcdns.testing.lab import wait_for
 
 STUB = textwrap.dedent(
     """

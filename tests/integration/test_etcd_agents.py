@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from svcdns.lab import EtcdServer, link, wait_for
+from svcdns.testing.etcd import EtcdServer
+from svcdns.testing.lab import link, wait_for
 
 PY = [sys.executable, "-m"]
 pytestmark = pytest.mark.skipif(not shutil.which("etcd"), reason="needs Debian's etcd-server (tests/run installs it)")
@@ -55,7 +56,7 @@ def hosts(make_lab, tmp_path, request):
         return lab.node.run(["dig", "+short", "+time=1", "+tries=2", "@127.0.0.1", name], check=False).stdout.strip()
 
     def ask(lab, vip, count=1):
-        return lab.node.run([*PY, "svcdns.podserver", "--client", vip, "80", "--count", str(count), "--timeout", "2"],
+        return lab.node.run([*PY, "svcdns.testing.podserver", "--client", vip, "80", "--count", str(count), "--timeout", "2"],
                             check=False, env=env).stdout.split()  # fmt: skip
 
     yield a, b, svcdns, dig, ask, etcd

@@ -2,15 +2,17 @@
 
 import sys
 
-from svcdns import lab
-from svcdns.podserver import ask
+from svcdns.dataplane import guard
+from svcdns.errors import DataplaneError
+from svcdns.testing import lab
+from svcdns.testing.podserver import ask
 
 
 def test_pods_reach_each_other_through_the_node(make_lab):
     world = make_lab(pods=2)
     p1, p2 = world.pod_list
     world.serve(p2, port=8080)
-    out = p1.ns.run([sys.executable, "-m", "svcdns.podserver", "--client", str(p2.ipv4), "8080"])
+    out = p1.ns.run([sys.executable, "-m", "svcdns.testing.podserver", "--client", str(p2.ipv4), "8080"])
     assert out.stdout.strip() == str(p2.ipv4)
 
 
@@ -23,10 +25,10 @@ def test_lab_deletes_its_namespaces(make_lab):
 
 
 def test_guard_refuses_the_host_namespace(monkeypatch):
-    monkeypatch.setenv(lab.GUARD_ENV, str(lab.netns_inode()))
+    monkeypatch.setenv(guard.GUARD_ENV, str(guard.netns_inode()))
     try:
-        lab.check_netns_guard("program nftables")
-    except RuntimeError as err:
+        guard.check_netns_guard("program nftables")
+    except DataplaneError as err:
         assert "host network namespace" in str(err)
     else:
         raise AssertionError("the guard let a kernel shell run in the namespace it forbids")

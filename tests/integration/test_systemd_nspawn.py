@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from svcdns.lab import wait_for
+from svcdns.testing.lab import wait_for
 
 ROOT = Path("/var/cache/svcdns-test/bookworm")
 REPO = Path(__file__).resolve().parents[2]

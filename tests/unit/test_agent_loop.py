@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from svcdns import config as configuration
 from svcdns.agent import Agent
+from svcdns.cli import config as configuration
 from svcdns.errors import SvcdnsError, UsageError
 from svcdns.model import Service, ServicePort
 from svcdns.notify import Notifier

@@ -442,7 +442,7 @@ def test_the_shell_refuses_the_host_namespace(monkeypatch):
         raise AssertionError("iptables ran in the host namespace")
 
     monkeypatch.setattr(iptables.subprocess, "run", never)
-    with pytest.raises(RuntimeError, match="refusing to run iptables-save in the host network namespace"):
+    with pytest.raises(DataplaneError, match="refusing to run iptables-save in the host network namespace"):
         open_dataplane("iptables").sync(TABLE)
 
 

@@ -12,10 +12,11 @@ import time
 import pytest
 
 from svcdns.errors import UsageError
-from svcdns.lab import EtcdServer, wait_for
 from svcdns.model import Service, ServicePort
 from svcdns.registry import open_registry
 from svcdns.registry.etcd import RegistryAuthFailed, RegistryUnavailable, parse_url
+from svcdns.testing.etcd import EtcdServer
+from svcdns.testing.lab import wait_for
 
 
 def test_url_parsing():

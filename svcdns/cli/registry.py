@@ -24,7 +24,6 @@ from typing import Any
 
 import yaml
 
-from ..config import registry_location
 from ..errors import NotFound, UsageError
 from ..model import (
     AFFINITY_CLIENT_IP,
@@ -40,7 +39,8 @@ from ..model import (
     parse_ip,
     parse_port_spec,
 )
-from . import open_registry
+from ..registry import open_registry
+from .config import registry_location
 
 _FAMILIES = {"ipv4": (IPV4,), "ipv6": (IPV6,), "dual": (IPV4, IPV6), "dual-ipv6": (IPV6, IPV4)}
 

@@ -27,8 +27,8 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .errors import UsageError
-from .ipam import DEFAULT_SERVICE_CIDRS, Allocator
+from ..errors import UsageError
+from ..ipam import DEFAULT_SERVICE_CIDRS, Allocator
 
 DEFAULT_CONFIG = "/etc/svcdns/svcdns.toml"
 DEFAULT_REGISTRY = "/var/lib/svcdns/registry"

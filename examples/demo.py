@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 
-from .lab import Lab, wait_for
+from svcdns.testing.lab import Lab, wait_for
 
 
 def say(title: str) -> None:

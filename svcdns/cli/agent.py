@@ -12,11 +12,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..errors import SvcdnsError, UsageError
 from . import config as configuration
-from .errors import SvcdnsError, UsageError
 
 log = logging.getLogger(__name__)
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
 def register(sub, common) -> None:
@@ -64,12 +64,12 @@ def load_config(args) -> configuration.Config:
 
 def build(cfg: configuration.Config):
     """The agent's parts from a configuration (imports here: each is a heavy module)."""
-    from .agent import Agent
-    from .dataplane import open_dataplane
-    from .dns.server import DNSServer
-    from .notify import Notifier
-    from .registry import open_registry
-    from .status import Metrics, State, StatusServer
+    from ..agent import Agent
+    from ..dataplane import open_dataplane
+    from ..dns.server import DNSServer
+    from ..notify import Notifier
+    from ..registry import open_registry
+    from ..status import Metrics, State, StatusServer
 
     dns = DNSServer(
         [configuration.split_hostport(a, "dns.listen") for a in cfg.dns_listen],
@@ -191,7 +191,7 @@ def cmd_uninstall(args) -> int:
             (root / rel).unlink()
             print(f"removed {root / rel}")
     if args.root == "/":
-        from .dataplane import open_dataplane
+        from ..dataplane import open_dataplane
 
         for kind in ("nftables", "iptables"):  # whichever backend the agent ran with
             open_dataplane(kind).cleanup()

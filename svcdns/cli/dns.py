@@ -12,10 +12,10 @@ import logging
 import signal
 import threading
 
-from ..config import registry_location
+from ..dns.server import DNSServer, parse_listen
 from ..errors import UsageError
 from ..registry import open_registry
-from .server import DNSServer, parse_listen
+from .config import registry_location
 
 log = logging.getLogger(__name__)
 

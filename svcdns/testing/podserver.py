@@ -1,10 +1,10 @@
 """A tiny pod for the lab: answers every TCP connection and UDP datagram with its own address.
 
-``python -m svcdns.podserver --proto tcp --port 8080`` prints ``listening`` once bound (``--proto
+``python -m svcdns.testing.podserver --proto tcp --port 8080`` prints ``listening`` once bound (``--proto
 http``: a web server whose page names the pod, for curl). TCP clients
 get ``<local address>\\n`` and, if they keep the connection open and send lines, each line echoed
 back (so a test can hold a long-lived connection through a sync or a restart). UDP datagrams are
-answered with the local address. ``python -m svcdns.podserver --client VIP PORT`` is the matching
+answered with the local address. ``python -m svcdns.testing.podserver --client VIP PORT`` is the matching
 client: prints what the server answered, exit 1 on failure.
 """
 
@@ -132,7 +132,7 @@ def _readline(s: socket.socket) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="svcdns.podserver")
+    p = argparse.ArgumentParser(prog="svcdns.testing.podserver")
     p.add_argument("--proto", choices=("tcp", "udp", "sctp", "http"), default="tcp")
     p.add_argument("--listen", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8080)

@@ -1,7 +1,7 @@
 """The ``svcdns`` command line: ``svcdns <command> ...``.
 
 Each area registers its own commands (``register(subparsers, common)``) so this module stays a
-thin dispatcher: the registry commands (``service``, ``endpoint``) live in ``svcdns.registry.commands``,
+thin dispatcher: the registry commands (``service``, ``endpoint``) live in ``svcdns.cli.registry``,
 and so on. A command's handler returns the exit code: 0 ok, 1 runtime failure, 2 bad usage/config.
 """
 
@@ -12,16 +12,16 @@ import importlib
 import logging
 import sys
 
-from . import __version__
+from .. import __version__
+from ..errors import SvcdnsError, UsageError
 from .config import DEFAULT_REGISTRY
-from .errors import SvcdnsError, UsageError
 
 # modules with a ``register(subparsers, common)`` function, in the order their commands are listed
 COMMAND_MODULES = [
-    "svcdns.registry.commands",
-    "svcdns.dns.commands",
-    "svcdns.dataplane.commands",
-    "svcdns.agent_commands",
+    "svcdns.cli.registry",
+    "svcdns.cli.dns",
+    "svcdns.cli.dataplane",
+    "svcdns.cli.agent",
 ]
 
 

@@ -7,10 +7,10 @@ svcdns cleanup [--dataplane nftables|iptables]       # remove svcdns's rules, no
 
 from __future__ import annotations
 
-from ..config import registry_location
+from ..dataplane import open_dataplane
 from ..errors import UsageError
 from ..registry import open_registry
-from . import open_dataplane
+from .config import registry_location
 
 
 def register(sub, common) -> None:

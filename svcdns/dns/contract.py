@@ -1,0 +1,30 @@
+"""The DNS server contract: what the agent may rely on."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from ..table import ServiceTable
+
+
+@runtime_checkable
+class DNS(Protocol):
+    """Answers for a ServiceTable. Every method raises only :class:`~svcdns.errors.DNSError` (or,
+    for a listen address that cannot be bound, :class:`~svcdns.errors.SvcdnsError` naming it)."""
+
+    def start(self) -> None:
+        """Bind and start answering (SERVFAIL inside the zone until the first ``update``)."""
+        ...
+
+    def update(self, table: ServiceTable) -> None:
+        """Publish the zone for ``table``; returns once every worker answers from it."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Queries by rcode and request durations, summed over the workers (for /metrics)."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+__all__ = ["DNS"]
