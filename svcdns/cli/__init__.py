@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "svcdns.cli.dns",
     "svcdns.cli.dataplane",
     "svcdns.cli.agent",
+    "svcdns.cli.install",
 ]
 
 
