@@ -14,7 +14,11 @@ drift is repaired (someone flushed the table) without rewriting a 10k-Service ta
 Every second it also asks whether svcdns's tables are gone altogether (``nft flush ruleset``, as
 Debian's nftables.service runs at every start and reload), and puts them back at once.
 
-The watch, the dataplane and the DNS server are injected (unit tests use fakes).
+The watch, the dataplane and the DNS server are injected, typed by their contracts (unit tests use
+fakes). A sync treats every failure the same way, whatever raised it (kube-proxy's ``success :=
+false; defer ...``): logged, counted in ``svcdns_sync_errors_total``, retried with backoff as a full
+sync. A failure outside a sync (the watch, a bug) ends ``run`` with the exception, so the process
+exits non-zero and systemd restarts it; the kernel keeps the rules meanwhile.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ import logging
 import threading
 import time
 
+from .dataplane.contract import Dataplane
+from .dns.contract import DNS
 from .errors import SvcdnsError
 from .notify import Notifier
+from .registry.contract import Snapshot, Watch
 from .status import Metrics, State
 from .table import ServiceTable, changed_keys
 
@@ -34,9 +41,9 @@ log = logging.getLogger(__name__)
 class Agent:
     def __init__(
         self,
-        watch,
-        dataplane,
-        dns,
+        watch: Watch,
+        dataplane: Dataplane,
+        dns: DNS,
         *,
         state: State | None = None,
         metrics: Metrics | None = None,
@@ -66,6 +73,7 @@ class Agent:
         self.last_full = 0.0
         self.last_loss_check = 0.0
         self.syncs = 0
+        self.registry_problem: str | None = None  # the last problem logged, to log changes once
 
     # ---- the loop ---------------------------------------------------------------------------------------
 
@@ -88,12 +96,22 @@ class Agent:
             if self.pending() or self.need_full:
                 timeout = max(0.0, min(timeout, max(self.next_attempt, self.last_sync + self.min_interval) - now))
             snap = self.watch.poll(timeout)
-            self.state.registry_problem = self.watch.problem
-            self.metrics.registry_up.set(0 if self.watch.problem else 1)
+            self.note_registry(self.watch.problem)
             if snap is not None:
                 self.take(snap)
 
-    def take(self, snap) -> None:
+    def note_registry(self, problem: str | None) -> None:
+        """The registry's health for /healthz and /metrics; a change is logged once."""
+        self.state.registry_problem = problem
+        self.metrics.registry_up.set(0 if problem else 1)
+        if problem != self.registry_problem:
+            if problem:
+                log.warning("agent: the registry cannot be read (%s); the last known Services stay in force", problem)
+            else:
+                log.info("agent: the registry can be read again")
+            self.registry_problem = problem
+
+    def take(self, snap: Snapshot) -> None:
         """A new registry snapshot: remember it; the loop applies it when due. Until the registry has
         been read once (``snap.synced``), nothing is applied: an agent that starts while etcd is down
         keeps the rules its last run left in the kernel (and DNS answers SERVFAIL in the zone), where
@@ -131,8 +149,8 @@ class Agent:
         self.last_loss_check = now
         try:
             lost = self.dataplane.lost()
-        except (SvcdnsError, OSError) as err:
-            log.warning("agent: could not check that svcdns's tables are still there (%s)", err)
+        except Exception as err:  # noqa: BLE001 - any failure here only defers the check
+            log.warning("agent: could not check that svcdns's tables are still there (%s)", _describe(err))
             return  # the drift check will tell
         if lost:
             log.warning("agent: svcdns's tables were removed behind its back (nft flush ruleset?); putting them back")
@@ -141,11 +159,11 @@ class Agent:
     def check_drift(self, now: float) -> None:
         try:
             drifted = self.dataplane.drifted()
-        except (SvcdnsError, OSError) as err:
-            log.warning("agent: could not check the kernel's rules for drift (%s); converging fully", err)
+        except Exception as err:  # noqa: BLE001 - whatever failed, converging fully repairs it
+            log.warning("agent: could not check the kernel's rules for drift (%s); converging fully", _describe(err))
             drifted = True
         if drifted:
-            log.info("agent: the kernel's rules may have changed behind svcdns's back; converging fully")
+            log.warning("agent: the kernel's rules may have changed behind svcdns's back; converging fully")
             self.need_full = True
         else:
             self.last_full = now
@@ -157,11 +175,11 @@ class Agent:
         start = time.monotonic()
         try:
             gone = [k for k in changed_keys(applied, desired) if k not in desired.services] if applied is not None else []
-            if gone:  # names leave DNS before their rules leave the kernel
+            if applied is not None and gone:  # names leave DNS before their rules leave the kernel
                 self.dns.update(applied.replace(deletes=gone))
             result = self.dataplane.sync(desired, full=full)
             self.dns.update(desired)  # names arrive after their rules
-        except SvcdnsError as err:
+        except Exception as err:  # noqa: BLE001 - every failure of a sync is handled alike (see the module doc)
             self.fail(err)
             return False
         now = time.monotonic()
@@ -182,11 +200,11 @@ class Agent:
         st.services, st.endpoints = len(desired), desired.endpoint_count()
         self.metrics.services.set(st.services)
         self.metrics.endpoints.set(st.endpoints)
-        self.metrics.rules.set(getattr(result, "rules", 0))
+        self.metrics.rules.set(result.rules if result is not None else 0)
         status = f"{st.services} Services, {st.endpoints} endpoints, revision {st.revision}"
         if not st.ready:
             st.ready = True
-            log.warning("agent: ready: %s", status)
+            log.info("agent: ready: %s", status)
         self.tell_systemd(status)
         log.info("agent: synced %s (%s, %.1f ms)", status, "full" if full else "partial", (now - start) * 1000)
         return True
@@ -201,8 +219,15 @@ class Agent:
 
     def fail(self, err: Exception) -> None:
         self.metrics.sync_errors.inc()
-        self.state.last_error = str(err)
+        self.state.last_error = _describe(err)
         self.need_full = True
         self.next_attempt = time.monotonic() + self.backoff
-        log.error("agent: sync failed, retrying in %.1fs: %s", self.backoff, err)
+        # an error svcdns did not convert at a shell's edge is a bug: keep its traceback
+        log.error("agent: sync failed, retrying in %.1fs as a full sync: %s", self.backoff, self.state.last_error,
+                  exc_info=not isinstance(err, SvcdnsError))  # fmt: skip
         self.backoff = min(self.backoff * 2, self.retry_max)
+
+
+def _describe(err: BaseException) -> str:
+    """A failure in one line: svcdns's own errors by their message, anything else with its type."""
+    return str(err) if isinstance(err, SvcdnsError) else f"{type(err).__name__}: {err}"

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 
 
 class Notifier:
-    def __init__(self, env: dict[str, str] | None = None) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
         env = os.environ if env is None else env
         path = env.get("NOTIFY_SOCKET", "")
         self.address = "\0" + path[1:] if path.startswith("@") else path
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
         self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and (not pid or pid == str(os.getpid())) else None
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.address)
 
     def send(self, *fields: str) -> bool:
         if not self.address:

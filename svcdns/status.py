@@ -8,6 +8,7 @@ once the first sync is done and DNS is up. /status is what `svcdns status` print
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+from .addr import format_hostport
+from .errors import SvcdnsError
 
 SYNC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -110,19 +114,33 @@ class StatusServer:
                 pass
 
         class Server(ThreadingHTTPServer):
-            address_family = __import__("socket").AF_INET6 if ":" in listen[0] else __import__("socket").AF_INET
+            address_family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
             daemon_threads = True
             allow_reuse_address = True
 
-        self.httpd = Server(listen, Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="svcdns-status", daemon=True)
+        self.listen = listen
+        self._server_class, self._handler = Server, Handler
+        self.httpd: ThreadingHTTPServer | None = None
+        self.thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Bind and serve; a port that is taken is a SvcdnsError naming the address."""
+        host, port = self.listen
+        try:
+            self.httpd = self._server_class(self.listen, self._handler)
+        except OSError as err:
+            raise SvcdnsError(
+                f"health_listen {format_hostport(host, port)}: cannot listen: {err.strerror or err} "
+                "(another agent running? choose another address with --health-listen)"
+            ) from None
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="svcdns-status", daemon=True)
         self.thread.start()
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.httpd = None
 
     def handle(self, req: BaseHTTPRequestHandler) -> None:
         path = req.path.split("?")[0]

@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+from typing import NoReturn
 
 from .. import __version__
-from ..errors import SvcdnsError, UsageError
+from ..errors import SvcdnsError
+from . import logs
 from .config import DEFAULT_REGISTRY
 
 # modules with a ``register(subparsers, common)`` function, in the order their commands are listed
@@ -53,7 +56,7 @@ def common_parser() -> argparse.ArgumentParser:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # exit 2 with a usage line, as argparse does, but no traceback
+    def error(self, message: str) -> NoReturn:  # exit 2 with a usage line, as argparse does, but no traceback
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
@@ -74,16 +77,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(getattr(args, "verbose", 0) or 0, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logs.setup(level)
     try:
         return int(args.func(args) or 0)
-    except UsageError as err:
-        print(f"svcdns: error: {err}", file=sys.stderr)
-        return 2
     except SvcdnsError as err:
         print(f"svcdns: error: {err}", file=sys.stderr)
-        return 1
+        return err.exit_code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        return 0
+        if _stdout_closed():  # `svcdns service list | head`: the reader left, nothing failed
+            return 0
+        logging.getLogger("svcdns").exception("svcdns: internal error (a pipe closed)")
+        return 1
+    except Exception:  # noqa: BLE001 - a bug: say so with its traceback, and never exit 0
+        logging.getLogger("svcdns").exception("svcdns: internal error")
+        return 1
+
+
+def _stdout_closed() -> bool:
+    """Whether our own stdout is the pipe whose reader went away (then exit quietly, with stdout
+    pointed at /dev/null so the interpreter's final flush does not complain)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return True
+    except (OSError, ValueError):
+        return False
+    return False

@@ -9,6 +9,7 @@ import threading
 import urllib.error
 import urllib.request
 
+from ..addr import parse_hostport
 from ..errors import SvcdnsError, UsageError
 from . import config as configuration
 
@@ -61,7 +62,7 @@ def build(cfg: configuration.Config):
     from ..status import Metrics, State, StatusServer
 
     dns = DNSServer(
-        [configuration.split_hostport(a, "dns.listen") for a in cfg.dns_listen],
+        [parse_hostport(a, "dns.listen") for a in cfg.dns_listen],
         zone=cfg.cluster_zone,
         ttl=cfg.dns_ttl,
         upstreams=list(cfg.dns_upstreams) or None,
@@ -71,7 +72,7 @@ def build(cfg: configuration.Config):
     )
     state = State(registry=cfg.registry, health_timeout=max(60.0, 2 * cfg.full_sync_period))
     metrics = Metrics(dns_stats=dns.stats)
-    status = StatusServer(configuration.split_hostport(cfg.health_listen, "health_listen"), state, metrics)
+    status = StatusServer(parse_hostport(cfg.health_listen, "health_listen"), state, metrics)
     watch = open_registry(cfg.registry, list(cfg.service_cidrs)).watch()
     agent = Agent(watch, open_dataplane(cfg.dataplane), dns, state=state, metrics=metrics, notifier=Notifier(),
                   full_sync_period=cfg.full_sync_period)  # fmt: skip
@@ -85,17 +86,26 @@ def cmd_agent(args) -> int:
     stop, reload = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: (reload.set(), stop.set()))
+
+    def on_hup(*_: object) -> None:
+        reload.set()
+        stop.set()
+
+    signal.signal(signal.SIGHUP, on_hup)
     while True:
         agent, dns, status = build(cfg)
         try:
-            dns.start()
-            status.start()
-        except OSError as err:
-            dns.stop()
-            raise SvcdnsError(f"cannot listen on {cfg.health_listen}: {err.strerror}") from None
-        log.warning("agent: registry %s, dataplane %s, DNS on %s, health on %s", cfg.registry, cfg.dataplane,
-                    ", ".join(cfg.dns_listen), cfg.health_listen)  # fmt: skip
+            status.start()  # first: it fails fast and alone when its port is taken
+            try:
+                dns.start()
+            except OSError as err:
+                raise SvcdnsError(f"DNS cannot listen on {', '.join(cfg.dns_listen)}: {err.strerror or err}") from None
+        except BaseException:
+            status.stop()
+            agent.watch.close()
+            raise
+        log.info("agent: registry %s, dataplane %s, DNS on %s, health on %s", cfg.registry, cfg.dataplane,
+                 ", ".join(cfg.dns_listen), cfg.health_listen)  # fmt: skip
         try:
             agent.run(stop)
         finally:
@@ -104,7 +114,7 @@ def cmd_agent(args) -> int:
             dns.stop()
             status.stop()
         if not reload.is_set():
-            log.warning("agent: stopped; the rules stay in place (svcdns cleanup removes them)")
+            log.info("agent: stopped; the rules stay in place (svcdns cleanup removes them)")
             return 0
         reload.clear()
         stop.clear()
@@ -113,7 +123,7 @@ def cmd_agent(args) -> int:
         except UsageError as err:
             log.error("agent: reload refused, keeping the running configuration: %s", err)
             new = cfg
-        log.warning("agent: configuration reloaded from %s", new.source or "flags and environment")
+        log.info("agent: configuration reloaded from %s", new.source or "flags and environment")
         cfg = new
 
 

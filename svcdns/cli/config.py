@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..addr import parse_hostport
 from ..errors import UsageError
 from ..ipam import DEFAULT_SERVICE_CIDRS, Allocator
 
@@ -50,6 +53,11 @@ class Config:
     dns_ttl: int = 5
     dns_workers: int = 0
     source: str = ""  # the file it came from, for messages
+    # config key -> where its value came from (the file, "environment", "command line"), for messages
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def origin(self, key: str) -> str:
+        return self.origins.get(key, self.source or "configuration")
 
     def allowed_networks(self) -> list[str]:
         return list(self.dns_allowed_networks) or ["127.0.0.0/8", "::1/128", *self.service_cidrs, *self.pod_cidrs]
@@ -112,10 +120,10 @@ def _apply(cfg: Config, values: dict[str, Any], where: str) -> Config:
         elif kind == (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise UsageError(f"{where}: {key} = {value!r}: expected a number of seconds")
         changes[attr] = value
-    return replace(cfg, **changes)
+    return replace(cfg, **changes, origins={**cfg.origins, **{key: where for key in values}})
 
 
-def load(path: str | None = None, flags: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Config:
+def load(path: str | None = None, flags: dict[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """The configuration: the file (``path``, or /etc/svcdns/svcdns.toml if it exists), then the
     environment, then ``flags`` (config keys -> values; None values are ignored)."""
     cfg = Config()
@@ -133,10 +141,12 @@ def load(path: str | None = None, flags: dict[str, Any] | None = None, env: dict
     cfg = _apply(cfg, {key: env[name] for name, key in _ENV.items() if env.get(name)}, "environment")
     cfg = _apply(cfg, {k: v for k, v in (flags or {}).items() if v is not None}, "command line")
     validate(cfg)
+    # names are case-insensitive; a trailing dot names the same zone
+    cfg = replace(cfg, cluster_zone=cfg.cluster_zone.lower().removesuffix("."))
     return cfg
 
 
-def registry_location(flag: str | None, env: dict[str, str] | None = None) -> str:
+def registry_location(flag: str | None, env: Mapping[str, str] | None = None) -> str:
     """Where the registry is, for one-shot commands: the flag, $SVCDNS_REGISTRY, the config file's
     ``registry``, else the default directory."""
     env = os.environ if env is None else env
@@ -157,52 +167,38 @@ def registry_location(flag: str | None, env: dict[str, str] | None = None) -> st
 
 
 def validate(cfg: Config, local_networks: list | None = None) -> None:
-    where = cfg.source or "configuration"
+    where = cfg.origin
     if cfg.dataplane not in ("nftables", "iptables"):
-        raise UsageError(f"{where}: dataplane = {cfg.dataplane!r}: expected nftables or iptables")
+        raise UsageError(f"{where('dataplane')}: dataplane = {cfg.dataplane!r}: expected nftables or iptables")
     try:
         Allocator(list(cfg.service_cidrs))
     except UsageError as err:
-        raise UsageError(f"{where}: service_cidrs: {err}") from None
+        raise UsageError(f"{where('service_cidrs')}: service_cidrs: {err}") from None
     for key, nets in (("pod_cidrs", cfg.pod_cidrs), ("dns.allowed_networks", cfg.dns_allowed_networks)):
         for n in nets:
             try:
                 ipaddress.ip_network(n, strict=False)
             except ValueError:
-                raise UsageError(f"{where}: {key}: {n!r} is not a network such as 10.244.0.0/16") from None
+                raise UsageError(f"{where(key)}: {key}: {n!r} is not a network such as 10.244.0.0/16") from None
     if not 0 <= cfg.dns_ttl <= 86400:
-        raise UsageError(f"{where}: dns.ttl = {cfg.dns_ttl}: expected 0 to 86400 seconds")
+        raise UsageError(f"{where('dns.ttl')}: dns.ttl = {cfg.dns_ttl}: expected 0 to 86400 seconds")
     if cfg.dns_workers < 0:
-        raise UsageError(f"{where}: dns.workers = {cfg.dns_workers}: expected 0 (one per core) or more")
+        raise UsageError(f"{where('dns.workers')}: dns.workers = {cfg.dns_workers}: expected 0 (one per core) or more")
     if cfg.full_sync_period < 1:
-        raise UsageError(f"{where}: full_sync_period = {cfg.full_sync_period}: expected at least 1 second")
+        raise UsageError(f"{where('full_sync_period')}: full_sync_period = {cfg.full_sync_period}: expected at least 1 second")
+    check_zone(cfg.cluster_zone, where("cluster_zone"))
     for key, value in [("health_listen", cfg.health_listen), *(("dns.listen", v) for v in cfg.dns_listen)]:
-        split_hostport(value, key, where)
+        parse_hostport(value, key, where=where(key))
+    for value in cfg.dns_upstreams:
+        parse_hostport(value, "dns.upstreams", default_port=53, where=where("dns.upstreams"))
     for cidr in cfg.service_cidrs:
         net = ipaddress.ip_network(cidr)
         for local in local_networks if local_networks is not None else host_networks():
             if local.version == net.version and local.overlaps(net) and local.prefixlen > 0:
                 raise UsageError(
-                    f"{where}: service_cidrs: {cidr} overlaps the local network {local}; "
+                    f"{where('service_cidrs')}: service_cidrs: {cidr} overlaps the local network {local}; "
                     "VIPs there would shadow real hosts: choose an unused range"
                 )
-
-
-def split_hostport(value: str, key: str = "address", where: str = "configuration") -> tuple[str, int]:
-    text = value.strip()
-    if text.startswith("["):
-        host, _, port = text[1:].partition("]")
-        port = port.lstrip(":")
-    else:
-        host, _, port = text.rpartition(":")
-    try:
-        ipaddress.ip_address(host)
-        number = int(port)
-        if not 0 < number < 65536:
-            raise ValueError
-    except ValueError:
-        raise UsageError(f"{where}: {key} = {value!r}: expected ADDRESS:PORT, e.g. 127.0.0.1:53") from None
-    return host, number
 
 
 def host_networks() -> list:
@@ -226,4 +222,16 @@ def host_networks() -> list:
     return nets
 
 
-__all__ = ["Config", "load", "validate", "split_hostport", "host_networks", "field"]
+def check_zone(zone: str, where: str = "configuration") -> None:
+    """The cluster zone: a DNS subdomain of RFC 1123 labels, as Kubernetes' ``--cluster-domain``."""
+    labels = zone.removesuffix(".").split(".")
+    if not zone or len(zone) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise UsageError.invalid(
+            "cluster_zone", zone, "expected a DNS name of labels (letters, digits, '-') joined by dots, "
+            "e.g. cluster.local", where,
+        )  # fmt: skip
+
+
+_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")  # compared case-insensitively
+
+__all__ = ["Config", "check_zone", "host_networks", "load", "validate"]
