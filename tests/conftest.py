@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -16,6 +17,8 @@ from svcdns.testing.etcd import EtcdServer
 # Every kernel shell refuses to program the namespace named here: the host's own. A test that forgot
 # to enter its namespace then fails loudly instead of touching the host.
 os.environ[GUARD_ENV] = str(host_netns_inode())
+# The agents the tests start take their one-per-namespace lock here, not in the host's /run.
+os.environ.setdefault("SVCDNS_RUN_DIR", tempfile.mkdtemp(prefix="svcdns-test-run-"))
 
 
 def _root_reason() -> str | None:

@@ -12,6 +12,7 @@ import urllib.request
 from ..addr import parse_hostport
 from ..errors import SvcdnsError, UsageError
 from . import config as configuration
+from .lock import AgentLock
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,12 @@ def cmd_agent(args) -> int:
         stop.set()
 
     signal.signal(signal.SIGHUP, on_hup)
+    with AgentLock():  # before anything binds or programs: a second agent changes nothing
+        return _serve(args, cfg, stop, reload)
+
+
+def _serve(args, cfg: configuration.Config, stop: threading.Event, reload: threading.Event) -> int:
+    """Run the agent until SIGTERM; SIGHUP rebuilds it with the configuration read again."""
     while True:
         agent, dns, status = build(cfg)
         try:

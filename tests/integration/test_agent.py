@@ -221,3 +221,22 @@ def test_a_flushed_ruleset_is_put_back_within_seconds(node, dataplane):
     assert node.ask(vip) == [str(p1.ipv4)]
     node.node.run(["nft", "flush", "ruleset"])
     wait_for(lambda: node.ask(vip) == [str(p1.ipv4)], 10, what="the VIP to work again")
+
+
+def test_a_second_agent_in_the_namespace_is_refused_and_changes_nothing(node, tmp_path):
+    """Issue 12: a second agent (a debug run on an empty registry) shared :53 through SO_REUSEPORT
+    and rewrote the table; now it exits 1 naming the first, before it binds or programs anything."""
+    p1 = node.pod_list[0]
+    first = node.start_agent()
+    vip = node.svcdns("service", "add", "web", "--port", "http:80:8080/tcp").strip()
+    node.svcdns("endpoint", "add", "web", str(p1.ipv4))
+    wait_for(lambda: node.ask(vip) == [str(p1.ipv4)], 10, what="the VIP to work")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    second = node.node.run([*PY, "svcdns", "agent", "--registry", str(empty), "--health-listen", "127.0.0.1:10257",
+                            "--dns-workers", "1"], check=False, env=node.env, timeout=30)  # fmt: skip
+    assert second.returncode == 1, second.stderr
+    assert f"another svcdns agent (PID {first.pid}) already runs in this network namespace" in second.stderr
+    answers = {node.dig("web.default.svc.cluster.local", server="127.0.0.1", ns=node.node) for _ in range(10)}
+    assert answers == {vip}, f"answers from a second zone: {answers}"
+    assert node.ask(vip, 5) == [str(p1.ipv4)] * 5
