@@ -12,7 +12,8 @@ import logging
 import signal
 import threading
 
-from ..dns.server import DNSServer, parse_listen
+from ..addr import parse_hostport
+from ..dns.server import DNSServer
 from ..errors import UsageError
 from ..registry import open_registry
 from .config import registry_location
@@ -43,7 +44,7 @@ def cmd_dns(args) -> int:
         raise UsageError(f"--workers {args.workers}: must be at least 1")
     try:
         server = DNSServer(
-            [parse_listen(a) for a in args.listen or ["127.0.0.1:53"]],
+            [parse_hostport(a, "dns.listen", default_port=53) for a in args.listen or ["127.0.0.1:53"]],
             zone=args.zone,
             ttl=args.ttl,
             upstreams=args.upstream,

@@ -16,8 +16,6 @@ Accepted shapes and what they get:
 
 from __future__ import annotations
 
-import itertools
-
 from .wire import (
     BADVERS,
     CLASS_IN,
@@ -45,18 +43,20 @@ from .zone import Zone
 
 FORWARD = object()  # the query is for a name outside the zone
 CHASE = "chase"  # third value of answer_cacheable: a CNAME whose target the server should resolve
-_turn = itertools.count()
 
 
-def answer(zone: Zone, data: bytes, udp: bool = True, ra: bool = False) -> tuple[bytes | None | object, int | None]:
+def answer(
+    zone: Zone, data: bytes, udp: bool = True, ra: bool = False, turn: int = 0
+) -> tuple[bytes | None | object, int | None]:
     """Answer one query message. Returns (answer bytes, rcode), or (None, None) to drop it, or
     (FORWARD, None) for a name outside the zone. ``udp``: apply the client's UDP size (TC=1 when the
-    answer does not fit). ``ra``: this client may recurse through us (forwarding allowed)."""
-    out, rcode, _ = answer_cacheable(zone, data, udp, ra)
+    answer does not fit). ``ra``: this client may recurse through us (forwarding allowed). ``turn``:
+    which rotation of a headless answer to give (the caller counts; this function keeps no state)."""
+    out, rcode, _ = answer_cacheable(zone, data, udp, ra, turn)
     return out, rcode
 
 
-def answer_cacheable(zone: Zone, data: bytes, udp: bool = True, ra: bool = False):
+def answer_cacheable(zone: Zone, data: bytes, udp: bool = True, ra: bool = False, turn: int = 0):
     """:func:`answer`, plus whether the same query bytes (ID aside) always get the same answer from
     this zone (everything but the rotating headless answers), for the server's answer cache, or
     CHASE for an ExternalName asked by a client that may recurse (the server appends the target's
@@ -71,18 +71,18 @@ def answer_cacheable(zone: Zone, data: bytes, udp: bool = True, ra: bool = False
         q = parse_query(data)
     except Malformed:
         return error_from_header(data, FORMERR), FORMERR, True
-    out, rcode = lookup(zone, q, ra)
+    out, rcode = lookup(zone, q, ra, turn)
     if out is FORWARD:
         return FORWARD, None, False
     if ra and q.qtype in (TYPE_A, TYPE_AAAA) and q.key in zone.cnames:
         return out, rcode, CHASE  # an ExternalName: the server adds the target's addresses
     cacheable = len(zone.entries.get((q.key, q.qtype), ())) <= 1
     if udp and len(out) > q.udp_limit():  # type: ignore[arg-type]
-        return truncated(q, ra), rcode, cacheable
+        return truncated(q, ra=ra), rcode, cacheable
     return out, rcode, cacheable
 
 
-def lookup(zone: Zone, q: Query, ra: bool = False) -> tuple[bytes | object, int]:
+def lookup(zone: Zone, q: Query, ra: bool = False, turn: int = 0) -> tuple[bytes | object, int]:
     if q.edns and q.edns_version != 0:
         return response(q, BADVERS, ra=ra), BADVERS
     if q.qclass != CLASS_IN:
@@ -91,7 +91,7 @@ def lookup(zone: Zone, q: Query, ra: bool = False) -> tuple[bytes | object, int]
         return response(q, REFUSED, ra=ra), REFUSED
     variants = zone.entries.get((q.key, q.qtype))
     if variants:
-        body, counts = variants[next(_turn) % len(variants)] if len(variants) > 1 else variants[0]
+        body, counts = variants[turn % len(variants)] if len(variants) > 1 else variants[0]
         return response(q, NOERROR, body, counts, ra=ra), NOERROR
     cname = zone.cnames.get(q.key)
     if cname is not None:

@@ -16,6 +16,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from .wire import Query
 
@@ -26,7 +27,9 @@ MAX_CACHE_TTL = 300
 CACHE_ENTRIES = 10_000
 
 
-def default_upstreams(own: list[tuple[str, int]] = (), resolv_conf: str = "/etc/resolv.conf") -> list[tuple[str, int]]:
+def default_upstreams(
+    own: Sequence[tuple[str, int]] = (), resolv_conf: str = "/etc/resolv.conf"
+) -> list[tuple[str, int]]:
     """The host's resolvers from resolv.conf, skipping our own listen addresses (no loops)."""
     ours = {(h, p) for h, p in own}
     found = []

@@ -79,8 +79,10 @@ class Batch:
                 h.name, h.namelen, h.iov, h.iovlen = base + i * STRIDE, namelen, ctypes.addressof(iov[i]), 1
         self._rmsg_p, self._smsg_p = ctypes.addressof(self._rmsg), ctypes.addressof(self._smsg)
         self.meta = memoryview(self._rmsg).cast("B").cast("I")  # [i * _WORDS + _LEN_WORD]: datagram i's length
-        size_t = "Q" if ctypes.sizeof(ctypes.c_size_t) == 8 else "I"
-        self.out_len = memoryview(self._siov).cast("B").cast(size_t)  # [i * 2 + 1]: answer i's length
+        raw = memoryview(self._siov).cast("B")
+        self.out_len = (
+            raw.cast("Q") if ctypes.sizeof(ctypes.c_size_t) == 8 else raw.cast("I")
+        )  # [i * 2 + 1]: answer i's length
         a0, a1 = self.addr
         # per slot, the offsets the hot loop needs: (i, address start and end, datagram, length word, answer length word)
         self.slots = [(i, i * STRIDE + a0, i * STRIDE + a1, i * STRIDE + NAME, i * _WORDS + _LEN_WORD, i * 2 + 1)

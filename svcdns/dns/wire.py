@@ -62,10 +62,6 @@ class Query:
         return max(512, min(self.payload, EDNS_PAYLOAD)) if self.edns else 512
 
 
-def header_id(data: bytes) -> int | None:
-    return struct.unpack_from("!H", data)[0] if len(data) >= 2 else None
-
-
 def parse_name(data: bytes, offset: int) -> tuple[bytes, int, tuple[int, ...]]:
     """An uncompressed name at ``offset``: (wire bytes, the offset after it, label offsets). A
     pointer in a question is refused: no client needs it, and it is how compression loops start."""
@@ -158,9 +154,10 @@ def response(
     return _HEADER.pack(q.id, flags, 1, an, ns, ar) + q.question + body + tail
 
 
-def truncated(q: Query, ra: bool = False) -> bytes:
-    """The answer does not fit the client's UDP size: TC=1, no records, so it retries over TCP."""
-    msg = bytearray(response(q, NOERROR, aa=True, ra=ra))
+def truncated(q: Query, rcode: int = NOERROR, aa: bool = True, ra: bool = False) -> bytes:
+    """The answer does not fit the client's UDP size: TC=1, no records, so it retries over TCP.
+    The one place a TC answer is built, for the zone's answers and for forwarded ones alike."""
+    msg = bytearray(response(q, rcode, aa=aa, ra=ra))
     msg[2] |= 0x02
     return bytes(msg)
 

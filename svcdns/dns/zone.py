@@ -21,6 +21,7 @@ import ipaddress
 import struct
 import time
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SRV, TXT, A, DNSHeader, DNSQuestion, DNSRecord
@@ -101,7 +102,7 @@ class _Builder:
                 break
             name = name.split(".", 1)[1]
 
-    def add(self, name: str, rtype: int, rdata, additional: list[RR] = ()) -> None:
+    def add(self, name: str, rtype: int, rdata, additional: Sequence[RR] = ()) -> None:
         self.records.setdefault((name, rtype), []).append(RR(name, rtype, rdata=rdata, ttl=self.ttl))
         if additional:
             self.additional.setdefault((name, rtype), []).extend(additional)
@@ -150,7 +151,7 @@ class _Builder:
                 self.rotate.add((f"_{port.name}._{port.protocol.lower()}.{base}", TYPE_SRV))
 
 
-def _body(name: str, rtype: int, answers: list[RR], additional: list[RR] = ()) -> Body:
+def _body(name: str, rtype: int, answers: list[RR], additional: Sequence[RR] = ()) -> Body:
     msg = DNSRecord(DNSHeader(id=0, qr=1, aa=1), q=DNSQuestion(name, rtype))
     for a in answers:
         msg.add_answer(a)
@@ -220,8 +221,8 @@ def apply_delta(zone: Zone, d: Delta) -> Zone:
     soa = soa_record(zone.origin, zone.ttl, d.serial)
     entries[(zone.origin_wire, TYPE_SOA)] = ((soa, (1, 0, 0)),)
     cnames = dict(zone.cnames)
-    for key in d.cname_drop:
-        cnames.pop(key, None)
+    for name in d.cname_drop:
+        cnames.pop(name, None)
     cnames.update(d.cname_put)
     names = (zone.names - d.names_drop) | d.names_add
     return Zone(zone.origin, zone.origin_wire, zone.ttl, d.serial, soa, entries, cnames, names)
@@ -266,7 +267,7 @@ class ZoneCompiler:
         names_drop: set[bytes] = set()
         current = table.services
         if self.table is None:
-            keys = list(current)
+            keys: Iterable[tuple[str, str]] = list(current)
         else:
             keys = changed_keys(self.table, table)
         self.table = table

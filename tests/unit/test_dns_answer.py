@@ -39,11 +39,11 @@ ZONE = compile_zone(TABLE, serial=42)
 SOA = "cluster.local. 5 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. 42 7200 1800 86400 5"
 
 
-def ask(name, qtype="A", zone=ZONE, edns=None, udp=True, ra=False):
+def ask(name, qtype="A", zone=ZONE, edns=None, udp=True, ra=False, turn=0):
     q = DNSRecord.question(name, qtype)
     if edns is not None:
         q.add_ar(EDNS0(udp_len=edns))
-    out, rcode = answer(zone, bytes(q.pack()), udp=udp, ra=ra)
+    out, rcode = answer(zone, bytes(q.pack()), udp=udp, ra=ra, turn=turn)
     if out is FORWARD:
         return "FORWARD", None
     return DNSRecord.parse(out), q
@@ -127,8 +127,10 @@ def test_servfail_until_the_first_table():
 
 
 def test_headless_answers_rotate():
-    firsts = {str(ask("db.default.svc.cluster.local")[0].rr[0].rdata) for _ in range(4)}
+    firsts = {str(ask("db.default.svc.cluster.local", turn=turn)[0].rr[0].rdata) for turn in range(4)}
     assert firsts == {"10.244.1.3", "10.244.2.3"}
+    # the function keeps no state: the same turn gives the same answer
+    assert len({str(ask("db.default.svc.cluster.local", turn=1)[0].rr[0].rdata) for _ in range(4)}) == 1
 
 
 def test_any_gets_the_rfc8482_answer():

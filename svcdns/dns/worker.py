@@ -1,0 +1,387 @@
+"""A DNS worker process: one selector loop over its UDP sockets, TCP listeners and TCP connections.
+
+The supervisor (:mod:`.server`) binds the listening sockets and hands each worker its own set (one
+UDP socket and one TCP listener per address, in an SO_REUSEPORT group), so a worker that dies leaves
+its sockets open in the supervisor: queries wait in them until the replacement takes them over.
+
+UDP is read and answered in batches (:mod:`.mmsg`): a query this worker has answered before from the
+same zone is answered from its cache by copying the cached bytes over the query, with no object built
+and one system call per batch each way; everything else is answered one by one by :meth:`Worker.handle`.
+TCP follows RFC 7766: length-prefixed messages, several queries per connection, an idle timeout, a
+cap on connections. Forwarded queries run on a small thread pool so they never stall the loop.
+
+The control pipe carries ``(seq, verb, arg)`` requests; every request but ``stop`` gets one
+``(seq, result)`` reply, so the supervisor can tell a late reply from the one it waits for.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import select
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .answer import CHASE, FORWARD, answer_cacheable
+from .forward import DEFAULT_ALLOWED, Allowed, Forwarder
+from .mmsg import BATCH, QUERY, Batch
+from .wire import FORMERR, RCODE_NAMES, REFUSED, SERVFAIL, error_from_header, parse_query, response, truncated
+from .zone import apply_delta, empty_zone
+
+log = logging.getLogger(__name__)
+
+TCP_IDLE = 10.0  # seconds a TCP client may stay silent
+TCP_MAX_CONNECTIONS = 256  # per worker
+TCP_SEND_TIMEOUT = 5.0  # seconds a TCP client that does not read its answers is given
+CACHE_ENTRIES = 50_000  # answers kept per worker (dropped at each zone change)
+DURATION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+Reply = Callable[[bytes], None]
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: tuple[tuple[str, int], ...]
+    zone: str = "cluster.local"
+    ttl: int = 5
+    upstreams: tuple[tuple[str, int], ...] = ()
+    allowed_networks: tuple[str, ...] = DEFAULT_ALLOWED
+    forward: bool = True
+
+
+@dataclass
+class _Conn:
+    sock: socket.socket
+    peer: str  # the client's address
+    inbuf: bytearray = field(default_factory=bytearray)
+    last: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _rcode_name(rcode: int) -> str:
+    return RCODE_NAMES.get(rcode, str(rcode))
+
+
+def _send_all(sock: socket.socket, data: bytes, timeout: float = TCP_SEND_TIMEOUT) -> None:
+    """Write all of ``data`` to a non-blocking socket, waiting for room (a slow reader gets 5 s)."""
+    view = memoryview(data)
+    deadline = time.monotonic() + timeout
+    while view:
+        try:
+            view = view[sock.send(view) :]
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("TCP client does not read its answers") from None
+            select.select([], [sock], [], left)
+
+
+class Worker:
+    def __init__(
+        self, settings: Settings, control: Connection, sockets: list[tuple[socket.socket, socket.socket]]
+    ) -> None:
+        self.settings = settings
+        self.control = control
+        self.sockets = sockets
+        self.zone = empty_zone(settings.zone, settings.ttl)
+        self.allowed = Allowed(settings.allowed_networks)
+        self.forwarder = Forwarder(list(settings.upstreams)) if settings.forward and settings.upstreams else None
+        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="forward") if self.forwarder else None
+        self.sel = selectors.DefaultSelector()
+        self.conns: dict[int, _Conn] = {}
+        # the answer caches, by transport and by whether the client may recurse: query bytes after
+        # the ID -> (answer bytes after the ID, rcode); emptied, in place, at every zone change
+        self.udp_cache: tuple[dict, dict] = ({}, {})
+        self.tcp_cache: tuple[dict, dict] = ({}, {})
+        self.recurse: dict[str, bool] = {}  # client address -> may recurse
+        self.udp_clients: dict[bytes, dict] = {}  # client address bytes -> its UDP answer cache
+        self.turn = 0  # the rotation of headless answers: each uncached answer takes the next
+        self.next_expiry = 0.0
+        self.rcodes = [0] * 4096  # queries answered, by rcode
+        self.buckets: Counter = Counter()
+        self.duration_sum = 0.0
+        self.duration_count = 0
+        self.running = True
+
+    def register(self) -> None:
+        for udp, tcp in self.sockets:
+            self.sel.register(udp, selectors.EVENT_READ, ("udp", Batch(udp)))
+            self.sel.register(tcp, selectors.EVENT_READ, ("listen", tcp))
+        self.sel.register(self.control, selectors.EVENT_READ, ("control", None))
+
+    def run(self) -> None:
+        while self.running:
+            for key, _ in self.sel.select(timeout=1.0):
+                kind, obj = key.data
+                if kind == "udp":
+                    self.on_udp(obj)
+                elif kind == "listen":
+                    self.on_accept(obj)
+                elif kind == "tcp":
+                    self.on_tcp(obj)
+                else:
+                    self.on_control()
+            now = time.monotonic()
+            if now >= self.next_expiry:
+                self.expire(now)
+                self.next_expiry = now + 1.0
+
+    # -- control
+    def on_control(self) -> None:
+        try:
+            seq, verb, arg = pickle.loads(self.control.recv_bytes())
+        except (EOFError, OSError):
+            self.running = False  # the supervisor is gone
+            return
+        if verb in ("zone", "delta"):
+            # one assignment: every answer after this comes from the new zone
+            self.zone = arg if verb == "zone" else apply_delta(self.zone, arg)
+            for cache in (*self.udp_cache, *self.tcp_cache):
+                cache.clear()
+            self.control.send((seq, "ok"))
+        elif verb == "stats":
+            self.control.send((seq, self.stats()))
+        elif verb == "stop":
+            self.running = False
+
+    def stats(self) -> dict[str, Any]:
+        queries = {_rcode_name(rcode): n for rcode, n in enumerate(self.rcodes) if n}
+        return {"queries": queries, "duration_buckets": dict(self.buckets),
+                "duration_sum": self.duration_sum, "duration_count": self.duration_count}  # fmt: skip
+
+    # -- answering
+    def may_recurse(self, client: str) -> bool:
+        """Whether ``client`` gets forwarded answers."""
+        ra = self.recurse.get(client)
+        if ra is None:
+            if len(self.recurse) >= CACHE_ENTRIES:
+                self.recurse.clear()
+            ra = self.recurse[client] = self.forwarder is not None and client in self.allowed
+        return ra
+
+    def handle(self, data: bytes, client: str, udp: bool, ra: bool, reply: Reply) -> None:
+        start = time.perf_counter()
+        # the answer cache: the same query bytes (ID aside) get the same answer from one zone
+        cache = (self.udp_cache if udp else self.tcp_cache)[ra]
+        key = data[2:]
+        hit = cache.get(key)
+        if hit is not None:
+            reply(data[:2] + hit[0])
+            self.count(hit[1], start)
+            return
+        self.turn += 1
+        out, rcode, cacheable = answer_cacheable(self.zone, data, udp=udp, ra=ra, turn=self.turn)
+        if out is FORWARD:
+            self.forward(data, client, udp, reply, start)
+            return
+        if cacheable == CHASE and self.pool is not None:
+            self.pool.submit(self.chase, out, reply, start)
+            return
+        if isinstance(out, bytes):
+            reply(out)
+            self.count(rcode or 0, start)
+            if cacheable:
+                if len(cache) >= CACHE_ENTRIES:
+                    cache.clear()  # garbage queries must not grow it without bound
+                cache[key] = (out[2:], rcode)
+
+    def forward(self, data: bytes, client: str, udp: bool, reply: Reply, start: float) -> None:
+        q = parse_query(bytes(data))
+        forwarder, pool = self.forwarder, self.pool
+        if forwarder is None or pool is None or client not in self.allowed:
+            reply(response(q, REFUSED, aa=False))
+            self.count(REFUSED, start)
+            return
+
+        def job() -> None:
+            out = forwarder.resolve(bytes(data), q)
+            if out is None:
+                out = response(q, SERVFAIL, aa=False, ra=True)
+            elif udp and len(out) > q.udp_limit():  # too large for this client: TC=1, retry over TCP
+                out = truncated(q, out[3] & 0xF, aa=False, ra=True)
+            reply(out)
+            self.count(out[3] & 0xF, start)
+
+        pool.submit(job)
+
+    def chase(self, answer: bytes, reply: Reply, start: float) -> None:
+        """An ExternalName's CNAME, with the target's addresses resolved upstream appended (the slow
+        path: dnslib builds the message)."""
+        from dnslib import QTYPE, DNSRecord
+
+        try:
+            msg = DNSRecord.parse(answer)
+            query = DNSRecord.question(str(msg.rr[0].rdata), QTYPE.get(msg.q.qtype))
+            data = bytes(query.pack())
+            upstream = self.forwarder.resolve(data, parse_query(data)) if self.forwarder else None
+            if upstream is not None:
+                for rr in DNSRecord.parse(upstream).rr:
+                    msg.add_answer(rr)
+            msg.header.ra = 1
+            answer = bytes(msg.pack())
+        except Exception:  # noqa: BLE001 - an upstream's garbage: the CNAME alone is still right
+            log.exception("dns: could not resolve an ExternalName's target")
+        reply(answer)
+        self.count(0, start)
+
+    def count(self, rcode: int, start: float) -> None:
+        self.rcodes[rcode] += 1
+        self.observe(time.perf_counter() - start, 1)
+
+    def observe(self, elapsed: float, n: int) -> None:
+        """``n`` requests that took ``elapsed`` seconds (a batch counts its whole time for each)."""
+        self.duration_sum += elapsed * n
+        self.duration_count += n
+        for b in DURATION_BUCKETS:
+            if elapsed <= b:
+                self.buckets[b] += n
+                break
+        else:
+            self.buckets["+Inf"] += n
+
+    def on_udp(self, batch: Batch) -> None:
+        """Answer the queued datagrams in batches. The fast path, a query this worker has answered
+        from the same zone before, copies the cached answer over the query; anything else goes to
+        :meth:`udp_slow`, and the answers on either side of it are sent as two runs."""
+        clients, rcodes = self.udp_clients, self.rcodes
+        nocache: dict[bytes, tuple[bytes, int]] = {}
+        buf, view, meta, out_len, slots = batch.buf, batch.view, batch.meta, batch.out_len, batch.slots
+        room = QUERY - 2
+        for _ in range(8):  # up to 8 batches, then let the other sockets speak
+            k = batch.recv()
+            if not k:
+                return
+            start = time.perf_counter()
+            run = slow = 0  # run: the first answer not sent yet
+            for i, a0, a1, q, length, answer_length in slots[:k]:
+                hit = clients.get(view[a0:a1].tobytes(), nocache).get(view[q + 2 : q + meta[length]].tobytes())
+                if hit is None or len(hit[0]) > room:
+                    if run < i:
+                        batch.send(run, i)
+                    run = i + 1
+                    slow += 1
+                    self.udp_slow(batch, i)
+                    continue
+                answer = hit[0]
+                buf[q + 2 : q + 2 + len(answer)] = answer  # the ID is already there
+                out_len[answer_length] = len(answer) + 2
+                rcodes[hit[1]] += 1
+            if run < k:
+                batch.send(run, k)
+            if slow < k:  # (udp_slow counted its own)
+                self.observe(time.perf_counter() - start, k - slow)
+            if k < BATCH:
+                return  # the queue is empty
+
+    def udp_slow(self, batch: Batch, i: int) -> None:
+        """Datagram ``i`` of the batch, answered on its own with :meth:`handle`."""
+        data = batch.datagram(i)
+        addr = batch.client(i)
+        sock = batch.sock
+
+        def reply(out: bytes, addr: tuple = addr) -> None:
+            try:
+                sock.sendto(out, addr)
+            except OSError as exc:
+                log.debug("dns: cannot answer %s: %s", addr, exc)
+
+        if batch.truncated(i):  # longer than any sane query: FORMERR, from its header
+            err = error_from_header(data, FORMERR)
+            if err:
+                reply(err)
+                self.count(FORMERR, time.perf_counter())
+            return
+        ra = self.may_recurse(addr[0])
+        if len(self.udp_clients) >= CACHE_ENTRIES:
+            self.udp_clients.clear()
+        self.udp_clients[batch.address(i)] = self.udp_cache[ra]
+        try:
+            self.handle(data, addr[0], True, ra, reply)
+        except Exception:  # noqa: BLE001 - one bad packet must not stop the server; it is logged
+            log.exception("dns: failed to answer a query from %s", addr[0])
+            err = error_from_header(data, SERVFAIL)
+            if err:
+                reply(err)
+
+    def on_accept(self, listener: socket.socket) -> None:
+        try:
+            sock, addr = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        if len(self.conns) >= TCP_MAX_CONNECTIONS:
+            sock.close()  # at the cap: the client retries later
+            return
+        sock.setblocking(False)
+        self.conns[sock.fileno()] = _Conn(sock, addr[0])
+        self.sel.register(sock, selectors.EVENT_READ, ("tcp", sock))
+
+    def on_tcp(self, sock: socket.socket) -> None:
+        conn = self.conns.get(sock.fileno())
+        if conn is None:
+            return
+        try:
+            chunk = sock.recv(65537)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.close(conn)
+            return
+        conn.last = time.monotonic()
+        conn.inbuf += chunk
+        while len(conn.inbuf) >= 2:
+            size = struct.unpack_from("!H", conn.inbuf)[0]
+            if len(conn.inbuf) < 2 + size:
+                break
+            data = bytes(conn.inbuf[2 : 2 + size])
+            del conn.inbuf[: 2 + size]
+
+            def reply(out: bytes, c: _Conn = conn) -> None:
+                with c.lock:  # answers from the forwarding threads and the loop never interleave
+                    try:
+                        _send_all(c.sock, struct.pack("!H", len(out)) + out)
+                    except OSError as exc:
+                        log.debug("dns: TCP answer failed: %s", exc)
+
+            try:
+                self.handle(data, conn.peer, False, self.may_recurse(conn.peer), reply)
+            except Exception:  # noqa: BLE001 - as for UDP: logged, answered SERVFAIL, server goes on
+                log.exception("dns: failed to answer a TCP query from %s", conn.peer)
+                err = error_from_header(data, SERVFAIL)
+                if err:
+                    reply(err)
+
+    def close(self, conn: _Conn) -> None:
+        self.conns.pop(conn.sock.fileno(), None)
+        try:
+            self.sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+
+    def expire(self, now: float) -> None:
+        for conn in [c for c in self.conns.values() if now - c.last > TCP_IDLE]:
+            self.close(conn)
+
+
+def worker_main(settings: Settings, control: Connection, sockets: list[tuple[socket.socket, socket.socket]],
+                index: int) -> None:  # fmt: skip
+    """The worker process's entry point: answer on ``sockets`` until told to stop or orphaned."""
+    logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s svcdns.dns[{index}]: %(message)s")
+    worker = Worker(settings, control, sockets)
+    worker.register()
+    control.send((0, "ready"))
+    worker.run()
+
+
+__all__ = ["Settings", "Worker", "worker_main"]
