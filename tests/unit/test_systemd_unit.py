@@ -1,24 +1,28 @@
-"""The systemd unit passes `systemd-analyze verify`, and `svcdns install --root` puts files in place."""
+"""The systemd unit: it verifies, `svcdns install` from a wheel puts it in place, and logs under systemd."""
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from svcdns.cli import main
+from svcdns.cli import install
+from svcdns.errors import UsageError
 
-UNIT = Path(__file__).resolve().parents[2] / "systemd" / "svcdns.service"
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "svcdns" / "systemd"
+UNIT = SHIPPED / "svcdns.service"
+TEMPLATES = {p.name: p.read_text() for p in SHIPPED.iterdir()}
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze (Debian package systemd)")
 def test_unit_verifies(tmp_path):
-    svcdns = Path(sys.executable).parent / "svcdns"
-    exe = str(svcdns) if svcdns.exists() else shutil.which("true")
     unit = tmp_path / "svcdns.service"
-    unit.write_text(UNIT.read_text().replace("/usr/local/bin/svcdns", exe))
+    unit.write_text(install.unit_text(UNIT.read_text(), shutil.which("true")))
     proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "svcdns.service" not in proc.stderr  # no warning about our unit
@@ -30,16 +34,170 @@ def test_unit_is_notify_hardened_and_restarts():
                  "ProtectHome=yes", "StateDirectory=svcdns",
                  "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_NET_RAW"):  # fmt: skip
         assert line in text
+    assert "Documentation=" not in text  # nothing installs a document it could name yet
 
 
-def test_install_and_uninstall_below_a_root(tmp_path, capsys):
-    assert main(["install", "--root", str(tmp_path)]) == 0
-    unit = tmp_path / "etc/systemd/system/svcdns.service"
-    assert "Type=notify" in unit.read_text()
-    assert (tmp_path / "etc/svcdns/svcdns.toml").exists()
-    assert "Domains=~cluster.local" in (tmp_path / "etc/systemd/resolved.conf.d/svcdns.conf").read_text()
-    assert main(["uninstall", "--root", str(tmp_path)]) == 0
-    assert not unit.exists() and (tmp_path / "etc/svcdns/svcdns.toml").exists()  # the config is kept
+@pytest.mark.parametrize(
+    "entry, interpreter, package, hidden",
+    [
+        ("/root/src/svcdns/.venv/bin/svcdns", "/usr/bin/python3.11", "/root/src/svcdns/svcdns", "/root"),
+        ("/opt/svcdns/bin/svcdns", "/root/.pyenv/versions/3.11.7/bin/python3.11", "/opt/svcdns/lib/svcdns", "/root"),
+        ("/opt/svcdns/bin/svcdns", "/usr/bin/python3.11", "/home/ann/svcdns/svcdns", "/home"),
+        ("/tmp/ci/.venv/bin/svcdns", "/usr/bin/python3.11", "/tmp/ci/svcdns", "/tmp"),
+        ("/var/tmp/v/bin/svcdns", "/usr/bin/python3.11", "/var/tmp/v/svcdns", "/var/tmp"),
+    ],
+)
+def test_install_refuses_what_the_hardening_hides(entry, interpreter, package, hidden):
+    with pytest.raises(UsageError, match=f"under {hidden}.*/opt/svcdns/bin/pip install svcdns"):
+        install.check_runnable(entry, interpreter, package)
+
+
+@pytest.mark.parametrize(
+    "entry, interpreter, package",
+    [
+        ("/opt/svcdns/bin/svcdns", "/usr/bin/python3.11", "/opt/svcdns/lib/python3.11/site-packages/svcdns"),
+        ("/usr/local/bin/svcdns", "/usr/bin/python3.11", "/usr/local/lib/python3.11/dist-packages/svcdns"),
+        ("/srv/checkout/.venv/bin/svcdns", "/usr/bin/python3.11", "/srv/checkout/svcdns"),
+        ("/opt/rooted/bin/svcdns", "/usr/bin/python3.11", "/opt/rooted/svcdns"),  # "/root" as a prefix of a name
+    ],
+)
+def test_install_accepts_what_the_service_sees(entry, interpreter, package):
+    install.check_runnable(entry, interpreter, package)
+
+
+def test_plan_writes_the_unit_and_a_private_config_and_resolved_only_on_request():
+    plan = install.plan(TEMPLATES, "/opt/svcdns/bin/svcdns", "/var/lib/svcdns/registry", with_resolved=False)
+    files = {f.rel: f for f in plan.files}
+    assert set(files) == {install.UNIT, install.CONF}
+    assert "ExecStart=/opt/svcdns/bin/svcdns agent --config /etc/svcdns/svcdns.toml\n" in files[install.UNIT].text
+    assert files[install.CONF].mode == 0o600 and not files[install.CONF].replace
+    assert plan.remove == (install.REGISTRY_DROPIN,)  # a registry moved back home needs no drop-in
+    plan = install.plan(TEMPLATES, "/opt/svcdns/bin/svcdns", "/var/lib/svcdns/registry", with_resolved=True)
+    assert install.RESOLVED_DROPIN in {f.rel for f in plan.files}
+
+
+@pytest.mark.parametrize(
+    "registry, dropin",
+    [
+        ("/var/lib/svcdns/registry", None),
+        ("/var/lib/svcdns", None),
+        ("etcd://10.0.0.1:2379/svcdns", None),
+        ("/srv/svcdns", "ReadWritePaths=/srv/svcdns"),
+        ("/var/lib/svcdns-other", "ReadWritePaths=/var/lib/svcdns-other"),
+        ("/srv/my registry", 'ReadWritePaths="/srv/my registry"'),
+    ],
+)
+def test_a_registry_outside_the_state_directory_gets_a_writable_path(registry, dropin):
+    text = install.registry_dropin(registry)
+    if dropin is None:
+        assert text is None
+    else:
+        assert f"[Service]\n{dropin}\n" in text
+
+
+@pytest.mark.parametrize("registry", ["/home/ann/registry", "/tmp/registry", "relative/registry"])
+def test_a_registry_the_service_cannot_reach_is_refused(registry):
+    with pytest.raises(UsageError, match="registry"):
+        install.registry_dropin(registry)
+
+
+def _copy_source(dest: Path) -> Path:
+    """The checkout's files without build leftovers: setuptools' build/ would carry deleted modules along."""
+    skip = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis")
+    shutil.copytree(REPO, dest, ignore=skip)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """svcdns as a wheel, built as a user would (``pip wheel``), not the editable checkout."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = _copy_source(tmp / "src")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"), str(src)],
+                   check=True, capture_output=True, timeout=300)  # fmt: skip
+    (built,) = (tmp / "dist").glob("svcdns-*.whl")
+    return built
+
+
+def _venv(prefix: Path, python: str, wheel: Path) -> Path:
+    """A fresh venv at ``prefix`` holding the wheel; its dependencies are borrowed from this test's own
+    environment by a .pth file (the same Python minor version), so no index is needed."""
+    subprocess.run([python, "-m", "venv", "--without-pip", str(prefix)], check=True, capture_output=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(prefix / "bin/python"), "install", "--no-deps",
+                    "--no-index", "-q", str(wheel)], check=True, capture_output=True, timeout=300)  # fmt: skip
+    (site,) = prefix.glob("lib/python3*/site-packages")
+    deps = [p for p in sys.path if p.endswith("site-packages")]
+    (site / "borrowed-deps.pth").write_text("\n".join(deps) + "\n")
+    return prefix / "bin/svcdns"
+
+
+def _system_python() -> str:
+    """A Python outside the directories the unit hides, of this test's version (the borrowed deps need it)."""
+    for python in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(python, os.X_OK):
+            out = subprocess.run([python, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
+                                 text=True).stdout.strip()  # fmt: skip
+            if out == str(sys.version_info[:2]):
+                return python
+    pytest.skip(f"needs a system Python {sys.version_info[0]}.{sys.version_info[1]} in /usr/bin or /usr/local/bin")
+
+
+@pytest.fixture
+def opt_prefix():
+    """A temporary /opt/svcdns-like prefix: the unit hides /tmp, so a venv under tmp_path would be refused."""
+    if not os.access("/opt", os.W_OK):
+        pytest.skip("needs a writable /opt (root) for a venv the unit's hardening does not hide")
+    prefix = Path(tempfile.mkdtemp(prefix="svcdns-test-", dir="/opt"))
+    try:
+        yield prefix
+    finally:
+        shutil.rmtree(prefix)
+
+
+def test_install_from_a_wheel_in_a_venv_under_opt(wheel, opt_prefix, tmp_path):
+    svcdns = _venv(opt_prefix / "venv", _system_python(), wheel)
+    root = tmp_path / "root"
+
+    def run(*argv, via=(str(svcdns),)):
+        return subprocess.run([*via, *argv, "--root", str(root)], capture_output=True, text=True, timeout=120)
+
+    out = run("install")
+    assert out.returncode == 0, out.stderr
+    unit = (root / install.UNIT).read_text()
+    assert f"ExecStart={svcdns} agent --config /etc/svcdns/svcdns.toml\n" in unit
+    assert (root / install.UNIT).stat().st_mode & 0o777 == 0o644
+    conf = root / install.CONF
+    assert conf.read_text() == TEMPLATES["svcdns.toml"]
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600
+    assert not (root / install.RESOLVED_DROPIN).exists()  # only on request
+    assert not (root / install.REGISTRY_DROPIN).exists()
+    assert (root / "var/lib/svcdns/registry").is_dir()
+    assert "next: systemctl enable --now svcdns" in out.stdout
+
+    # `python -m svcdns install` names the venv's svcdns command, not __main__.py
+    conf.write_text(conf.read_text().replace('registry = "/var/lib/svcdns/registry"', 'registry = "/srv/reg"'))
+    out = run("install", "--with-resolved", via=(str(svcdns.parent / "python"), "-m", "svcdns"))
+    assert out.returncode == 0, out.stderr
+    assert f"ExecStart={svcdns} agent" in (root / install.UNIT).read_text()
+    assert "Domains=~cluster.local" in (root / install.RESOLVED_DROPIN).read_text()
+    assert "ReadWritePaths=/srv/reg\n" in (root / install.REGISTRY_DROPIN).read_text()
+    assert (root / "srv/reg").is_dir()
+    assert 'registry = "/srv/reg"' in conf.read_text()  # the operator's config is kept
+
+    out = run("uninstall")
+    assert out.returncode == 0, out.stderr
+    assert not (root / install.UNIT).exists() and not (root / install.REGISTRY_DROPIN).exists()
+    assert not (root / install.RESOLVED_DROPIN).exists() and conf.exists()
+
+
+def test_install_from_a_venv_the_unit_cannot_see_is_refused(wheel, tmp_path):
+    svcdns = _venv(tmp_path / "venv", sys.executable, wheel)  # under /tmp, with this test's Python
+    out = subprocess.run([str(svcdns), "install", "--root", str(tmp_path / "root")], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 2
+    assert "which the unit's ProtectHome=/PrivateTmp= hide from the service" in out.stderr
+    assert "python3 -m venv /opt/svcdns" in out.stderr
+    assert not (tmp_path / "root").exists()
 
 
 LOG_SOME = """
