@@ -59,7 +59,7 @@ def child(args) -> None:
     import resource
 
     from svcdns.dataplane import open_dataplane
-    from svcdns.dataplane.ruleset import chain_name
+    from svcdns.dataplane.nftables.objects import chain_name
     from svcdns.model import Endpoint
 
     t = table(args.n, args.endpoints, args.live)
@@ -128,7 +128,7 @@ def connect_us(vip: str, count: int = 2000) -> float:
 
 
 def nft_text(n: int, endpoints: int, live: str) -> str:
-    from svcdns.dataplane.ruleset import build, render
+    from svcdns.dataplane.nftables.ruleset import build, render
 
     return render(build(table(n, endpoints, live)))
 

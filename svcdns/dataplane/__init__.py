@@ -4,106 +4,29 @@ dp = open_dataplane("nftables")
 result = dp.sync(table)          # one atomic transaction per family; raises DataplaneError
 dp.sync(table, full=True)        # re-read the kernel, repair drift (also what the first sync does)
 dp.cleanup()                     # remove svcdns's tables, nothing else
+
+This face defines nothing of its own that a submodule imports back: the contract lives in
+:mod:`.contract`, the backends in :mod:`.nftables` and :mod:`.iptables`.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from typing import TYPE_CHECKING
-
 from ..errors import DataplaneError, UsageError
-from ..model import IPV4, IPV6
-from ..table import ServiceTable, changed_keys
 from .contract import Dataplane, SyncResult
 
-if TYPE_CHECKING:
-    from .iptables import IptablesDataplane
 
-log = logging.getLogger(__name__)
-
-
-class NftablesDataplane:
-    kind = "nftables"
-
-    def __init__(self, families: tuple[str, ...] = (IPV4, IPV6)) -> None:
-        from .nftables import Footprint
-        from .ruleset import FAMILIES, TABLE, Ruleset
-
-        self.families = families
-        self.current: dict[str, Ruleset | None] = {f: None for f in families}
-        self.table: ServiceTable | None = None  # the last table the kernel took
-        self.footprint = Footprint([(FAMILIES[f], TABLE) for f in families])  # after our last commit
-
-    def sync(self, table: ServiceTable, *, full: bool = False) -> SyncResult:
-        from . import conntrack
-        from .nftables import NetlinkBatch, NetlinkError, encode, present
-        from .ruleset import build, plan
-
-        start = time.perf_counter()
-        written = 0
-        udp: dict = {}
-        was_full = False
-        keys = changed_keys(self.table, table) if self.table is not None and not full else None
-        batch = NetlinkBatch()
-        try:
-            for family in self.families:
-                current = self.current[family]
-                if keys is None or current is None:
-                    was_full = True
-                    desired = build(table, family)
-                    tx = plan(desired, *present(desired.family))
-                    udp.update(conntrack.sync_expectations(self.table, table, None, family))
-                else:
-                    desired, tx = current, current.apply(table, keys)
-                    udp.update(conntrack.sync_expectations(self.table, table, keys, family))
-                self.current[family] = None  # until the kernel took it
-                messages = encode(tx)
-                try:
-                    batch.send(messages, desired.family)
-                except NetlinkError as err:
-                    raise DataplaneError(f"nftables refused the {desired.family} sync: {err}; "
-                                         "the previous rules stay in place") from None  # fmt: skip
-                self.current[family] = desired
-                written += len(messages)
-            self.footprint.record(batch)
-        finally:
-            batch.close()
-        self.table = table
-        conntrack.clear_udp(udp)
-        return SyncResult(len(table), table.endpoint_count(), written, was_full, time.perf_counter() - start)
-
-    def drifted(self) -> bool:
-        """Whether the kernel may hold something else than the last sync left: nftables' generation
-        moved since (anyone committed: someone flushed our table, or changed another one). One
-        netlink round trip, so the agent can look often and converge fully only when needed."""
-        return self.footprint.drifted()
-
-    def lost(self) -> bool:
-        """Whether our tables are gone or were replaced since the last sync: ``nft flush ruleset``,
-        which Debian's nftables.service runs at every start, restart and reload. Cheap enough to
-        ask every second: one round trip while nobody else committed, one per family after."""
-        return self.footprint.lost()
-
-    def cleanup(self) -> None:
-        from .nftables import delete_table
-        from .ruleset import FAMILIES
-
-        for family in self.families:
-            if delete_table(FAMILIES[family]):
-                log.info("dataplane: removed table %s svcdns", FAMILIES[family])
-            self.current[family] = None
-        self.footprint.forget()
-
-
-def open_dataplane(kind: str = "nftables", **options) -> NftablesDataplane | IptablesDataplane:
+def open_dataplane(kind: str = "nftables", **options) -> Dataplane:
+    # The backends are imported here, not at the top: the CLI imports this face for every command,
+    # and only the commands that program the kernel should pay for pyroute2.
     if kind == "nftables":
+        from .nftables.backend import NftablesDataplane
+
         return NftablesDataplane(**options)
     if kind == "iptables":
-        from .iptables import IptablesDataplane
+        from .iptables.backend import IptablesDataplane
 
         return IptablesDataplane(**options)
     raise UsageError(f"--dataplane {kind!r}: expected nftables or iptables")
 
 
-__all__ = ["Dataplane", "DataplaneError", "NftablesDataplane", "SyncResult", "open_dataplane"]
+__all__ = ["Dataplane", "DataplaneError", "SyncResult", "open_dataplane"]

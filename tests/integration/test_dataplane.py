@@ -214,7 +214,7 @@ def test_iptables_cleanup_leaves_nothing_of_ours_and_every_other_rule(world):
 # per backend: code that makes the next sync's transaction fail in the kernel, and what its error says
 SABOTAGE = {
     "iptables": (
-        "from svcdns.dataplane import iptables\n"
+        "from svcdns.dataplane.iptables import backend as iptables\n"
         "orig = iptables._restore\n"
         "def broken(family, table, text):\n"
         "    orig(family, table, text.replace('COMMIT', '-A SVCDNS-SERVICES -j SVCDNS-NO-SUCH-CHAIN\\nCOMMIT'))\n"
@@ -222,11 +222,11 @@ SABOTAGE = {
         ("SVCDNS-NO-SUCH-CHAIN", "previous rules stay"),
     ),
     "nftables": (
-        "from svcdns.dataplane import nftables\n"
-        "orig = nftables.Encoder._rule\n"
+        "from svcdns.dataplane.nftables import encode\n"
+        "orig = encode.Encoder._rule\n"
         "def broken(self, chain, *exprs):\n"
         "    return orig(self, 'no-such-chain' if chain.startswith('svc-') else chain, *exprs)\n"
-        "nftables.Encoder._rule = broken\n",
+        "encode.Encoder._rule = broken\n",
         ("No such file or directory", "add rule"),
     ),
 }

@@ -2,19 +2,20 @@
 against what iptables-save shows, the reference file; and the shell against a fake iptables."""
 
 import dataclasses
+import importlib.util
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from svcdns.dataplane import DataplaneError, conntrack, iptables, open_dataplane
-from svcdns.dataplane.iptables_rules import (
+from svcdns.dataplane import DataplaneError, conntrack, footprint, open_dataplane
+from svcdns.dataplane.iptables import backend as iptables
+from svcdns.dataplane.iptables.rules import (
     JUMPS,
     Present,
     build,
     delta,
     parse_save,
-    reference_text,
     removal_text,
     render,
     restore_text,
@@ -275,10 +276,14 @@ def test_removal_deletes_exactly_our_jumps_and_chains():
 
 
 def test_the_reference_ruleset_matches_the_generator():
+    spec = importlib.util.spec_from_file_location("iptables_render", ROOT / "iptables" / "render.py")
+    assert spec is not None and spec.loader is not None
+    render_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render_script)
     current = (ROOT / "iptables" / "reference.rules").read_text()
-    assert current == reference_text(ROOT / "iptables" / "sample-registry"), (
+    assert current == render_script.reference_text(ROOT / "iptables" / "sample-registry"), (
         "iptables/reference.rules is out of date: regenerate it with\n"
-        "  python -m svcdns.dataplane.iptables --render iptables/sample-registry > iptables/reference.rules"
+        "  python iptables/render.py iptables/sample-registry > iptables/reference.rules"
     )
 
 
@@ -345,7 +350,7 @@ def fake(monkeypatch):
     fake, guarded, cleared = FakeIptables(), [], []
     monkeypatch.setattr(iptables.subprocess, "run", fake)
     monkeypatch.setattr(iptables, "check_netns_guard", guarded.append)
-    monkeypatch.setattr(conntrack, "clear_udp", cleared.append)
+    monkeypatch.setattr(iptables, "clear_udp", cleared.append)
     fake.guarded, fake.cleared = guarded, cleared
     iptables._nft_backed.cache_clear()  # the fake says which variant it is
     yield fake
@@ -353,11 +358,9 @@ def fake(monkeypatch):
 
 
 def test_drift_and_loss_checks_use_nftables_with_iptables_nft_only(fake, monkeypatch):
-    from svcdns.dataplane import nftables
-
     gen, handle = [7], [3]
-    monkeypatch.setattr(nftables, "generation", lambda: gen[0])
-    monkeypatch.setattr(nftables, "table_handles", lambda tables: {t: handle[0] for t in tables})
+    monkeypatch.setattr(footprint, "generation", lambda: gen[0])
+    monkeypatch.setattr(footprint, "table_handles", lambda tables: {t: handle[0] for t in tables})
     dp = open_dataplane("iptables")
     dp.sync(TABLE)
     assert dp.drifted()  # legacy iptables: no counter, every check converges

@@ -1,7 +1,8 @@
 """The ruleset planner, without root: the whole ruleset as text, and the minimal change per event."""
 
-from svcdns.dataplane.nftables import encode
-from svcdns.dataplane.ruleset import build, chain_name, plan, render
+from svcdns.dataplane.nftables.encode import encode
+from svcdns.dataplane.nftables.objects import chain_name
+from svcdns.dataplane.nftables.ruleset import build, plan, render
 from svcdns.model import Endpoint, Service, ServicePort
 from svcdns.table import ServiceTable, changed_keys
 
@@ -166,7 +167,7 @@ def test_the_packed_dnat_rule_reads_back_with_pyroute2():
 
     from pyroute2.netlink.nfnetlink.nftsocket import nft_rule_msg
 
-    from svcdns.dataplane.nftables import Encoder
+    from svcdns.dataplane.nftables.encode import Encoder
 
     def decode(rule):
         data = struct.pack("=IHHII", 20 + len(rule.body), 0xA06, 0, 1, 0) + struct.pack("!BBH", 2, 0, 0) + rule.body

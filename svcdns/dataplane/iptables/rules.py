@@ -1,6 +1,6 @@
 """The iptables planner: ServiceTable -> the ``iptables-restore --noflush`` text of each table, per family.
 
-Pure functions over plain data; the shell (:mod:`.iptables`) runs iptables-save / iptables-restore.
+Pure functions over plain data; the shell (:mod:`.backend`) runs iptables-save / iptables-restore.
 The shape is kube-proxy's iptables mode, every chain prefixed ``SVCDNS-``:
 
     nat    PREROUTING, OUTPUT  -j SVCDNS-SERVICES          (one jump each, ensured exactly once)
@@ -39,10 +39,9 @@ import base64
 import hashlib
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
-from ..model import IPV4, IPV6, Service
-from ..table import Key, ServiceTable
+from ...model import IPV4, IPV6, Service
+from ...table import Key, ServiceTable
 
 PREFIX = "SVCDNS-"
 SERVICES = "SVCDNS-SERVICES"
@@ -332,38 +331,3 @@ def render(table: ServiceTable, family: str = IPV4) -> str:
     file compare."""
     rs = build(table, family)
     return "".join(restore_text(rs, t) for t in TABLES)
-
-
-# ---- the operator's reference (iptables/reference.rules) -------------------------------------------------
-
-
-def load_sample_registry(root: str | Path) -> ServiceTable:
-    """Read a registry directory's Service files as written (no VIP allocation, nothing written):
-    every ClusterIP Service must name its VIPs (``clusterIP`` / ``clusterIPs``) so the output is fixed."""
-    from ..errors import UsageError
-    from ..registry.documents import decode
-    from ..registry.files import is_service_file
-
-    root = Path(root)
-    services = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and is_service_file(p.name)):
-        svc = decode(path.read_bytes(), str(path))
-        if svc.has_vip and not svc.cluster_ips:
-            raise UsageError(f"{path}: a reference Service needs a fixed VIP: add clusterIP: (or clusterIPs:)")
-        services.append(svc)
-    return ServiceTable.of(services)
-
-
-def reference_text(root: str | Path) -> str:
-    """``iptables/reference.rules``: the restore input for the sample registry, both families."""
-    table = load_sample_registry(root)
-    head = (
-        "# What svcdns's iptables backend writes for iptables/sample-registry on a host with none of its rules\n"
-        "# yet (regenerate: python -m svcdns.dataplane.iptables --render iptables/sample-registry\n"
-        "#   > iptables/reference.rules; tests/unit/test_dataplane_iptables.py checks that it is current).\n"
-    )
-    out = [head]
-    for family, (_, restore) in COMMANDS.items():
-        out.append(f"\n# ---- {family}: {restore} -w --noflush, one run per table\n")
-        out.append(render(table, family))
-    return "".join(out)

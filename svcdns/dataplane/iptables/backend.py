@@ -1,6 +1,6 @@
 """The iptables backend (``--dataplane iptables``): for hosts without nftables.
 
-The rules are planned by :mod:`.iptables_rules` (pure); this shell reads what the kernel holds with
+The rules are planned by :mod:`.rules` (pure); this shell reads what the kernel holds with
 ``iptables-save -t TABLE`` and writes each table with one ``iptables-restore -w --noflush`` (and
 ``ip6tables-*`` for IPv6), its input on stdin. A table's restore applies whole or not at all: a
 refused one leaves the previous rules and raises :class:`DataplaneError` with iptables-restore's own
@@ -8,7 +8,7 @@ message. A full sync (the first, one after a failure, or ``full=True``) reads th
 iptables-save and rewrites every SVCDNS- chain, which repairs drift: a jump someone deleted, a chain
 someone added (the agent runs one at every drift check where :meth:`IptablesDataplane.drifted` says
 so, every ``full_sync_period``). Any other sync trusts what its last restore left and writes only
-the changed Services' chains (:func:`.iptables_rules.delta`), as kube-proxy's iptables mode does.
+the changed Services' chains (:func:`.rules.delta`), as kube-proxy's iptables mode does.
 
 What it costs, measured in a network namespace of its own (Debian 12, iptables 1.8.9, 2 cores that
 other jobs were loading at the time, so take the figures as +-30%; E = 10 endpoints per Service, one
@@ -38,28 +38,21 @@ seconds; the nftables backend is the one that scales.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import shutil
 import subprocess
-import sys
 import time
 
-from ..model import IPV4, IPV6
-from ..table import ServiceTable, changed_keys
-from .guard import check_netns_guard
-from .iptables_rules import (
-    COMMANDS,
-    TABLES,
-    delta,
-    parse_save,
-    reference_text,
-    removal_text,
-    restore_text,
-    ruleset_of,
-    service_rule_map,
-)
+from ...errors import DataplaneError
+from ...model import IPV4, IPV6
+from ...table import ServiceTable, changed_keys
+from ..conntrack import Expected, clear_udp, sync_expectations
+from ..contract import SyncResult
+from ..footprint import Footprint
+from ..guard import check_netns_guard
+from ..nftables.objects import FAMILIES
+from .rules import COMMANDS, TABLES, delta, parse_save, removal_text, restore_text, ruleset_of, service_rule_map
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +61,6 @@ class IptablesDataplane:
     kind = "iptables"
 
     def __init__(self, families: tuple[str, ...] = (IPV4, IPV6)) -> None:
-        from .nftables import Footprint
-        from .ruleset import FAMILIES
-
         self.families = families
         # family -> each Service's rules as our last restores left them (absent: read the kernel next)
         self.written: dict[str, dict] = {}
@@ -78,14 +68,12 @@ class IptablesDataplane:
         # with iptables-nft: nftables' generation and its nat and filter tables after our last restore
         self.footprint = Footprint([(FAMILIES[f], name) for f in families for name in TABLES])
 
-    def sync(self, table: ServiceTable, *, full: bool = False):
-        from . import SyncResult, conntrack
-
+    def sync(self, table: ServiceTable, *, full: bool = False) -> SyncResult:
         start = time.perf_counter()
         written = 0
         was_full = False
         keys = changed_keys(self.table, table) if self.table is not None and not full else None
-        udp: conntrack.Expected = {}
+        udp: Expected = {}
         for family in self.families:
             before = self.written.pop(family, None)  # until the kernel took all of it
             if keys is None or before is None:
@@ -93,10 +81,10 @@ class IptablesDataplane:
                 after = service_rule_map(table, family)
                 rs = ruleset_of(after, family)
                 texts = {name: restore_text(rs, name, parse_save(_save(family, name))) for name in TABLES}
-                udp.update(conntrack.sync_expectations(self.table, table, None, family))
+                udp.update(sync_expectations(self.table, table, None, family))
             else:
                 after, texts = delta(before, table, keys, family)
-                udp.update(conntrack.sync_expectations(self.table, table, keys, family))
+                udp.update(sync_expectations(self.table, table, keys, family))
             for name, text in texts.items():
                 _restore(family, name, text)
                 written += text.count("\n") - 2
@@ -106,7 +94,7 @@ class IptablesDataplane:
             self.footprint.record()
         else:
             self.footprint.forget()  # legacy iptables: no counter, every drift check converges
-        conntrack.clear_udp(udp)
+        clear_udp(udp)
         return SyncResult(len(table), table.endpoint_count(), written, was_full, time.perf_counter() - start)
 
     def drifted(self) -> bool:
@@ -149,8 +137,6 @@ def _nft_backed() -> bool:
 
 
 def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
-    from ..errors import DataplaneError
-
     check_netns_guard(f"run {argv[0]}")
     try:
         return subprocess.run(argv, input=stdin, capture_output=True, text=True)
@@ -162,8 +148,6 @@ def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProce
 
 
 def _save(family: str, table: str) -> str:
-    from ..errors import DataplaneError
-
     argv = [COMMANDS[family][0], "-t", table]  # iptables-save takes no -w: it only reads
     proc = _run(argv)
     if proc.returncode != 0:
@@ -172,27 +156,9 @@ def _save(family: str, table: str) -> str:
 
 
 def _restore(family: str, table: str, text: str) -> None:
-    from ..errors import DataplaneError
-
     argv = [COMMANDS[family][1], "-w", "--noflush"]
     log.debug("dataplane: %s, table %s:\n%s", " ".join(argv), table, text)
     proc = _run(argv, text)
     if proc.returncode != 0:
         raise DataplaneError(f"{argv[0]} refused the {table} table ({proc.returncode}): "
                              f"{' '.join(proc.stderr.split())}; the previous rules stay in place")  # fmt: skip
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m svcdns.dataplane.iptables",
-        description="Print the iptables-restore input svcdns writes for a registry directory whose "
-        "Services name their VIPs (the operator's reference: iptables/reference.rules).",
-    )
-    parser.add_argument("--render", metavar="REGISTRY_DIR", required=True)
-    args = parser.parse_args(argv)
-    sys.stdout.write(reference_text(args.render))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

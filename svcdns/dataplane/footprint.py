@@ -1,0 +1,38 @@
+"""What nftables held right after svcdns's last commit, to tell drift and loss cheaply (both backends:
+iptables-nft commits through nftables too)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .nftables.netlink import NetlinkBatch, generation, table_handles
+
+
+@dataclass
+class Footprint:
+    """What nftables held right after svcdns's last commit: its generation, and the handles of the
+    tables our rules live in (iptables-nft's too: it commits through nftables). ``drifted``: anyone
+    committed since (one round trip); ``lost``: one of those tables was deleted (then also one per
+    table), as by ``nft flush ruleset``."""
+
+    tables: list[tuple[str, str]]
+    generation: int | None = None  # None: nothing recorded (or legacy iptables): always drifted
+    handles: dict[tuple[str, str], int | None] | None = None
+
+    def record(self, batch: NetlinkBatch | None = None) -> None:
+        """Right after a commit; on its socket when given."""
+        if batch is None:
+            self.generation, self.handles = generation(), table_handles(self.tables)
+        else:
+            self.generation = batch.generation()
+            self.handles = {t: batch.table_handle(*t) for t in self.tables}
+
+    def forget(self) -> None:
+        self.generation = self.handles = None
+
+    def drifted(self) -> bool:
+        return self.generation is None or generation() != self.generation
+
+    def lost(self) -> bool:
+        return self.handles is not None and self.drifted() and table_handles(self.tables) != self.handles
+
