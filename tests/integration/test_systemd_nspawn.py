@@ -1,13 +1,17 @@
-"""The systemd unit in a real systemd: a minimal Debian booted with systemd-nspawn.
+"""The systemd unit in a real systemd: a minimal Debian booted with systemd-nspawn, svcdns installed
+in it as an operator would, from a wheel into a venv under /opt, and the unit run with all of its
+hardening (no relaxing drop-in).
 
-The root file system is debootstrapped once into /var/cache/svcdns-test/bookworm (minutes; kept for
-later runs) and booted with ``--volatile=overlay`` (the image stays untouched) and
-``--private-network``. The container has no network for pip, so this checkout and its Python are
-bind-mounted read-only at the same paths; a drop-in relaxes ProtectHome (read-only) and PrivateTmp,
-because that Python lives under /root and a CI checkout under /tmp (an installed svcdns lives in
-/usr/local and needs no such drop-in).
+The root file system is debootstrapped once from the mirror this machine's apt sources name, into
+/var/cache/svcdns-test/<release>-<hash of the package list> (minutes; kept for later runs), and booted
+with ``--volatile=overlay`` (the image stays untouched) and ``--private-network``. The container has
+no network, so the wheels (svcdns and its dependencies, built here with pip) are bind-mounted
+read-only for its pip.
 """
 
+import hashlib
+import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -19,9 +23,10 @@ import pytest
 
 from svcdns.testing.lab import wait_for
 
-ROOT = Path("/var/cache/svcdns-test/bookworm")
+CACHE = Path("/var/cache/svcdns-test")
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = "systemd,systemd-sysv,dbus,iproute2,nftables,dnsutils,python3,ca-certificates"
+# python3-venv: the container makes its own venv under /opt, as an operator would
+PACKAGES = "systemd,systemd-sysv,dbus,iproute2,nftables,dnsutils,python3,python3-venv,ca-certificates"
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("systemd-nspawn") and shutil.which("debootstrap")),
@@ -29,28 +34,109 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def apt_sources(etc: Path = Path("/etc/apt")) -> list[tuple[str, str]]:
+    """The ``(uri, suite)`` pairs of the ``deb`` entries this machine's apt reads, in apt's order:
+    ``sources.list`` (one-line format), then ``sources.list.d/*.list`` and ``*.sources`` (deb822)."""
+    found: list[tuple[str, str]] = []
+    files = [etc / "sources.list", *sorted((etc / "sources.list.d").glob("*"))]
+    for path in files:
+        if not path.is_file() or not (path.name == "sources.list" or path.suffix in (".list", ".sources")):
+            continue  # apt itself ignores other names (e.g. *.disabled)
+        text = path.read_text(errors="replace")
+        found += _deb822(text) if path.suffix == ".sources" else _one_line(text)
+    return found
+
+
+def _one_line(text: str) -> list[tuple[str, str]]:
+    found = []
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if words[:1] != ["deb"]:
+            continue
+        words = words[1:]
+        if words and words[0].startswith("["):  # options: [arch=amd64 signed-by=...]
+            while words and not words[0].endswith("]"):
+                words.pop(0)
+            words = words[1:]
+        if len(words) >= 2:
+            found.append((words[0], words[1]))
+    return found
+
+
+def _deb822(text: str) -> list[tuple[str, str]]:
+    found = []
+    for stanza in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        key = None
+        for line in stanza.splitlines():
+            if line.startswith("#") or not line.strip():
+                continue
+            if line[0] in " \t" and key:  # a continuation line
+                fields[key] += " " + line.strip()
+            elif ":" in line:
+                key, value = line.split(":", 1)
+                key = key.strip().lower()
+                fields[key] = value.strip()
+        if "deb" not in fields.get("types", "").split() or fields.get("enabled", "yes").lower() == "no":
+            continue
+        found += [(uri, suite) for uri in fields.get("uris", "").split() for suite in fields.get("suites", "").split()]
+    return found
+
+
+def mirror_for(suite: str, sources: list[tuple[str, str]]) -> str | None:
+    """The first mirror the machine's apt sources name for ``suite`` itself (not -updates, -security)."""
+    return next((uri for uri, named in sources if named == suite), None)
+
+
+def host_codename() -> str:
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith("VERSION_CODENAME="):
+            return line.split("=", 1)[1].strip().strip('"')
+    pytest.skip("/etc/os-release names no VERSION_CODENAME: not a Debian-like host")
+
+
 def rootfs() -> Path:
-    if (ROOT / "usr/lib/systemd/systemd").exists():
-        return ROOT
-    tmp = ROOT.with_name(ROOT.name + ".tmp")
+    """A minimal root file system of the host's own release (so the container's python3 matches the
+    host's ABI), debootstrapped once from the mirror the host's apt sources name and kept for later runs."""
+    suite = host_codename()
+    root = CACHE / f"{suite}-{hashlib.sha256(PACKAGES.encode()).hexdigest()[:8]}"
+    if (root / "usr/lib/systemd/systemd").exists():
+        return root
+    mirror = mirror_for(suite, apt_sources())
+    if mirror is None:
+        pytest.skip(f"the apt sources in /etc/apt name no mirror for {suite}")
+    tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", "bookworm", str(tmp),
-                           "http://deb.debian.org/debian"], capture_output=True, text=True, timeout=1500)  # fmt: skip
+    proc = subprocess.run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", suite, str(tmp), mirror],
+                          capture_output=True, text=True, timeout=1500)  # fmt: skip
     if proc.returncode != 0:
-        pytest.skip(f"debootstrap failed (no Debian mirror?): {proc.stderr.strip()[-300:]}")
-    tmp.rename(ROOT)
-    return ROOT
+        pytest.skip(f"debootstrap of {suite} from {mirror} failed: {proc.stderr.strip()[-300:]}")
+    tmp.rename(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory) -> Path:
+    """svcdns and its dependencies as wheels, built from a copy of the checkout (setuptools' build/
+    directory would otherwise carry deleted modules into the wheel)."""
+    tmp = tmp_path_factory.mktemp("wheels")
+    skip = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis")
+    shutil.copytree(REPO, tmp / "src", ignore=skip)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(tmp / "dist"), str(tmp / "src")],
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    if proc.returncode != 0:
+        pytest.skip(f"pip could not build the wheels (no package index?): {proc.stderr.strip()[-300:]}")
+    return tmp / "dist"
 
 
 @pytest.fixture
-def container(tmp_path):
+def container(tmp_path, wheels):
     root = rootfs()
-    pyhome = Path(sys.base_prefix)
     log = open(tmp_path / "nspawn.log", "w")
     boot = subprocess.Popen(
         ["systemd-nspawn", "-q", "--keep-unit", "--register=no", "-D", str(root), "--volatile=overlay",
-         "--private-network", f"--bind-ro={pyhome}", f"--bind-ro={REPO}", "--boot"],
+         "--private-network", f"--bind-ro={wheels}:/mnt/wheels", "--boot"],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
     )  # fmt: skip
 
@@ -65,7 +151,7 @@ def container(tmp_path):
         return None
 
     def run(*argv, check=True, timeout=60):
-        env = {"PATH": f"{REPO}/.venv/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
         return subprocess.run(["nsenter", "-t", str(pid), "-a", "--", *argv], capture_output=True, text=True,
                                env=env, check=check, timeout=timeout)  # fmt: skip
 
@@ -85,23 +171,71 @@ def container(tmp_path):
         log.close()
 
 
-def test_install_start_notify_dig_stop_and_restart_on_failure(container):
+def test_apt_sources_in_both_formats(tmp_path):
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list").write_text(
+        "# a comment\ndeb-src http://src.example/debian bookworm main\n"
+        "deb [arch=amd64 signed-by=/k.gpg] http://one.example/debian bookworm main contrib\n"
+    )
+    (tmp_path / "sources.list.d/a.sources").write_text(
+        "Types: deb deb-src\nURIs: http://two.example/debian\nSuites: trixie trixie-updates\nComponents: main\n\n"
+        "Enabled: no\nTypes: deb\nURIs: http://off.example/debian\nSuites: sid\nComponents: main\n"
+    )
+    (tmp_path / "sources.list.d/b.list.disabled").write_text("deb http://ignored.example/debian forky main\n")
+    sources = apt_sources(tmp_path)
+    assert sources == [("http://one.example/debian", "bookworm"), ("http://two.example/debian", "trixie"),
+                       ("http://two.example/debian", "trixie-updates")]  # fmt: skip
+    assert mirror_for("trixie", sources) == "http://two.example/debian"
+    assert mirror_for("sid", sources) is None and mirror_for("forky", sources) is None
+
+
+REGISTRY = "/srv/svcdns-registry"  # outside /var/lib/svcdns: needs the ReadWritePaths= drop-in install writes
+WEB = "name: web\nports: [{port: 80}]\nendpoints: [10.244.1.2]\n"  # no clusterIP: the agent allocates one
+
+
+def test_wheel_install_under_opt_boots_hardened_notifies_answers_and_restarts(container):
     run = container
-    out = run("svcdns", "install").stdout
-    assert "svcdns.service" in out
-    dropin = "/etc/systemd/system/svcdns.service.d"
-    run("mkdir", "-p", dropin)
-    # the checkout and its Python are bind-mounted at their host paths, which may be under /root or /tmp
-    run("sh", "-c", f"printf '[Service]\\nProtectHome=read-only\\nPrivateTmp=no\\n' > {dropin}/test.conf")
-    run("systemctl", "daemon-reload")
-    run("svcdns", "service", "add", "web", "--vip", "10.96.0.10", "--port", "80/tcp")
+    run("python3", "-m", "venv", "/opt/svcdns")
+    run("/opt/svcdns/bin/pip", "install", "-q", "--no-index", "--find-links", "/mnt/wheels", "svcdns", timeout=300)
+    svcdns = "/opt/svcdns/bin/svcdns"
+    out = run(svcdns, "install").stdout
+    assert "installed /etc/systemd/system/svcdns.service" in out
+    assert run("stat", "-c", "%a", "/etc/svcdns/svcdns.toml").stdout.strip() == "600"
+    assert run("test", "-e", "/etc/systemd/resolved.conf.d/svcdns.conf", check=False).returncode != 0
+    # the operator moves the registry and runs install again, which lets the service write there
+    run("sed", "-i", f's|^registry = .*|registry = "{REGISTRY}"|', "/etc/svcdns/svcdns.toml")
+    assert "registry.conf" in run(svcdns, "install").stdout
+    assert run("ls", "/etc/systemd/system/svcdns.service.d").stdout.split() == ["registry.conf"]  # nothing relaxed
+    run("mkdir", "-p", f"{REGISTRY}/default")
+    run("sh", "-c", f"printf '{WEB}' > {REGISTRY}/default/web.yaml && printf 'name: Bad_Name\n' > {REGISTRY}/bad.yaml")
+
     started = run("systemctl", "start", "svcdns", check=False, timeout=120)  # Type=notify: waits for READY=1
     journal = run("journalctl", "-u", "svcdns", "--no-pager", "-n", "40", check=False).stdout
     assert started.returncode == 0, f"{started.stderr}\n{journal}"
     assert run("systemctl", "is-active", "svcdns").stdout.strip() == "active"
     assert "Services" in run("systemctl", "show", "-p", "StatusText", "svcdns").stdout
-    wait_for(lambda: run("dig", "+short", "@127.0.0.1", "web.default.svc.cluster.local", check=False).stdout.strip()
-             == "10.96.0.10", 30, 0.5, "dig to answer inside the container")  # fmt: skip
+    vip = wait_for(lambda: run("dig", "+short", "@127.0.0.1", "web.default.svc.cluster.local", check=False).stdout.strip(),
+                   30, 0.5, "dig to answer inside the container")  # fmt: skip
+    assert ipaddress.ip_address(vip) in ipaddress.ip_network("10.96.0.0/12"), journal
+    assert vip in run("cat", f"{REGISTRY}/.svcdns/allocations.json").stdout  # written through ProtectSystem=strict
+    assert vip in run("nft", "list", "table", "ip", "svcdns").stdout
+
+    # journald files each line at its own priority: the bad file is an error, "ready" is info
+    def priorities() -> dict[str, set[str]]:
+        lines = run("journalctl", "-u", "svcdns", "-o", "json", "--no-pager", check=False).stdout.splitlines()
+        found: dict[str, set[str]] = {}
+        for entry in map(json.loads, lines):
+            if isinstance(entry.get("MESSAGE"), str):
+                found.setdefault(entry["PRIORITY"], set()).add(entry["MESSAGE"])
+        return found
+
+    seen = wait_for(lambda: (p := priorities()) and any("bad.yaml" in m for m in p.get("3", ())) and p, 10, 0.5,
+                    "the bad file's error in the journal")  # fmt: skip
+    assert any("agent: ready" in m for m in seen.get("6", ())), seen
+    assert not any(m.startswith("<") for ms in seen.values() for m in ms)  # journald took the prefix off
+    warnings = run("journalctl", "-u", "svcdns", "-p", "warning", "--no-pager", "-o", "cat").stdout
+    assert "bad.yaml" in warnings and "agent: ready" not in warnings
+
     first = run("systemctl", "show", "-p", "MainPID", "--value", "svcdns").stdout.strip()
     run("systemctl", "kill", "-s", "KILL", "svcdns")
     wait_for(lambda: run("systemctl", "show", "-p", "MainPID", "--value", "svcdns").stdout.strip() not in ("0", first)
@@ -111,5 +245,5 @@ def test_install_start_notify_dig_stop_and_restart_on_failure(container):
     assert run("systemctl", "is-active", "svcdns", check=False).stdout.strip() == "inactive"
     # SIGTERM left the rules in place; cleanup removes them
     assert "svcdns" in run("nft", "list", "tables").stdout
-    run("svcdns", "cleanup")
+    run(svcdns, "cleanup")
     assert "svcdns" not in run("nft", "list", "tables").stdout
