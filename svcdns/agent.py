@@ -73,12 +73,21 @@ class Agent:
         self.last_full = 0.0
         self.last_loss_check = 0.0
         self.syncs = 0
+        self.watch_started = False
         self.registry_problem: str | None = None  # the last problem logged, to log changes once
 
     # ---- the loop ---------------------------------------------------------------------------------------
 
+    def replace_watch(self, watch: Watch) -> None:
+        """Follow another registry (a reload changed it); the next ``run`` starts its watch."""
+        self.watch.close()
+        self.watch, self.watch_started = watch, False
+
     def run(self, stop: threading.Event) -> None:
-        self.take(self.watch.start())
+        """Until ``stop`` is set; it can be called again (after a reload) and goes on where it was."""
+        if not self.watch_started:
+            self.take(self.watch.start())
+            self.watch_started = True
         last_watchdog = 0.0
         while not stop.is_set():
             now = time.monotonic()

@@ -10,7 +10,9 @@ import urllib.error
 import urllib.request
 
 from ..addr import parse_hostport
-from ..errors import SvcdnsError, UsageError
+from ..dns.contract import DNS
+from ..errors import SvcdnsError
+from ..registry.contract import Watch
 from . import config as configuration
 from .lock import AgentLock
 
@@ -53,16 +55,16 @@ def load_config(args) -> configuration.Config:
     return configuration.load(args.config, flags)
 
 
-def build(cfg: configuration.Config):
-    """The agent's parts from a configuration (imports here: each is a heavy module)."""
-    from ..agent import Agent
-    from ..dataplane import open_dataplane
-    from ..dns.server import DNSServer
-    from ..notify import Notifier
-    from ..registry import open_registry
-    from ..status import Metrics, State, StatusServer
+# config fields whose change needs a new DNS server, or a new registry watch
+DNS_FIELDS = ("cluster_zone", "dns_listen", "dns_upstreams", "dns_allowed_networks", "dns_forward", "dns_ttl",
+              "dns_workers", "service_cidrs", "pod_cidrs")  # fmt: skip
+REGISTRY_FIELDS = ("registry", "service_cidrs")
 
-    dns = DNSServer(
+
+def new_dns(cfg: configuration.Config) -> DNS:
+    from ..dns.server import DNSServer  # heavy (multiprocessing, dnslib): only where it is used
+
+    return DNSServer(
         [parse_hostport(a, "dns.listen") for a in cfg.dns_listen],
         zone=cfg.cluster_zone,
         ttl=cfg.dns_ttl,
@@ -71,13 +73,90 @@ def build(cfg: configuration.Config):
         forward=cfg.dns_forward,
         workers=cfg.dns_workers or None,
     )
-    state = State(registry=cfg.registry, health_timeout=max(60.0, 2 * cfg.full_sync_period))
-    metrics = Metrics(dns_stats=dns.stats)
-    status = StatusServer(parse_hostport(cfg.health_listen, "health_listen"), state, metrics)
-    watch = open_registry(cfg.registry, list(cfg.service_cidrs)).watch()
-    agent = Agent(watch, open_dataplane(cfg.dataplane), dns, state=state, metrics=metrics, notifier=Notifier(),
-                  full_sync_period=cfg.full_sync_period)  # fmt: skip
-    return agent, dns, status
+
+
+def start_dns(dns: DNS, cfg: configuration.Config) -> None:
+    try:
+        dns.start()
+    except OSError as err:
+        raise SvcdnsError(f"DNS cannot listen on {', '.join(cfg.dns_listen)}: {err.strerror or err}") from None
+
+
+def new_watch(cfg: configuration.Config) -> Watch:
+    from ..registry import open_registry
+
+    return open_registry(cfg.registry, list(cfg.service_cidrs)).watch()
+
+
+class Running:
+    """The agent's parts, wired from a configuration; a reload replaces only what it must."""
+
+    def __init__(self, cfg: configuration.Config) -> None:
+        from ..agent import Agent
+        from ..dataplane import open_dataplane
+        from ..notify import Notifier
+        from ..status import Metrics, State, StatusServer
+
+        self.cfg = cfg
+        self.dns = new_dns(cfg)
+        state = State(registry=cfg.registry, health_timeout=max(60.0, 2 * cfg.full_sync_period))
+        self.metrics = Metrics(dns_stats=lambda: self.dns.stats())  # whichever server runs now
+        self.status = StatusServer(parse_hostport(cfg.health_listen, "health_listen"), state, self.metrics)
+        self.agent = Agent(new_watch(cfg), open_dataplane(cfg.dataplane), self.dns, state=state,
+                           metrics=self.metrics, notifier=Notifier(), full_sync_period=cfg.full_sync_period)  # fmt: skip
+        self._status_class, self._open_dataplane = StatusServer, open_dataplane
+
+    def start(self) -> None:
+        try:
+            self.status.start()  # first: it fails fast and alone when its port is taken
+            start_dns(self.dns, self.cfg)
+        except BaseException:
+            self.status.stop()
+            self.agent.watch.close()
+            raise
+        cfg = self.cfg
+        log.info("agent: registry %s, dataplane %s, DNS on %s, health on %s", cfg.registry, cfg.dataplane,
+                 ", ".join(cfg.dns_listen), cfg.health_listen)  # fmt: skip
+
+    def stop(self) -> None:
+        self.agent.watch.close()
+        self.dns.stop()
+        self.status.stop()
+
+    def reconfigure(self, new: configuration.Config) -> None:
+        """Take ``new`` in place. DNS keeps answering throughout: the server (its sockets and workers)
+        is kept unless a DNS setting changed, and then the new one answers from the current zone
+        before the old one stops (SO_REUSEPORT lets both listen meanwhile). The table, the revision
+        and the rules stay; a new registry location gets a new watch."""
+        old = self.cfg
+        changed = [f for f in old.__dataclass_fields__ if f not in ("source", "origins")
+                   and getattr(old, f) != getattr(new, f)]  # fmt: skip
+        log.info("agent: configuration reloaded from %s: %s", new.source or "flags and environment",
+                 "; ".join(f"{f} {getattr(old, f)!r} -> {getattr(new, f)!r}" for f in changed) or "nothing changed")  # fmt: skip
+        agent = self.agent
+        if any(f in changed for f in DNS_FIELDS):
+            dns = new_dns(new)
+            start_dns(dns, new)
+            if agent.applied is not None:
+                dns.update(agent.applied)
+            self.dns, agent.dns, old_dns = dns, dns, self.dns
+            old_dns.stop()
+        if "health_listen" in changed:
+            status = self._status_class(parse_hostport(new.health_listen, "health_listen"), agent.state, self.metrics)
+            status.start()
+            self.status, old_status = status, self.status
+            old_status.stop()
+        if any(f in changed for f in REGISTRY_FIELDS):
+            agent.replace_watch(new_watch(new))
+            agent.state.registry = new.registry
+        if "dataplane" in changed:
+            log.warning("agent: dataplane %s -> %s: the %s rules stay until `svcdns cleanup --dataplane %s`",
+                        old.dataplane, new.dataplane, old.dataplane, old.dataplane)  # fmt: skip
+            agent.dataplane = self._open_dataplane(new.dataplane)
+            agent.need_full = True
+        agent.full_sync_period = new.full_sync_period
+        agent.state.health_timeout = max(60.0, 2 * new.full_sync_period)
+        self.cfg = new
 
 
 def cmd_agent(args) -> int:
@@ -98,40 +177,26 @@ def cmd_agent(args) -> int:
 
 
 def _serve(args, cfg: configuration.Config, stop: threading.Event, reload: threading.Event) -> int:
-    """Run the agent until SIGTERM; SIGHUP rebuilds it with the configuration read again."""
-    while True:
-        agent, dns, status = build(cfg)
-        try:
-            status.start()  # first: it fails fast and alone when its port is taken
+    """Run the agent until SIGTERM; at SIGHUP, read the configuration again and take it in place."""
+    running = Running(cfg)
+    running.start()
+    try:
+        while True:
+            running.agent.run(stop)
+            if not reload.is_set():
+                running.agent.notifier.stopping()
+                log.info("agent: stopped; the rules stay in place (svcdns cleanup removes them)")
+                return 0
+            reload.clear()
+            stop.clear()
+            running.agent.notifier.reloading()
             try:
-                dns.start()
-            except OSError as err:
-                raise SvcdnsError(f"DNS cannot listen on {', '.join(cfg.dns_listen)}: {err.strerror or err}") from None
-        except BaseException:
-            status.stop()
-            agent.watch.close()
-            raise
-        log.info("agent: registry %s, dataplane %s, DNS on %s, health on %s", cfg.registry, cfg.dataplane,
-                 ", ".join(cfg.dns_listen), cfg.health_listen)  # fmt: skip
-        try:
-            agent.run(stop)
-        finally:
-            agent.notifier.stopping() if not reload.is_set() else agent.notifier.reloading()
-            agent.watch.close()
-            dns.stop()
-            status.stop()
-        if not reload.is_set():
-            log.info("agent: stopped; the rules stay in place (svcdns cleanup removes them)")
-            return 0
-        reload.clear()
-        stop.clear()
-        try:
-            new = load_config(args)
-        except UsageError as err:
-            log.error("agent: reload refused, keeping the running configuration: %s", err)
-            new = cfg
-        log.info("agent: configuration reloaded from %s", new.source or "flags and environment")
-        cfg = new
+                running.reconfigure(load_config(args))
+            except SvcdnsError as err:
+                log.error("agent: reload refused, keeping the running configuration: %s", err)
+            running.agent.notifier.ready()
+    finally:
+        running.stop()
 
 
 def cmd_status(args) -> int:
