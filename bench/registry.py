@@ -125,13 +125,12 @@ def bench_etcd(n: int, changes: int) -> list[tuple[str, float, float, str]]:
     try:
         with EtcdServer(data) as server:
             writer = open_registry(server.url)
-            writer.run(writer.ensure_cidrs())
+            writer.client.run(writer.ensure_cidrs())
 
             async def load() -> None:
-                client = await writer.client()
                 for start in range(0, n, 200):
                     await asyncio.gather(*(
-                        client.put(writer.service_key((f"ns-{i % 50}", f"svc-{i}")), json.dumps({
+                        writer.client.put(writer.keys.service((f"ns-{i % 50}", f"svc-{i}")), json.dumps({
                             "name": f"svc-{i}", "namespace": f"ns-{i % 50}",
                             "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
                             "endpoints": [{"address": f"10.{(i >> 8) & 255}.{i & 255}.{k + 1}"} for k in range(10)],
@@ -139,7 +138,7 @@ def bench_etcd(n: int, changes: int) -> list[tuple[str, float, float, str]]:
                         for i in range(start, min(n, start + 200))
                     ))  # fmt: skip
 
-            writer.run(load(), timeout=600)
+            writer.client.run(load(), timeout=600)
             t = time.perf_counter()
             snap = open_registry(server.url).snapshot()  # adopts: allocates and claims every VIP
             first = time.perf_counter() - t

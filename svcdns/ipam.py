@@ -20,6 +20,7 @@ allocations cost O(N) in total, never a scan of the CIDR per allocation.
 from __future__ import annotations
 
 import ipaddress
+import random
 from dataclasses import dataclass, field
 
 from .errors import SvcdnsError, UsageError
@@ -170,6 +171,18 @@ class Allocator:
     def holder(self, ip: IPAddress) -> str | None:
         pool = self._pool_for(ip)
         return pool.holder(ip) if pool else None
+
+    def hold(self, ip: IPAddress, holder: str) -> None:
+        """Mark ``ip`` as held by ``holder`` if a configured CIDR holds it (a VIP known to be taken)."""
+        pool = self._pool_for(ip)
+        if pool is not None:
+            pool.claim(ip, holder)
+
+    def start_at_random(self) -> None:
+        """Begin each pool's next automatic allocation at a random address of its dynamic band, so
+        that writers that cannot see each other's allocations rarely pick the same VIP."""
+        for pool in self.pools:
+            pool._cursor = random.randint(max(pool.band, 2), pool.last)
 
     def restore(self, holder: str, ips: tuple[IPAddress, ...]) -> None:
         """Load a persisted allocation. Addresses outside the configured CIDRs are kept for their

@@ -32,8 +32,10 @@ class DocumentError(UsageError):
         super().__init__(f"{where}{what}{reason}")
 
 
-def decode(data: bytes, source: str = "") -> Service:
-    """Parse YAML (a superset of JSON) and validate it into a Service."""
+def decode(data: bytes, source: str = "", fmt: str | None = None) -> Service:
+    """Parse ``data`` as ``fmt`` ("json" or "yaml"; None: JSON for a ``.json`` source, else YAML)
+    and validate it into a Service."""
+    fmt = fmt or ("json" if source.endswith(".json") else "yaml")
     if len(data) > MAX_DOCUMENT_BYTES:
         raise DocumentError(source, "", None, f"is {len(data)} bytes, over the {MAX_DOCUMENT_BYTES}-byte limit")
     try:
@@ -41,12 +43,12 @@ def decode(data: bytes, source: str = "") -> Service:
     except UnicodeDecodeError as err:
         raise DocumentError(source, "", None, f"is not UTF-8 text ({err.reason} at byte {err.start})") from None
     try:
-        if source.endswith(".json"):
+        if fmt == "json":
             doc = json.loads(text)
         else:
             doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
-    except (yaml.YAMLError, json.JSONDecodeError) as err:
-        kind = "JSON" if source.endswith(".json") else "YAML"
+    except (yaml.YAMLError, ValueError, RecursionError) as err:
+        kind = fmt.upper()
         raise DocumentError(source, "", None, f"does not parse as {kind}: {_one_line(err)}") from None
     if doc is None:
         raise DocumentError(source, "", None, "is empty; a Service needs at least a name")
@@ -69,6 +71,8 @@ def encode(svc: Service, fmt: str = "yaml", *, with_vips: bool = True) -> str:
         doc.pop("clusterIPs", None)
     if fmt == "json":
         return json.dumps(doc, indent=2) + "\n"
+    if fmt == "json-compact":
+        return json.dumps(doc, separators=(",", ":"))
     return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 

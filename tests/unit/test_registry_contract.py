@@ -43,10 +43,10 @@ class EtcdAdapter:
 
     def write_raw(self, ns, name, doc):
         value = (doc if isinstance(doc, str) else json.dumps(doc)).encode()
-        self.reg.run(self.reg.call(lambda c: c.put(self.reg.service_key((ns, name)), value)))
+        self.reg.client.run(self.reg.client.put(self.reg.keys.service((ns, name)), value))
 
     def source(self, ns, name):
-        return self.reg.service_key((ns, name)).decode()
+        return self.reg.keys.source((ns, name))
 
     def close(self):
         self.reg.close()

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from svcdns.errors import UsageError
+from svcdns.errors import RegistryAuthFailed, RegistryUnavailable, UsageError
 from svcdns.model import Service, ServicePort
 from svcdns.registry import open_registry
-from svcdns.registry.etcd import RegistryAuthFailed, RegistryUnavailable, parse_url
+from svcdns.registry.etcd import parse_url
 from svcdns.testing.etcd import EtcdServer
 from svcdns.testing.lab import wait_for
 
@@ -118,8 +118,7 @@ def test_two_hosts_adopting_at_once_agree_on_one_vip(etcd_url):
     writer = open_registry(etcd_url)
     for i in range(20):
         value = json.dumps({"name": f"s{i}", "ports": [{"port": 80}]}).encode()
-        key = writer.service_key(("default", f"s{i}"))
-        writer.run(writer.call(lambda c, k=key, v=value: c.put(k, v)))
+        writer.client.run(writer.client.put(writer.keys.service(("default", f"s{i}")), value))
     hosts = [open_registry(etcd_url) for _ in range(4)]
     results = [None] * len(hosts)
 
@@ -150,11 +149,11 @@ def test_watch_resumes_after_an_etcd_restart_and_sees_changes_made_while_down(tm
             watcher.start()
             server.stop()
             wait_for(lambda: not watcher.healthy, 10, what="the watch to notice etcd is gone")
-            assert ("default", "before") in watcher.registry.table.services  # nothing forgotten
+            assert ("default", "before") in watcher.registry.state.table.services  # nothing forgotten
             server.start()
             other = open_registry(server.url)
             other.create(svc("during"))
-            wait_for(lambda: ("default", "during") in watcher.registry.table.services, 20, what="the resumed watch")
+            wait_for(lambda: ("default", "during") in watcher.registry.state.table.services, 20, what="the resumed watch")
             assert watcher.healthy
             other.close()
         finally:
@@ -175,12 +174,12 @@ def test_compaction_past_the_watch_revision_takes_a_fresh_snapshot(etcd_url):
         reg.create(svc("new"))
         for _ in range(5):
             reg.update("default", "keep", lambda s: s)
-        head = reg.run(reg.call(lambda c: c.get(reg.service_key(("default", "keep"))))).header.revision
-        reg.run(reg.call(lambda c: c.compact(head)))
-        keep_before = watcher.registry.table.get("default", "keep")
+        head, _ = reg.client.run(reg.client.range(reg.keys.root, keys_only=True))
+        reg.client.run(reg.client.compact(head))
+        keep_before = watcher.registry.state.table.get("default", "keep")
         watcher.resume()  # from the old revision: compacted
-        wait_for(lambda: ("default", "new") in watcher.registry.table.services, 20, what="the fresh snapshot")
-        table = watcher.registry.table
+        wait_for(lambda: ("default", "new") in watcher.registry.state.table.services, 20, what="the fresh snapshot")
+        table = watcher.registry.state.table
         assert ("default", "gone") not in table.services
         assert table.get("default", "keep") == keep_before  # unchanged Services are not flapped
     finally:
@@ -197,7 +196,7 @@ def cluster(tmp_path):
         try:
             watcher.start()
             reg.create(svc("a"))
-            wait_for(lambda: ("default", "a") in watcher.registry.table.services, 10, what="the watch stream")
+            wait_for(lambda: ("default", "a") in watcher.registry.state.table.services, 10, what="the watch stream")
             assert cluster.member(watcher.registry.endpoint) == 0 == cluster.member(reg.endpoint)
             yield cluster, reg, watcher
         finally:
@@ -209,7 +208,7 @@ def test_a_three_member_cluster_survives_losing_a_member(cluster):
     cluster, reg, watcher = cluster
     cluster.stop(0)
     reg.create(svc("b"))
-    wait_for(lambda: ("default", "b") in watcher.registry.table.services, 30, what="the watch on another member")
+    wait_for(lambda: ("default", "b") in watcher.registry.state.table.services, 30, what="the watch on another member")
     assert reg.get("default", "a").cluster_ips
 
 
@@ -221,7 +220,7 @@ def test_a_hung_member_is_left_for_another(cluster):
     cluster.pause(0)
     writer = open_registry(cluster.url)
     writer.create(svc("b"))  # waits up to the call timeout (5 s) on member 0, then member 1
-    wait_for(lambda: ("default", "b") in watcher.registry.table.services, 40, what="the watch to move")
+    wait_for(lambda: ("default", "b") in watcher.registry.state.table.services, 40, what="the watch to move")
     assert watcher.healthy
     writer.close()
 
@@ -235,11 +234,11 @@ def test_a_member_without_quorum_ends_the_watch_and_says_so(cluster):
     cluster.stop(2)
     said = f"etcd at {cluster.host}:{cluster.client_ports[0]} unreachable (etcdserver: no leader)"  # among others
     wait_for(lambda: said in (watcher.problem or ""), 30, what="the watch to report that etcd lost quorum")
-    assert ("default", "a") in watcher.registry.table.services  # the last known Services stay
+    assert ("default", "a") in watcher.registry.state.table.services  # the last known Services stay
     cluster.start(1)
     cluster.start(2)
     reg.create(svc("b"))
-    wait_for(lambda: ("default", "b") in watcher.registry.table.services, 30, what="the resumed watch")
+    wait_for(lambda: ("default", "b") in watcher.registry.state.table.services, 30, what="the resumed watch")
     assert watcher.healthy
 
 
@@ -268,8 +267,8 @@ def test_tls_with_a_client_certificate_writes_reads_and_watches(tls_etcd):
     try:
         watcher.start()
         made = reg.create(svc("secure"))
-        wait_for(lambda: ("default", "secure") in watcher.registry.table.services, 10, what="the watch over TLS")
-        assert watcher.registry.table.get("default", "secure").cluster_ips == made.cluster_ips
+        wait_for(lambda: ("default", "secure") in watcher.registry.state.table.services, 10, what="the watch over TLS")
+        assert watcher.registry.state.table.get("default", "secure").cluster_ips == made.cluster_ips
     finally:
         watcher.close()
         reg.close()
@@ -307,8 +306,8 @@ def test_an_expired_auth_token_is_renewed(auth_etcd):
         reg.create(svc("first"))
         time.sleep(2.5)  # both clients' tokens expire
         made = reg.create(svc("after-quiet"))
-        wait_for(lambda: ("default", "after-quiet") in watcher.registry.table.services, 10, what="the watch")
-        assert watcher.registry.table.get("default", "after-quiet").cluster_ips == made.cluster_ips
+        wait_for(lambda: ("default", "after-quiet") in watcher.registry.state.table.services, 10, what="the watch")
+        assert watcher.registry.state.table.get("default", "after-quiet").cluster_ips == made.cluster_ips
         assert watcher.healthy
     finally:
         watcher.close()

@@ -1,32 +1,48 @@
 """Watching etcd: a snapshot at a revision, then the changes after it, resumed after any break.
 
 The watch starts at the snapshot's revision + 1. When the stream breaks (etcd restarted, a member
-died, the network went away) it resumes from the last revision it applied, trying every endpoint,
+died, the network went away) it resumes from the last revision it applied, trying every member,
 with backoff; meanwhile nothing changes on the host (the last known Services stay in force) and
 ``problem`` says what is wrong. If the revision was compacted away, it takes a fresh snapshot and
 converges: Services that vanished meanwhile go, the others stay untouched.
 
-The interface is the file watch's: ``start()`` gives the first Snapshot, ``poll(timeout)`` the next
-one or None, iteration yields them all, ``healthy`` / ``problem`` tell the agent's health endpoint.
+Events are applied to the registry's state as they come and the table is rebuilt after a short
+batch window, so a burst of writes costs one new Snapshot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import queue
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
-import aetcd.exceptions
-
-from .contract import Snapshot, WatchBase
-from .etcd import EtcdRegistry, RegistryUnavailable
+from ...errors import RegistryUnavailable, SvcdnsError
+from ...table import Key
+from ..contract import Snapshot, WatchBase
+from .client import EtcdClient, EventStream, RevisionCompacted
+from .state import EtcdState
 
 log = logging.getLogger(__name__)
 
 
-class EtcdWatcher(WatchBase):
-    def __init__(self, registry: EtcdRegistry, retry_interval: float = 0.2, max_backoff: float = 5.0,
+class Watched(Protocol):
+    """What the watch needs of its registry (:class:`~.registry.EtcdRegistry`)."""
+
+    client: EtcdClient
+    state: EtcdState
+
+    def snapshot(self) -> Snapshot: ...
+
+    async def resync(self) -> bool: ...
+
+    async def adopt(self, only: Iterable[Key] | None = None) -> bool: ...
+
+
+class EtcdWatch(WatchBase):
+    def __init__(self, registry: Watched, retry_interval: float = 0.2, max_backoff: float = 5.0,
                  batch_window: float = 0.005) -> None:  # fmt: skip
         self.registry = registry
         self.retry_interval = retry_interval
@@ -34,11 +50,19 @@ class EtcdWatcher(WatchBase):
         self.batch_window = batch_window
         self.problem: str | None = None
         self._queue: queue.Queue[Snapshot] = queue.Queue()
-        self._task: Any = None
-        self._pending: Any = None  # a scheduled rebuild
+        self._task: concurrent.futures.Future[Any] | None = None
+        self._pending: asyncio.TimerHandle | None = None  # a scheduled rebuild
         self._last_errors: dict[str, str] = {}
         self._needs_snapshot = True
-        self._watch: Any = None
+        self._stream: EventStream | None = None
+
+    @property
+    def _client(self) -> EtcdClient:
+        return self.registry.client
+
+    @property
+    def _state(self) -> EtcdState:
+        return self.registry.state
 
     def start(self) -> Snapshot:
         """The first snapshot (the empty one, with ``problem`` set, if etcd cannot be reached yet:
@@ -49,15 +73,15 @@ class EtcdWatcher(WatchBase):
             self._last_errors = dict(snap.errors)
         except RegistryUnavailable as err:
             self._trouble(f"{err}; keeping the last known Services")
-            snap = self.registry.current()
-        self._task = asyncio.run_coroutine_threadsafe(self._run(), self.registry._loop)
+            snap = self._state.current()
+        self._task = self._client.submit(self._run())
         return snap
 
     def resume(self) -> None:
         """(Re)start the background watch from the last applied revision: what happens after the
         stream breaks. A compacted revision leads to a fresh snapshot."""
         self.close()
-        self._task = asyncio.run_coroutine_threadsafe(self._run(), self.registry._loop)
+        self._task = self._client.submit(self._run())
 
     def poll(self, timeout: float | None) -> Snapshot | None:
         if self._task is None:
@@ -74,64 +98,57 @@ class EtcdWatcher(WatchBase):
 
     def close(self) -> None:
         if self._task is not None:
-            self.registry._loop.call_soon_threadsafe(self._cancel, self._task)
+            self._client.call_soon(self._cancel, self._task)
             self._task = None
 
-    def _cancel(self, task) -> None:
+    def _cancel(self, task: concurrent.futures.Future[Any]) -> None:
         if self._pending is not None:  # a rebuild scheduled but not started: it would outlive the watch
             self._pending.cancel()
             self._pending = None
         task.cancel()
 
-    # ---- the loop (runs on the registry's event loop) ----------------------------------------------------
+    # ---- the loop (runs on the client's event loop) ------------------------------------------------------
 
     def _trouble(self, message: str) -> None:
         if self.problem != message:
             log.error("registry: %s", message)
             self.problem = message
-            self._queue.put(self.registry.current())
+            self._queue.put(self._state.current())
 
     def _recovered(self) -> None:
         if self.problem is not None:
-            log.warning("registry: etcd is reachable again; resuming from revision %d", self.registry.revision)
+            log.info("registry: etcd is reachable again; resuming from revision %d", self._state.revision)
             self.problem = None
-            self._queue.put(self.registry.current())
+            self._queue.put(self._state.current())
 
     async def _run(self) -> None:
-        reg = self.registry
+        state = self._state
         backoff = self.retry_interval
         while True:
             try:
                 if self._needs_snapshot:
-                    revision = await reg.read_all()
-                    await reg.reconcile()
+                    changed = await self.registry.resync()
                     self._needs_snapshot = False
-                    self._emit(reg.rebuild(revision))
-                start = reg.revision + 1
-                prefix = reg.prefix + b"/"
-                self._watch = await reg.call(lambda c, p=prefix, r=start: c.watch_prefix(p, start_revision=r))
+                    self._emit(changed)
+                self._stream = await self._client.watch(state.keys.root, state.revision + 1)
                 self._recovered()
                 backoff = self.retry_interval
-                async for event in self._watch:
-                    if event.kind == "PUT":
-                        reg.apply_put(event.kv.key, event.kv.value, event.kv.mod_revision)
+                async for event in self._stream:
+                    if event.kind == "put":
+                        state.apply_put(event.kv.key, event.kv.value, event.kv.mod_revision)
                     else:
-                        reg.apply_delete(event.kv.key)
-                    reg.revision = max(reg.revision, event.kv.mod_revision)
+                        state.apply_delete(event.kv.key, event.kv.mod_revision)
                     self._schedule()
-                raise RegistryUnavailable("the etcd watch stream ended")
             except asyncio.CancelledError:
-                if self._watch is not None:
-                    await _quietly(self._watch.cancel())
+                if self._stream is not None:
+                    await self._stream.cancel()
                 raise
-            except aetcd.exceptions.RevisionCompactedError as err:
-                log.warning("registry: revision %d was compacted (%s); taking a fresh snapshot", reg.revision + 1, err)
+            except RevisionCompacted as err:
+                log.warning("registry: revision %d was compacted (%s); taking a fresh snapshot", state.revision + 1, err)
                 self._needs_snapshot = True
-            except (RegistryUnavailable, aetcd.exceptions.ClientError, OSError) as err:
-                # RegistryUnavailable says what and where; a broken stream is the current member's
-                what = str(err) if isinstance(err, RegistryUnavailable) else f"etcd at {reg.endpoint} unreachable ({err})"
-                self._trouble(f"{what}; keeping the last known Services, retrying")
-                await reg.next_member()
+            except SvcdnsError as err:  # unreachable, refused, or a config key no host can use
+                self._trouble(f"{err}; keeping the last known Services, retrying")
+                await self._client.next_member()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
 
@@ -143,23 +160,19 @@ class EtcdWatcher(WatchBase):
 
     async def _flush(self) -> None:
         self._pending = None
-        reg = self.registry
-        changed = reg.rebuild(reg.revision)
+        state = self._state
+        changed = state.rebuild()
         try:
-            await reg.reconcile(reg.rebuilt)  # adopt new documents without VIPs; the watch brings the result
-        except RegistryUnavailable as err:
+            await self.registry.adopt(state.rebuilt)  # adopt new documents without VIPs; the watch brings the result
+        except SvcdnsError as err:
             log.warning("registry: could not allocate VIPs now: %s", err)
         self._emit(changed)
 
     def _emit(self, changed: bool) -> None:
-        snap = self.registry.current()
+        snap = self._state.current()
         if changed or snap.errors != self._last_errors:
             self._last_errors = dict(snap.errors)
             self._queue.put(snap)
 
 
-async def _quietly(coro: Any) -> None:
-    try:
-        await asyncio.wait_for(coro, 1)
-    except Exception as err:  # the stream may already be dead; nothing to do about it
-        log.debug("etcd: cancelling a watch: %r", err)
+__all__ = ["EtcdWatch", "Watched"]

@@ -1,0 +1,285 @@
+"""The etcd registry: one view of the Services shared by every host's agent (etcd v3).
+
+Every write is a transaction. Creating a Service puts its document and its VIP keys only if none of
+them exists; a document written without a VIP (by hand, with etcdctl) is adopted by whichever agent
+or CLI sees it first, in a transaction that compares the document's revision and creates the VIP
+keys, so two hosts adopting at once agree on one VIP; endpoint changes compare the document's
+revision and retry. VIP keys whose Service is gone are collected the same way.
+
+The public methods are synchronous (the CLI and the agent are); they run on the client's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+from ...errors import NotFound, SvcdnsError, UsageError
+from ...ipam import DEFAULT_SERVICE_CIDRS, Allocator, VIPConflict
+from ...model import IPAddress, Service
+from ...table import Key, ServiceTable
+from ..contract import Snapshot
+from ..documents import DocumentError, decode, encode
+from .client import Compare, EtcdClient, Op
+from .state import EtcdState, Keys
+from .url import parse_url, redact
+from .watch import EtcdWatch
+
+log = logging.getLogger(__name__)
+
+CAS_RETRIES = 200
+ADOPT_CONCURRENCY = 32  # a first start over 10k hand-written documents is bound by round trips
+
+
+class EtcdRegistry:
+    kind = "etcd"
+
+    def __init__(self, url: str, service_cidrs: list[str] | None = None) -> None:
+        self.options = parse_url(url)
+        self.url = url
+        self.keys = Keys(self.options.prefix)
+        self.state = EtcdState(self.keys)
+        self.client = EtcdClient(self.options)
+        self._cidrs_arg = list(service_cidrs) if service_cidrs else None
+
+    def __repr__(self) -> str:
+        return f"EtcdRegistry({self.location!r})"
+
+    @property
+    def location(self) -> str:
+        """The registry URL, its password shown as ``***``."""
+        return redact(self.url)
+
+    @property
+    def endpoint(self) -> str:
+        """The member this registry talks to now (``host:port``)."""
+        return self.client.endpoint
+
+    @property
+    def table(self) -> ServiceTable:
+        return self.state.table
+
+    def close(self) -> None:
+        self.client.close()
+
+    # ---- reading ------------------------------------------------------------------------------------
+
+    def current(self) -> Snapshot:
+        """What is known now, without asking etcd."""
+        return self.state.current()
+
+    def snapshot(self) -> Snapshot:
+        self.client.run(self.resync())
+        return self.current()
+
+    async def read_all(self) -> int:
+        """Read every key under the prefix at one revision into the state; return that revision."""
+        revision, kvs = await self.client.range(self.keys.root)
+        self.state.begin_full_read()
+        for kv in kvs:
+            self.state.apply_put(kv.key, kv.value, kv.mod_revision)
+        self.state.end_full_read()
+        return revision
+
+    async def resync(self) -> bool:
+        """Read everything, adopt what needs a VIP (and read again if that wrote), rebuild the
+        table; True if it changed."""
+        revision = await self.read_all()
+        if await self.adopt():
+            revision = await self.read_all()
+        return self.state.rebuild(revision)
+
+    # ---- VIPs: adoption of documents without one, and garbage VIP keys ---------------------------------
+
+    async def ensure_cidrs(self) -> list[str]:
+        """The service CIDRs recorded in etcd, recording ours (or the default) if none are."""
+        key = self.keys.config
+        if self.state.cidrs is None:
+            kv = await self.client.get(key)
+            if kv is not None:
+                self.state.apply_put(key, kv.value, kv.mod_revision)
+        if self.state.cidrs is None:
+            wanted = self._cidrs_arg or list(DEFAULT_SERVICE_CIDRS)
+            Allocator(wanted)  # validate before writing
+            doc = json.dumps({"serviceCIDRs": wanted}).encode()
+            await self.client.txn([Compare(key, absent=True)], [Op(key, doc)])
+            kv = await self.client.get(key)
+            if kv is not None:
+                self.state.apply_put(key, kv.value, kv.mod_revision)
+        if self.state.cidrs is None:
+            raise SvcdnsError(f"{key.decode(errors='replace')} holds no service CIDRs; fix or delete it")
+        return self.state.cidrs
+
+    async def adopt(self, only: Iterable[Key] | None = None) -> bool:
+        """Give VIPs to documents without them and delete VIP keys whose Service is gone (among
+        ``only``, or all); True if it wrote."""
+        pending, orphans = self.state.pending(only), self.state.orphans(only)
+        if not pending and not orphans:
+            return False
+        await self.ensure_cidrs()
+        alloc = self.state.allocator()
+        writes: list[Coroutine[Any, Any, bool]] = []
+        for key, entry in pending:
+            svc = entry.service
+            assert svc is not None
+            try:
+                ips = alloc.assign(svc.ref, (), svc.ip_families)
+            except SvcdnsError as err:
+                entry.error = f"{self.keys.source(key)}: {err}"
+                log.error("registry: %s", entry.error)
+                continue
+            adopted = svc.with_cluster_ips(ips)
+            skey = self.keys.service(key)
+            writes.append(self.client.txn(
+                [Compare(skey, mod=entry.mod)] + [Compare(self.keys.vip(ip), absent=True) for ip in ips],
+                [Op(skey, _value(adopted))] + [Op(self.keys.vip(ip), svc.ref.encode()) for ip in ips],
+            ))  # fmt: skip
+        for ip in orphans:
+            holder = self.state.vips[ip]
+            ns, _, name = holder.partition("/")
+            writes.append(self.client.txn(
+                [Compare(self.keys.service((ns, name)), absent=True), Compare(self.keys.vip(ip), value=holder.encode())],
+                [Op(self.keys.vip(ip))],
+            ))  # fmt: skip
+        limit = asyncio.Semaphore(ADOPT_CONCURRENCY)
+
+        async def bounded(coro: Coroutine[Any, Any, bool]) -> bool:
+            async with limit:
+                return await coro
+
+        done = await asyncio.gather(*(bounded(w) for w in writes))
+        log.info("registry: adopted or collected %d of %d entries", sum(done), len(writes))
+        return True
+
+    # ---- writing (the CLI) ---------------------------------------------------------------------------------
+
+    def get(self, namespace: str, name: str) -> Service:
+        snap = self.snapshot()
+        svc = snap.table.get(namespace, name)
+        if svc is None:
+            entry = self.state.entries.get((namespace, name))
+            if entry and entry.error:
+                raise SvcdnsError(f"Service {namespace}/{name} is not valid: {entry.error}")
+            raise NotFound(f"Service {namespace}/{name} not found in {self.location}")
+        return svc
+
+    def create(self, svc: Service) -> Service:
+        return self.client.run(self._create(svc))
+
+    async def _create(self, svc: Service) -> Service:
+        cidrs = await self.ensure_cidrs()
+        if svc.has_vip and not svc.cluster_ips:
+            out = await self._create_at_random(svc, cidrs)
+            if out is not None:
+                return out
+        skey = self.keys.service(svc.key)
+        for _ in range(CAS_RETRIES):
+            # the Service's key and the VIP keys (names only): not the whole registry
+            if await self.client.get(skey) is not None:
+                raise UsageError(f"Service {svc.ref} already exists in {self.location}; remove it first")
+            _, vip_keys = await self.client.range(self.keys.vips, keys_only=True)
+            alloc = Allocator(cidrs)
+            for kv in vip_keys:
+                parsed = self.keys.parse(kv.key)
+                if parsed is not None and parsed[0] == "vip" and not isinstance(parsed[1], tuple | None):
+                    alloc.hold(parsed[1], "?")
+            out, compares, ops = svc, [Compare(skey, absent=True)], []
+            if svc.has_vip:
+                try:
+                    ips = alloc.assign(svc.ref, svc.cluster_ips, svc.ip_families)
+                except VIPConflict as err:
+                    if err.holder != "?":
+                        raise
+                    raise await self._held(err) from None
+                out = svc.with_cluster_ips(ips)
+                out.check_endpoint_families()
+                compares += [Compare(self.keys.vip(ip), absent=True) for ip in ips]
+                ops += [Op(self.keys.vip(ip), svc.ref.encode()) for ip in ips]
+            ops.append(Op(skey, _value(out)))
+            if await self.client.txn(compares, ops):
+                return out
+            await asyncio.sleep(random.uniform(0, 0.02))  # lost a race for a VIP: look again
+        raise SvcdnsError(f"could not create {svc.ref}: too much contention in {self.location}")
+
+    async def _held(self, err: VIPConflict) -> VIPConflict:
+        """The conflict, naming the Service that holds the VIP (read from its key)."""
+        kv = await self.client.get(self.keys.vips + err.address.encode())
+        holder = kv.value.decode(errors="replace") if kv is not None else "another Service"
+        return VIPConflict(err.address, f"is already held by Service {holder}", holder=holder)
+
+    async def _create_at_random(self, svc: Service, cidrs: list[str]) -> Service | None:
+        """One try without reading the VIP keys (a range read of 10k keys costs ~100 ms): random
+        addresses from the dynamic band, claimed by the same create-if-absent transaction. In a
+        sparse CIDR it nearly always wins (10k Services in a /12: 1 try in 100 hits a held VIP);
+        None when it lost (a held VIP, or the Service exists), and the caller reads and allocates."""
+        alloc = Allocator(cidrs)
+        alloc.start_at_random()
+        ips = alloc.assign(svc.ref, (), svc.ip_families)
+        out = svc.with_cluster_ips(ips)
+        out.check_endpoint_families()
+        skey = self.keys.service(svc.key)
+        compares = [Compare(skey, absent=True)] + [Compare(self.keys.vip(ip), absent=True) for ip in ips]
+        ops = [Op(self.keys.vip(ip), svc.ref.encode()) for ip in ips] + [Op(skey, _value(out))]
+        return out if await self.client.txn(compares, ops) else None
+
+    def update(self, namespace: str, name: str, change: Callable[[Service], Service]) -> Service:
+        return self.client.run(self._update((namespace, name), change))
+
+    async def _update(self, key: Key, change: Callable[[Service], Service]) -> Service:
+        skey = self.keys.service(key)
+        for _ in range(CAS_RETRIES):
+            kv = await self.client.get(skey)
+            if kv is None:
+                raise NotFound(f"Service {key[0]}/{key[1]} not found in {self.location}")
+            try:
+                svc = decode(kv.value, self.keys.source(key), fmt="json")
+            except DocumentError as err:
+                raise SvcdnsError(f"{err}; fix the entry before changing it with the CLI") from None
+            changed = change(svc)
+            if changed.has_vip and svc.cluster_ips:
+                changed = changed.with_cluster_ips(svc.cluster_ips)
+                changed.check_endpoint_families()
+            if await self.client.txn([Compare(skey, mod=kv.mod_revision)], [Op(skey, _value(changed))]):
+                return changed
+            await asyncio.sleep(random.uniform(0, 0.01))  # another writer won: re-read and retry
+        raise SvcdnsError(f"could not update {key[0]}/{key[1]}: too much contention in {self.location}")
+
+    def delete(self, namespace: str, name: str) -> None:
+        self.client.run(self._delete((namespace, name)))
+
+    async def _delete(self, key: Key) -> None:
+        skey = self.keys.service(key)
+        for _ in range(CAS_RETRIES):
+            kv = await self.client.get(skey)
+            if kv is None:
+                raise NotFound(f"Service {key[0]}/{key[1]} not found in {self.location}")
+            ips: list[IPAddress] = []
+            try:
+                ips = list(decode(kv.value, self.keys.source(key), fmt="json").cluster_ips)
+            except DocumentError:
+                pass  # a broken document: delete it all the same; its VIP keys are collected as orphans
+            holder = f"{key[0]}/{key[1]}".encode()
+            compares = [Compare(skey, mod=kv.mod_revision)]
+            ops = [Op(skey)]
+            for ip in ips:
+                compares.append(Compare(self.keys.vip(ip), value=holder))
+                ops.append(Op(self.keys.vip(ip)))
+            if await self.client.txn(compares, ops):
+                return
+            if ips and await self.client.txn([Compare(skey, mod=kv.mod_revision)], [Op(skey)]):
+                return  # the VIP keys were not ours (repaired by hand): leave them to the collector
+        raise SvcdnsError(f"could not delete {key[0]}/{key[1]}: too much contention in {self.location}")
+
+    def watch(self, retry_interval: float = 0.2, max_backoff: float = 5.0, batch_window: float = 0.005) -> EtcdWatch:
+        return EtcdWatch(self, retry_interval=retry_interval, max_backoff=max_backoff, batch_window=batch_window)
+
+
+def _value(svc: Service) -> bytes:
+    return encode(svc, "json-compact").encode()
+
+
+__all__ = ["EtcdRegistry"]

@@ -1,0 +1,260 @@
+"""What an etcd registry holds, as a pure state machine: no I/O, unit-tested without etcd.
+
+The key schema, under a prefix (default ``/svcdns``):
+
+- ``<prefix>/services/<ns>/<name>``: the Service document (the JSON of ``svcdns service get -o json``),
+  its ``clusterIPs`` being the allocated VIPs;
+- ``<prefix>/vips/<ip>``: ``<ns>/<name>``, the holder of that VIP;
+- ``<prefix>/config``: ``{"serviceCIDRs": [...]}``, written once (create-if-absent), so every host
+  allocates from the same CIDRs.
+
+:class:`EtcdState` takes the keys as they are read or watched (``apply_put`` / ``apply_delete``,
+``begin_full_read`` / ``end_full_read`` around a full read), and ``rebuild`` turns them into a new
+ServiceTable, recomputing only the Services whose keys were touched. An entry that turns invalid
+keeps its last good version, as with files; a Service whose VIP is held by another is not changed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ...errors import MAX_VALUE
+from ...ipam import DEFAULT_SERVICE_CIDRS, Allocator, VIPConflict
+from ...model import IPAddress, Service
+from ...table import Key, ServiceTable
+from ..contract import Snapshot
+from ..documents import DocumentError, decode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The key schema under one prefix."""
+
+    prefix: str
+
+    @property
+    def root(self) -> bytes:
+        """Every key of the registry starts with this."""
+        return self.prefix.encode() + b"/"
+
+    @property
+    def config(self) -> bytes:
+        return self.root + b"config"
+
+    @property
+    def vips(self) -> bytes:
+        return self.root + b"vips/"
+
+    def service(self, key: Key) -> bytes:
+        return self.root + f"services/{key[0]}/{key[1]}".encode()
+
+    def vip(self, ip: IPAddress) -> bytes:
+        return self.vips + str(ip).encode()
+
+    def source(self, key: Key) -> str:
+        """How errors name a Service's entry."""
+        return f"{self.prefix}/services/{key[0]}/{key[1]}"
+
+    def parse(self, raw: bytes) -> tuple[str, Key | IPAddress | None] | None:
+        """``("service", (ns, name))``, ``("vip", ip)``, ``("config", None)``, or None for a key of no meaning."""
+        if not raw.startswith(self.root):
+            return None
+        parts = raw[len(self.root) :].decode(errors="replace").strip("/").split("/")
+        if parts[0] == "services" and len(parts) == 3:
+            return "service", (parts[1], parts[2])
+        if parts[0] == "vips" and len(parts) == 2:
+            try:
+                return "vip", ipaddress.ip_address(parts[1])
+            except ValueError:
+                return None
+        if parts == ["config"]:
+            return "config", None
+        return None
+
+
+@dataclass
+class Entry:
+    mod: int  # the document's mod_revision
+    service: Service | None  # last good version
+    error: str | None = None
+
+
+def holder_key(holder: str) -> Key:
+    ns, _, name = holder.partition("/")
+    return (ns, name)
+
+
+class EtcdState:
+    """The registry's keys as last read, and the ServiceTable they make."""
+
+    def __init__(self, keys: Keys) -> None:
+        self.keys = keys
+        self.cidrs: list[str] | None = None  # from the config key, once read
+        self.entries: dict[Key, Entry] = {}
+        self.vips: dict[IPAddress, str] = {}
+        self.table = ServiceTable()
+        self.revision = 0
+        self.synced = False  # read in full at least once
+        self.dirty: set[Key] | None = None  # keys to recompute; None: all of them
+        self.rebuilt: set[Key] = set()  # the keys the last rebuild recomputed
+        self._seen: set[Key] | None = None  # during a full read: the Services read so far
+
+    # ---- taking keys in ---------------------------------------------------------------------------
+
+    def begin_full_read(self) -> None:
+        """A full read follows (every key at one revision): what it does not bring is gone."""
+        self.dirty = None
+        self._seen = set()
+        self.vips.clear()
+
+    def end_full_read(self) -> None:
+        seen, self._seen = self._seen or set(), None
+        for key in set(self.entries) - seen:
+            del self.entries[key]
+
+    def apply_put(self, raw_key: bytes, value: bytes, mod: int) -> None:
+        self.revision = max(self.revision, mod)
+        parsed = self.keys.parse(raw_key)
+        if parsed is None:
+            return
+        kind, what = parsed
+        if kind == "config":
+            self._apply_config(raw_key, value)
+        elif kind == "vip":
+            assert isinstance(what, (ipaddress.IPv4Address, ipaddress.IPv6Address))
+            old_holder = self.vips.get(what)
+            self.vips[what] = value.decode(errors="replace")
+            self._touch_holder(old_holder)
+            self._touch_holder(self.vips[what])
+        else:
+            assert isinstance(what, tuple)
+            self._apply_service(what, raw_key, value, mod)
+
+    def _apply_config(self, raw_key: bytes, value: bytes) -> None:
+        try:
+            cidrs = json.loads(value)["serviceCIDRs"]
+            if not isinstance(cidrs, list):
+                raise TypeError
+            self.cidrs = [str(c) for c in cidrs]
+        except (ValueError, KeyError, TypeError, RecursionError):
+            log.error('etcd: %s is not {"serviceCIDRs": [...]}; ignored', raw_key.decode(errors="replace"))
+
+    def _apply_service(self, key: Key, raw_key: bytes, value: bytes, mod: int) -> None:
+        if self._seen is not None:
+            self._seen.add(key)
+        self._touch(key)
+        source = raw_key.decode(errors="replace")
+        old = self.entries.get(key)
+        try:
+            svc = decode(value, source, fmt="json")
+            if svc.key != key:
+                raise DocumentError(source, "name", svc.ref, f"does not match its key ({key[0]}/{key[1]})")
+            self.entries[key] = Entry(mod, svc)
+        except DocumentError as err:
+            message = str(err)
+            if old is None or old.error != message:
+                log.error("registry: %s%s", message, "; keeping its last good version" if old and old.service else "")
+            self.entries[key] = Entry(mod, old.service if old else None, message)
+
+    def apply_delete(self, raw_key: bytes, mod: int = 0) -> None:
+        self.revision = max(self.revision, mod)
+        parsed = self.keys.parse(raw_key)
+        if parsed is None:
+            return
+        kind, what = parsed
+        if kind == "vip":
+            assert isinstance(what, (ipaddress.IPv4Address, ipaddress.IPv6Address))
+            self._touch_holder(self.vips.pop(what, None))
+        elif kind == "service":
+            assert isinstance(what, tuple)
+            self.entries.pop(what, None)
+            self._touch(what)
+
+    def _touch(self, key: Key) -> None:
+        if self.dirty is not None:
+            self.dirty.add(key)
+
+    def _touch_holder(self, holder: str | None) -> None:
+        if holder:
+            self._touch(holder_key(holder))
+
+    # ---- the table ------------------------------------------------------------------------------------
+
+    def rebuild(self, revision: int = 0) -> bool:
+        """Recompute the Services of the keys touched since the last rebuild; True if the table changed."""
+        keys = set(self.entries) | set(self.table.services) if self.dirty is None else self.dirty
+        self.synced = self.synced or self.dirty is None  # None: after a full read
+        self.dirty = set()
+        self.rebuilt = keys
+        self.revision = max(self.revision, revision)
+        puts, deletes = [], []
+        for key in keys:
+            svc = self._effective(key)
+            if svc is None:
+                if key in self.table:
+                    deletes.append(key)
+            elif self.table.get(*key) != svc:
+                puts.append(svc)
+        if not puts and not deletes:
+            return False
+        self.table = self.table.replace(puts, deletes, self.revision)
+        return True
+
+    def _effective(self, key: Key) -> Service | None:
+        """What the table holds for ``key``: the entry's last good version once it has its VIPs, or
+        (when its VIPs are held by another Service) what the table had before."""
+        entry = self.entries.get(key)
+        svc = entry.service if entry else None
+        if entry is None or svc is None or (svc.has_vip and not svc.cluster_ips):
+            return None  # gone, never good, or waiting to be adopted
+        conflict = next((ip for ip in svc.cluster_ips if self.vips.get(ip, svc.ref) != svc.ref), None)
+        if conflict is not None:
+            entry.error = f"{self.keys.source(key)}: clusterIP {conflict} is held by Service {self.vips[conflict][:MAX_VALUE]}"
+            return self.table.get(*key)
+        return svc
+
+    def current(self) -> Snapshot:
+        errors = {self.keys.source(k): e.error for k, e in self.entries.items() if e.error}
+        return Snapshot(self.revision, self.table, errors, self.synced)
+
+    # ---- VIPs -------------------------------------------------------------------------------------------
+
+    def allocator(self) -> Allocator:
+        """An allocator holding every VIP key's address for its holder."""
+        alloc = Allocator(self.cidrs or list(DEFAULT_SERVICE_CIDRS))
+        held: dict[str, list[IPAddress]] = {}
+        for ip, holder in self.vips.items():
+            held.setdefault(holder, []).append(ip)
+        for holder, ips in held.items():
+            try:
+                alloc.restore(holder, tuple(sorted(ips, key=lambda a: a.version)))
+            except VIPConflict as err:
+                log.error("etcd: %s", err)
+        return alloc
+
+    def pending(self, only: Iterable[Key] | None = None) -> list[tuple[Key, Entry]]:
+        """The valid documents without VIPs (among ``only``, or all): to adopt."""
+        keys = sorted(self.entries) if only is None else sorted(k for k in only if k in self.entries)
+        return [
+            (k, self.entries[k])
+            for k in keys
+            if (svc := self.entries[k].service) and svc.has_vip and not svc.cluster_ips and not self.entries[k].error
+        ]
+
+    def orphans(self, only: Iterable[Key] | None = None) -> list[IPAddress]:
+        """The VIP keys whose Service is gone (among ``only``, or all): to collect."""
+        scope = None if only is None else set(only)
+        return [
+            ip
+            for ip, holder in self.vips.items()
+            if holder_key(holder) not in self.entries and (scope is None or holder_key(holder) in scope)
+        ]
+
+
+__all__ = ["Entry", "EtcdState", "Keys", "holder_key"]

@@ -1,0 +1,92 @@
+"""The etcd registry's state machine, without etcd: keys in, a ServiceTable out."""
+
+import ipaddress
+import json
+
+from svcdns.registry.etcd.state import EtcdState, Keys
+
+KEYS = Keys("/svcdns")
+
+
+def doc(name, **kw):
+    return json.dumps({"name": name, "ports": [{"port": 80}], **kw}).encode()
+
+
+def state_with(*puts):
+    state = EtcdState(KEYS)
+    state.begin_full_read()
+    for i, (key, value) in enumerate(puts, 1):
+        state.apply_put(key, value, i)
+    state.end_full_read()
+    state.rebuild(len(puts))
+    return state
+
+
+def test_the_key_schema():
+    assert KEYS.service(("ns", "web")) == b"/svcdns/services/ns/web"
+    assert KEYS.vip(ipaddress.ip_address("10.96.0.5")) == b"/svcdns/vips/10.96.0.5"
+    assert KEYS.parse(b"/svcdns/services/ns/web") == ("service", ("ns", "web"))
+    assert KEYS.parse(b"/svcdns/vips/fd00::5") == ("vip", ipaddress.ip_address("fd00::5"))
+    assert KEYS.parse(b"/svcdns/config") == ("config", None)
+    for meaningless in (b"/svcdns/vips/not-an-ip", b"/svcdns/services/only-ns", b"/svcdns/other", b"/elsewhere/config"):
+        assert KEYS.parse(meaningless) is None
+
+
+def test_a_document_with_its_vip_key_is_in_the_table():
+    state = state_with(
+        (KEYS.service(("default", "web")), doc("web", clusterIP="10.96.0.5")),
+        (KEYS.vip(ipaddress.ip_address("10.96.0.5")), b"default/web"),
+    )
+    snap = state.current()
+    assert snap.synced and snap.revision == 2 and not snap.errors
+    assert [str(ip) for ip in snap.table.get("default", "web").cluster_ips] == ["10.96.0.5"]
+
+
+def test_a_document_without_vip_waits_for_adoption():
+    state = state_with((KEYS.service(("default", "hand")), doc("hand")))
+    assert ("default", "hand") not in state.table
+    assert [k for k, _ in state.pending()] == [("default", "hand")]
+
+
+def test_a_vip_held_by_another_service_is_an_error_and_changes_nothing():
+    state = state_with(
+        (KEYS.service(("default", "web")), doc("web", clusterIP="10.96.0.5")),
+        (KEYS.vip(ipaddress.ip_address("10.96.0.5")), b"default/other"),
+    )
+    assert ("default", "web") not in state.table
+    assert "held by Service default/other" in state.current().errors["/svcdns/services/default/web"]
+
+
+def test_a_bad_put_keeps_the_last_good_version_and_a_delete_removes_it():
+    web = KEYS.service(("default", "web"))
+    vip = KEYS.vip(ipaddress.ip_address("10.96.0.5"))
+    state = state_with((web, doc("web", clusterIP="10.96.0.5")), (vip, b"default/web"))
+    good = state.table.get("default", "web")
+    for bad in (b"{not json", b"[" * 100_000, doc("web", clusterIP="10.96.0.5", ports=[{"port": 0}]), doc("other")):
+        state.apply_put(web, bad, 10)
+        assert not state.rebuild() and state.table.get("default", "web") == good
+        assert state.current().errors["/svcdns/services/default/web"]
+    state.apply_delete(web, 11)
+    state.apply_delete(vip, 12)
+    assert state.rebuild() and ("default", "web") not in state.table and state.revision == 12
+    assert state.orphans() == []
+
+
+def test_a_full_read_forgets_what_it_does_not_bring():
+    a, b = KEYS.service(("default", "a")), KEYS.service(("default", "b"))
+    state = state_with((a, doc("a", type="Headless", ports=[])), (b, doc("b", type="Headless", ports=[])))
+    assert len(state.table) == 2
+    state.begin_full_read()
+    state.apply_put(a, doc("a", type="Headless", ports=[]), 1)
+    state.end_full_read()
+    assert state.rebuild(5) and list(state.table.services) == [("default", "a")]
+
+
+def test_an_orphaned_vip_key_is_found_and_cidrs_come_from_the_config_key():
+    state = state_with(
+        (KEYS.config, b'{"serviceCIDRs": ["10.100.0.0/16"]}'),
+        (KEYS.vip(ipaddress.ip_address("10.100.0.9")), b"default/gone"),
+    )
+    assert state.cidrs == ["10.100.0.0/16"]
+    assert [str(ip) for ip in state.orphans()] == ["10.100.0.9"]
+    assert state.allocator().holder(ipaddress.ip_address("10.100.0.9")) == "default/gone"
