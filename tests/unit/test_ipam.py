@@ -6,7 +6,7 @@ import pytest
 
 from svcdns.errors import UsageError
 from svcdns.ipam import AllocationError, Allocator, VIPConflict, parse_cidr
-from svcdns.registry.store import AllocationStore
+from svcdns.registry.files.store import AllocationStore
 
 ip = ipaddress.ip_address
 
@@ -91,7 +91,7 @@ def test_ten_thousand_allocations_are_distinct():
 def test_store_persists_allocations(tmp_path):
     store = AllocationStore.load(tmp_path, ["10.96.0.0/12", "fd00:96::/108"])
     alloc = store.allocator()
-    from svcdns.registry.store import Allocation
+    from svcdns.registry.files.store import Allocation
 
     store.services["default/a"] = Allocation(alloc.assign("default/a"), "default/a.yaml")
     store.services["default/b"] = Allocation(alloc.assign("default/b", families=("IPv4", "IPv6")), "b.json")

@@ -178,3 +178,36 @@ def test_create_refuses_a_service_defined_by_a_hand_written_file(tmp_path):
         open_registry(str(tmp_path)).create(Service("web", ports=(ServicePort(80),)))
     got = open_registry(str(tmp_path)).get("default", "web")  # found by a scan, not at the canonical path
     assert got.cluster_ips
+
+
+@pytest.mark.parametrize("first", [".yaml", ".json"])
+def test_yaml_wins_over_json_at_the_canonical_path_while_running_and_after_a_restart(tmp_path, first):
+    texts = {".yaml": "name: web\nports: [{port: 80}]\n", ".json": '{"name": "web", "ports": [{"port": 81}]}'}
+    second = ".json" if first == ".yaml" else ".yaml"
+    running = open_registry(str(tmp_path))
+    write(tmp_path, f"default/web{first}", texts[first])
+    running.snapshot()
+    write(tmp_path, f"default/web{second}", texts[second])
+    running.refresh([f"default/web{second}"])  # what the watch does on the new file
+    for snap in (running.current(), open_registry(str(tmp_path)).snapshot()):
+        assert snap.table.get("default", "web").ports[0].port == 80
+        assert "already defined by default/web.yaml" in snap.errors["default/web.json"]
+
+
+def test_a_fifo_or_a_symlink_to_one_is_reported_not_opened(tmp_path):
+    """A reader that opened a FIFO would wait for a writer forever (and SIGTERM would not end it)."""
+    import os
+    import threading
+
+    write(tmp_path, "good.yaml", "name: good\nports: [{port: 80}]\n")
+    os.mkfifo(tmp_path / "x.yaml")
+    os.symlink(tmp_path / "x.yaml", tmp_path / "y.yaml")
+    result = []
+    reader = threading.Thread(target=lambda: result.append(open_registry(str(tmp_path)).snapshot()), daemon=True)
+    reader.start()
+    reader.join(10)
+    assert result, "reading the registry hung on a FIFO"
+    snap = result[0]
+    assert ("default", "good") in snap.services
+    for name in ("x.yaml", "y.yaml"):
+        assert "is not a regular file" in snap.errors[name]

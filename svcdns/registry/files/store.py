@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import SvcdnsError
-from ..ipam import DEFAULT_SERVICE_CIDRS, Allocator
-from ..model import IPAddress
+from ...errors import SvcdnsError
+from ...ipam import DEFAULT_SERVICE_CIDRS, Allocator
+from ...model import IPAddress
 
 log = logging.getLogger(__name__)
 

@@ -1,16 +1,16 @@
 """The embedded registry: a directory of service files (YAML or JSON), one Service per file.
 
-Files may sit anywhere under the directory; the CLI writes ``<ns>/<name>.yaml``. A file is read only
-when complete (the watcher reacts to close-after-write and rename-in, never to partial writes), and
-hidden, backup and swap files (``.x``, ``x~``, ``#x#``, ``x.swp``, ``x.tmp``) are never read.
+Files may sit anywhere under the directory (:mod:`.tree` says which names count); the CLI writes
+``<ns>/<name>.yaml``. A file is read only when complete (the watch reacts to close-after-write and
+rename-in, never to partial writes).
 
 What a bad file does: it is reported (a log line, and an error row in ``svcdns service list``) and
 the **last good version** of its Service is kept, so a botched edit never takes a working Service
 down (the same choice Kubernetes makes by rejecting an invalid update and keeping the stored
 object). A file that was never good is simply not a Service. A deleted file deletes its Service.
 
-Two files naming the same Service: the one at the canonical path ``<ns>/<name>.yaml`` wins, else the
-first in path order; the other is reported.
+Two files naming the same Service: one at the canonical path ``<ns>/<name>.*`` wins (``.yaml``
+before ``.yml`` before ``.json``), else the first in path order; the other is reported.
 
 VIPs are not written into the operator's files: they live in the allocation store beside them
 (:mod:`.store`), so every reader (CLI, agent) sees the same VIP for a Service.
@@ -25,25 +25,17 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import NotFound, SvcdnsError, UsageError
-from ..ipam import Allocator, VIPConflict, parse_cidr
-from ..model import Service, ValidationError, family_of
-from ..table import Key, ServiceTable
-from .contract import Snapshot
-from .documents import MAX_DOCUMENT_BYTES, DocumentError, decode, encode
-from .store import STATE_DIR, Allocation, AllocationStore, atomic_write, registry_lock
+from ...errors import NotFound, SvcdnsError, UsageError
+from ...ipam import Allocator, VIPConflict, parse_cidr
+from ...model import Service, ValidationError, family_of
+from ...table import Key, ServiceTable
+from ..contract import Snapshot
+from ..documents import DocumentError, decode, encode
+from .store import Allocation, AllocationStore, atomic_write, registry_lock
+from .tree import SUFFIXES, canonical, precedence, read, walk
+from .watch import FileWatcher
 
 log = logging.getLogger(__name__)
-
-SUFFIXES = (".yaml", ".yml", ".json")
-_IGNORED_SUFFIXES = ("~", ".swp", ".swx", ".tmp", ".part", ".bak", ".orig", ".rej", ".dpkg-new", ".dpkg-old")
-
-
-def is_service_file(name: str) -> bool:
-    """Whether a file name can hold a Service (not hidden, not an editor or package manager leftover)."""
-    if name.startswith((".", "#")) or name.endswith(_IGNORED_SUFFIXES):
-        return False
-    return name.endswith(SUFFIXES)
 
 
 def holder_of(key: Key) -> str:
@@ -96,10 +88,12 @@ class FileRegistry:
     def __repr__(self) -> str:
         return f"FileRegistry({str(self.root)!r})"
 
-    # ---- paths ----------------------------------------------------------------------------------------
+    @property
+    def location(self) -> str:
+        """The registry directory."""
+        return str(self.root)
 
-    def canonical(self, key: Key, suffix: str = ".yaml") -> str:
-        return f"{key[0]}/{key[1]}{suffix}"
+    # ---- paths ----------------------------------------------------------------------------------------
 
     def check_root(self) -> None:
         if not self.root.is_dir():
@@ -108,33 +102,19 @@ class FileRegistry:
                 "or point --registry / $SVCDNS_REGISTRY at another"
             )
 
-    def walk(self) -> Iterable[str]:
-        """Relative paths of every candidate service file, in a stable order."""
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            rel_dir = os.path.relpath(dirpath, self.root)
-            for name in sorted(filenames):
-                if is_service_file(name):
-                    yield name if rel_dir == "." else f"{rel_dir}/{name}"
+    def files_under(self, rel_dir: str) -> list[str]:
+        """The known service files below ``rel_dir`` (a directory that went away)."""
+        return [rel for rel in self.entries if rel.startswith(rel_dir + "/")]
 
     # ---- reading ----------------------------------------------------------------------------------------
 
     def _read(self, rel: str) -> None:
         """(Re-)read one file into ``entries``; a missing file removes its entry."""
-        path = self.root / rel
         try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_DOCUMENT_BYTES + 1)
-        except FileNotFoundError:
-            self.entries.pop(rel, None)
-            return
-        except IsADirectoryError:
-            self.entries.pop(rel, None)
-            return
-        except OSError as err:
-            self._bad(rel, f"{rel}: cannot read: {err.strerror}")
-            return
-        try:
+            data = read(self.root, rel)
+            if data is None:
+                self.entries.pop(rel, None)
+                return
             svc = decode(data, rel)
         except DocumentError as err:
             self._bad(rel, str(err))
@@ -152,7 +132,7 @@ class FileRegistry:
         """Read the whole directory and return the consistent state."""
         self.check_root()
         seen = set()
-        for rel in self.walk():
+        for rel in walk(self.root):
             seen.add(rel)
             self._read(rel)
         for rel in set(self.entries) - seen:
@@ -209,8 +189,8 @@ class FileRegistry:
             paths = candidates.get(key)
             if not paths:
                 continue
-            canonical = [p for p in paths if p.rsplit(".", 1)[0] == self.canonical(key, "")]
-            winner = canonical[0] if canonical else min(paths)
+            at_canonical = [p for p in paths if p.rsplit(".", 1)[0] == canonical(key, "")]
+            winner = min(at_canonical, key=precedence) if at_canonical else min(paths)
             winners[key] = winner
             for other in paths:
                 if other != winner:
@@ -323,11 +303,9 @@ class FileRegistry:
                     del store.services[holder]
             store.save()
 
-    def watch(self, **options):
-        """A :class:`~.filewatch.FileWatcher`: the first snapshot, then one per change."""
-        from .filewatch import FileWatcher
-
-        return FileWatcher(self, **options)
+    def watch(self, rescan_interval: float = 600.0, retry_interval: float = 1.0, delete_grace: float = 1.0) -> FileWatcher:
+        """The first snapshot, then one per change (:mod:`.watch`)."""
+        return FileWatcher(self, rescan_interval=rescan_interval, retry_interval=retry_interval, delete_grace=delete_grace)
 
     # ---- writing (the CLI) ------------------------------------------------------------------------------------
 
@@ -351,10 +329,10 @@ class FileRegistry:
         """Write a new Service file and allocate its VIPs; UsageError if it exists or the VIP is taken.
         Costs a few file operations, not a directory scan: the allocation store knows every VIP."""
         self.check_root()
-        rel = self.canonical(svc.key)
+        rel = canonical(svc.key)
         with self._locked():
             for suffix in SUFFIXES:
-                other = self.canonical(svc.key, suffix)
+                other = canonical(svc.key, suffix)
                 if (self.root / other).exists():
                     self._read(other)
                     entry = self.entries.get(other)
@@ -433,7 +411,7 @@ class FileRegistry:
     def _find(self, key: Key) -> str:
         """The file that defines ``key``: the canonical path if it does, else found by a scan."""
         for suffix in SUFFIXES:
-            rel = self.canonical(key, suffix)
+            rel = canonical(key, suffix)
             if (self.root / rel).is_file():
                 self._read(rel)
                 if self.entries.get(rel) and self.entries[rel].key == key:
@@ -445,4 +423,4 @@ class FileRegistry:
         raise NotFound(f"Service {holder_of(key)} not found in {self.root}")
 
 
-__all__ = ["FileRegistry", "FileEntry", "is_service_file", "STATE_DIR"]
+__all__ = ["FileEntry", "FileRegistry", "holder_of"]

@@ -16,16 +16,34 @@ import logging
 import os
 import select
 import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
 
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
-from .contract import Snapshot, WatchBase
-from .files import FileRegistry, is_service_file
+from ..contract import Snapshot, WatchBase
+from .tree import is_service_file
 
 log = logging.getLogger(__name__)
 
 _DIR_MASK = F.CLOSE_WRITE | F.MOVED_TO | F.MOVED_FROM | F.DELETE | F.CREATE | F.DELETE_SELF | F.MOVE_SELF | F.ONLYDIR
+
+
+class Watched(Protocol):
+    """What the watch needs of its registry (:class:`~.registry.FileRegistry`)."""
+
+    root: Path
+    revision: int
+
+    def current(self) -> Snapshot: ...
+
+    def snapshot(self) -> Snapshot: ...
+
+    def refresh(self, rels: Iterable[str]) -> bool: ...
+
+    def files_under(self, rel_dir: str) -> list[str]: ...
 
 
 class FileWatcher(WatchBase):
@@ -36,7 +54,7 @@ class FileWatcher(WatchBase):
 
     def __init__(
         self,
-        registry: FileRegistry,
+        registry: Watched,
         rescan_interval: float = 600.0,
         retry_interval: float = 1.0,
         delete_grace: float = 1.0,
@@ -79,7 +97,7 @@ class FileWatcher(WatchBase):
             if self._inotify is None:
                 # the directory is gone (or was never there): keep what we know, retry
                 if self._setup():
-                    log.warning("registry: %s is back; rescanning", self.registry.root)
+                    log.info("registry: %s is back; rescanning", self.registry.root)
                     snap = self._rescan(force_snapshot=False)
                     if snap is not None:
                         return snap
@@ -179,7 +197,7 @@ class FileWatcher(WatchBase):
             return snap
         return None
 
-    def _handle(self, events) -> Snapshot | None:
+    def _handle(self, events: Iterable[Any]) -> Snapshot | None:
         changed: list[str] = []
         rescan = False
         for ev in events:
@@ -207,7 +225,7 @@ class FileWatcher(WatchBase):
                 if ev.mask & (F.CREATE | F.MOVED_TO):
                     changed.extend(self._watch_tree(rel))
                 else:  # a directory deleted or moved away: everything under it is going
-                    self._deleted.update((p, now) for p in self.registry.entries if p.startswith(rel + "/"))
+                    self._deleted.update((p, now) for p in self.registry.files_under(rel))
                 continue
             if not is_service_file(ev.name):
                 continue
@@ -223,3 +241,6 @@ class FileWatcher(WatchBase):
         if rescan:
             return self._rescan(force_snapshot=False)
         return self._news(bool(changed) and self.registry.refresh(dict.fromkeys(changed)))
+
+
+__all__ = ["FileWatcher", "Watched"]
