@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "svcdns.cli.dataplane",
     "svcdns.cli.agent",
     "svcdns.cli.install",
+    "svcdns.cli.resolvconf",
 ]
 
 

@@ -4,6 +4,7 @@
     service_cidrs = ["10.96.0.0/12"]          # add an IPv6 CIDR for IPv6 / dual-stack Services
     pod_cidrs = []                            # networks of the pods: their DNS clients may recurse
     cluster_zone = "cluster.local"
+    cluster_dns = ""                          # pods' nameserver; "": the 10th address of the first service CIDR
     dataplane = "nftables"                    # or "iptables"
     full_sync_period = 60                     # seconds between drift checks (a full re-sync when drifted)
     health_listen = "127.0.0.1:10256"         # /healthz, /readyz, /metrics, /status
@@ -43,6 +44,7 @@ class Config:
     service_cidrs: tuple[str, ...] = DEFAULT_SERVICE_CIDRS
     pod_cidrs: tuple[str, ...] = ()
     cluster_zone: str = "cluster.local"
+    cluster_dns: str = ""  # "": the 10th address of the first service CIDR (10.96.0.10), as kubeadm
     dataplane: str = "nftables"
     full_sync_period: float = 60.0
     health_listen: str = "127.0.0.1:10256"
@@ -68,6 +70,7 @@ _KEYS = {
     "service_cidrs": ("service_cidrs", list),
     "pod_cidrs": ("pod_cidrs", list),
     "cluster_zone": ("cluster_zone", str),
+    "cluster_dns": ("cluster_dns", str),
     "dataplane": ("dataplane", str),
     "full_sync_period": ("full_sync_period", (int, float)),
     "health_listen": ("health_listen", str),
@@ -143,6 +146,8 @@ def load(path: str | None = None, flags: dict[str, Any] | None = None, env: Mapp
     validate(cfg)
     # names are case-insensitive; a trailing dot names the same zone
     cfg = replace(cfg, cluster_zone=cfg.cluster_zone.lower().removesuffix("."))
+    if not cfg.cluster_dns:
+        cfg = replace(cfg, cluster_dns=str(ipaddress.ip_network(cfg.service_cidrs[0]).network_address + 10))
     return cfg
 
 
@@ -187,6 +192,12 @@ def validate(cfg: Config, local_networks: list | None = None) -> None:
     if cfg.full_sync_period < 1:
         raise UsageError(f"{where('full_sync_period')}: full_sync_period = {cfg.full_sync_period}: expected at least 1 second")
     check_zone(cfg.cluster_zone, where("cluster_zone"))
+    if cfg.cluster_dns:
+        try:
+            ipaddress.ip_address(cfg.cluster_dns)
+        except ValueError:
+            raise UsageError.invalid("cluster_dns", cfg.cluster_dns, "expected an IP address such as 10.96.0.10",
+                                     where("cluster_dns")) from None  # fmt: skip
     for key, value in [("health_listen", cfg.health_listen), *(("dns.listen", v) for v in cfg.dns_listen)]:
         parse_hostport(value, key, where=where(key))
     for value in cfg.dns_upstreams:
