@@ -13,6 +13,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -235,6 +236,10 @@ def test_wheel_install_under_opt_boots_hardened_notifies_answers_and_restarts(co
     assert not any(m.startswith("<") for ms in seen.values() for m in ms)  # journald took the prefix off
     warnings = run("journalctl", "-u", "svcdns", "-p", "warning", "--no-pager", "-o", "cat").stdout
     assert "bad.yaml" in warnings and "agent: ready" not in warnings
+    # and nothing else went wrong: a system call the filter refused would show up here as a failure
+    assert all("bad.yaml" in line for line in warnings.splitlines()), warnings
+    security = run("systemd-analyze", "security", "svcdns", "--no-pager").stdout  # with install's drop-in
+    assert float(re.search(r"Overall exposure level for svcdns.service: ([0-9.]+)", security)[1]) <= 2.5, security
 
     first = run("systemctl", "show", "-p", "MainPID", "--value", "svcdns").stdout.strip()
     run("systemctl", "kill", "-s", "KILL", "svcdns")

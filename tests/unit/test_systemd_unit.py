@@ -1,6 +1,7 @@
 """The systemd unit: it verifies, `svcdns install` from a wheel puts it in place, and logs under systemd."""
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -28,11 +29,27 @@ def test_unit_verifies(tmp_path):
     assert "svcdns.service" not in proc.stderr  # no warning about our unit
 
 
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze (Debian package systemd)")
+def test_unit_exposure_is_at_most_2_5(tmp_path):
+    plan = install.plan(TEMPLATES, shutil.which("true"), "/var/lib/svcdns/registry", with_resolved=False)
+    (unit,) = [f for f in plan.files if f.rel == install.UNIT]
+    path = tmp_path / "svcdns.service"
+    path.write_text(unit.text)
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(path)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    found = re.search(r"Overall exposure level for svcdns.service: ([0-9.]+)", proc.stdout)
+    if found is None:
+        pytest.skip(f"this systemd-analyze cannot rate a unit file offline: {proc.stderr.strip()[-200:]}")
+    assert float(found[1]) <= 2.5, proc.stdout
+
+
 def test_unit_is_notify_hardened_and_restarts():
     text = UNIT.read_text()
     for line in ("Type=notify", "Restart=on-failure", "WatchdogSec=", "NoNewPrivileges=yes", "ProtectSystem=strict",
                  "ProtectHome=yes", "StateDirectory=svcdns",
-                 "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_NET_RAW"):  # fmt: skip
+                 "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_NET_RAW",
+                 "SystemCallFilter=@system-service", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+                 "ProtectProc=invisible", "PrivateMounts=yes", "UMask=0077"):  # fmt: skip
         assert line in text
     assert "Documentation=" not in text  # nothing installs a document it could name yet
 
