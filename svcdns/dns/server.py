@@ -22,7 +22,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 30.0  # seconds a worker may take to start
 ZONE_TIMEOUT = 30.0  # seconds a worker may take to apply a zone
 STATS_TIMEOUT = 5.0
+CRASH_WINDOW = 5.0  # a worker that dies this soon after its start is crash-looping: back off
+MAX_BACKOFF = 10.0
 _PIPE_ERRORS = (OSError, EOFError, pickle.UnpicklingError)  # BrokenPipeError and ConnectionResetError are OSErrors
 
 Sockets = list[tuple[socket.socket, socket.socket]]  # (UDP, TCP listener) per listen address
@@ -51,10 +53,17 @@ class _Slot:
     sockets: Sockets
     proc: BaseProcess | None = None
     pipe: Connection | None = None
+    live: bool = False  # started, and holds the current zone
+    started: float = 0.0
+    crashes: int = 0  # deaths in a row, each within CRASH_WINDOW of its start
     last_stats: dict[str, Any] = field(default_factory=dict)
 
 
 class DNSServer:
+    """The supervisor. ``problem`` says when fewer workers answer than were asked for; a worker that
+    dies (``kill -9``, the OOM killer) is noticed at once by a thread waiting on the processes'
+    sentinels, and replaced on the same sockets with the current zone."""
+
     def __init__(
         self,
         listen: list[tuple[str, int]],
@@ -84,6 +93,11 @@ class DNSServer:
         self._slots: list[_Slot] = []
         self._lock = threading.Lock()  # one exchange with the workers at a time
         self._seq = 0
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = -1, -1
+        self._monitor: threading.Thread | None = None
+        self._restarts = 0
+        self._retired: dict[str, Any] = _zero()  # the counts of workers that were replaced
         self.zone: Zone | None = None
         self.compiler: ZoneCompiler | None = None
 
@@ -91,15 +105,20 @@ class DNSServer:
 
     def start(self) -> None:
         """Bind every listen address, start the workers and wait until each answers."""
+        self._stopping.clear()
         try:
             self._bind()
             for slot in self._slots:
                 self._spawn(slot)
             for slot in self._slots:
                 self._wait_ready(slot)
+                slot.live = True
         except BaseException:
             self.stop()
             raise
+        self._wake_r, self._wake_w = os.pipe()
+        self._monitor = threading.Thread(target=self._supervise, name="svcdns-dns-supervisor", daemon=True)
+        self._monitor.start()
         addrs = ", ".join(format_hostport(h, p) for h, p in self.settings.listen)
         log.info("dns: serving %s on %s (UDP and TCP, %d workers)", self.settings.zone, addrs, self.workers)
 
@@ -119,94 +138,184 @@ class DNSServer:
         """The bound listen addresses (a port 0 given as the port the kernel chose)."""
         return self.settings.listen
 
+    @property
+    def problem(self) -> str | None:
+        """Why DNS is not fully up (for /healthz), or None while every worker answers."""
+        live = sum(slot.live for slot in self._slots)
+        return None if live == self.workers else f"{live} of {self.workers} DNS workers answering"
+
+    def pids(self) -> list[int]:
+        """The workers' process IDs (for tests and for a person with ``ps``)."""
+        return [slot.proc.pid for slot in self._slots if slot.proc is not None and slot.proc.pid is not None]
+
     def _spawn(self, slot: _Slot) -> None:
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(target=worker_main, args=(self.settings, child, slot.sockets, slot.index),
                                  name=f"svcdns-dns-{slot.index}", daemon=True)  # fmt: skip
         proc.start()
         child.close()
-        slot.proc, slot.pipe = proc, parent
+        slot.proc, slot.pipe, slot.started = proc, parent, time.monotonic()
 
     def _wait_ready(self, slot: _Slot) -> None:
         assert slot.pipe is not None
+        deadline = time.monotonic() + START_TIMEOUT
         try:
-            ready = slot.pipe.recv() if slot.pipe.poll(START_TIMEOUT) else None
+            while not slot.pipe.poll(0.2):
+                if time.monotonic() > deadline:
+                    raise DNSError(f"DNS worker {slot.index} did not start within {START_TIMEOUT:.0f} s")
+                if self._stopping.is_set():
+                    raise DNSError("the DNS server is stopping")
+            ready = slot.pipe.recv()
         except _PIPE_ERRORS:
             raise DNSError(f"DNS worker {slot.index} exited while starting (see its error above)") from None
         if ready != (0, "ready"):
-            raise DNSError(f"DNS worker {slot.index} did not start within {START_TIMEOUT:.0f} s")
+            raise DNSError(f"DNS worker {slot.index} sent {ready!r} instead of ready")
+
+    # ---- supervision ----------------------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        """Wait on the workers' sentinels; replace each worker that exits while we are not stopping."""
+        while not self._stopping.is_set():
+            watched = {slot.proc.sentinel: slot for slot in self._slots if slot.proc is not None}
+            for ready in wait([self._wake_r, *watched], timeout=5.0):
+                if ready == self._wake_r or self._stopping.is_set():
+                    continue
+                slot = watched[ready]  # type: ignore[index]
+                self._replace(slot)
+
+    def _replace(self, slot: _Slot) -> None:
+        with self._lock:
+            slot.live = False
+            proc = slot.proc
+            code = proc.exitcode if proc is not None else None
+            _end(slot)
+            _add(self._retired, slot.last_stats)
+            slot.last_stats = {}
+            self._restarts += 1
+            quick = time.monotonic() - slot.started < CRASH_WINDOW
+            slot.crashes = slot.crashes + 1 if quick else 0
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        delay = min(MAX_BACKOFF, 0.5 * 2 ** (slot.crashes - 1)) if slot.crashes > 1 else 0.0
+        log.error("dns: DNS worker %d (pid %s) died (%s); starting a new one%s", slot.index,
+                  proc.pid if proc else "?", how, f" in {delay:.1f} s" if delay else "")  # fmt: skip
+        while not self._stopping.wait(delay):
+            try:
+                self._spawn(slot)
+                self._wait_ready(slot)
+                with self._lock:
+                    if self._stopping.is_set():
+                        return
+                    if self.zone is not None:
+                        result = self._ask(slot, "zone", self.zone, ZONE_TIMEOUT)
+                        if result != "ok":
+                            raise DNSError(f"DNS worker {slot.index} did not take the zone")
+                    slot.live = True
+                log.info("dns: DNS worker %d replaced (pid %s)", slot.index, slot.proc.pid if slot.proc else "?")
+                return
+            except DNSError as err:
+                _end(slot, kill=True)
+                delay = min(MAX_BACKOFF, max(0.5, 2 * delay))
+                log.error("dns: %s; trying again in %.1f s", err, delay)
+
+    # ---- requests -------------------------------------------------------------------------------------
 
     def update(self, table: ServiceTable) -> None:
         """Publish the zone for ``table``; returns once every worker answers from it. Only the
-        Services that changed are compiled again, and the workers receive just that delta."""
+        Services that changed are compiled again, and the workers receive just that delta. A worker
+        that fails to take it is replaced, and its replacement starts from this zone; only when no
+        worker at all took it is that an error."""
         compiler = self.compiler
         first = compiler is None
         if compiler is None:
             compiler = self.compiler = ZoneCompiler(self.settings.zone, self.settings.ttl)
         delta = compiler.update(table)
-        self.zone = compiler.zone
-        replies = (
-            self._exchange("zone", self.zone, ZONE_TIMEOUT) if first else self._exchange("delta", delta, ZONE_TIMEOUT)
-        )
-        failed = [i for i, r in replies.items() if r != "ok"]
-        if failed:
-            raise DNSError(f"DNS worker {failed[0]} did not take the new zone")
+        with self._lock:  # a worker being replaced starts from the zone before this delta, or after it
+            self.zone = compiler.zone
+            replies = self._exchange(("zone", self.zone) if first else ("delta", delta), ZONE_TIMEOUT)
+        if replies and not any(r == "ok" for r in replies.values()):
+            raise DNSError(f"no DNS worker took the new zone ({self.problem})")
 
     def stats(self) -> dict[str, Any]:
-        """Queries by rcode and request durations, summed over the workers."""
-        replies = self._exchange("stats", None, STATS_TIMEOUT)
-        total: dict[str, Any] = {"queries": Counter(), "duration_buckets": Counter(), "duration_sum": 0.0,
-                                 "duration_count": 0}  # fmt: skip
-        for slot in self._slots:
-            s = replies.get(slot.index)
-            if isinstance(s, dict):
-                slot.last_stats = s
-            _add(total, slot.last_stats)
-        failed = [i for i, r in replies.items() if not isinstance(r, dict)]
-        if failed:
-            raise DNSError(f"DNS worker {failed[0]} did not report its counts")
-        return {k: dict(v) if isinstance(v, Counter) else v for k, v in total.items()}
-
-    def _exchange(self, verb: str, arg: Any, timeout: float) -> dict[int, Any]:
-        """Send ``verb`` to every worker and collect the replies, by worker index; a worker whose
-        pipe failed or that did not answer within ``timeout`` has None."""
+        """Queries by rcode and request durations, summed over the workers, those replaced
+        included (so the counters never go back); and the workers' own counts."""
         with self._lock:
-            self._seq += 1
-            seq = self._seq
-            payload = pickle.dumps((seq, verb, arg), protocol=pickle.HIGHEST_PROTOCOL)
-            replies: dict[int, Any] = {}
-            sent = []
+            replies = self._exchange(("stats", None), STATS_TIMEOUT)
+            total = _zero()
+            _add(total, self._retired)
             for slot in self._slots:
-                replies[slot.index] = None
+                s = replies.get(slot.index)
+                if isinstance(s, dict):
+                    slot.last_stats = s
+                _add(total, slot.last_stats)
+            out = {k: dict(v) if isinstance(v, Counter) else v for k, v in total.items()}
+            out.update(workers=self.workers, workers_answering=sum(slot.live for slot in self._slots),
+                       worker_restarts=self._restarts)  # fmt: skip
+            return out
+
+    def _exchange(self, request: tuple[str, Any], timeout: float) -> dict[int, Any]:
+        """Send ``request`` to every live worker and collect the replies, by worker index (the lock
+        is held). A worker whose pipe fails or that does not answer within ``timeout`` is killed:
+        the supervisor replaces it."""
+        self._seq += 1
+        seq = self._seq
+        payload = pickle.dumps((seq, *request), protocol=pickle.HIGHEST_PROTOCOL)
+        replies: dict[int, Any] = {}
+        sent = []
+        for slot in self._slots:
+            if slot.live and slot.pipe is not None:
                 try:
-                    assert slot.pipe is not None
                     slot.pipe.send_bytes(payload)
                     sent.append(slot)
                 except _PIPE_ERRORS as err:
-                    log.error("dns: cannot talk to DNS worker %d: %s", slot.index, err)
-            deadline = time.monotonic() + timeout
-            for slot in sent:
-                replies[slot.index] = self._reply(slot, seq, deadline)
-            return replies
+                    self._fail(slot, f"cannot talk to it: {err}")
+        deadline = time.monotonic() + timeout
+        for slot in sent:
+            replies[slot.index] = result = self._reply(slot, seq, deadline)
+            if result is None:
+                self._fail(slot, "it did not answer")
+        return replies
+
+    def _ask(self, slot: _Slot, verb: str, arg: Any, timeout: float) -> Any:
+        """One request to one worker (the lock is held); None if it failed."""
+        self._seq += 1
+        try:
+            assert slot.pipe is not None
+            slot.pipe.send_bytes(pickle.dumps((self._seq, verb, arg), protocol=pickle.HIGHEST_PROTOCOL))
+        except _PIPE_ERRORS:
+            return None
+        return self._reply(slot, self._seq, time.monotonic() + timeout)
 
     def _reply(self, slot: _Slot, seq: int, deadline: float) -> Any:
-        """The reply to request ``seq`` (earlier replies, from requests that timed out, are skipped)."""
+        """The reply to request ``seq`` (earlier replies, from requests that timed out, are skipped);
+        None if the pipe failed or nothing came in time."""
         assert slot.pipe is not None
         try:
             while slot.pipe.poll(max(0.0, deadline - time.monotonic())):
                 got, result = slot.pipe.recv()
                 if got == seq:
                     return result
-        except _PIPE_ERRORS as err:
-            log.error("dns: DNS worker %d's pipe failed: %s", slot.index, err or type(err).__name__)
+        except _PIPE_ERRORS:
             return None
-        log.error("dns: DNS worker %d did not answer", slot.index)
         return None
 
+    def _fail(self, slot: _Slot, why: str) -> None:
+        """Take a worker out of service and kill it; the supervisor thread starts its replacement."""
+        slot.live = False
+        log.error("dns: DNS worker %d failed (%s); replacing it", slot.index, why)
+        if slot.proc is not None and slot.proc.is_alive():
+            slot.proc.kill()
+
     def stop(self) -> None:
+        self._stopping.set()
+        if self._wake_w >= 0:
+            os.write(self._wake_w, b"x")
+        if self._monitor is not None:
+            self._monitor.join(10)
+            self._monitor = None
         stop = pickle.dumps((0, "stop", None))
         with self._lock:
             for slot in self._slots:
+                slot.live = False
                 if slot.pipe is not None:
                     try:
                         slot.pipe.send_bytes(stop)
@@ -218,6 +327,10 @@ class DNSServer:
                     udp.close()
                     tcp.close()
             self._slots = []
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
 
     def __enter__(self) -> DNSServer:
         self.start()
@@ -256,9 +369,11 @@ def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket, int]
     return udp, tcp, port
 
 
-def _end(slot: _Slot) -> None:
-    """Wait for the slot's process to exit (killed after 5 s), and close its pipe."""
+def _end(slot: _Slot, kill: bool = False) -> None:
+    """Wait for the slot's process to exit (killed at once, or after 5 s), and close its pipe."""
     if slot.proc is not None:
+        if kill and slot.proc.is_alive():
+            slot.proc.kill()
         slot.proc.join(5)
         if slot.proc.is_alive():
             slot.proc.kill()
@@ -266,6 +381,10 @@ def _end(slot: _Slot) -> None:
     if slot.pipe is not None:
         slot.pipe.close()
     slot.proc = slot.pipe = None
+
+
+def _zero() -> dict[str, Any]:
+    return {"queries": Counter(), "duration_buckets": Counter(), "duration_sum": 0.0, "duration_count": 0}
 
 
 def _add(total: dict[str, Any], s: dict[str, Any]) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import threading
+import time
 
 import pytest
 from dnslib import DNSRecord
@@ -56,3 +60,80 @@ def test_a_bad_listen_address_is_bad_usage(listen, tmp_path, capsys):
 def test_a_bad_upstream_is_bad_usage():
     with pytest.raises(UsageError, match="dns.upstreams"):
         DNSServer([("127.0.0.1", 0)], upstreams=["10.0.0.1:x"])
+
+
+def wait_until(condition, timeout: float, what: str) -> float:
+    """Seconds until ``condition()`` held; fails naming ``what`` after ``timeout``."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def test_a_killed_worker_is_replaced_with_the_current_zone_and_counted():
+    with DNSServer([("127.0.0.1", 0)], workers=2, forward=False) as server:
+        server.update(TABLE)
+        ask(server)
+        before = server.stats()["queries"]["NOERROR"]
+        for n, victim in enumerate(server.pids(), start=1):
+            os.kill(victim, signal.SIGKILL)
+            wait_until(lambda v=victim: server.problem is not None or v not in server.pids(), 1, "the death noticed")
+            took = wait_until(lambda: server.problem is None, 1, f"worker {victim} replaced")
+            assert victim not in server.pids() and len(server.pids()) == 2, f"replaced in {took:.2f} s"
+            assert all(ask(server) == ["10.96.0.10"] for _ in range(20)), "the replacement answers from the zone"
+            stats = server.stats()
+            assert stats["worker_restarts"] == n and stats["workers_answering"] == 2
+        # counts never go back when a worker is replaced (Prometheus counters)
+        assert server.stats()["queries"]["NOERROR"] >= before
+
+
+def test_a_worker_killed_during_updates_never_fails_them():
+    """Before: the update after a kill -9 raised BrokenPipeError, and `svcdns agent` exited 0."""
+    with DNSServer([("127.0.0.1", 0)], workers=2, forward=False) as server:
+        server.update(TABLE)
+        os.kill(server.pids()[0], signal.SIGKILL)
+        for i in range(50):
+            server.update(ServiceTable.of([Service(f"s{i}", ports=(ServicePort(80),), cluster_ips=("10.96.0.20",))]))
+        wait_until(lambda: server.problem is None, 1, "the worker replaced")
+        server.update(TABLE)
+        assert all(ask(server) == ["10.96.0.10"] for _ in range(20))
+
+
+def test_scrapers_during_a_thousand_updates():
+    """Before: scrapes and zone updates read each other's replies on the same pipes (EOFError,
+    "a DNS worker did not take the new zone")."""
+    errors: list[BaseException] = []
+    scrapes = [0]
+    stop = threading.Event()
+    with DNSServer([("127.0.0.1", 0)], workers=2, forward=False) as server:
+
+        def scrape() -> None:
+            while not stop.is_set():
+                try:
+                    assert "queries" in server.stats()
+                    scrapes[0] += 1
+                except BaseException as err:  # noqa: BLE001 - collected for the assertion
+                    errors.append(err)
+
+        threads = [threading.Thread(target=scrape) for _ in range(4)]
+        for t in threads:
+            t.start()
+        failed = 0
+        try:
+            for i in range(1000):
+                table = ServiceTable.of([Service(f"s{i % 7}", ports=(ServicePort(80),), cluster_ips=("10.96.0.20",))])
+                try:
+                    server.update(table)
+                except DNSError as err:
+                    failed += 1
+                    errors.append(err)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        assert (failed, errors) == (0, []), (
+            f"{failed} of 1000 updates failed, {len(errors)} errors in {scrapes[0]} scrapes"
+        )
+        assert server.stats()["worker_restarts"] == 0 and server.problem is None
