@@ -105,6 +105,7 @@ class Agent:
             if self.pending() or self.need_full:
                 timeout = max(0.0, min(timeout, max(self.next_attempt, self.last_sync + self.min_interval) - now))
             snap = self.watch.poll(timeout)
+            self.state.dns_problem = self.dns.problem
             self.note_registry(self.watch.problem)
             if snap is not None:
                 self.take(snap)

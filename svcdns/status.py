@@ -37,6 +37,7 @@ class State:
     revision: int = 0
     registry: str = ""
     registry_problem: str | None = None
+    dns_problem: str | None = None
     bad_entries: dict[str, str] = field(default_factory=dict)
     health_timeout: float = 60.0
 
@@ -44,6 +45,8 @@ class State:
         now = now or time.time()
         if not self.ready:
             return False, "the first sync has not completed"
+        if self.dns_problem:
+            return False, f"DNS is down or degraded: {self.dns_problem}"
         if self.pending_since and now - self.pending_since > self.health_timeout:
             return (
                 False,
@@ -99,6 +102,9 @@ class _DNSCollector:
                                      "whole batch's time)")  # fmt: skip
         hist.add_metric([], buckets, s.get("duration_sum", 0.0))
         yield hist
+        restarts = CounterMetricFamily("svcdns_dns_worker_restarts", "DNS worker processes that died and were replaced")
+        restarts.add_metric([], s.get("worker_restarts", 0))
+        yield restarts
 
 
 class StatusServer:
@@ -148,7 +154,8 @@ class StatusServer:
         if path == "/healthz":
             ok, why = st.healthy()
             body = {"healthy": ok, "reason": why, "lastUpdated": _iso(st.last_sync), "currentTime": _iso(time.time()),
-                    "registry": {"location": st.registry, "up": st.registry_problem is None, "problem": st.registry_problem}}  # fmt: skip
+                    "registry": {"location": st.registry, "up": st.registry_problem is None, "problem": st.registry_problem},
+                    "dns": {"up": st.dns_problem is None, "problem": st.dns_problem}}  # fmt: skip
             self.reply(req, 200 if ok else 503, json.dumps(body).encode(), "application/json")
         elif path == "/readyz":
             self.reply(req, 200 if st.ready else 503, b"ok\n" if st.ready else b"not ready\n", "text/plain")
@@ -157,7 +164,7 @@ class StatusServer:
         elif path == "/status":
             body = {"services": st.services, "endpoints": st.endpoints, "revision": st.revision,
                     "lastSync": _iso(st.last_sync), "lastError": st.last_error, "ready": st.ready,
-                    "registry": st.registry, "registryProblem": st.registry_problem,
+                    "registry": st.registry, "registryProblem": st.registry_problem, "dnsProblem": st.dns_problem,
                     "invalidEntries": st.bad_entries, "healthy": st.healthy()[0], "startedAt": _iso(st.started)}  # fmt: skip
             self.reply(req, 200, json.dumps(body, indent=2).encode(), "application/json")
         else:

@@ -214,6 +214,8 @@ def cmd_status(args) -> int:
         f"Registry:         {st['registry']}{'' if not st['registryProblem'] else '  PROBLEM: ' + st['registryProblem']}"
     )
     print(f"Services:         {st['services']} ({st['endpoints']} endpoints), revision {st['revision']}")
+    if st.get("dnsProblem"):
+        print(f"DNS:              PROBLEM: {st['dnsProblem']}")
     print(f"Last sync:        {st['lastSync'] or 'never'}")
     if st["lastError"]:
         print(f"Last error:       {st['lastError']}")

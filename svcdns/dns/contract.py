@@ -24,6 +24,11 @@ class DNS(Protocol):
         """Queries by rcode and request durations, summed over the workers (for /metrics)."""
         ...
 
+    @property
+    def problem(self) -> str | None:
+        """Why DNS is not fully up (fewer workers answering than configured), for /healthz; None when it is."""
+        ...
+
     def stop(self) -> None: ...
 
 

@@ -36,6 +36,8 @@ class FakeWatch:
 
 
 class Recorder:
+    problem = None  # as a DNS server: every worker answers
+
     def __init__(self, log, fail=0, drift=(), lost=()):
         self.log, self.fail, self.drift, self.gone = log, fail, list(drift), list(lost)
 
@@ -224,3 +226,13 @@ def test_every_failure_of_a_sync_is_counted_and_retried_as_a_full_sync(where):
     assert agent.metrics.sync_errors._value.get() == 3
     assert ("rules", ("a",), True) in log  # the retry after the failures was a full sync
     assert agent.state.ready and not agent.state.last_error
+
+
+def test_healthz_says_503_while_a_dns_worker_is_missing():
+    """Issue 12: after kill -9 of a DNS worker, /healthz said 200 while DNS was dead."""
+    st = State(ready=True)
+    st.dns_problem = "1 of 2 DNS workers answering"
+    ok, why = st.healthy()
+    assert not ok and "1 of 2 DNS workers answering" in why
+    m = Metrics(dns_stats=lambda: {"worker_restarts": 2})
+    assert "svcdns_dns_worker_restarts_total 2.0" in m.render().decode()
