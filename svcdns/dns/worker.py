@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import logging
 import pickle
-import select
 import selectors
 import socket
 import struct
-import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,9 +37,12 @@ from .zone import apply_delta, empty_zone
 
 log = logging.getLogger(__name__)
 
-TCP_IDLE = 10.0  # seconds a TCP client may stay silent
+TCP_IDLE = 10.0  # seconds a TCP client may stay silent while fewer than half the slots are taken
+TCP_IDLE_MIN = 0.5  # ... shrinking to this as the slots fill (RFC 7766 section 6.2.3, as unbound does)
 TCP_MAX_CONNECTIONS = 256  # per worker
-TCP_SEND_TIMEOUT = 5.0  # seconds a TCP client that does not read its answers is given
+TCP_PER_CLIENT = 64  # connections one client address may hold, per worker
+TCP_OUTPUT_MAX = 256 << 10  # answer bytes queued for a client that does not read: then it is dropped
+MAX_FORWARDS = 512  # forwarded queries outstanding per worker: beyond, SERVFAIL at once
 CACHE_ENTRIES = 50_000  # answers kept per worker (dropped at each zone change)
 DURATION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -63,26 +64,21 @@ class _Conn:
     sock: socket.socket
     peer: str  # the client's address
     inbuf: bytearray = field(default_factory=bytearray)
-    last: float = field(default_factory=time.monotonic)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    outbuf: bytearray = field(default_factory=bytearray)
+    last: float = field(default_factory=time.monotonic)  # the last whole query in, or answer bytes out
 
 
 def _rcode_name(rcode: int) -> str:
     return RCODE_NAMES.get(rcode, str(rcode))
 
 
-def _send_all(sock: socket.socket, data: bytes, timeout: float = TCP_SEND_TIMEOUT) -> None:
-    """Write all of ``data`` to a non-blocking socket, waiting for room (a slow reader gets 5 s)."""
-    view = memoryview(data)
-    deadline = time.monotonic() + timeout
-    while view:
-        try:
-            view = view[sock.send(view) :]
-        except BlockingIOError:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("TCP client does not read its answers") from None
-            select.select([], [sock], [], left)
+def idle_timeout(connections: int, cap: int = TCP_MAX_CONNECTIONS) -> float:
+    """How long a TCP connection may stay idle with ``connections`` open: TCP_IDLE up to half the
+    cap, then shrinking linearly to TCP_IDLE_MIN at the cap."""
+    half = cap / 2
+    if connections <= half:
+        return TCP_IDLE
+    return max(TCP_IDLE_MIN, TCP_IDLE * (cap - connections) / half)
 
 
 class Worker:
@@ -111,29 +107,42 @@ class Worker:
         self.duration_sum = 0.0
         self.duration_count = 0
         self.running = True
+        # answers computed on the forwarding threads, handed to the loop (the only writer of sockets)
+        self.done: deque[tuple[Reply, bytes, float]] = deque()
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        self.forwards = 0  # outstanding, on the pool
+        self.per_client: Counter[str] = Counter()  # TCP connections by client address
 
     def register(self) -> None:
         for udp, tcp in self.sockets:
             self.sel.register(udp, selectors.EVENT_READ, ("udp", Batch(udp)))
             self.sel.register(tcp, selectors.EVENT_READ, ("listen", tcp))
         self.sel.register(self.control, selectors.EVENT_READ, ("control", None))
+        self.sel.register(self.wake_r, selectors.EVENT_READ, ("done", None))
 
     def run(self) -> None:
         while self.running:
-            for key, _ in self.sel.select(timeout=1.0):
+            for key, events in self.sel.select(timeout=TCP_IDLE_MIN):
                 kind, obj = key.data
                 if kind == "udp":
                     self.on_udp(obj)
                 elif kind == "listen":
                     self.on_accept(obj)
                 elif kind == "tcp":
-                    self.on_tcp(obj)
+                    if events & selectors.EVENT_WRITE:
+                        self.flush(obj)
+                    if events & selectors.EVENT_READ and obj.sock.fileno() in self.conns:
+                        self.on_tcp(obj)
+                elif kind == "done":
+                    self.on_done()
                 else:
                     self.on_control()
             now = time.monotonic()
             if now >= self.next_expiry:
                 self.expire(now)
-                self.next_expiry = now + 1.0
+                self.next_expiry = now + TCP_IDLE_MIN
 
     # -- control
     def on_control(self) -> None:
@@ -156,7 +165,8 @@ class Worker:
     def stats(self) -> dict[str, Any]:
         queries = {_rcode_name(rcode): n for rcode, n in enumerate(self.rcodes) if n}
         return {"queries": queries, "duration_buckets": dict(self.buckets),
-                "duration_sum": self.duration_sum, "duration_count": self.duration_count}  # fmt: skip
+                "duration_sum": self.duration_sum, "duration_count": self.duration_count,
+                "tcp_connections": len(self.conns), "forwards_pending": self.forwards}  # fmt: skip
 
     # -- answering
     def may_recurse(self, client: str) -> bool:
@@ -183,8 +193,9 @@ class Worker:
         if out is FORWARD:
             self.forward(data, client, udp, reply, start)
             return
-        if cacheable == CHASE and self.pool is not None:
-            self.pool.submit(self.chase, out, reply, start)
+        if cacheable == CHASE and self.pool is not None and self.forwards < MAX_FORWARDS:
+            answer = out
+            self.submit(lambda: self.chase(answer), reply, start)
             return
         if isinstance(out, bytes):
             reply(out)
@@ -196,24 +207,59 @@ class Worker:
 
     def forward(self, data: bytes, client: str, udp: bool, reply: Reply, start: float) -> None:
         q = parse_query(bytes(data))
-        forwarder, pool = self.forwarder, self.pool
-        if forwarder is None or pool is None or client not in self.allowed:
+        forwarder = self.forwarder
+        if forwarder is None or client not in self.allowed:
             reply(response(q, REFUSED, aa=False))
             self.count(REFUSED, start)
             return
+        if self.forwards >= MAX_FORWARDS:  # the upstreams are slow or gone: fail fast, memory bounded
+            reply(response(q, SERVFAIL, aa=False, ra=True))
+            self.count(SERVFAIL, start)
+            return
 
-        def job() -> None:
+        def job() -> bytes:
             out = forwarder.resolve(bytes(data), q)
             if out is None:
-                out = response(q, SERVFAIL, aa=False, ra=True)
-            elif udp and len(out) > q.udp_limit():  # too large for this client: TC=1, retry over TCP
-                out = truncated(q, out[3] & 0xF, aa=False, ra=True)
-            reply(out)
-            self.count(out[3] & 0xF, start)
+                return response(q, SERVFAIL, aa=False, ra=True)
+            if udp and len(out) > q.udp_limit():  # too large for this client: TC=1, retry over TCP
+                return truncated(q, out[3] & 0xF, aa=False, ra=True)
+            return out
 
-        pool.submit(job)
+        self.submit(job, reply, start)
 
-    def chase(self, answer: bytes, reply: Reply, start: float) -> None:
+    def submit(self, job: Callable[[], bytes], reply: Reply, start: float) -> None:
+        """Run ``job`` on the pool; its answer goes back to the loop, which sends it."""
+        assert self.pool is not None
+        self.forwards += 1
+
+        def run() -> None:
+            try:
+                out = job()
+            except Exception:  # noqa: BLE001 - logged; the client gets nothing, as from a lost packet
+                log.exception("dns: a forwarded query failed")
+                out = b""
+            self.done.append((reply, out, start))
+            try:
+                self.wake_w.send(b"x")
+            except BlockingIOError:
+                pass  # the loop has a wake-up pending already
+
+        self.pool.submit(run)
+
+    def on_done(self) -> None:
+        try:
+            while self.wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self.done:
+            reply, out, start = self.done.popleft()
+            self.forwards -= 1
+            if out:
+                reply(out)
+                self.count(out[3] & 0xF, start)
+
+    def chase(self, answer: bytes) -> bytes:
         """An ExternalName's CNAME, with the target's addresses resolved upstream appended (the slow
         path: dnslib builds the message)."""
         from dnslib import QTYPE, DNSRecord
@@ -230,8 +276,7 @@ class Worker:
             answer = bytes(msg.pack())
         except Exception:  # noqa: BLE001 - an upstream's garbage: the CNAME alone is still right
             log.exception("dns: could not resolve an ExternalName's target")
-        reply(answer)
-        self.count(0, start)
+        return answer
 
     def count(self, rcode: int, start: float) -> None:
         self.rcodes[rcode] += 1
@@ -317,17 +362,24 @@ class Worker:
             sock, addr = listener.accept()
         except (BlockingIOError, InterruptedError):
             return
+        peer = addr[0]
+        if self.per_client[peer] >= TCP_PER_CLIENT:
+            sock.close()  # one address must not hold every slot
+            return
         if len(self.conns) >= TCP_MAX_CONNECTIONS:
-            sock.close()  # at the cap: the client retries later
-            return
+            idle = [c for c in self.conns.values() if not c.outbuf]
+            if not idle:
+                sock.close()  # every slot is busy answering: the client retries later
+                return
+            self.close(min(idle, key=lambda c: c.last))  # the oldest idle connection makes room
         sock.setblocking(False)
-        self.conns[sock.fileno()] = _Conn(sock, addr[0])
-        self.sel.register(sock, selectors.EVENT_READ, ("tcp", sock))
+        conn = _Conn(sock, peer)
+        self.conns[sock.fileno()] = conn
+        self.per_client[peer] += 1
+        self.sel.register(sock, selectors.EVENT_READ, ("tcp", conn))
 
-    def on_tcp(self, sock: socket.socket) -> None:
-        conn = self.conns.get(sock.fileno())
-        if conn is None:
-            return
+    def on_tcp(self, conn: _Conn) -> None:
+        sock = conn.sock
         try:
             chunk = sock.recv(65537)
         except (BlockingIOError, InterruptedError):
@@ -337,21 +389,17 @@ class Worker:
         if not chunk:
             self.close(conn)
             return
-        conn.last = time.monotonic()
         conn.inbuf += chunk
-        while len(conn.inbuf) >= 2:
+        while len(conn.inbuf) >= 2 and conn.sock.fileno() in self.conns:
             size = struct.unpack_from("!H", conn.inbuf)[0]
             if len(conn.inbuf) < 2 + size:
                 break
             data = bytes(conn.inbuf[2 : 2 + size])
             del conn.inbuf[: 2 + size]
+            conn.last = time.monotonic()  # a whole query: a byte at a time does not keep a slot
 
             def reply(out: bytes, c: _Conn = conn) -> None:
-                with c.lock:  # answers from the forwarding threads and the loop never interleave
-                    try:
-                        _send_all(c.sock, struct.pack("!H", len(out)) + out)
-                    except OSError as exc:
-                        log.debug("dns: TCP answer failed: %s", exc)
+                self.send(c, struct.pack("!H", len(out)) + out)
 
             try:
                 self.handle(data, conn.peer, False, self.may_recurse(conn.peer), reply)
@@ -361,8 +409,40 @@ class Worker:
                 if err:
                     reply(err)
 
+    def send(self, conn: _Conn, frame: bytes) -> None:
+        """Queue an answer on a TCP connection and write what the socket takes, never waiting: a
+        client that does not read costs only its own connection, dropped when its queue is full."""
+        if self.conns.get(conn.sock.fileno()) is not conn:
+            return  # closed while its answer was being forwarded
+        conn.outbuf += frame
+        if len(conn.outbuf) > TCP_OUTPUT_MAX:
+            log.info("dns: dropping a TCP connection from %s that does not read its answers", conn.peer)
+            self.close(conn)
+            return
+        self.flush(conn)
+
+    def flush(self, conn: _Conn) -> None:
+        try:
+            sent = conn.sock.send(conn.outbuf)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.close(conn)
+            return
+        if sent:
+            del conn.outbuf[:sent]
+            conn.last = time.monotonic()
+        # while answers wait, read no more queries from this client (its own backpressure)
+        events = selectors.EVENT_WRITE if conn.outbuf else selectors.EVENT_READ
+        if self.sel.get_key(conn.sock).events != events:
+            self.sel.modify(conn.sock, events, ("tcp", conn))
+
     def close(self, conn: _Conn) -> None:
-        self.conns.pop(conn.sock.fileno(), None)
+        if self.conns.pop(conn.sock.fileno(), None) is None:
+            return
+        self.per_client[conn.peer] -= 1
+        if self.per_client[conn.peer] <= 0:
+            del self.per_client[conn.peer]
         try:
             self.sel.unregister(conn.sock)
         except (KeyError, ValueError):
@@ -370,7 +450,8 @@ class Worker:
         conn.sock.close()
 
     def expire(self, now: float) -> None:
-        for conn in [c for c in self.conns.values() if now - c.last > TCP_IDLE]:
+        idle = idle_timeout(len(self.conns))
+        for conn in [c for c in self.conns.values() if now - c.last > idle]:
             self.close(conn)
 
 
