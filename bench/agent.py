@@ -62,10 +62,10 @@ def write(i, name="probe", ready=True):
         os.rename(tmp, path)
     else:
         from svcdns.registry import open_registry
-        from svcdns.model import Service
+        from svcdns.registry.documents import from_document
         global REG
         REG = globals().get("REG") or open_registry(target)
-        REG.create(Service.from_dict(doc))
+        REG.create(from_document(doc))
 
 def resolve(name):
     for server in servers:
@@ -172,13 +172,13 @@ def bench_etcd(n: int, changes: int) -> dict:
             files = Path(tmp) / "files"
             files.mkdir()
             write_registry(files, n)
-            load = ("import json, os, sys\nfrom svcdns.registry import open_registry\nfrom svcdns.model import Service\n"
+            load = ("import json, os, sys\nfrom svcdns.registry import open_registry\n"
                     "reg = open_registry(sys.argv[1]); d = sys.argv[2]\n"
-                    "async def go():\n    c = await reg.client()\n    import asyncio\n"
+                    "async def go():\n    c = reg.client\n    import asyncio\n"
                     "    names = sorted(os.listdir(d))\n"
                     "    for i in range(0, len(names), 200):\n"
-                    "        await asyncio.gather(*(c.put(reg.service_key(('bench', n[:-5])), open(os.path.join(d, n), 'rb').read()) for n in names[i:i+200]))\n"
-                    "reg.run(reg.ensure_cidrs()); reg.run(go(), timeout=900)\n")  # fmt: skip
+                    "        await asyncio.gather(*(c.put(reg.keys.service(('bench', n[:-5])), open(os.path.join(d, n), 'rb').read()) for n in names[i:i+200]))\n"
+                    "reg.client.run(reg.ensure_cidrs()); reg.client.run(go(), timeout=900)\n")  # fmt: skip
             a.node.run([sys.executable, "-c", load, url, str(files)], env=ENV)
             for lab in (a, b):
                 lab.serve(lab.pod_list[0], 8080)

@@ -1,9 +1,8 @@
 """Service, ServicePort, Endpoint: the trimmed internal types every other module works on.
 
 They are frozen, normalised on arrival (addresses are ``ipaddress`` objects, protocols upper-case) and
-validated in the constructor. Registry data (YAML/JSON files, etcd values) enters through
-``Service.from_dict`` and leaves through ``Service.to_dict``, which use the field names Kubernetes users
-know (``clusterIP``, ``targetPort``, ``sessionAffinity`` ...).
+validated in the constructor. Registry data (YAML/JSON files, etcd values) enters and leaves
+through :mod:`svcdns.registry.documents`, the one codec between documents and these types.
 
 Every validation failure raises :class:`ValidationError`, which names the field, the value, and what
 would be valid.
@@ -16,6 +15,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from .errors import MAX_VALUE, UsageError, shorten
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -38,14 +39,15 @@ _PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
 _DNS_NAME_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 
 
-class ValidationError(ValueError):
-    """A Service, port or endpoint is not valid: ``field`` is where, ``value`` is what was found."""
+class ValidationError(UsageError, ValueError):
+    """A Service, port or endpoint is not valid: ``field`` is where, ``value`` is what was found
+    (shown cut to a sane length), ``reason`` what would be valid. A usage error (exit 2), and a
+    ValueError for callers that treat it as one."""
 
     def __init__(self, field: str, value: Any, reason: str) -> None:
-        self.field = field
-        self.value = value
         self.reason = reason
-        super().__init__(f"{field}: {value!r}: {reason}")
+        field = field[:MAX_VALUE]  # a field name can come from the document too (an endpoint's port name)
+        super().__init__(f"{field}: {shorten(value)}: {reason}", field=field, value=value, expected=reason)
 
     def within(self, prefix: str) -> ValidationError:
         """The same error, located inside ``prefix`` (e.g. ``ports[1]``)."""
@@ -66,9 +68,10 @@ def check_label(field_name: str, value: Any) -> str:
     return value
 
 
-def _check_port_number(field_name: str, value: Any) -> int:
+def check_port_number(field_name: str, value: Any) -> int:
+    """A port number, 1-65535; a string of ASCII digits is taken too (``port: "80"``)."""
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.isdigit():
+        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 5:
             value = int(value)
         else:
             raise ValidationError(field_name, value, "must be a port number from 1 to 65535")
@@ -103,14 +106,6 @@ def _check_bool(field_name: str, value: Any) -> bool:
     return value
 
 
-def _check_keys(where: str, data: Mapping[str, Any], allowed: Iterable[str]) -> None:
-    allowed = tuple(allowed)
-    for key in data:
-        if key not in allowed:
-            prefix = f"{where}." if where else ""
-            raise ValidationError(f"{prefix}{key}", data[key], f"unknown field; known fields: {', '.join(allowed)}")
-
-
 @dataclass(frozen=True, slots=True)
 class ServicePort:
     """One port of a Service: traffic to ``port`` goes to the endpoints' ``target_port``."""
@@ -134,37 +129,13 @@ class ServicePort:
                     "a port name must be 1-15 lower-case letters, digits or '-', with at least one letter, "
                     "starting and ending with a letter or digit, and no '--'",
                 )
-        object.__setattr__(self, "port", _check_port_number("port", self.port))
+        object.__setattr__(self, "port", check_port_number("port", self.port))
         protocol = self.protocol.upper() if isinstance(self.protocol, str) else self.protocol
         if protocol not in PROTOCOLS:
             raise ValidationError("protocol", self.protocol, f"must be one of {', '.join(PROTOCOLS)}")
         object.__setattr__(self, "protocol", protocol)
         target = self.target_port or self.port
-        object.__setattr__(self, "target_port", _check_port_number("targetPort", target))
-
-    @classmethod
-    def from_dict(cls, data: Any) -> ServicePort:
-        if not isinstance(data, Mapping):
-            raise ValidationError("", data, "a port must be a mapping with port, protocol, targetPort and name")
-        _check_keys("", data, ("name", "protocol", "port", "targetPort"))
-        if "port" not in data:
-            raise ValidationError("port", None, "is required")
-        name = data.get("name", "") or ""
-        if not isinstance(name, str):
-            raise ValidationError("name", name, "must be a string")
-        return cls(
-            port=data["port"],
-            protocol=data.get("protocol", "TCP"),
-            target_port=_check_port_number("targetPort", data["targetPort"]) if "targetPort" in data else 0,
-            name=name,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.name:
-            out["name"] = self.name
-        out.update(protocol=self.protocol, port=self.port, targetPort=self.target_port)
-        return out
+        object.__setattr__(self, "target_port", check_port_number("targetPort", target))
 
     def __str__(self) -> str:
         head = f"{self.name}:" if self.name else ""
@@ -226,7 +197,7 @@ class Endpoint:
             check_label("hostname", self.hostname)
         ports = []
         for name, number in self.ports.items() if isinstance(self.ports, Mapping) else self.ports:
-            ports.append((name, _check_port_number(f"ports.{name}", number)))
+            ports.append((name, check_port_number(f"ports.{name}", number)))
         object.__setattr__(self, "ports", tuple(sorted(ports)))
 
     @property
@@ -239,42 +210,6 @@ class Endpoint:
             if name == port.name:
                 return number
         return port.target_port
-
-    @classmethod
-    def from_dict(cls, data: Any) -> Endpoint:
-        if isinstance(data, str):
-            return cls(address=data)
-        if not isinstance(data, Mapping):
-            raise ValidationError("", data, "an endpoint must be an address or a mapping with address, ready, ...")
-        _check_keys("", data, ("address", "ready", "serving", "terminating", "hostname", "ports"))
-        if "address" not in data:
-            raise ValidationError("address", None, "is required")
-        ports = data.get("ports", {}) or {}
-        if not isinstance(ports, Mapping):
-            raise ValidationError("ports", ports, "must be a mapping of Service port name to target port")
-        hostname = data.get("hostname", "") or ""
-        return cls(
-            address=data["address"],
-            ready=data.get("ready", True),
-            serving=data.get("serving"),
-            terminating=data.get("terminating", False),
-            hostname=hostname,
-            ports=tuple(ports.items()),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "address": str(self.address),
-            "ready": self.ready,
-            "serving": self.serving,
-            "terminating": self.terminating,
-        }
-        if self.hostname:
-            out["hostname"] = self.hostname
-        if self.ports:
-            out["ports"] = dict(self.ports)
-        return out
-
 
 @dataclass(frozen=True, slots=True)
 class Service:
@@ -425,102 +360,6 @@ class Service:
 
     def with_endpoints(self, endpoints: Iterable[Endpoint]) -> Service:
         return replace(self, endpoints=tuple(endpoints))
-
-    # ---- to and from the registry's documents ---------------------------------------------------------
-
-    _FIELDS = (
-        "name",
-        "namespace",
-        "type",
-        "clusterIP",
-        "clusterIPs",
-        "ipFamilies",
-        "ipFamilyPolicy",
-        "externalName",
-        "ports",
-        "sessionAffinity",
-        "sessionAffinityTimeoutSeconds",
-        "endpoints",
-    )
-
-    @classmethod
-    def from_dict(cls, data: Any) -> Service:
-        """Build a Service from a registry document (the JSON/YAML form), validating every field."""
-        if not isinstance(data, Mapping):
-            raise ValidationError("", type(data).__name__, "a Service document must be a mapping of fields")
-        _check_keys("", data, cls._FIELDS)
-        if "name" not in data:
-            raise ValidationError("name", None, "is required")
-        ports_raw = data.get("ports") or []
-        if not isinstance(ports_raw, list):
-            raise ValidationError("ports", ports_raw, "must be a list")
-        ports = []
-        for i, p in enumerate(ports_raw):
-            try:
-                ports.append(ServicePort.from_dict(p))
-            except ValidationError as err:
-                raise err.within(f"ports[{i}]") from None
-        eps_raw = data.get("endpoints") or []
-        if not isinstance(eps_raw, list):
-            raise ValidationError("endpoints", eps_raw, "must be a list")
-        endpoints = []
-        for i, e in enumerate(eps_raw):
-            try:
-                endpoints.append(Endpoint.from_dict(e))
-            except ValidationError as err:
-                raise err.within(f"endpoints[{i}]") from None
-        ips: list[Any] = []
-        if data.get("clusterIPs"):
-            if not isinstance(data["clusterIPs"], list):
-                raise ValidationError("clusterIPs", data["clusterIPs"], "must be a list of addresses")
-            ips = list(data["clusterIPs"])
-            if data.get("clusterIP") not in (None, "", ips[0]):
-                raise ValidationError("clusterIP", data["clusterIP"], f"must equal clusterIPs[0] ({ips[0]})")
-        elif data.get("clusterIP") not in (None, ""):
-            ips = [data["clusterIP"]]
-        kind = data.get("type", CLUSTER_IP)
-        if kind == CLUSTER_IP and ips == ["None"]:  # Kubernetes spelling of headless
-            kind, ips = HEADLESS, []
-        families = data.get("ipFamilies") or []
-        if not isinstance(families, list):
-            raise ValidationError("ipFamilies", families, "must be a list of IPv4 / IPv6")
-        policy = data.get("ipFamilyPolicy")
-        if policy not in (None, "SingleStack", "PreferDualStack", "RequireDualStack"):
-            raise ValidationError("ipFamilyPolicy", policy, "must be SingleStack, PreferDualStack or RequireDualStack")
-        if policy in ("PreferDualStack", "RequireDualStack") and not families:
-            families = [IPV4, IPV6]
-        timeout = data.get("sessionAffinityTimeoutSeconds", DEFAULT_AFFINITY_TIMEOUT)
-        return cls(
-            name=data["name"],
-            namespace=data.get("namespace") or DEFAULT_NAMESPACE,
-            type=kind,
-            ports=tuple(ports),
-            cluster_ips=tuple(ips),
-            ip_families=tuple(families),
-            external_name=data.get("externalName", "") or "",
-            session_affinity=data.get("sessionAffinity", AFFINITY_NONE) or AFFINITY_NONE,
-            affinity_timeout=timeout,
-            endpoints=tuple(endpoints),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The registry document / ``-o json`` form."""
-        out: dict[str, Any] = {"name": self.name, "namespace": self.namespace, "type": self.type}
-        if self.type == CLUSTER_IP:
-            if self.cluster_ips:
-                out["clusterIP"] = str(self.cluster_ips[0])
-                out["clusterIPs"] = [str(ip) for ip in self.cluster_ips]
-            if self.ip_families:
-                out["ipFamilies"] = list(self.ip_families)
-        if self.type == EXTERNAL_NAME:
-            out["externalName"] = self.external_name
-        out["ports"] = [p.to_dict() for p in self.ports]
-        out["sessionAffinity"] = self.session_affinity
-        if self.session_affinity == AFFINITY_CLIENT_IP:
-            out["sessionAffinityTimeoutSeconds"] = self.affinity_timeout
-        out["endpoints"] = [e.to_dict() for e in self.endpoints]
-        return out
-
 
 def _check_dns_name(field_name: str, value: Any) -> str:
     if not isinstance(value, str):

@@ -14,17 +14,15 @@ svcdns endpoint rm web 10.0.1.5
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
-import yaml
-
-from ..errors import NotFound, UsageError
+from ..errors import NotFound, UsageError, shorten
 from ..model import (
     AFFINITY_CLIENT_IP,
     AFFINITY_NONE,
@@ -39,8 +37,11 @@ from ..model import (
     parse_ip,
     parse_port_spec,
 )
-from ..registry import open_registry
+from ..registry import Registry, open_registry
+from ..registry.documents import dump, to_document
 from .config import registry_location
+
+T = TypeVar("T")
 
 _FAMILIES = {"ipv4": (IPV4,), "ipv6": (IPV6,), "dual": (IPV4, IPV6), "dual-ipv6": (IPV6, IPV4)}
 
@@ -106,7 +107,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
 # ---- helpers ---------------------------------------------------------------------------------------------
 
 
-def _registry(args):
+def _registry(args: argparse.Namespace) -> Registry:
     if not args.verbose:
         # the CLI shows bad files as ERROR rows of `service list` (and errors of the Service asked
         # for as the command's error); log lines about other files would only be noise here
@@ -117,12 +118,16 @@ def _registry(args):
     return open_registry(registry_location(args.registry), cidrs)
 
 
-def _valid(build: Callable[[], Any]) -> Any:
+def _valid(build: Callable[[], T]) -> T:
     """Run a model constructor; a ValidationError becomes a UsageError (exit 2) naming field and value."""
     try:
         return build()
     except ValidationError as err:
-        raise UsageError(f"invalid {err.field or 'value'} {err.value!r}: {err.reason}") from None
+        raise UsageError(f"invalid {err.field or 'value'} {shorten(err.value)}: {err.reason}") from None
+
+
+def _ready_endpoint(address: str) -> Endpoint:
+    return Endpoint(parse_ip("address", address))
 
 
 def _ports_text(svc: Service) -> str:
@@ -149,19 +154,16 @@ def _print_rows(rows: list[list[str]]) -> None:
 
 
 def _dump(doc: Any, fmt: str) -> None:
-    if fmt == "json":
-        print(json.dumps(doc, indent=2))
-    else:
-        sys.stdout.write(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False))
+    sys.stdout.write(dump(doc, fmt))
 
 
 # ---- service ---------------------------------------------------------------------------------------------
 
 
 def cmd_service_add(args) -> int:
-    ports = tuple(_valid(lambda s=s: parse_port_spec(s)) for s in args.port)
+    ports = tuple(_valid(partial(parse_port_spec, s)) for s in args.port)
     kind = HEADLESS if args.headless else EXTERNAL_NAME if args.external_name else CLUSTER_IP
-    vips = tuple(_valid(lambda v=v: parse_ip("--vip", v)) for v in args.vip)
+    vips = tuple(_valid(partial(parse_ip, "--vip", v)) for v in args.vip)
     if vips and kind != CLUSTER_IP:
         raise UsageError(f"--vip {args.vip[0]}: a {kind} Service has no VIP")
     families = _FAMILIES[args.ip_family] if args.ip_family else ()
@@ -169,7 +171,7 @@ def cmd_service_add(args) -> int:
         raise UsageError(f"--affinity-timeout {args.affinity_timeout}: only with --session-affinity ClientIP")
     if kind == CLUSTER_IP and not ports:
         raise UsageError("a ClusterIP Service needs at least one --port, e.g. --port http:80:8080/tcp")
-    endpoints = tuple(_valid(lambda a=a: Endpoint(a)) for a in args.endpoint)
+    endpoints = tuple(_valid(partial(_ready_endpoint, a)) for a in args.endpoint)
     svc = _valid(
         lambda: Service(
             name=args.name,
@@ -192,7 +194,7 @@ def cmd_service_add(args) -> int:
 def cmd_service_get(args) -> int:
     svc = _registry(args).get(args.namespace, args.name)
     if args.output != "table":
-        _dump(svc.to_dict(), args.output)
+        _dump(to_document(svc), args.output)
         return 0
     print(f"Name:              {svc.name}")
     print(f"Namespace:         {svc.namespace}")
@@ -237,7 +239,7 @@ def cmd_service_list(args) -> int:
     if args.output != "table":
         _dump(
             {
-                "items": [s.to_dict() for s in services],
+                "items": [to_document(s) for s in services],
                 "errors": [{"source": src, "error": msg} for src, msg in errors],
             },
             args.output,
@@ -245,7 +247,7 @@ def cmd_service_list(args) -> int:
         return 0
     if not services and not errors:
         where = "any namespace" if args.all_namespaces else f"namespace {args.namespace}"
-        print(f"No Services in {where} ({reg.root}).", file=sys.stderr)
+        print(f"No Services in {where} ({reg.location}).", file=sys.stderr)
         return 0
     rows = [["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORTS", "ENDPOINTS"]]
     rows += [[s.namespace, s.name, s.type, _vips_text(s), _ports_text(s), _endpoints_text(s)] for s in services]

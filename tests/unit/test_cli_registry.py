@@ -179,3 +179,13 @@ def test_python_m_svcdns_and_usage_errors(tmp_path):
         text=True,
     )
     assert proc.returncode == 1 and "does not exist; create it" in proc.stderr
+
+
+def test_list_on_an_empty_etcd_registry_names_it_without_its_password(svcdns, etcd_url):
+    """It used to fail with AttributeError: 'EtcdRegistry' object has no attribute 'root'."""
+    url = etcd_url + "?password=secret&username=nobody"
+    from svcdns.registry import open_registry
+
+    assert open_registry(url).location == etcd_url + "?password=***&username=nobody"
+    code, _, err = svcdns("service", "list", "--registry", etcd_url)
+    assert code == 0 and f"No Services in namespace default ({etcd_url})." in err

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from svcdns.errors import MAX_VALUE, UsageError
 from svcdns.model import (
     Endpoint,
     Service,
@@ -13,6 +14,7 @@ from svcdns.model import (
     ValidationError,
     parse_port_spec,
 )
+from svcdns.registry.documents import from_document, to_document
 
 
 @pytest.mark.parametrize(
@@ -139,31 +141,31 @@ def test_document_round_trip_and_kubernetes_field_names():
         affinity_timeout=60,
         endpoints=(Endpoint("10.0.0.1", hostname="web-0"), Endpoint("10.0.0.2", ready=False)),
     )
-    doc = svc.to_dict()
+    doc = to_document(svc)
     assert doc["clusterIP"] == "10.96.0.10" and doc["clusterIPs"] == ["10.96.0.10"]
     assert doc["ports"][0] == {"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}
     assert doc["sessionAffinity"] == "ClientIP" and doc["sessionAffinityTimeoutSeconds"] == 60
     assert doc["endpoints"][1] == {"address": "10.0.0.2", "ready": False, "serving": False, "terminating": False}
-    assert Service.from_dict(doc) == svc
+    assert from_document(doc) == svc
 
 
 def test_from_dict_reports_nested_fields_and_unknown_keys():
     with pytest.raises(ValidationError) as err:
-        Service.from_dict({"name": "web", "ports": [{"port": 80, "protocol": "ICMP"}]})
+        from_document({"name": "web", "ports": [{"port": 80, "protocol": "ICMP"}]})
     assert err.value.field == "ports[0].protocol" and err.value.value == "ICMP"
     with pytest.raises(ValidationError) as err:
-        Service.from_dict({"name": "web", "prots": []})
+        from_document({"name": "web", "prots": []})
     assert err.value.field == "prots" and "known fields" in err.value.reason
     with pytest.raises(ValidationError) as err:
-        Service.from_dict(
+        from_document(
             {"name": "web", "ports": [{"port": 80}], "endpoints": [{"address": "10.0.0.1", "ready": "yes"}]}
         )
     assert err.value.field == "endpoints[0].ready"
 
 
 def test_kubernetes_headless_spelling_and_dual_stack_policy():
-    assert Service.from_dict({"name": "db", "clusterIP": "None", "ports": [{"port": 5432}]}).type == "Headless"
-    dual = Service.from_dict({"name": "web", "ipFamilyPolicy": "PreferDualStack", "ports": [{"port": 80}]})
+    assert from_document({"name": "db", "clusterIP": "None", "ports": [{"port": 5432}]}).type == "Headless"
+    dual = from_document({"name": "web", "ipFamilyPolicy": "PreferDualStack", "ports": [{"port": 80}]})
     assert dual.ip_families == ("IPv4", "IPv6")
 
 
@@ -186,4 +188,18 @@ def test_document_round_trip_property(name, namespace, ports, endpoints):
         ports=tuple(ServicePort(p, proto, 0, f"p{i}") for i, (p, proto) in enumerate(ports)),
         endpoints=tuple(Endpoint(ip, ready=r) for ip, r in endpoints),
     )
-    assert Service.from_dict(svc.to_dict()) == svc
+    assert from_document(to_document(svc)) == svc
+
+
+def test_a_validation_error_is_a_usage_error_and_a_value_error_with_a_bounded_value():
+    with pytest.raises(ValidationError) as err:
+        Service("x" * 100_000)
+    assert isinstance(err.value, UsageError) and isinstance(err.value, ValueError)
+    assert err.value.exit_code == 2 and err.value.field == "name"
+    assert len(str(err.value)) < MAX_VALUE + 200
+
+
+@pytest.mark.parametrize("port", ["²", "٨٠", "1" * 30, "80a"])
+def test_a_port_in_anything_but_ascii_digits_is_a_validation_error(port):
+    with pytest.raises(ValidationError, match="must be a port number"):
+        ServicePort(port)

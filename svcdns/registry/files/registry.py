@@ -124,7 +124,7 @@ class FileRegistry:
     def _bad(self, rel: str, message: str) -> None:
         old = self.entries.get(rel)
         if old is None or old.error != message:
-            kept = f"; keeping the last good version of {holder_of(old.key)}" if old and old.service else ""
+            kept = f"; keeping the last good version of {holder_of(old.key)}" if old and old.service and old.key else ""
             log.error("registry: %s%s", message, kept)
         self.entries[rel] = FileEntry(old.key if old else None, old.service if old else None, message)
 
@@ -201,28 +201,28 @@ class FileRegistry:
         primary = family_of(parse_cidr(store.cidrs[0]).network_address)
         needs: list[Key] = []
         for key, rel in winners.items():
-            svc = self.entries[rel].service
+            svc = self._good(rel)
             held = store.services.get(holder_of(key))
-            if not svc.has_vip:  # type: ignore[union-attr]
+            if not svc.has_vip:
                 continue
-            if held is None or not self._fits(svc, held.ips, primary) or held.file != rel:  # type: ignore[arg-type]
+            if held is None or not self._fits(svc, held.ips, primary) or held.file != rel:
                 needs.append(key)
         failed = self._allocate(needs, winners) if needs else set()
         store = self._store_now()
         puts: list[Service] = []
         deletes: list[Key] = []
         for key in keys:
-            rel = winners.get(key)
-            if rel is None:
+            chosen = winners.get(key)
+            if chosen is None:
                 if key in self.table:
                     deletes.append(key)
                 continue
             if key in failed:
                 continue  # reported; the last good version (if any) stays
             try:
-                puts.append(self._finish(self.entries[rel].service, store, rel))  # type: ignore[arg-type]
+                puts.append(self._finish(self._good(chosen), store))
             except (UsageError, ValidationError) as err:
-                self._key_error(key, rel, f"{rel}: {err}")
+                self._key_error(key, chosen, f"{chosen}: {err}")
         if affected is None or deletes:
             self._release_orphans(store)
         changed = [s for s in puts if self.table.get(*s.key) != s]
@@ -240,7 +240,12 @@ class FileRegistry:
         families = svc.ip_families or (primary_family,)
         return tuple(family_of(ip) for ip in ips) == tuple(families)
 
-    def _finish(self, svc: Service, store: AllocationStore, rel: str) -> Service:
+    def _good(self, rel: str) -> Service:
+        svc = self.entries[rel].service
+        assert svc is not None, rel  # winners are chosen among files with a good version
+        return svc
+
+    def _finish(self, svc: Service, store: AllocationStore) -> Service:
         if not svc.has_vip:
             return svc
         held = store.services.get(holder_of(svc.key))
@@ -265,9 +270,9 @@ class FileRegistry:
             dirty = False
             for key in sorted(keys):
                 rel = winners[key]
-                svc = self.entries[rel].service
+                svc = self._good(rel)
                 try:
-                    ips = allocator.assign(holder_of(key), svc.cluster_ips, svc.ip_families)  # type: ignore[union-attr]
+                    ips = allocator.assign(holder_of(key), svc.cluster_ips, svc.ip_families)
                 except SvcdnsError as err:
                     self._key_error(key, rel, f"{rel}: {err}")
                     failed.add(key)

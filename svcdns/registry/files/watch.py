@@ -82,9 +82,8 @@ class FileWatcher(WatchBase):
     def start(self) -> Snapshot:
         """Set up the watches, then read everything (in that order, so no change falls in between)."""
         self._started = True
-        if self._setup():
-            return self._rescan(force_snapshot=True)  # type: ignore[return-value]
-        return self.registry.current()
+        snap = self._rescan(force_snapshot=True) if self._setup() else None
+        return snap if snap is not None else self.registry.current()
 
     # ---- the loop -----------------------------------------------------------------------------------------
 
