@@ -11,10 +11,16 @@ so `svcdns sync --once` and a restarted agent clean up too.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import socket
 
+from pyroute2 import Conntrack
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+from .edge import converted, kernel_error
 from .guard import check_netns_guard
 
 log = logging.getLogger(__name__)
@@ -31,7 +37,7 @@ def sync_expectations(before, table, keys, family: str) -> Expected:
     else:
         old = [before.services[k] for k in keys if before is not None and k in before.services]
         new = [table.services[k] for k in keys if k in table.services]
-    out = {key: set() for key in udp_expectations(old, family)}
+    out: Expected = {key: set() for key in udp_expectations(old, family)}
     out.update(udp_expectations(new, family))
     return out
 
@@ -41,9 +47,6 @@ def clear_udp(expected: Expected) -> int:
     endpoints. One dump of the UDP entries, whatever the number of ports. Returns how many went."""
     if not expected:
         return 0
-    from pyroute2 import Conntrack
-    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
-
     check_netns_guard("clear conntrack entries")
     wanted = {
         (ipaddress.ip_address(v), p): {(ipaddress.ip_address(a), tp) for a, tp in eps}
@@ -51,10 +54,13 @@ def clear_udp(expected: Expected) -> int:
     }
     families = {socket.AF_INET6 if vip.version == 6 else socket.AF_INET for vip, _ in wanted}
     deleted = 0
-    ct = Conntrack()
+    with converted("open a conntrack socket"):
+        ct = Conntrack()
     try:
         for family in families:
-            for entry in list(ct.dump_entries(tuple_orig=NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP))):
+            with converted("list the UDP conntrack entries"):
+                entries = list(ct.dump_entries(tuple_orig=NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP)))
+            for entry in entries:
                 orig, reply = entry.tuple_orig, entry.tuple_reply
                 try:
                     key = (ipaddress.ip_address(orig.daddr), orig.dport)
@@ -65,8 +71,11 @@ def clear_udp(expected: Expected) -> int:
                     try:
                         ct.delete(entry)
                         deleted += 1
-                    except OSError as err:  # gone meanwhile (it timed out): nothing left to do
-                        log.debug("conntrack: could not delete an entry to %s:%d: %s", *key, err)
+                    except (NetlinkError, OSError) as err:
+                        failure = kernel_error(f"delete a conntrack entry to {key[0]}:{key[1]}", err)
+                        if failure.errno != errno.ENOENT:
+                            raise failure from err
+                        log.debug("conntrack: an entry to %s:%d went meanwhile (it timed out)", *key)
     finally:
         ct.close()
     if deleted:

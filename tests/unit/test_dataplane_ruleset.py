@@ -3,6 +3,7 @@
 from svcdns.dataplane.nftables.encode import encode
 from svcdns.dataplane.nftables.objects import chain_name
 from svcdns.dataplane.nftables.ruleset import build, plan, render
+from svcdns.dataplane.nftables.transaction import AddRules
 from svcdns.model import Endpoint, Service, ServicePort
 from svcdns.table import ServiceTable, changed_keys
 
@@ -77,82 +78,83 @@ def test_serving_terminating_endpoints_take_over_when_none_is_ready():
     svc = WEB.with_endpoints((Endpoint("10.244.5.5", ready=False, serving=True, terminating=True),
                               Endpoint("10.244.6.6", ready=False)))  # fmt: skip
     rs = build(ServiceTable.of([svc]))
-    assert rs.chains[chain_name(WEB, "TCP", 80)].dnat.targets == (("10.244.5.5", 8080),)
-
-
-def ops(tx):
-    return [(op[0], *(getattr(a, "name", a) for a in op[1:])) for op in tx]
+    assert rs.chains()[chain_name(WEB, "TCP", 80)].dnat.targets == (("10.244.5.5", 8080),)
 
 
 def advance(table, new_table):
-    rs = build(table)
-    return rs, rs.apply(new_table, changed_keys(table, new_table))
+    return build(table).apply(new_table, changed_keys(table, new_table))
+
+
+def lines(tx):
+    return str(tx).splitlines()
 
 
 def test_adding_an_endpoint_touches_that_service_only():
     more = TABLE.replace([WEB.with_endpoints(WEB.endpoints + (Endpoint("10.244.4.2"),))])
     rs, tx = advance(TABLE, more)
     tcp, udp = chain_name(WEB, "TCP", 80), chain_name(WEB, "UDP", 53)
-    assert ops(tx) == [
-        ("flush-chain", tcp),
-        ("rules", tcp),  # now draws 1..3
-        ("flush-chain", udp),
-        ("rules", udp),
-        ("elements", "hairpin", ["10.244.4.2"]),  # the pair 10.244.4.2 . 10.244.4.2
-        ("elements", "endpoints", [(("10.96.0.10", "TCP", 80, 3), ("10.244.4.2", 8080)),
-                                   (("10.96.0.10", "UDP", 53, 3), ("10.244.4.2", 53))]),
-    ]  # fmt: skip
+    assert lines(tx) == [
+        f"flush chain ip svcdns {tcp}",
+        f"add rule ip svcdns {tcp} ct mark set numgen random mod 3 offset 1",  # now draws 1..3
+        f"flush chain ip svcdns {udp}",
+        f"add rule ip svcdns {udp} ct mark set numgen random mod 3 offset 1",
+        "add element ip svcdns hairpin { 10.244.4.2 . 10.244.4.2 }",
+        "add element ip svcdns endpoints { 10.96.0.10 . tcp . 80 . 3 : 10.244.4.2 . 8080, "
+        "10.96.0.10 . udp . 53 . 3 : 10.244.4.2 . 53 }",
+    ]
     # nothing that holds a jump is touched: no new chain, no service-ips element
-    assert not any(op[0] in ("chain", "delete-chain") or op[1:2] == ("service-ips",) for op in ops(tx))
-    assert rs.chains[tcp].dnat.shape == (3, 0)
+    assert not any(" chain " in line and "flush" not in line or "service-ips" in line for line in lines(tx))
+    assert rs.chains()[tcp].dnat.shape == (3, 0)
 
 
 def test_a_replaced_endpoint_changes_elements_only():
     """A pod replaced by another at a new address (a rolling update's step): no rule is rewritten."""
     moved = TABLE.replace([WEB.with_endpoints((Endpoint("10.244.1.2"), Endpoint("10.244.7.7")))])
-    tx = ops(advance(TABLE, moved)[1])
-    assert [op[:2] for op in tx] == [
-        ("delete-elements", "hairpin"),
-        ("elements", "hairpin"),
-        ("delete-elements", "endpoints"),
-        ("elements", "endpoints"),
+    assert lines(advance(TABLE, moved)[1]) == [
+        "delete element ip svcdns hairpin { 10.244.2.2 . 10.244.2.2 }",
+        "add element ip svcdns hairpin { 10.244.7.7 . 10.244.7.7 }",
+        "delete element ip svcdns endpoints { 10.96.0.10 . tcp . 80 . 2, 10.96.0.10 . udp . 53 . 2 }",
+        "add element ip svcdns endpoints { 10.96.0.10 . tcp . 80 . 2 : 10.244.7.7 . 8080, "
+        "10.96.0.10 . udp . 53 . 2 : 10.244.7.7 . 53 }",
     ]
-    assert tx[2][2] == [("10.96.0.10", "TCP", 80, 2), ("10.96.0.10", "UDP", 53, 2)]
-    assert tx[3][2] == [(("10.96.0.10", "TCP", 80, 2), ("10.244.7.7", 8080)), (("10.96.0.10", "UDP", 53, 2), ("10.244.7.7", 53))]
 
 
 def test_no_change_no_ops():
     assert len(advance(TABLE, TABLE)[1]) == 0
-    assert len(build(TABLE).apply(TABLE, [WEB.key])) == 0  # looked at, unchanged: nothing sent
+    assert len(build(TABLE).apply(TABLE, [WEB.key])[1]) == 0  # looked at, unchanged: nothing sent
+
+
+def test_apply_returns_a_new_ruleset_and_leaves_the_old_one():
+    rs = build(TABLE)
+    text = render(rs)
+    after, tx = rs.apply(TABLE.replace(deletes=[WEB.key]), [WEB.key])
+    assert len(tx) and render(rs) == text and render(after) == render(build(TABLE.replace(deletes=[WEB.key])))
 
 
 def test_removing_a_service_removes_its_elements_before_its_chain():
-    tx = ops(advance(TABLE, TABLE.replace(deletes=[EMPTY.key]))[1])
     chain = chain_name(EMPTY, "TCP", 443)
-    assert tx == [
-        ("delete-elements", "vips", ["10.96.0.11"]),
-        ("delete-elements", "service-ips", [("10.96.0.11", "TCP", 443)]),
-        ("flush-chain", chain),
-        ("delete-chain", chain),
+    assert lines(advance(TABLE, TABLE.replace(deletes=[EMPTY.key]))[1]) == [
+        "delete element ip svcdns vips { 10.96.0.11 }",
+        "delete element ip svcdns service-ips { 10.96.0.11 . tcp . 443 }",
+        f"flush chain ip svcdns {chain}",
+        f"delete chain ip svcdns {chain}",
     ]
 
 
 def test_a_renamed_service_is_a_delete_and_an_add():
     renamed = Service("web2", ports=WEB.ports, cluster_ips=WEB.cluster_ips, endpoints=WEB.endpoints)
-    tx = ops(advance(TABLE, TABLE.replace([renamed], [WEB.key]))[1])
-    assert ("chain", chain_name(renamed, "TCP", 80)) in tx
-    assert ("delete-chain", chain_name(WEB, "TCP", 80)) in tx
-    assert tx.index(("chain", chain_name(renamed, "TCP", 80))) < tx.index(("delete-chain", chain_name(WEB, "TCP", 80)))
+    tx = lines(advance(TABLE, TABLE.replace([renamed], [WEB.key]))[1])
+    added, deleted = f"add chain ip svcdns {chain_name(renamed, 'TCP', 80)}", f"delete chain ip svcdns {chain_name(WEB, 'TCP', 80)}"
+    assert tx.index(added) < tx.index(deleted)
 
 
 def test_full_convergence_rewrites_everything_and_drops_foreign_chains_of_ours():
-    tx = ops(plan(build(TABLE), present={"services", "svc-deadbeef-old/gone/tcp/80"}))
-    assert tx[0] == ("table",)
-    assert ("flush-set", "service-ips") in tx and ("flush-chain", "services") in tx
-    assert tx[-2:] == [
-        ("flush-chain", "svc-deadbeef-old/gone/tcp/80"),
-        ("delete-chain", "svc-deadbeef-old/gone/tcp/80"),
-    ]
+    tx = lines(plan(build(TABLE), present={"services", "svc-deadbeef-old/gone/tcp/80"}))
+    assert tx[0] == "add table ip svcdns"
+    assert tx[1:3] == ["add set ip svcdns vips { type ipv4_addr; }", "flush set ip svcdns vips"]
+    assert "flush map ip svcdns service-ips" in tx and "flush chain ip svcdns services" in tx
+    assert "add chain ip svcdns nat-prerouting { type nat hook prerouting priority -100; policy accept; }" in tx
+    assert tx[-2:] == ["flush chain ip svcdns svc-deadbeef-old/gone/tcp/80", "delete chain ip svcdns svc-deadbeef-old/gone/tcp/80"]
 
 
 def test_every_planned_message_encodes():
@@ -176,21 +178,16 @@ def test_the_packed_dnat_rule_reads_back_with_pyroute2():
         exprs = msg.get_attr("NFTA_RULE_EXPRESSIONS")
         return msg, [e.get_attr("NFTA_EXPR_NAME") for e in exprs], [e.get_attr("NFTA_EXPR_DATA") for e in exprs]
 
-    chain = build(TABLE).chains[chain_name(WEB, "TCP", 80)]
-    msg, names, data = decode(Encoder("ip").draw(chain)[0])
+    chain = build(TABLE).chains()[chain_name(WEB, "TCP", 80)]
+    msg, names, data = decode(Encoder("ip").op(AddRules(chain))[0])
     assert msg.get_attr("NFTA_RULE_CHAIN") == chain.name
     assert names == ["numgen", "ct"]  # neither makes the kernel walk the table at commit
     assert data[0].get_attr("NFTA_NG_MODULUS") == 2 and data[0].get_attr("NFTA_NG_OFFSET") == 1
-    msg, names, data = decode(Encoder("ip").op_rules(build(TABLE).chains["nat-prerouting"])[1])
+    msg, names, data = decode(Encoder("ip").op(AddRules(build(TABLE).chains()["nat-prerouting"]))[1])
     assert names == ["meta", "cmp", "payload", "meta", "payload", "ct", "lookup", "nat"]
     assert data[6].get_attr("NFTA_LOOKUP_SET") == "endpoints"
     nat = data[-1]
     assert nat.get_attr("NFTA_NAT_TYPE") == "NFT_NAT_DNAT" and nat.get_attr("NFTA_NAT_REG_PROTO_MIN") == "NFT_REG32_01"
-
-
-def semantic(rs):
-    """What a ruleset holds, as comparable data."""
-    return (dict(rs.chains), dict(rs.vips), dict(rs.service_ips), rs.endpoint_elements(), dict(rs.hairpin))
 
 
 def test_incremental_apply_equals_a_fresh_build():
@@ -204,17 +201,17 @@ def test_incremental_apply_equals_a_fresh_build():
     ]  # fmt: skip
     rs, current = build(TABLE), TABLE
     for step in steps:
-        rs.apply(step, changed_keys(current, step))
+        rs, _ = rs.apply(step, changed_keys(current, step))
         current = step
-        assert semantic(rs) == semantic(build(step))
+        assert render(rs) == render(build(step))
+        assert dict(rs.hairpin) == dict(build(step).hairpin) and dict(rs.vips) == dict(build(step).vips)
 
 
 def test_shared_hairpin_pairs_leave_only_with_their_last_service():
     other = Service("other", ports=(ServicePort(80),), cluster_ips=("10.96.0.98",), endpoints=(Endpoint("10.244.1.2"),))
     both = TABLE.replace([other])
-    rs = build(both)
-    tx = ops(rs.apply(both.replace(deletes=[other.key]), [other.key]))
-    assert not any(op[:2] == ("delete-elements", "hairpin") for op in tx)
+    _, tx = build(both).apply(both.replace(deletes=[other.key]), [other.key])
+    assert not any("hairpin" in line for line in lines(tx))
 
 
 def test_client_ip_affinity_objects():
@@ -224,22 +221,22 @@ def test_client_ip_affinity_objects():
     aff = "aff-" + chain.split("-")[1]
     table = TABLE.replace([sticky])
     rs, tx = advance(TABLE, table)
-    assert ops(tx)[:3] == [("chain", chain), ("affinity-set", chain), ("rules", chain)]
+    assert lines(tx)[:5] == [
+        f"add chain ip svcdns {chain}",
+        f"add map ip svcdns {aff} {{ type ipv4_addr : mark; flags timeout; timeout 60s; }}",
+        f"add rule ip svcdns {chain} ct mark set numgen random mod 2 offset 1",  # a new client draws
+        f"add rule ip svcdns {chain} ct mark set ip saddr map @{aff}",  # a known client takes its remembered number
+        f"add rule ip svcdns {chain} update @{aff} {{ ip saddr : ct mark }}",  # and every connection refreshes it
+    ]
     text = render(rs)
     assert f"map {aff} {{ type ipv4_addr : mark; flags timeout; timeout 60s; }}" in text
-    rules = text.split(f"chain {chain} {{\n")[1].split("\n\t}")[0].splitlines()
-    assert [r.strip() for r in rules] == [
-        "ct mark set numgen random mod 2 offset 1",  # a new client draws
-        f"ct mark set ip saddr map @{aff}",  # a known client takes its remembered number
-        f"update @{aff} {{ ip saddr : ct mark }}",  # and every connection refreshes it
-    ]
     # an endpoint leaves: the chain is rewritten and its remembered clients forgotten
     fewer = table.replace([sticky.with_endpoints(sticky.endpoints[:1])])
-    tx = ops(rs.apply(fewer, [sticky.key]))
-    assert ("flush-set", aff) in tx and ("rules", chain) in tx
+    _, tx = rs.apply(fewer, [sticky.key])
+    assert f"flush map ip svcdns {aff}" in lines(tx) and f"flush chain ip svcdns {chain}" in lines(tx)
     # the Service goes: its affinity map goes after its chain
-    tx = ops(rs.apply(TABLE, [sticky.key]))
-    assert tx.index(("delete-chain", chain)) < tx.index(("delete-set", aff))
+    tx = lines(rs.apply(TABLE, [sticky.key])[1])
+    assert tx.index(f"delete chain ip svcdns {chain}") < tx.index(f"delete map ip svcdns {aff}")
     messages = encode(plan(build(table), present=set(), present_sets={"aff-deadbeef"}))
     assert any(m.what == f"add set {aff}" for m in messages) and any(
         m.what == "delete set aff-deadbeef" for m in messages

@@ -144,7 +144,7 @@ def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProce
         raise DataplaneError(f"{argv[0]} not found: install the iptables package (apt-get install iptables) "
                              "or use --dataplane nftables") from None  # fmt: skip
     except OSError as err:
-        raise DataplaneError(f"{argv[0]}: cannot run it: {err}") from None
+        raise DataplaneError(f"{argv[0]}: cannot run it: {err}", err.errno) from None
 
 
 def _save(family: str, table: str) -> str:

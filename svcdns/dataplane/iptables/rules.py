@@ -167,9 +167,6 @@ class Ruleset:
     family: str
     tables: dict[str, dict[str, tuple[str, ...]]]
 
-    def rule_count(self) -> int:
-        return sum(len(rules) for chains in self.tables.values() for rules in chains.values())
-
 
 def service_rule_map(table: ServiceTable, family: str = IPV4) -> dict[Key, ServiceRules]:
     """Each Service's rules in one family, by key (Services without a VIP of that family left out)."""

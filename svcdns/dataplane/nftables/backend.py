@@ -13,7 +13,7 @@ from ..conntrack import Expected, clear_udp, sync_expectations
 from ..contract import SyncResult
 from ..footprint import Footprint
 from .encode import encode
-from .netlink import NetlinkBatch, NetlinkError, delete_table, present
+from .netlink import NetlinkBatch, delete_table, present
 from .objects import FAMILIES, TABLE
 from .ruleset import Ruleset, build, plan
 
@@ -45,15 +45,17 @@ class NftablesDataplane:
                     tx = plan(desired, *present(desired.family))
                     udp.update(sync_expectations(self.table, table, None, family))
                 else:
-                    desired, tx = current, current.apply(table, keys)
+                    desired, tx = current.apply(table, keys)
                     udp.update(sync_expectations(self.table, table, keys, family))
                 self.current[family] = None  # until the kernel took it
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("dataplane: %s transaction:\n%s", desired.family, tx.text())
                 messages = encode(tx)
                 try:
                     batch.send(messages, desired.family)
-                except NetlinkError as err:
+                except DataplaneError as err:
                     raise DataplaneError(f"nftables refused the {desired.family} sync: {err}; "
-                                         "the previous rules stay in place") from None  # fmt: skip
+                                         "the previous rules stay in place", err.errno) from None  # fmt: skip
                 self.current[family] = desired
                 written += len(messages)
             self.footprint.record(batch)

@@ -11,6 +11,7 @@ import functools
 import ipaddress
 import itertools
 import struct
+from collections.abc import Iterable
 
 from .netlink import (
     ELEMENTS_PER_MESSAGE,
@@ -56,8 +57,39 @@ from .netlink import (
     value,
     verdict,
 )
-from .objects import TABLE, Chain, affinity_set
-from .transaction import Transaction
+from .objects import (
+    TABLE,
+    Chain,
+    DnatMap,
+    Draw,
+    Element,
+    Jump,
+    MapValue,
+    Masquerade,
+    Match,
+    Proto,
+    Reject,
+    Rule,
+    SetDecl,
+    SetMark,
+    Statement,
+    Update,
+    VerdictMap,
+)
+from .transaction import (
+    AddChain,
+    AddElements,
+    AddRules,
+    AddSet,
+    AddTable,
+    DeleteChain,
+    DeleteElements,
+    DeleteSet,
+    FlushChain,
+    FlushSet,
+    Op,
+    Transaction,
+)
 
 
 def expr(kind: str, *attrs: bytes) -> bytes:
@@ -102,6 +134,12 @@ def reject(kind: int, code: int) -> bytes:
     return expr("reject", be32("NFTA_REJECT_TYPE", kind), nla("NFTA_REJECT_ICMP_CODE", bytes([code])))
 
 
+
+# nft's datatype numbers and widths of the set types svcdns uses (the width of a concatenated
+# component is rounded up to 4 bytes; "addr" is the family's)
+TYPES = {"inet_proto": (T_PROTO, 4), "inet_service": (T_SERVICE, 4), "mark": (T_MARK, 4)}
+
+
 class Encoder:
     """Turns a Transaction into netlink messages for one family's table."""
 
@@ -126,104 +164,101 @@ class Encoder:
     def encode(self, tx: Transaction) -> list[Msg]:
         out: list[Msg] = []
         for op in tx:
-            out.extend(getattr(self, "op_" + op[0].replace("-", "_"))(*op[1:]))
+            out.extend(self.op(op))
         return out
 
-    # -- tables, chains, sets
-    def op_table(self) -> list[Msg]:
-        return [
-            Msg(NFT_MSG_NEWTABLE, NLM_F_CREATE, string("NFTA_TABLE_NAME", TABLE), f"add table {self.family} {TABLE}")
-        ]
+    def op(self, op: Op) -> list[Msg]:
+        match op:
+            case AddTable():
+                return [Msg(NFT_MSG_NEWTABLE, NLM_F_CREATE, string("NFTA_TABLE_NAME", TABLE), f"add table {self.family} {TABLE}")]
+            case AddChain(chain):
+                return [self.add_chain(chain)]
+            case FlushChain(name):
+                body = string("NFTA_RULE_TABLE", TABLE) + string("NFTA_RULE_CHAIN", name)
+                return [Msg(NFT_MSG_DELRULE, 0, body, f"flush chain {name}")]
+            case DeleteChain(name):
+                body = string("NFTA_CHAIN_TABLE", TABLE) + string("NFTA_CHAIN_NAME", name)
+                return [Msg(NFT_MSG_DELCHAIN, 0, body, f"delete chain {name}")]
+            case AddRules(chain):
+                return [self._rule(chain.name, *self.rule(r)) for r in chain.body()]
+            case AddSet(decl):
+                return [self.add_set(decl)]
+            case FlushSet(name):
+                body = string("NFTA_SET_ELEM_LIST_TABLE", TABLE) + string("NFTA_SET_ELEM_LIST_SET", name)
+                return [Msg(NFT_MSG_DELSETELEM, 0, body, f"flush set {name}")]
+            case DeleteSet(name):
+                body = string("NFTA_SET_TABLE", TABLE) + string("NFTA_SET_NAME", name)
+                return [Msg(NFT_MSG_DELSET, 0, body, f"delete set {name}")]
+            case AddElements(decl, elements):
+                return self._elements(NFT_MSG_NEWSETELEM, NLM_F_CREATE, decl, elements, "add")
+            case DeleteElements(decl, keys):
+                return self._elements(NFT_MSG_DELSETELEM, 0, decl, [(k, None) for k in keys], "delete")
+        raise TypeError(f"not an nftables operation: {op!r}")
 
-    def op_chain(self, chain: Chain) -> list[Msg]:
+    # -- chains and sets
+    def add_chain(self, chain: Chain) -> Msg:
         body = string("NFTA_CHAIN_TABLE", TABLE) + string("NFTA_CHAIN_NAME", chain.name)
-        if chain.base:
-            hook = be32("NFTA_HOOK_HOOKNUM", HOOKS[chain.hook]) + be32("NFTA_HOOK_PRIORITY", chain.priority)  # type: ignore[index]
+        if chain.hook is not None:
+            hook = be32("NFTA_HOOK_HOOKNUM", HOOKS[chain.hook]) + be32("NFTA_HOOK_PRIORITY", chain.priority)
             body += nest("NFTA_CHAIN_HOOK", hook) + string("NFTA_CHAIN_TYPE", chain.kind) + be32("NFTA_CHAIN_POLICY", 1)
-        return [Msg(NFT_MSG_NEWCHAIN, NLM_F_CREATE, body, f"add chain {chain.name}")]
+        return Msg(NFT_MSG_NEWCHAIN, NLM_F_CREATE, body, f"add chain {chain.name}")
 
-    def op_flush_chain(self, name: str) -> list[Msg]:
-        body = string("NFTA_RULE_TABLE", TABLE) + string("NFTA_RULE_CHAIN", name)
-        return [Msg(NFT_MSG_DELRULE, 0, body, f"flush chain {name}")]
+    def _type(self, names: tuple[str, ...]) -> tuple[int, int]:
+        """A (concatenated) type's number and length."""
+        if names == ("verdict",):
+            return NFT_DATA_VERDICT, 16
+        number, length = 0, 0
+        for name in names:
+            t, n = (self.addr_type, self.alen) if name == "addr" else TYPES[name]
+            number, length = (number << 6) | t, length + n
+        return number, length
 
-    def op_delete_chain(self, name: str) -> list[Msg]:
-        body = string("NFTA_CHAIN_TABLE", TABLE) + string("NFTA_CHAIN_NAME", name)
-        return [Msg(NFT_MSG_DELCHAIN, 0, body, f"delete chain {name}")]
-
-    def op_set(self, name: str) -> list[Msg]:
-        body = string("NFTA_SET_TABLE", TABLE) + string("NFTA_SET_NAME", name) + be32("NFTA_SET_ID", next(self.ids))
-        if name == "vips":
-            body += be32("NFTA_SET_KEY_TYPE", self.addr_type) + be32("NFTA_SET_KEY_LEN", self.alen)
-        elif name == "hairpin":
-            body += be32("NFTA_SET_KEY_TYPE", _concat(self.addr_type, self.addr_type)) + be32(
-                "NFTA_SET_KEY_LEN", 2 * self.alen
-            )
-        elif name == "endpoints":  # VIP . proto . port . number -> endpoint . port
-            body += (be32("NFTA_SET_FLAGS", NFT_SET_MAP)
-                     + be32("NFTA_SET_KEY_TYPE", _concat(self.addr_type, T_PROTO, T_SERVICE, T_MARK))
-                     + be32("NFTA_SET_KEY_LEN", self.alen + 12) + be32("NFTA_SET_DATA_TYPE", _concat(self.addr_type, T_SERVICE))
-                     + be32("NFTA_SET_DATA_LEN", self.alen + 4))  # fmt: skip
-        else:  # service-ips: a verdict map
-            body += (be32("NFTA_SET_FLAGS", NFT_SET_MAP) + be32("NFTA_SET_KEY_TYPE", _concat(self.addr_type, T_PROTO, T_SERVICE))
-                     + be32("NFTA_SET_KEY_LEN", self.alen + 8) + be32("NFTA_SET_DATA_TYPE", NFT_DATA_VERDICT)
-                     + be32("NFTA_SET_DATA_LEN", 16))  # fmt: skip
-        return [Msg(NFT_MSG_NEWSET, NLM_F_CREATE, body, f"add set {name}")]
-
-    def op_affinity_set(self, chain: Chain) -> list[Msg]:
-        """The ClientIP affinity map of a Service port: client address -> its endpoint's number, each
-        entry expiring ``affinity`` seconds after the client was last seen."""
-        d = chain.dnat
-        assert d is not None
-        name = affinity_set(chain.name)
-        body = (string("NFTA_SET_TABLE", TABLE) + string("NFTA_SET_NAME", name) + be32("NFTA_SET_ID", next(self.ids))
-                + be32("NFTA_SET_FLAGS", NFT_SET_MAP | NFT_SET_TIMEOUT | NFT_SET_EVAL)
-                + be32("NFTA_SET_KEY_TYPE", self.addr_type) + be32("NFTA_SET_KEY_LEN", self.alen)
-                + be32("NFTA_SET_DATA_TYPE", T_MARK) + be32("NFTA_SET_DATA_LEN", 4)
-                + nla("NFTA_SET_TIMEOUT", struct.pack("!Q", d.affinity * 1000)))  # fmt: skip
-        return [Msg(NFT_MSG_NEWSET, NLM_F_CREATE, body, f"add set {name}")]
-
-    def op_delete_set(self, name: str) -> list[Msg]:
-        body = string("NFTA_SET_TABLE", TABLE) + string("NFTA_SET_NAME", name)
-        return [Msg(NFT_MSG_DELSET, 0, body, f"delete set {name}")]
-
-    def op_flush_set(self, name: str) -> list[Msg]:
-        body = string("NFTA_SET_ELEM_LIST_TABLE", TABLE) + string("NFTA_SET_ELEM_LIST_SET", name)
-        return [Msg(NFT_MSG_DELSETELEM, 0, body, f"flush set {name}")]
+    def add_set(self, decl: SetDecl) -> Msg:
+        flags = (NFT_SET_MAP if decl.data else 0) | (NFT_SET_TIMEOUT | NFT_SET_EVAL if decl.timeout else 0)
+        key_type, key_len = self._type(decl.key)
+        body = string("NFTA_SET_TABLE", TABLE) + string("NFTA_SET_NAME", decl.name) + be32("NFTA_SET_ID", next(self.ids))
+        if flags:
+            body += be32("NFTA_SET_FLAGS", flags)
+        body += be32("NFTA_SET_KEY_TYPE", key_type) + be32("NFTA_SET_KEY_LEN", key_len)
+        if decl.data:
+            data_type, data_len = self._type(decl.data)
+            body += be32("NFTA_SET_DATA_TYPE", data_type) + be32("NFTA_SET_DATA_LEN", data_len)
+        if decl.timeout:
+            body += nla("NFTA_SET_TIMEOUT", struct.pack("!Q", decl.timeout * 1000))
+        return Msg(NFT_MSG_NEWSET, NLM_F_CREATE, body, f"add set {decl.name}")
 
     # -- elements
-    def _element(self, name: str, item, with_data: bool) -> bytes:
-        if name == "vips":
-            return nest(LIST_ELEM, value("NFTA_SET_ELEM_KEY", self.pack(item)))
-        if name == "hairpin":  # an endpoint address: the pair 'a . a' (a pod reaching itself)
-            return nest(LIST_ELEM, value("NFTA_SET_ELEM_KEY", self.pack(item) * 2))
-        key_, target = item if with_data else (item, None)
-        key = self.pack(key_[0]) + bytes([PROTO_NUMBERS[key_[1]], 0, 0, 0]) + struct.pack("!H", key_[2]) + b"\0\0"
-        if name == "endpoints":
-            key += struct.pack("=I", key_[3])  # the mark, in host byte order as ct mark loads it
-            data = (
-                value("NFTA_SET_ELEM_DATA", self.pack(target[0]) + struct.pack("!H", target[1]) + b"\0\0")
-                if with_data
-                else b""
-            )
-        else:
-            data = verdict("NFTA_SET_ELEM_DATA", NFT_GOTO, target) if with_data else b""
-        return nest(LIST_ELEM, value("NFTA_SET_ELEM_KEY", key), data)
-
-    def _elements(self, mtype: int, flags: int, name: str, items, with_data: bool, verb: str) -> list[Msg]:
-        items = list(items)
-        out = []
-        for i in range(0, len(items), ELEMENTS_PER_MESSAGE):
-            elems = b"".join(self._element(name, it, with_data) for it in items[i : i + ELEMENTS_PER_MESSAGE])
-            body = (string("NFTA_SET_ELEM_LIST_TABLE", TABLE) + string("NFTA_SET_ELEM_LIST_SET", name)
-                    + nest("NFTA_SET_ELEM_LIST_ELEMENTS", elems))  # fmt: skip
-            out.append(Msg(mtype, flags, body, f"{verb} {name} elements"))
+    def _value(self, values: tuple, types: tuple[str, ...]) -> bytes:
+        out = b""
+        for v, t in zip(values, types, strict=True):
+            if t == "addr":
+                out += self.pack(v)
+            elif t == "inet_proto":
+                out += bytes([PROTO_NUMBERS[v], 0, 0, 0])
+            elif t == "inet_service":
+                out += struct.pack("!H", v) + b"\0\0"
+            else:  # mark: in host byte order, as ct mark loads it
+                out += struct.pack("=I", v)
         return out
 
-    def op_elements(self, name: str, items) -> list[Msg]:
-        return self._elements(NFT_MSG_NEWSETELEM, NLM_F_CREATE, name, items, True, "add")
+    def _element(self, decl: SetDecl, element: Element) -> bytes:
+        key, data = element
+        attrs = value("NFTA_SET_ELEM_KEY", self._value(key, decl.key))
+        if isinstance(data, str):
+            attrs += verdict("NFTA_SET_ELEM_DATA", NFT_GOTO, data)
+        elif data is not None:
+            attrs += value("NFTA_SET_ELEM_DATA", self._value(data, decl.data))
+        return nest(LIST_ELEM, attrs)
 
-    def op_delete_elements(self, name: str, items) -> list[Msg]:
-        return self._elements(NFT_MSG_DELSETELEM, 0, name, items, False, "delete")
+    def _elements(self, mtype: int, flags: int, decl: SetDecl, elements: Iterable[Element], verb: str) -> list[Msg]:
+        items = list(elements)
+        out = []
+        for i in range(0, len(items), ELEMENTS_PER_MESSAGE):
+            elems = b"".join(self._element(decl, it) for it in items[i : i + ELEMENTS_PER_MESSAGE])
+            body = (string("NFTA_SET_ELEM_LIST_TABLE", TABLE) + string("NFTA_SET_ELEM_LIST_SET", decl.name)
+                    + nest("NFTA_SET_ELEM_LIST_ELEMENTS", elems))  # fmt: skip
+            out.append(Msg(mtype, flags, body, f"{verb} {decl.name} elements"))
+        return out
 
     # -- rules
     def _rule(self, chain: str, *exprs: bytes) -> Msg:
@@ -232,61 +267,67 @@ class Encoder:
         )
         return Msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, body, f"add rule to {chain}")
 
-    def op_rules(self, chain: Chain) -> list[Msg]:
-        out = [self._rule(chain.name, *self.fixed(rule)) for rule in chain.rules]
-        if chain.dnat is not None:
-            out += self.draw(chain)
-        return out
+    def rule(self, rule: Rule) -> list[bytes]:
+        return [e for s in rule for e in self.statement(s)]
 
-    def fixed(self, rule: str) -> list[bytes]:
-        units = self.alen // 4
-        if rule == "service-vmap":
-            return [payload(1, 1, self.daddr, self.alen), meta_l4proto(self.reg(units)),
-                    payload(self.reg(units + 1), 2, 2, 2), lookup("service-ips", 1, dreg=0)]  # fmt: skip
-        if rule == "jump-services":
-            return [
-                expr("immediate", be32("NFTA_IMMEDIATE_DREG", 0), verdict("NFTA_IMMEDIATE_DATA", NFT_JUMP, "services"))
-            ]
-        if rule.startswith("dnat-"):  # VIP . proto . port . ct mark -> endpoint . port
-            return [l4proto_is(PROTO_NUMBERS[rule[5:].upper()]), payload(1, 1, self.daddr, self.alen),
-                    meta_l4proto(self.reg(units)), payload(self.reg(units + 1), 2, 2, 2),
-                    ct_load(NFT_CT_MARK, self.reg(units + 2)), lookup("endpoints", 1, dreg=1), self._nat]  # fmt: skip
-        if rule == "reset-mark":
-            key = NFT_CT_DST_IP6 if self.alen == 16 else NFT_CT_DST_IP
-            return [ct_load(key, 1, NFT_CT_DIR_ORIGINAL), lookup("vips", 1),
-                    expr("immediate", be32("NFTA_IMMEDIATE_DREG", 1), value("NFTA_IMMEDIATE_DATA", bytes(4))),
-                    ct_set_mark(1)]  # fmt: skip
-        if rule == "hairpin-masquerade":
-            return [payload(1, 1, self.saddr, self.alen), payload(self.reg(units), 1, self.daddr, self.alen),
-                    lookup("hairpin", 1), expr("masq")]  # fmt: skip
-        if rule == "reject-vips-tcp":
-            return [payload(1, 1, self.daddr, self.alen), lookup("vips", 1), l4proto_is(6), reject(1, 0)]
-        if rule == "reject-vips":
-            return [payload(1, 1, self.daddr, self.alen), lookup("vips", 1), reject(0, self.unreach_code)]
-        raise ValueError(f"unknown fixed rule {rule!r}")
+    def load(self, fields: tuple[str, ...]) -> tuple[list[bytes], int]:
+        """Expressions that load a concatenation into registers from register 1 on, as nft lays it
+        out for a set lookup; and the number of 32-bit units it took."""
+        out, units = [], 0
+        for f in fields:
+            reg = self.reg(units)
+            if f in ("saddr", "daddr"):
+                out.append(payload(reg, 1, self.saddr if f == "saddr" else self.daddr, self.alen))
+                units += self.alen // 4
+            elif f == "ct-original-daddr":
+                out.append(ct_load(NFT_CT_DST_IP6 if self.alen == 16 else NFT_CT_DST_IP, reg, NFT_CT_DIR_ORIGINAL))
+                units += self.alen // 4
+            elif f == "l4proto":
+                out.append(meta_l4proto(reg))
+                units += 1
+            elif f == "dport":
+                out.append(payload(reg, 2, 2, 2))
+                units += 1
+            else:  # ctmark
+                out.append(ct_load(NFT_CT_MARK, reg))
+                units += 1
+        return out, units
 
-    def draw(self, chain: Chain) -> list[Msg]:
-        """``ct mark set numgen random mod N offset 1``: the endpoint's number, uniform over 1..N, for
-        the base chain's ``endpoints`` lookup. Neither expression makes the kernel re-validate the
-        table, so rewriting this rule is cheap. With ClientIP affinity, a known client's remembered
-        number replaces the draw, and each connection refreshes its client's entry."""
-        d = chain.dnat
-        assert d is not None
-        if not d.targets:
-            return []
-        draw = expr("numgen", be32("NFTA_NG_DREG", 1), be32("NFTA_NG_MODULUS", len(d.targets)),
-                    be32("NFTA_NG_TYPE", 1), be32("NFTA_NG_OFFSET", 1))  # fmt: skip
-        out = [self._rule(chain.name, draw, ct_set_mark(1))]
-        if d.affinity:
-            aff = affinity_set(chain.name)
-            client = payload(1, 1, self.saddr, self.alen)
-            mark = self.reg(self.alen // 4)
-            remember = expr("dynset", string("NFTA_DYNSET_SET_NAME", aff), be32("NFTA_DYNSET_OP", NFT_DYNSET_OP_UPDATE),
-                            be32("NFTA_DYNSET_SREG_KEY", 1), be32("NFTA_DYNSET_SREG_DATA", mark),
-                            nla("NFTA_DYNSET_TIMEOUT", struct.pack("!Q", d.affinity * 1000)))  # fmt: skip
-            out.append(self._rule(chain.name, client, lookup(aff, 1, dreg=mark), ct_set_mark(mark)))
-            out.append(self._rule(chain.name, client, ct_load(NFT_CT_MARK, mark), remember))
-        return out
+    def statement(self, s: Statement) -> list[bytes]:
+        match s:
+            case Match(fields, name):
+                return [*self.load(fields)[0], lookup(name, 1)]
+            case Proto(protocol):
+                return [l4proto_is(PROTO_NUMBERS[protocol])]
+            case VerdictMap(fields, name):
+                return [*self.load(fields)[0], lookup(name, 1, dreg=0)]
+            case Jump(chain):
+                return [expr("immediate", be32("NFTA_IMMEDIATE_DREG", 0), verdict("NFTA_IMMEDIATE_DATA", NFT_JUMP, chain))]
+            case DnatMap(fields, name):
+                return [*self.load(fields)[0], lookup(name, 1, dreg=1), self._nat]
+            case SetMark(Draw(modulus)):
+                # neither numgen nor ct set makes the kernel re-validate the table: rewriting a draw is cheap
+                return [expr("numgen", be32("NFTA_NG_DREG", 1), be32("NFTA_NG_MODULUS", modulus),
+                             be32("NFTA_NG_TYPE", 1), be32("NFTA_NG_OFFSET", 1)), ct_set_mark(1)]  # fmt: skip
+            case SetMark(MapValue(fields, name)):
+                exprs, units = self.load(fields)
+                mark = self.reg(units)
+                return [*exprs, lookup(name, 1, dreg=mark), ct_set_mark(mark)]
+            case SetMark(int(mark)):
+                return [expr("immediate", be32("NFTA_IMMEDIATE_DREG", 1), value("NFTA_IMMEDIATE_DATA", struct.pack("=I", mark))),
+                        ct_set_mark(1)]  # fmt: skip
+            case Update(name, fields, timeout):
+                exprs, units = self.load(fields)
+                mark = self.reg(units)
+                remember = expr("dynset", string("NFTA_DYNSET_SET_NAME", name), be32("NFTA_DYNSET_OP", NFT_DYNSET_OP_UPDATE),
+                                be32("NFTA_DYNSET_SREG_KEY", 1), be32("NFTA_DYNSET_SREG_DATA", mark),
+                                nla("NFTA_DYNSET_TIMEOUT", struct.pack("!Q", timeout * 1000)))  # fmt: skip
+                return [*exprs, ct_load(NFT_CT_MARK, mark), remember]
+            case Masquerade():
+                return [expr("masq")]
+            case Reject(tcp_reset):
+                return [reject(1, 0) if tcp_reset else reject(0, self.unreach_code)]
+        raise TypeError(f"not an nftables statement: {s!r}")
 
     @functools.cached_property
     def _nat(self) -> bytes:
@@ -295,13 +336,6 @@ class Encoder:
                     be32("NFTA_NAT_REG_ADDR_MIN", 1), be32("NFTA_NAT_REG_ADDR_MAX", 1),
                     be32("NFTA_NAT_REG_PROTO_MIN", proto_reg), be32("NFTA_NAT_REG_PROTO_MAX", proto_reg),
                     be32("NFTA_NAT_FLAGS", NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED))  # fmt: skip
-
-
-def _concat(*types: int) -> int:
-    out = 0
-    for t in types:
-        out = (out << 6) | t
-    return out
 
 
 def encode(tx: Transaction) -> list[Msg]:

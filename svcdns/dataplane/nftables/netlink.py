@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import itertools
-import logging
 import os
 import socket
 import struct
@@ -24,13 +23,16 @@ from pyroute2.netlink.nfnetlink.nftsocket import (  # noqa: F401 (message types:
     NFT_MSG_DELSET,
     NFT_MSG_DELSETELEM,
     NFT_MSG_DELTABLE,
+    NFT_MSG_GETCHAIN,
     NFT_MSG_GETGEN,
+    NFT_MSG_GETSET,
     NFT_MSG_GETTABLE,
     NFT_MSG_NEWCHAIN,
     NFT_MSG_NEWRULE,
     NFT_MSG_NEWSET,
     NFT_MSG_NEWSETELEM,
     NFT_MSG_NEWTABLE,
+    NFTSocket,
     nft_chain_msg,
     nft_contains_expr,
     nft_data,
@@ -41,14 +43,14 @@ from pyroute2.netlink.nfnetlink.nftsocket import (  # noqa: F401 (message types:
     nft_table_msg,
 )
 
+from ...errors import DataplaneError
+from ..edge import converted
 from ..guard import check_netns_guard
 from .objects import TABLE
 
-log = logging.getLogger(__name__)
-
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x1, 0x4, 0x200, 0x400, 0x800
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE, NLM_F_APPEND = 0x1, 0x4, 0x400, 0x800
 NLA_F_NESTED = 0x8000
 NFPROTO = {"ip": 2, "ip6": 10}
 HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
@@ -57,7 +59,7 @@ ELEMENTS_PER_MESSAGE = 500
 BATCH_BEGIN, BATCH_END = 0x10, 0x11
 NLMSG_ERROR = 2
 # nft's datatype numbers (for `nft list` to print our sets legibly; the kernel only checks lengths)
-T_INTEGER, T_IPV4, T_IPV6, T_PROTO, T_SERVICE, T_MARK = 4, 7, 8, 12, 13, 19
+T_IPV4, T_IPV6, T_PROTO, T_SERVICE, T_MARK = 7, 8, 12, 13, 19
 NFT_DATA_VERDICT = 0xFFFFFF00
 NFT_JUMP, NFT_GOTO = -3, -4
 NFT_SET_MAP, NFT_SET_TIMEOUT, NFT_SET_EVAL = 0x8, 0x10, 0x20
@@ -85,12 +87,9 @@ A = {  # attribute numbers, by pyroute2's names for them (the kernel's)
 }  # fmt: skip
 
 
-class NetlinkError(OSError):
-    """The kernel refused a batch: ``errno`` and the message it refused."""
-
-    def __init__(self, code: int, what: str) -> None:
-        super().__init__(code, f"{os.strerror(code)} ({what})")
-        self.what = what
+def refused(code: int, what: str) -> DataplaneError:
+    """The kernel refused a message: its errno, and what the message was doing."""
+    return DataplaneError(f"{os.strerror(code)} ({what})", code)
 
 
 # ---- attribute packing ----------------------------------------------------------------------------------
@@ -142,8 +141,9 @@ class NetlinkBatch:
 
     def __init__(self) -> None:
         check_netns_guard("program nftables")
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        self.sock.bind((0, 0))
+        with converted("open a netlink socket to nftables"):
+            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+            self.sock.bind((0, 0))
         for opt in (getattr(socket, "SO_SNDBUFFORCE", 32), getattr(socket, "SO_RCVBUFFORCE", 33)):
             try:
                 self.sock.setsockopt(socket.SOL_SOCKET, opt, 64 << 20)
@@ -176,7 +176,8 @@ class NetlinkBatch:
     def _get(self, mtype: int, body: bytes, family: int, attr: str, what: str) -> bytes | None:
         """One object's attribute ``attr`` (its payload), by a plain request; None for ENOENT."""
         seq = next(self.seq)
-        self.sock.send(self._header((NFNL_SUBSYS_NFTABLES << 8) | mtype, NLM_F_REQUEST, body, family, seq))
+        with converted(what):
+            self.sock.send(self._header((NFNL_SUBSYS_NFTABLES << 8) | mtype, NLM_F_REQUEST, body, family, seq))
         for reply, offset, length, rtype, rseq in self._replies():
             if rseq != seq:
                 continue
@@ -190,13 +191,14 @@ class NetlinkBatch:
             code = -struct.unpack_from("=i", reply, offset + 16)[0] if rtype == NLMSG_ERROR else 0
             if code == errno.ENOENT:
                 return None
-            raise NetlinkError(code or errno.ENODATA, what)
+            raise refused(code or errno.ENODATA, what)
         raise AssertionError("unreachable: _replies() never ends")
 
     def _replies(self):
         """Every netlink message the kernel sends back: (buffer, offset, length, type, sequence)."""
         while True:
-            reply = self.sock.recv(1 << 20)
+            with converted("read nftables' answer"):
+                reply = self.sock.recv(1 << 20)
             offset = 0
             while offset + 16 <= len(reply):
                 length, mtype, _flags, seq, _pid = struct.unpack_from("=IHHII", reply, offset)
@@ -204,7 +206,8 @@ class NetlinkBatch:
                 offset += max((length + 3) & ~3, 16)
 
     def send(self, messages: list[Msg], family: str = "ip") -> None:
-        """Send begin + messages + end; raise NetlinkError if the kernel refused any of them."""
+        """Send begin + messages + end; raise DataplaneError (with the kernel's errno and what the
+        first refused message was doing) if the kernel refused any of them."""
         if not messages:
             return
         fam = NFPROTO[family]
@@ -217,16 +220,18 @@ class NetlinkBatch:
             chunks.append(self._header((NFNL_SUBSYS_NFTABLES << 8) | m.mtype, flags, m.body, fam, seq))
         chunks.append(self._header(BATCH_END, NLM_F_REQUEST, b"", 0, next(self.seq), NFNL_SUBSYS_NFTABLES))
         data = b"".join(chunks)
-        if self.sock.send(data) != len(data):
-            raise NetlinkError(errno.EMSGSIZE, f"batch of {len(data)} bytes was cut short")
+        with converted(f"send a batch of {len(messages)} messages to nftables"):
+            sent = self.sock.send(data)
+        if sent != len(data):
+            raise refused(errno.EMSGSIZE, f"batch of {len(data)} bytes was cut short")
         last = next(reversed(seqs))
-        first_error: NetlinkError | None = None
+        first_error: DataplaneError | None = None
         for reply, offset, length, mtype, seq in self._replies():
             if mtype == NLMSG_ERROR and length >= 20:  # an error, or the acknowledgement
                 code = -struct.unpack_from("=i", reply, offset + 16)[0]
                 if code and first_error is None:
                     what = seqs[seq].what if seq in seqs else "the batch"
-                    first_error = NetlinkError(code, what)
+                    first_error = refused(code, what)
                 if seq == last:
                     if first_error is not None:
                         raise first_error
@@ -235,18 +240,17 @@ class NetlinkBatch:
 
 def present(family: str) -> tuple[set[str], set[str]]:
     """The chains and the named sets of our table in the kernel now (empty: no table)."""
-    from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETCHAIN, NFT_MSG_GETSET, NFTSocket
-
     check_netns_guard("read nftables")
-    sock = NFTSocket(nfgen_family=NFPROTO[family])
-    try:
-        chains = {m.get_attr("NFTA_CHAIN_NAME") for m in sock.request_get(nft_chain_msg(), NFT_MSG_GETCHAIN)
-                  if m.get_attr("NFTA_CHAIN_TABLE") == TABLE}  # fmt: skip
-        sets = {m.get_attr("NFTA_SET_NAME") for m in sock.request_get(nft_set_msg(), NFT_MSG_GETSET)
-                if m.get_attr("NFTA_SET_TABLE") == TABLE}  # fmt: skip
-        return chains, sets
-    finally:
-        sock.close()
+    with converted(f"read the chains and sets of table {family} {TABLE}"):
+        sock = NFTSocket(nfgen_family=NFPROTO[family])
+        try:
+            chains = {m.get_attr("NFTA_CHAIN_NAME") for m in sock.request_get(nft_chain_msg(), NFT_MSG_GETCHAIN)
+                      if m.get_attr("NFTA_CHAIN_TABLE") == TABLE}  # fmt: skip
+            sets = {m.get_attr("NFTA_SET_NAME") for m in sock.request_get(nft_set_msg(), NFT_MSG_GETSET)
+                    if m.get_attr("NFTA_SET_TABLE") == TABLE}  # fmt: skip
+            return chains, sets
+        finally:
+            sock.close()
 
 
 def table_handles(tables: list[tuple[str, str]]) -> dict[tuple[str, str], int | None]:
@@ -277,8 +281,8 @@ def delete_table(family: str) -> bool:
             [Msg(NFT_MSG_DELTABLE, 0, string("NFTA_TABLE_NAME", TABLE), f"delete table {family} {TABLE}")], family
         )
         return True
-    except NetlinkError as err:
-        if err.errno == errno.ENOENT:
+    except DataplaneError as err:
+        if err.is_not_found():
             return False
         raise
     finally:

@@ -1,19 +1,228 @@
-"""The plain types of svcdns's nftables table: its objects, their names, and what one Service adds."""
+"""The plain types of svcdns's nftables table: sets, chains, the statements of their rules, and what one
+Service adds. Each rule is written once, as statements; its ``nft -f`` text comes from here
+(:func:`rule_text`), its netlink encoding from :mod:`.encode`, its meaning from :mod:`.fake`."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ...model import IPV4, IPV6, Service
 
 TABLE = "svcdns"
-SETS = ("vips", "hairpin", "service-ips", "endpoints")
 FAMILIES = {IPV4: "ip", IPV6: "ip6"}
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 
+Key = tuple[str, str, int]  # VIP, protocol, port
+Element = tuple[tuple, "tuple | str | None"]  # (key values, data: a map's values, a verdict map's chain, or None)
 
-@dataclass(frozen=True)
+# What a rule can read; a concatenation of them is a set's key. "{ip}" is the family.
+FIELD_TEXT = {
+    "saddr": "{ip} saddr",
+    "daddr": "{ip} daddr",
+    "l4proto": "meta l4proto",
+    "dport": "th dport",
+    "ctmark": "ct mark",
+    "ct-original-daddr": "ct original {ip} daddr",
+}
+
+
+def fields_text(fields: tuple[str, ...], family: str) -> str:
+    return " . ".join(FIELD_TEXT[f].format(ip=family) for f in fields)
+
+
+# ---- statements: one rule is a tuple of them, evaluated in order -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """``<fields> @set``: the packet's key is in the set (else the rule does not match)."""
+
+    fields: tuple[str, ...]
+    set: str
+
+    def text(self, family: str) -> str:
+        return f"{fields_text(self.fields, family)} @{self.set}"
+
+
+@dataclass(frozen=True, slots=True)
+class Proto:
+    """``meta l4proto tcp``."""
+
+    protocol: str  # TCP, UDP, SCTP
+
+    def text(self, family: str) -> str:
+        return f"meta l4proto {self.protocol.lower()}"
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictMap:
+    """``<fields> vmap @set``: the verdict the key maps to (no element: the rule does not match)."""
+
+    fields: tuple[str, ...]
+    set: str
+
+    def text(self, family: str) -> str:
+        return f"{fields_text(self.fields, family)} vmap @{self.set}"
+
+
+@dataclass(frozen=True, slots=True)
+class Jump:
+    chain: str
+
+    def text(self, family: str) -> str:
+        return f"jump {self.chain}"
+
+
+@dataclass(frozen=True, slots=True)
+class DnatMap:
+    """``dnat ip to <fields> map @set``: the address and port the key maps to (no element: no match)."""
+
+    fields: tuple[str, ...]
+    set: str
+
+    def text(self, family: str) -> str:
+        return f"dnat {family} to {fields_text(self.fields, family)} map @{self.set}"
+
+
+@dataclass(frozen=True, slots=True)
+class Draw:
+    """``numgen random mod N offset 1``: uniform over 1..N."""
+
+    modulus: int
+
+    def text(self, family: str) -> str:
+        return f"numgen random mod {self.modulus} offset 1"
+
+
+@dataclass(frozen=True, slots=True)
+class MapValue:
+    """``<fields> map @set``: the value the key maps to (no element: the rule does not match)."""
+
+    fields: tuple[str, ...]
+    set: str
+
+    def text(self, family: str) -> str:
+        return f"{fields_text(self.fields, family)} map @{self.set}"
+
+
+@dataclass(frozen=True, slots=True)
+class SetMark:
+    """``ct mark set <value>``: the connection's conntrack mark."""
+
+    value: int | Draw | MapValue
+
+    def text(self, family: str) -> str:
+        value = self.value if isinstance(self.value, int) else self.value.text(family)
+        return f"ct mark set {value}"
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """``update @set { <fields> : ct mark }``: remember the key's mark, for ``timeout`` seconds. The
+    text leaves the timeout out: it is the set's own, which nft applies by default."""
+
+    set: str
+    fields: tuple[str, ...]
+    timeout: int
+
+    def text(self, family: str) -> str:
+        return f"update @{self.set} {{ {fields_text(self.fields, family)} : ct mark }}"
+
+
+@dataclass(frozen=True, slots=True)
+class Masquerade:
+    def text(self, family: str) -> str:
+        return "masquerade"
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """``reject with tcp reset`` (TCP) or ``reject`` (ICMP port unreachable)."""
+
+    tcp_reset: bool = False
+
+    def text(self, family: str) -> str:
+        return "reject with tcp reset" if self.tcp_reset else "reject"
+
+
+Statement = Match | Proto | VerdictMap | Jump | DnatMap | SetMark | Update | Masquerade | Reject
+Rule = tuple[Statement, ...]
+
+
+def rule_text(rule: Rule, family: str) -> str:
+    return " ".join(s.text(family) for s in rule)
+
+
+def sets_used(rule: Rule) -> Iterator[str]:
+    """The sets a rule refers to (the kernel refuses the rule if one is missing)."""
+    for s in rule:
+        if isinstance(s, (Match, VerdictMap, DnatMap, Update)):
+            yield s.set
+        elif isinstance(s, SetMark) and isinstance(s.value, MapValue):
+            yield s.value.set
+
+
+# ---- sets ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SetDecl:
+    """A named set or map. Types by nft's names; ``addr`` is the family's address type."""
+
+    name: str
+    key: tuple[str, ...]
+    data: tuple[str, ...] = ()  # a map's value types; ("verdict",) for a verdict map
+    timeout: int = 0  # seconds after which an entry expires (0: never)
+
+    @property
+    def kind(self) -> str:
+        return "map" if self.data else "set"
+
+    def type_text(self, family: str) -> str:
+        def types(names: tuple[str, ...]) -> str:
+            return " . ".join(_type(n, family) for n in names)
+
+        text = f"type {types(self.key)}" + (f" : {types(self.data)}" if self.data else "") + ";"
+        if self.timeout:
+            text += f" flags timeout; timeout {self.timeout}s;"
+        return text
+
+    def element_text(self, element: Element) -> str:
+        key, data = element
+        text = self.key_text(key)
+        if isinstance(data, str):
+            return f"{text} : goto {data}"
+        if data is not None:
+            return f"{text} : {' . '.join(_value(v, t) for v, t in zip(data, self.data, strict=True))}"
+        return text
+
+    def key_text(self, key: tuple) -> str:
+        return " . ".join(_value(v, t) for v, t in zip(key, self.key, strict=True))
+
+
+def _type(name: str, family: str) -> str:
+    if name == "addr":
+        return "ipv6_addr" if family == "ip6" else "ipv4_addr"
+    return name
+
+
+def _value(value, type_: str) -> str:
+    return value.lower() if type_ == "inet_proto" else str(value)
+
+
+VIPS = SetDecl("vips", ("addr",))
+HAIRPIN = SetDecl("hairpin", ("addr", "addr"))  # endpoint . endpoint: a pod reaching its own Service
+SERVICE_IPS = SetDecl("service-ips", ("addr", "inet_proto", "inet_service"), ("verdict",))
+ENDPOINTS = SetDecl("endpoints", ("addr", "inet_proto", "inet_service", "mark"), ("addr", "inet_service"))
+FIXED_SETS = (VIPS, HAIRPIN, SERVICE_IPS, ENDPOINTS)
+
+
+# ---- chains ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
 class Dnat:
     """A Service port's translation: a uniform pick among ``targets``; with ``affinity`` (seconds,
     ClientIP session affinity) a client keeps its endpoint while it comes back within that time.
@@ -28,45 +237,42 @@ class Dnat:
         return len(self.targets), self.affinity
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Chain:
     name: str
     hook: str | None = None  # prerouting, output, postrouting, forward
     kind: str = ""  # nat / filter, for base chains
     priority: int = 0
-    rules: tuple[str, ...] = ()  # fixed rules by name (see FIXED_TEXT), for base and helper chains
+    rules: tuple[Rule, ...] = ()  # the fixed rules of base and helper chains
     dnat: Dnat | None = None  # a Service port chain's draw
 
     @property
     def base(self) -> bool:
         return self.hook is not None
 
-
-Key = tuple[str, str, int]  # VIP, protocol, port
-
-
-@dataclass(frozen=True)
-class ServiceObjects:
-    """What one Service contributes to a family's table."""
-
-    vip: str
-    chains: tuple[Chain, ...]
-    service_ips: tuple[tuple[Key, str], ...]  # ((vip, proto, port), chain name)
-    hairpin: frozenset[str]  # usable endpoint addresses: 'a . a' elements of the hairpin set
-
-    def endpoint_elements(self):
-        """The ``endpoints`` map elements: ((vip, proto, port, number), (address, target port)).
-        Derived from the chains' targets when needed rather than stored: 10 per Service adds up."""
-        chains = {c.name: c for c in self.chains}
-        for key, name in self.service_ips:
-            for n, target in enumerate(chains[name].dnat.targets, 1):  # type: ignore[union-attr]
-                yield (*key, n), target
-
+    def body(self) -> tuple[Rule, ...]:
+        """Every rule of the chain, in order: the fixed ones, or a Service port's draw."""
+        d = self.dnat
+        if d is None or not d.targets:
+            return self.rules
+        draw: tuple[Rule, ...] = ((SetMark(Draw(len(d.targets))),),)
+        if not d.affinity:
+            return draw
+        aff = affinity_set(self.name)
+        # a known client's remembered number replaces the draw; every connection refreshes its entry
+        return (*draw, (SetMark(MapValue(("saddr",), aff)),), (Update(aff, ("saddr",), d.affinity),))
 
 
 def affinity_set(chain: str) -> str:
     """The ClientIP affinity map of a Service port chain: ``aff-<its hash>``."""
     return "aff-" + chain.split("-")[1]
+
+
+def affinity_decl(chain: Chain) -> SetDecl:
+    """Client address -> its endpoint's number, each entry expiring ``affinity`` seconds after the
+    client was last seen."""
+    assert chain.dnat is not None
+    return SetDecl(affinity_set(chain.name), ("addr",), ("mark",), chain.dnat.affinity)
 
 
 def chain_name(svc: Service, protocol: str, port: int) -> str:
@@ -76,3 +282,37 @@ def chain_name(svc: Service, protocol: str, port: int) -> str:
     digest = hashlib.sha256(ref.encode()).hexdigest()[:8]
     return f"svc-{digest}-{ref}"
 
+
+_DNAT_RULES = tuple((Proto(p), DnatMap(("daddr", "l4proto", "dport", "ctmark"), "endpoints")) for p in PROTOCOLS)
+_REJECT_RULES = ((Match(("daddr",), "vips"), Proto("TCP"), Reject(tcp_reset=True)), (Match(("daddr",), "vips"), Reject()))
+FIXED_CHAINS = (
+    Chain("services", rules=((VerdictMap(("daddr", "l4proto", "dport"), "service-ips"),),)),
+    Chain("nat-prerouting", "prerouting", "nat", -100, ((Jump("services"),), *_DNAT_RULES)),
+    Chain("nat-output", "output", "nat", -100, ((Jump("services"),), *_DNAT_RULES)),
+    Chain("nat-postrouting", "postrouting", "nat", 100, (
+        (Match(("ct-original-daddr",), "vips"), SetMark(0)),  # a new connection's mark back to where it started
+        (Match(("saddr", "daddr"), "hairpin"), Masquerade()),
+    )),
+    Chain("filter-forward", "forward", "filter", -10, _REJECT_RULES),
+    Chain("filter-output", "output", "filter", -10, _REJECT_RULES),
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceObjects:
+    """What one Service contributes to a family's table."""
+
+    vip: str
+    chains: tuple[Chain, ...]
+    service_ips: tuple[tuple[Key, str], ...]  # ((vip, proto, port), chain name)
+    hairpin: frozenset[str]  # usable endpoint addresses: 'a . a' elements of the hairpin set
+
+    def endpoint_elements(self) -> Iterator[tuple[tuple[str, str, int, int], tuple[str, int]]]:
+        """The ``endpoints`` map elements: ((vip, proto, port, number), (address, target port)).
+        Derived from the chains' targets when needed rather than stored: 10 per Service adds up."""
+        chains = {c.name: c for c in self.chains}
+        for key, name in self.service_ips:
+            dnat = chains[name].dnat
+            assert dnat is not None
+            for n, target in enumerate(dnat.targets, 1):
+                yield (*key, n), target
