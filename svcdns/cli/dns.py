@@ -16,6 +16,7 @@ from ..addr import parse_hostport
 from ..dns.server import DNSServer
 from ..errors import UsageError
 from ..registry import open_registry
+from ..registry.contract import Snapshot
 from .config import registry_location
 
 log = logging.getLogger(__name__)
@@ -60,13 +61,11 @@ def cmd_dns(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
     server.start()
     try:
-        snap, loaded = watch.start(), False
+        snap: Snapshot | None = watch.start()
         while not stop.is_set():
             if snap is not None and snap.synced:  # until the registry is read, the zone answers SERVFAIL
                 server.update(snap.table)
-                log.log(logging.INFO if loaded else logging.WARNING, "dns: answering for %d Services (registry "
-                        "revision %d)", len(snap.table), snap.revision)  # fmt: skip
-                loaded = True
+                log.info("dns: answering for %d Services (registry revision %d)", len(snap.table), snap.revision)
             elif snap is not None:
                 log.warning("dns: the registry has not been read yet (%s); the zone answers SERVFAIL", watch.problem)
             snap = watch.poll(0.5)

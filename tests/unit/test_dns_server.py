@@ -137,3 +137,11 @@ def test_scrapers_during_a_thousand_updates():
             f"{failed} of 1000 updates failed, {len(errors)} errors in {scrapes[0]} scrapes"
         )
         assert server.stats()["worker_restarts"] == 0 and server.problem is None
+
+
+def test_the_tcp_idle_timeout_shrinks_as_the_slots_fill():
+    from svcdns.dns.worker import TCP_IDLE, TCP_IDLE_MIN, idle_timeout
+
+    assert [idle_timeout(n, cap=256) for n in (0, 128)] == [TCP_IDLE, TCP_IDLE]
+    assert idle_timeout(192, cap=256) == TCP_IDLE / 2
+    assert idle_timeout(256, cap=256) == idle_timeout(255, cap=256) == TCP_IDLE_MIN
