@@ -173,7 +173,8 @@ class Fragment:
 
 def _compile(b: _Builder) -> Fragment:
     entries: dict[tuple[bytes, int], tuple[Body, ...]] = {}
-    for (name, rtype), answers in b.records.items():
+    for (name, rtype), records in b.records.items():
+        answers = _dedupe(records)  # a set holds no duplicates (RFC 2181 section 5): one SRV per hostname
         extra = b.additional.get((name, rtype), [])
         if (name, rtype) in b.rotate and len(answers) > 1:
             n = min(len(answers), MAX_ROTATIONS)

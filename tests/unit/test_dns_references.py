@@ -1,0 +1,144 @@
+"""The answers the references expect: cases from CoreDNS's plugin/kubernetes tables (handler_test.go,
+handler_case_test.go, reverse_test.go, kubernetes_apex_test.go) and the Kubernetes DNS specification
+(kubernetes/dns docs/specification.md), on the same Services, as {qname, qtype, rcode, records as
+zone-file text}. Where svcdns answers differently on purpose, the case says so."""
+
+import pytest
+from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
+
+from svcdns.dns.answer import FORWARD, answer_cacheable
+from svcdns.dns.zone import compile_zone
+from svcdns.model import Endpoint, Service, ServicePort
+from svcdns.table import ServiceTable
+
+HTTP = (ServicePort(80, name="http"),)
+
+# CoreDNS handler_test.go's svcIndex and epsIndex (the Services svcdns can express)
+COREDNS = [
+    Service("kubedns", "kube-system", ports=(ServicePort(53, "UDP", name="dns"),), cluster_ips=("10.0.0.10",),
+            endpoints=(Endpoint("172.0.0.100"),)),
+    Service("svc1", "testns", ports=HTTP, cluster_ips=("10.0.0.1",), endpoints=(Endpoint("172.0.0.1", hostname="ep1a"),)),
+    Service("svcempty", "testns", ports=HTTP, cluster_ips=("10.0.0.1",)),
+    Service("svc6", "testns", ports=HTTP, cluster_ips=("1234:abcd::1",)),
+    Service("hdls1", "testns", type="Headless", ports=HTTP, endpoints=(
+        Endpoint("172.0.0.2"), Endpoint("172.0.0.3"),
+        Endpoint("172.0.0.4", hostname="dup-name"), Endpoint("172.0.0.5", hostname="dup-name"),
+        Endpoint("5678:abcd::1"), Endpoint("5678:abcd::2"))),
+    Service("hdlsprtls", "testns", type="Headless", endpoints=(Endpoint("172.0.0.20"),)),
+    Service("external", "testns", type="ExternalName", external_name="ext.interwebs.test", ports=HTTP),
+    Service("external-to-service", "testns", type="ExternalName", external_name="svc1.testns.svc.cluster.local.",
+            ports=HTTP),
+    Service("svc-dual-stack", "testns", ports=HTTP, cluster_ips=("10.0.0.3", "10::3")),
+]  # fmt: skip
+SERIAL = 1499347823
+SOA = f"cluster.local. 5 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. {SERIAL} 7200 1800 86400 5"
+
+
+def zone_of(services, **kw):
+    return compile_zone(ServiceTable.of(services), serial=SERIAL, **kw)
+
+
+ZONE = zone_of(COREDNS)
+
+
+def ask(zone, qname, qtype="A", edns=None, ra=False):
+    q = DNSRecord.question(qname, qtype)
+    if edns is not None:
+        q.add_ar(EDNS0(udp_len=edns))
+    out, _, _ = answer_cacheable(zone, bytes(q.pack()), udp=True, ra=ra)
+    assert out is not FORWARD, f"{qname} {qtype} was sent upstream"
+    return DNSRecord.parse(out)
+
+
+def text(records):
+    """Zone-file text, one line per record, whitespace normalised, OPT left out, sorted (as
+    CoreDNS's SortAndCheck)."""
+    return sorted(" ".join(str(r).split()) for r in records if r.rtype != QTYPE.OPT)
+
+
+def check(zone, qname, qtype, rcode, answer=(), ns=(), extra=(), edns=None):
+    r = ask(zone, qname, qtype, edns)
+    assert RCODE.get(r.header.rcode) == rcode
+    assert (text(r.rr), text(r.auth), text(r.ar)) == (sorted(answer), sorted(ns), sorted(extra))
+    assert r.header.tc == 0
+    return r
+
+
+@pytest.mark.parametrize(
+    "qname, qtype, rcode, answer, ns, extra",
+    [
+        ("svc1.testns.svc.cluster.local.", "A", "NOERROR", ["svc1.testns.svc.cluster.local. 5 IN A 10.0.0.1"], [], []),
+        ("svcempty.testns.svc.cluster.local.", "A", "NOERROR", ["svcempty.testns.svc.cluster.local. 5 IN A 10.0.0.1"],
+         [], []),
+        ("_http._tcp.svc1.testns.svc.cluster.local.", "SRV", "NOERROR",
+         ["_http._tcp.svc1.testns.svc.cluster.local. 5 IN SRV 0 100 80 svc1.testns.svc.cluster.local."], [],
+         ["svc1.testns.svc.cluster.local. 5 IN A 10.0.0.1"]),
+        ("hdls1.testns.svc.cluster.local.", "A", "NOERROR",
+         [f"hdls1.testns.svc.cluster.local. 5 IN A 172.0.0.{i}" for i in (2, 3, 4, 5)], [], []),
+        ("hdls1.testns.svc.cluster.local.", "AAAA", "NOERROR",
+         ["hdls1.testns.svc.cluster.local. 5 IN AAAA 5678:abcd::1", "hdls1.testns.svc.cluster.local. 5 IN AAAA 5678:abcd::2"],
+         [], []),
+        ("hdlsprtls.testns.svc.cluster.local.", "A", "NOERROR", ["hdlsprtls.testns.svc.cluster.local. 5 IN A 172.0.0.20"],
+         [], []),
+        ("172-0-0-20.hdlsprtls.testns.svc.cluster.local.", "A", "NOERROR",
+         ["172-0-0-20.hdlsprtls.testns.svc.cluster.local. 5 IN A 172.0.0.20"], [], []),
+        ("172-0-0-2.hdls1.testns.svc.cluster.local.", "A", "NOERROR",
+         ["172-0-0-2.hdls1.testns.svc.cluster.local. 5 IN A 172.0.0.2"], [], []),
+        ("dup-name.hdls1.testns.svc.cluster.local.", "A", "NOERROR",
+         ["dup-name.hdls1.testns.svc.cluster.local. 5 IN A 172.0.0.4",
+          "dup-name.hdls1.testns.svc.cluster.local. 5 IN A 172.0.0.5"], [], []),
+        ("5678-abcd--2.hdls1.testns.svc.cluster.local", "AAAA", "NOERROR",
+         ["5678-abcd--2.hdls1.testns.svc.cluster.local. 5 IN AAAA 5678:abcd::2"], [], []),
+        ("external.testns.svc.cluster.local.", "CNAME", "NOERROR",
+         ["external.testns.svc.cluster.local. 5 IN CNAME ext.interwebs.test."], [], []),
+        ("svc1.testns.svc.cluster.local.", "AAAA", "NOERROR", [], [SOA], []),
+        ("svc0.testns.svc.cluster.local.", "A", "NXDOMAIN", [], [SOA], []),
+        ("svc0.svc-nons.svc.cluster.local.", "A", "NXDOMAIN", [], [SOA], []),
+        ("bogusendpoint.hdls1.testns.svc.cluster.local.", "A", "NXDOMAIN", [], [SOA], []),
+        ("bogusendpoint.svc0.testns.svc.cluster.local.", "A", "NXDOMAIN", [], [SOA], []),
+        ("svc6.testns.svc.cluster.local.", "AAAA", "NOERROR", ["svc6.testns.svc.cluster.local. 5 IN AAAA 1234:abcd::1"],
+         [], []),
+        ("_http._tcp.svc6.testns.svc.cluster.local.", "SRV", "NOERROR",
+         ["_http._tcp.svc6.testns.svc.cluster.local. 5 IN SRV 0 100 80 svc6.testns.svc.cluster.local."], [],
+         ["svc6.testns.svc.cluster.local. 5 IN AAAA 1234:abcd::1"]),
+        ("svc.cluster.local.", "A", "NOERROR", [], [SOA], []),
+        ("testns.svc.cluster.local.", "A", "NOERROR", [], [SOA], []),
+        ("svc.cluster.local.", "NS", "NOERROR", [], [SOA], []),
+        ("foo.cluster.local.", "NS", "NXDOMAIN", [], [SOA], []),
+        ("foo.svc.cluster.local.", "NS", "NXDOMAIN", [], [SOA], []),
+        ("svc-dual-stack.testns.svc.cluster.local.", "A", "NOERROR",
+         ["svc-dual-stack.testns.svc.cluster.local. 5 IN A 10.0.0.3"], [], []),
+        ("svc-dual-stack.testns.svc.cluster.local.", "AAAA", "NOERROR",
+         ["svc-dual-stack.testns.svc.cluster.local. 5 IN AAAA 10::3"], [], []),
+        ("svc1.testns.svc.cluster.local.", "SOA", "NOERROR", [], [SOA], []),
+        ("endpoint.external.testns.svc.cluster.local.", "CNAME", "NXDOMAIN", [], [SOA], []),
+        ("cluster.local.", "SOA", "NOERROR", [SOA], [], []),  # kubernetes_apex_test.go
+        ("cluster.local.", "HINFO", "NOERROR", [], [SOA], []),
+        # reverse_test.go, on this fixture's addresses
+        ("4.0.0.172.in-addr.arpa.", "PTR", "NOERROR",
+         ["4.0.0.172.in-addr.arpa. 5 IN PTR dup-name.hdls1.testns.svc.cluster.local."], [], []),
+    ],
+)  # fmt: skip
+def test_coredns_handler_cases(qname, qtype, rcode, answer, ns, extra):
+    check(ZONE, qname, qtype, rcode, answer, ns, extra)
+
+
+def test_1_an_srv_set_holds_no_duplicates():
+    """Two ready endpoints named dup-name: one SRV record for the name, both addresses as glue
+    (handler_test.go "SRV Service (Headless)"; RFC 2181 section 5)."""
+    check(ZONE, "_http._tcp.hdls1.testns.svc.cluster.local.", "SRV", "NOERROR",
+          [f"_http._tcp.hdls1.testns.svc.cluster.local. 5 IN SRV 0 16 80 {host}.hdls1.testns.svc.cluster.local."
+           for host in ("172-0-0-2", "172-0-0-3", "5678-abcd--1", "5678-abcd--2", "dup-name")],
+          [],
+          ["172-0-0-2.hdls1.testns.svc.cluster.local. 5 IN A 172.0.0.2",
+           "172-0-0-3.hdls1.testns.svc.cluster.local. 5 IN A 172.0.0.3",
+           "5678-abcd--1.hdls1.testns.svc.cluster.local. 5 IN AAAA 5678:abcd::1",
+           "5678-abcd--2.hdls1.testns.svc.cluster.local. 5 IN AAAA 5678:abcd::2",
+           "dup-name.hdls1.testns.svc.cluster.local. 5 IN A 172.0.0.4",
+           "dup-name.hdls1.testns.svc.cluster.local. 5 IN A 172.0.0.5"], edns=1232)  # fmt: skip
+    # every rotation of the set holds each record once
+    for turn in range(8):
+        q = DNSRecord.question("_http._tcp.hdls1.testns.svc.cluster.local.", "SRV")
+        out, _, _ = answer_cacheable(ZONE, bytes(q.pack()), udp=False, turn=turn)
+        srv = [str(r.rdata) for r in DNSRecord.parse(out).rr]
+        assert len(srv) == len(set(srv)) == 5
