@@ -10,6 +10,8 @@ Names, per the Kubernetes DNS specification (zone ``cluster.local`` by default):
   (ClusterIP), or one record per ready endpoint (Headless), their addresses in the additional section;
 - PTR for every VIP and Headless endpoint address; SOA and NS at the apex; ``dns-version.<zone>`` TXT.
 
+A Headless Service without a ready endpoint has no name at all (NXDOMAIN, spec 2.4.1).
+
 Every answer is compiled once per table change to the bytes that follow the question in a response:
 the answer path (:mod:`.answer`) only copies them behind the client's header and question. Names
 that exist without records (``svc.<zone>``, ``<ns>.svc.<zone>``, ...) answer NODATA, not NXDOMAIN.
@@ -121,8 +123,8 @@ class _Builder:
             self.cnames[base] = RR(base, QTYPE.CNAME, rdata=CNAME(svc.external_name + "."), ttl=self.ttl)
             self.exists(base)
             return
-        self.exists(base)
         if svc.type == CLUSTER_IP:
+            self.exists(base)
             for ip in svc.cluster_ips:
                 self.address(base, ip)
                 self.add(reverse_name(ip), TYPE_PTR, PTR(base))
@@ -132,8 +134,11 @@ class _Builder:
                     self.add(f"_{port.name}._{port.protocol.lower()}.{base}", TYPE_SRV,
                              SRV(0, 100, port.port, base), glue)  # fmt: skip
             return
-        # Headless: the ready endpoints themselves
+        # Headless: the ready endpoints themselves; without any, the name does not exist (spec 2.4.1)
         ready = svc.ready_endpoints()
+        if not ready:
+            self.exists(f"{svc.namespace}.svc.{self.origin}")
+            return
         weight = max(1, 100 // max(1, len(ready)))
         for ep in ready:
             host = f"{ep.hostname or host_label(ep.address)}.{base}"

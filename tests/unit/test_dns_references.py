@@ -142,3 +142,18 @@ def test_1_an_srv_set_holds_no_duplicates():
         out, _, _ = answer_cacheable(ZONE, bytes(q.pack()), udp=False, turn=turn)
         srv = [str(r.rdata) for r in DNSRecord.parse(out).rr]
         assert len(srv) == len(set(srv)) == 5
+
+
+def test_3_a_headless_service_without_ready_endpoints_does_not_exist():
+    """Spec 2.4.1: "If there are no ready endpoints for the headless Service, the answer should be
+    NXDOMAIN" (CoreDNS answers so). Its namespace still exists."""
+    zone = zone_of([Service("hdlsempty", "emptyns", type="Headless", ports=HTTP,
+                            endpoints=(Endpoint("172.0.0.9", ready=False),))])  # fmt: skip
+    for qname, qtype, rcode in [
+        ("hdlsempty.emptyns.svc.cluster.local.", "A", "NXDOMAIN"),
+        ("hdlsempty.emptyns.svc.cluster.local.", "AAAA", "NXDOMAIN"),
+        ("_http._tcp.hdlsempty.emptyns.svc.cluster.local.", "SRV", "NXDOMAIN"),
+        ("172-0-0-9.hdlsempty.emptyns.svc.cluster.local.", "A", "NXDOMAIN"),
+        ("emptyns.svc.cluster.local.", "A", "NOERROR"),
+    ]:
+        check(zone, qname, qtype, rcode, ns=[SOA])
