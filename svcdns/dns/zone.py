@@ -36,6 +36,7 @@ DNS_SCHEMA_VERSION = "1.1.0"  # the Kubernetes DNS specification version this fo
 MAX_ROTATIONS = 8
 
 Body = tuple[bytes, tuple[int, int, int]]  # sections after the question, and their counts (an, ns, ar)
+QNAME = b"\xc0\x0c"  # a pointer to the question's name
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,13 @@ def normalise_origin(zone: str) -> str:
     return zone + "."
 
 
-def soa_record(origin: str, ttl: int, serial: int) -> bytes:
-    owner = name_to_wire(origin)
+def soa_record(origin: str, ttl: int, serial: int, owner: bytes | None = None) -> bytes:
+    """The zone's SOA record, owned by the origin written out (for the authority section of any
+    answer), or by ``owner`` (the answer to the apex's SOA query owns it by a pointer to the
+    question, so that it echoes the client's case as every other answer does)."""
     rdata = name_to_wire(f"ns.dns.{origin}") + name_to_wire(f"hostmaster.{origin}")
     rdata += struct.pack("!IIIII", serial & 0xFFFFFFFF, 7200, 1800, 86400, ttl)
-    return rr(owner, TYPE_SOA, ttl, rdata)
+    return rr(name_to_wire(origin) if owner is None else owner, TYPE_SOA, ttl, rdata)
 
 
 def empty_zone(zone: str = "cluster.local", ttl: int = 5) -> Zone:
@@ -225,7 +228,7 @@ def apply_delta(zone: Zone, d: Delta) -> Zone:
         entries.pop(key, None)
     entries.update(d.put)
     soa = soa_record(zone.origin, zone.ttl, d.serial)
-    entries[(zone.origin_wire, TYPE_SOA)] = ((soa, (1, 0, 0)),)
+    entries[(zone.origin_wire, TYPE_SOA)] = ((soa_record(zone.origin, zone.ttl, d.serial, QNAME), (1, 0, 0)),)
     cnames = dict(zone.cnames)
     for name in d.cname_drop:
         cnames.pop(name, None)

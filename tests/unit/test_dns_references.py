@@ -157,3 +157,21 @@ def test_3_a_headless_service_without_ready_endpoints_does_not_exist():
         ("emptyns.svc.cluster.local.", "A", "NOERROR"),
     ]:
         check(zone, qname, qtype, rcode, ns=[SOA])
+
+
+@pytest.mark.parametrize(
+    "qname, qtype, rcode, answer, ns, extra",
+    [
+        ("SvC1.TeStNs.SvC.cLuStEr.LoCaL.", "A", "NOERROR", ["SvC1.TeStNs.SvC.cLuStEr.LoCaL. 5 IN A 10.0.0.1"], [], []),
+        ("Cluster.local.", "SOA", "NOERROR",  # CoreDNS also writes the rdata's names in the query's case
+         [f"Cluster.local. 5 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. {SERIAL} 7200 1800 86400 5"], [], []),
+        ("CLUSTER.LOCAL.", "SOA", "NOERROR",
+         [f"CLUSTER.LOCAL. 5 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. {SERIAL} 7200 1800 86400 5"], [], []),
+        # the SOA in a negative answer keeps the zone's own case (CoreDNS echoes it): it is
+        # precompiled once for every name, and no client compares it
+        ("not-a-service.testns.svc.ClUsTeR.lOcAl.", "A", "NXDOMAIN", [], [SOA], []),
+    ],
+)  # fmt: skip
+def test_6_the_query_case_is_echoed(qname, qtype, rcode, answer, ns, extra):
+    """handler_case_test.go's table."""
+    check(ZONE, qname, qtype, rcode, answer, ns, extra)
