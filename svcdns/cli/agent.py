@@ -82,10 +82,12 @@ def start_dns(dns: DNS, cfg: configuration.Config) -> None:
         raise SvcdnsError(f"DNS cannot listen on {', '.join(cfg.dns_listen)}: {err.strerror or err}") from None
 
 
-def new_watch(cfg: configuration.Config) -> Watch:
+def new_watch(cfg: configuration.Config) -> tuple[Watch, str]:
+    """The registry's watch, and where the registry is as messages may show it (no password)."""
     from ..registry import open_registry
 
-    return open_registry(cfg.registry, list(cfg.service_cidrs)).watch()
+    registry = open_registry(cfg.registry, list(cfg.service_cidrs))
+    return registry.watch(), registry.location
 
 
 class Running:
@@ -99,10 +101,11 @@ class Running:
 
         self.cfg = cfg
         self.dns = new_dns(cfg)
-        state = State(registry=cfg.registry, health_timeout=max(60.0, 2 * cfg.full_sync_period))
+        watch, self.location = new_watch(cfg)
+        state = State(registry=self.location, health_timeout=max(60.0, 2 * cfg.full_sync_period))
         self.metrics = Metrics(dns_stats=lambda: self.dns.stats())  # whichever server runs now
         self.status = StatusServer(parse_hostport(cfg.health_listen, "health_listen"), state, self.metrics)
-        self.agent = Agent(new_watch(cfg), open_dataplane(cfg.dataplane), self.dns, state=state,
+        self.agent = Agent(watch, open_dataplane(cfg.dataplane), self.dns, state=state,
                            metrics=self.metrics, notifier=Notifier(), full_sync_period=cfg.full_sync_period)  # fmt: skip
         self._status_class, self._open_dataplane = StatusServer, open_dataplane
 
@@ -115,7 +118,7 @@ class Running:
             self.agent.watch.close()
             raise
         cfg = self.cfg
-        log.info("agent: registry %s, dataplane %s, DNS on %s, health on %s", cfg.registry, cfg.dataplane,
+        log.info("agent: registry %s, dataplane %s, DNS on %s, health on %s", self.location, cfg.dataplane,
                  ", ".join(cfg.dns_listen), cfg.health_listen)  # fmt: skip
 
     def stop(self) -> None:
@@ -131,8 +134,10 @@ class Running:
         old = self.cfg
         changed = [f for f in old.__dataclass_fields__ if f not in ("source", "origins")
                    and getattr(old, f) != getattr(new, f)]  # fmt: skip
+        # the registry URL may hold a password: it is named, and its new location logged redacted below
         log.info("agent: configuration reloaded from %s: %s", new.source or "flags and environment",
-                 "; ".join(f"{f} {getattr(old, f)!r} -> {getattr(new, f)!r}" for f in changed) or "nothing changed")  # fmt: skip
+                 "; ".join("registry changed" if f == "registry" else f"{f} {getattr(old, f)!r} -> {getattr(new, f)!r}"
+                           for f in changed) or "nothing changed")  # fmt: skip
         agent = self.agent
         if any(f in changed for f in DNS_FIELDS):
             dns = new_dns(new)
@@ -147,8 +152,10 @@ class Running:
             self.status, old_status = status, self.status
             old_status.stop()
         if any(f in changed for f in REGISTRY_FIELDS):
-            agent.replace_watch(new_watch(new))
-            agent.state.registry = new.registry
+            watch, self.location = new_watch(new)
+            agent.replace_watch(watch)
+            agent.state.registry = self.location
+            log.info("agent: following the registry at %s", self.location)
         if "dataplane" in changed:
             log.warning("agent: dataplane %s -> %s: the %s rules stay until `svcdns cleanup --dataplane %s`",
                         old.dataplane, new.dataplane, old.dataplane, old.dataplane)  # fmt: skip
