@@ -11,6 +11,8 @@ Accepted shapes and what they get:
 - a name in the zone without that type: NOERROR, no answer, SOA in authority (NODATA);
 - a name in the zone that does not exist: NXDOMAIN, SOA in authority;
 - in the zone before the first table arrived: SERVFAIL;
+- over UDP, an answer larger than the client takes: without its additional section if that fits
+  (RFC 2181 section 9), else TC=1 and no records (the client retries over TCP);
 - anything else: ``FORWARD`` (the server forwards it, or answers REFUSED).
 """
 
@@ -78,7 +80,10 @@ def answer_cacheable(zone: Zone, data: bytes, udp: bool = True, ra: bool = False
         return out, rcode, CHASE  # an ExternalName: the server adds the target's addresses
     cacheable = len(zone.entries.get((q.key, q.qtype), ())) <= 1
     if udp and len(out) > q.udp_limit():  # type: ignore[arg-type]
-        return truncated(q, ra=ra), rcode, cacheable
+        fit = _without_additional(zone, q, rcode, ra, turn)
+        if fit is None or len(fit) > q.udp_limit():
+            return truncated(q, ra=ra), rcode, cacheable
+        return fit, rcode, cacheable
     return out, rcode, cacheable
 
 
@@ -91,7 +96,7 @@ def lookup(zone: Zone, q: Query, ra: bool = False, turn: int = 0) -> tuple[bytes
         return response(q, REFUSED, ra=ra), REFUSED
     variants = zone.entries.get((q.key, q.qtype))
     if variants:
-        body, counts = variants[turn % len(variants)] if len(variants) > 1 else variants[0]
+        body, counts, _ = variants[turn % len(variants)] if len(variants) > 1 else variants[0]
         return response(q, NOERROR, body, counts, ra=ra), NOERROR
     cname = zone.cnames.get(q.key)
     if cname is not None:
@@ -105,6 +110,19 @@ def lookup(zone: Zone, q: Query, ra: bool = False, turn: int = 0) -> tuple[bytes
             return _rfc8482(q, ra), NOERROR
         return response(q, NOERROR, zone.soa, (0, 1, 0), ra=ra), NOERROR
     return response(q, NXDOMAIN, zone.soa, (0, 1, 0), ra=ra), NXDOMAIN
+
+
+def _without_additional(zone: Zone, q: Query, rcode: int, ra: bool, turn: int) -> bytes | None:
+    """The answer without its additional section, for a client whose UDP size takes the answer but
+    not its additional records: RFC 2181 section 9 drops those rather than setting TC (a slice of
+    the precompiled body). None when there is no additional section to drop."""
+    variants = zone.entries.get((q.key, q.qtype))
+    if not variants:
+        return None
+    body, (an, ns, ar), cut = variants[turn % len(variants)]
+    if not ar:
+        return None
+    return response(q, rcode, body[:cut], (an, ns, 0), ra=ra)
 
 
 def _rfc8482(q: Query, ra: bool) -> bytes:

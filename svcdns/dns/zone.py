@@ -35,7 +35,9 @@ from .wire import TYPE_A, TYPE_AAAA, TYPE_NS, TYPE_PTR, TYPE_SOA, TYPE_SRV, TYPE
 DNS_SCHEMA_VERSION = "1.1.0"  # the Kubernetes DNS specification version this follows
 MAX_ROTATIONS = 8
 
-Body = tuple[bytes, tuple[int, int, int]]  # sections after the question, and their counts (an, ns, ar)
+# the sections after the question, their counts (an, ns, ar), and where the additional section starts
+# in them (so that an answer too large for a client's UDP size can go without it, RFC 2181 section 9)
+Body = tuple[bytes, tuple[int, int, int], int]
 QNAME = b"\xc0\x0c"  # a pointer to the question's name
 
 
@@ -163,11 +165,11 @@ def _body(name: str, rtype: int, answers: list[RR], additional: Sequence[RR] = (
     msg = DNSRecord(DNSHeader(id=0, qr=1, aa=1), q=DNSQuestion(name, rtype))
     for a in answers:
         msg.add_answer(a)
+    start = 12 + len(name_to_wire(name)) + 4
+    cut = len(msg.pack()) - start  # names compress only against what precedes them: a prefix stays valid
     for a in additional:
         msg.add_ar(a)
-    packed = msg.pack()
-    question_len = len(name_to_wire(name)) + 4
-    return packed[12 + question_len :], (len(answers), 0, len(additional))
+    return msg.pack()[start:], (len(answers), 0, len(additional)), cut
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,8 @@ def apply_delta(zone: Zone, d: Delta) -> Zone:
         entries.pop(key, None)
     entries.update(d.put)
     soa = soa_record(zone.origin, zone.ttl, d.serial)
-    entries[(zone.origin_wire, TYPE_SOA)] = ((soa_record(zone.origin, zone.ttl, d.serial, QNAME), (1, 0, 0)),)
+    apex_soa = soa_record(zone.origin, zone.ttl, d.serial, QNAME)
+    entries[(zone.origin_wire, TYPE_SOA)] = ((apex_soa, (1, 0, 0), len(apex_soa)),)
     cnames = dict(zone.cnames)
     for name in d.cname_drop:
         cnames.pop(name, None)

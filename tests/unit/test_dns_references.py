@@ -175,3 +175,19 @@ def test_3_a_headless_service_without_ready_endpoints_does_not_exist():
 def test_6_the_query_case_is_echoed(qname, qtype, rcode, answer, ns, extra):
     """handler_case_test.go's table."""
     check(ZONE, qname, qtype, rcode, answer, ns, extra)
+
+
+def test_7_an_answer_that_fits_goes_without_the_additional_records_that_do_not():
+    """handler_test.go's headless SRV case, asked without EDNS (512 bytes): the six addresses do
+    not fit beside the five SRV records, so they are left out and TC stays 0 (RFC 2181 section 9)."""
+    r = check(ZONE, "_http._tcp.hdls1.testns.svc.cluster.local.", "SRV", "NOERROR",
+              [f"_http._tcp.hdls1.testns.svc.cluster.local. 5 IN SRV 0 16 80 {host}.hdls1.testns.svc.cluster.local."
+               for host in ("172-0-0-2", "172-0-0-3", "5678-abcd--1", "5678-abcd--2", "dup-name")])  # fmt: skip
+    assert len(r.pack()) <= 512
+    # with EDNS at 512 too, the OPT record kept
+    r = ask(ZONE, "_http._tcp.hdls1.testns.svc.cluster.local.", "SRV", edns=512)
+    assert r.header.tc == 0 and len(r.rr) == 5 and [QTYPE.get(a.rtype) for a in r.ar] == ["OPT"]
+    # an answer section that does not fit by itself still truncates
+    many = [Service("big", type="Headless", ports=HTTP, endpoints=tuple(Endpoint(f"10.245.0.{i}") for i in range(1, 40)))]
+    r = ask(zone_of(many), "_http._tcp.big.default.svc.cluster.local.", "SRV")
+    assert r.header.tc == 1 and not r.rr and not r.ar
