@@ -28,6 +28,10 @@ class NftablesDataplane:
         self.current: dict[str, Ruleset | None] = {f: None for f in families}
         self.table: ServiceTable | None = None  # the last table the kernel took
         self.footprint = Footprint([(FAMILIES[f], TABLE) for f in families])  # after our last commit
+        # One socket for every sync: closing a netfilter netlink socket right after a commit waits
+        # for the kernel to free the transaction (an RCU grace period, ~10 ms); it is dropped only
+        # after a failure, when replies of the failed exchange may still be queued on it.
+        self.batch: NetlinkBatch | None = None
 
     def sync(self, table: ServiceTable, *, full: bool = False) -> SyncResult:
         start = time.perf_counter()
@@ -35,7 +39,7 @@ class NftablesDataplane:
         udp: Expected = {}
         was_full = False
         keys = changed_keys(self.table, table) if self.table is not None and not full else None
-        batch = NetlinkBatch()
+        batch = self.batch = self.batch or NetlinkBatch()
         try:
             for family in self.families:
                 current = self.current[family]
@@ -59,8 +63,10 @@ class NftablesDataplane:
                 self.current[family] = desired
                 written += len(messages)
             self.footprint.record(batch)
-        finally:
+        except BaseException:
+            self.batch = None
             batch.close()
+            raise
         self.table = table
         clear_udp(udp)
         return SyncResult(len(table), table.endpoint_count(), written, was_full, time.perf_counter() - start)
@@ -78,6 +84,9 @@ class NftablesDataplane:
         return self.footprint.lost()
 
     def cleanup(self) -> None:
+        if self.batch is not None:
+            self.batch.close()
+            self.batch = None
         for family in self.families:
             if delete_table(FAMILIES[family]):
                 log.info("dataplane: removed table %s svcdns", FAMILIES[family])
