@@ -8,7 +8,9 @@ Names, per the Kubernetes DNS specification (zone ``cluster.local`` by default):
   hostname or its address with dashes (``10-0-1-5``);
 - ``_<port>._<proto>.<svc>.<ns>.svc.<zone>`` SRV, named ports only: the Service name and port
   (ClusterIP), or one record per ready endpoint (Headless), their addresses in the additional section;
-- PTR for every VIP and Headless endpoint address; SOA and NS at the apex; ``dns-version.<zone>`` TXT.
+- PTR for every VIP and Headless endpoint address; SOA and NS at the apex; ``dns-version.<zone>`` TXT;
+- ``ns.dns.<zone>`` A (or AAAA): the cluster DNS address (10.96.0.10 unless configured), also the
+  NS answer's glue.
 
 A Headless Service without a ready endpoint has no name at all (NXDOMAIN, spec 2.4.1).
 
@@ -28,12 +30,13 @@ from dataclasses import dataclass, field, replace
 
 from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SRV, TXT, A, DNSHeader, DNSQuestion, DNSRecord
 
-from ..model import CLUSTER_IP, EXTERNAL_NAME, HEADLESS, Service
+from ..model import CLUSTER_IP, EXTERNAL_NAME, HEADLESS, IPAddress, Service
 from ..table import ServiceTable, changed_keys
 from .wire import TYPE_A, TYPE_AAAA, TYPE_NS, TYPE_PTR, TYPE_SOA, TYPE_SRV, TYPE_TXT, name_to_wire, rr
 
 DNS_SCHEMA_VERSION = "1.1.0"  # the Kubernetes DNS specification version this follows
 MAX_ROTATIONS = 8
+DEFAULT_CLUSTER_DNS = "10.96.0.10"  # the NS name's address: the 10th of 10.96.0.0/12, as kubeadm's kube-dns
 
 # the sections after the question, their counts (an, ns, ar), and where the additional section starts
 # in them (so that an answer too large for a client's UDP size can go without it, RFC 2181 section 9)
@@ -202,10 +205,14 @@ def compile_service(svc: Service, origin: str, ttl: int) -> Fragment:
     return _compile(b)
 
 
-def apex_fragment(origin: str, ttl: int) -> Fragment:
+def apex_fragment(origin: str, ttl: int, cluster_dns: IPAddress) -> Fragment:
+    """SOA aside (it changes with the serial): the NS record, its name's address (the cluster DNS
+    address, which every pod reaches) as glue and as the name's own answer, and the schema TXT."""
     b = _Builder(origin, ttl)
     b.exists(origin)
-    b.add(origin, TYPE_NS, NS(f"ns.dns.{origin}"))
+    ns = f"ns.dns.{origin}"
+    b.add(origin, TYPE_NS, NS(ns), [b.glue(ns, cluster_dns)])
+    b.address(ns, cluster_dns)
     b.add(f"dns-version.{origin}", TYPE_TXT, TXT(DNS_SCHEMA_VERSION))
     return _compile(b)
 
@@ -245,7 +252,7 @@ class ZoneCompiler:
     and yields a Delta for the workers. (Two headless Services sharing an endpoint address share its
     PTR name: the last one compiled answers it.)"""
 
-    def __init__(self, zone: str = "cluster.local", ttl: int = 5) -> None:
+    def __init__(self, zone: str = "cluster.local", ttl: int = 5, cluster_dns: str = DEFAULT_CLUSTER_DNS) -> None:
         self.origin = normalise_origin(zone)
         self.ttl = ttl
         self.frags: dict[tuple[str, str], tuple[Service, Fragment]] = {}
@@ -253,7 +260,7 @@ class ZoneCompiler:
         self.name_count: Counter = Counter()
         self.table: ServiceTable | None = None  # the last table compiled
         self.zone = empty_zone(zone, ttl)
-        apex = apex_fragment(self.origin, ttl)
+        apex = apex_fragment(self.origin, ttl, ipaddress.ip_address(cluster_dns))
         self._add(("", ""), apex, {}, {})
         self.zone = Zone(self.origin, self.zone.origin_wire, ttl, 0, self.zone.soa, dict(apex.entries), {},
                          frozenset(apex.names), ready=False)  # fmt: skip
@@ -318,9 +325,15 @@ class ZoneCompiler:
                 names_drop.add(name)
 
 
-def compile_zone(table: ServiceTable, zone: str = "cluster.local", ttl: int = 5, serial: int | None = None) -> Zone:
+def compile_zone(
+    table: ServiceTable,
+    zone: str = "cluster.local",
+    ttl: int = 5,
+    serial: int | None = None,
+    cluster_dns: str = DEFAULT_CLUSTER_DNS,
+) -> Zone:
     """Every answer for ``table``, precompiled. Pure: the same table gives the same zone."""
-    compiler = ZoneCompiler(zone, ttl)
+    compiler = ZoneCompiler(zone, ttl, cluster_dns)
     compiler.update(table, serial)
     return compiler.zone
 

@@ -91,7 +91,8 @@ def text(records):
         ("default.svc.cluster.local", "A", "NOERROR", [], [SOA], []),  # an empty non-terminal: NODATA
         ("svc.cluster.local", "A", "NOERROR", [], [SOA], []),
         ("cluster.local", "SOA", "NOERROR", [SOA], [], []),
-        ("cluster.local", "NS", "NOERROR", ["cluster.local. 5 IN NS ns.dns.cluster.local."], [], []),
+        ("cluster.local", "NS", "NOERROR", ["cluster.local. 5 IN NS ns.dns.cluster.local."], [],
+         ["ns.dns.cluster.local. 5 IN A 10.96.0.10"]),
         ("dns-version.cluster.local", "TXT", "NOERROR", ['dns-version.cluster.local. 5 IN TXT "1.1.0"'], [], []),
         ("web.default.svc.cluster.local", "AXFR", "REFUSED", [], [], []),
     ],

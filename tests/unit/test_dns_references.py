@@ -188,6 +188,23 @@ def test_7_an_answer_that_fits_goes_without_the_additional_records_that_do_not()
     r = ask(ZONE, "_http._tcp.hdls1.testns.svc.cluster.local.", "SRV", edns=512)
     assert r.header.tc == 0 and len(r.rr) == 5 and [QTYPE.get(a.rtype) for a in r.ar] == ["OPT"]
     # an answer section that does not fit by itself still truncates
-    many = [Service("big", type="Headless", ports=HTTP, endpoints=tuple(Endpoint(f"10.245.0.{i}") for i in range(1, 40)))]
+    many = [
+        Service("big", type="Headless", ports=HTTP, endpoints=tuple(Endpoint(f"10.245.0.{i}") for i in range(1, 40)))
+    ]
     r = ask(zone_of(many), "_http._tcp.big.default.svc.cluster.local.", "SRV")
     assert r.header.tc == 1 and not r.rr and not r.ar
+
+
+def test_5_the_ns_name_has_the_cluster_dns_address():
+    """kubernetes_apex_test.go: the NS answer carries its name's address; the name answers it."""
+    ns = "cluster.local. 5 IN NS ns.dns.cluster.local."
+    check(ZONE, "cluster.local.", "NS", "NOERROR", [ns], [], ["ns.dns.cluster.local. 5 IN A 10.96.0.10"])
+    check(ZONE, "ns.dns.cluster.local.", "A", "NOERROR", ["ns.dns.cluster.local. 5 IN A 10.96.0.10"])
+    check(ZONE, "ns.dns.cluster.local.", "AAAA", "NOERROR", [], [SOA])
+    check(ZONE, "dns.cluster.local.", "A", "NOERROR", [], [SOA])
+    # the configured cluster DNS address, of either family
+    for address, rtype in [("10.100.0.10", "A"), ("fd00:96::a", "AAAA")]:
+        zone = zone_of(COREDNS, cluster_dns=address)
+        glue = f"ns.dns.cluster.local. 5 IN {rtype} {address}"
+        check(zone, "cluster.local.", "NS", "NOERROR", [ns], [], [glue])
+        check(zone, "ns.dns.cluster.local.", rtype, "NOERROR", [glue])
