@@ -14,9 +14,8 @@ import os
 import sys
 from typing import NoReturn
 
-from .. import __version__
+from .. import __version__, logs
 from ..errors import SvcdnsError
-from . import logs
 from .config import DEFAULT_REGISTRY
 
 # modules with a ``register(subparsers, common)`` function, in the order their commands are listed

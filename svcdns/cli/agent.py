@@ -8,6 +8,7 @@ import signal
 import threading
 import urllib.error
 import urllib.request
+from typing import TYPE_CHECKING, Any
 
 from ..addr import parse_hostport
 from ..dns.contract import DNS
@@ -15,6 +16,9 @@ from ..errors import SvcdnsError
 from ..registry.contract import Watch
 from . import config as configuration
 from .lock import AgentLock
+
+if TYPE_CHECKING:  # the module itself is imported where it is used: it is heavy (multiprocessing, dnslib)
+    from ..dns.server import DNSServer
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +59,24 @@ def load_config(args) -> configuration.Config:
     return configuration.load(args.config, flags)
 
 
-# config fields whose change needs a new DNS server, or a new registry watch
-DNS_FIELDS = ("cluster_zone", "dns_listen", "dns_upstreams", "dns_allowed_networks", "dns_forward", "dns_ttl",
-              "dns_workers", "service_cidrs", "pod_cidrs")  # fmt: skip
+# config fields whose change needs new DNS sockets and workers; new answering settings (taken by the
+# running workers); a new registry watch
+DNS_SOCKET_FIELDS = ("dns_listen", "dns_workers")
+DNS_ANSWER_FIELDS = ("cluster_zone", "dns_upstreams", "dns_allowed_networks", "dns_forward", "dns_ttl",
+                     "service_cidrs", "pod_cidrs")  # fmt: skip
 REGISTRY_FIELDS = ("registry", "service_cidrs")
 
 
-def new_dns(cfg: configuration.Config) -> DNS:
+def dns_answering(cfg: configuration.Config) -> dict[str, Any]:
+    return {"zone": cfg.cluster_zone, "ttl": cfg.dns_ttl, "upstreams": list(cfg.dns_upstreams) or None,
+            "allowed_networks": cfg.allowed_networks(), "forward": cfg.dns_forward}  # fmt: skip
+
+
+def new_dns(cfg: configuration.Config) -> DNSServer:
     from ..dns.server import DNSServer  # heavy (multiprocessing, dnslib): only where it is used
 
-    return DNSServer(
-        [parse_hostport(a, "dns.listen") for a in cfg.dns_listen],
-        zone=cfg.cluster_zone,
-        ttl=cfg.dns_ttl,
-        upstreams=list(cfg.dns_upstreams) or None,
-        allowed_networks=cfg.allowed_networks(),
-        forward=cfg.dns_forward,
-        workers=cfg.dns_workers or None,
-    )
+    return DNSServer([parse_hostport(a, "dns.listen") for a in cfg.dns_listen], workers=cfg.dns_workers or None,
+                     **dns_answering(cfg))  # fmt: skip
 
 
 def start_dns(dns: DNS, cfg: configuration.Config) -> None:
@@ -127,10 +131,11 @@ class Running:
         self.status.stop()
 
     def reconfigure(self, new: configuration.Config) -> None:
-        """Take ``new`` in place. DNS keeps answering throughout: the server (its sockets and workers)
-        is kept unless a DNS setting changed, and then the new one answers from the current zone
-        before the old one stops (SO_REUSEPORT lets both listen meanwhile). The table, the revision
-        and the rules stay; a new registry location gets a new watch."""
+        """Take ``new`` in place. DNS keeps answering throughout: the server keeps its sockets and
+        workers, which take new answering settings (zone, TTL, forwarding) in one message; only new
+        listen addresses or another number of workers take a new server, which then answers from
+        the current zone before the old one stops (SO_REUSEPORT lets both listen meanwhile). The
+        table, the revision and the rules stay; a new registry location gets a new watch."""
         old = self.cfg
         changed = [f for f in old.__dataclass_fields__ if f not in ("source", "origins")
                    and getattr(old, f) != getattr(new, f)]  # fmt: skip
@@ -139,7 +144,9 @@ class Running:
                  "; ".join("registry changed" if f == "registry" else f"{f} {getattr(old, f)!r} -> {getattr(new, f)!r}"
                            for f in changed) or "nothing changed")  # fmt: skip
         agent = self.agent
-        if any(f in changed for f in DNS_FIELDS):
+        if any(f in changed for f in DNS_ANSWER_FIELDS) and not any(f in changed for f in DNS_SOCKET_FIELDS):
+            self.dns.reconfigure(agent.applied, **dns_answering(new))
+        elif any(f in changed for f in DNS_SOCKET_FIELDS):
             dns = new_dns(new)
             start_dns(dns, new)
             if agent.applied is not None:

@@ -75,19 +75,8 @@ class DNSServer:
         forward: bool = True,
         workers: int | None = None,
     ) -> None:
-        ups = [parse_hostport(u, "dns.upstreams", default_port=53) if isinstance(u, str) else (u[0], int(u[1]))
-               for u in (upstreams or [])]  # fmt: skip
-        if upstreams is None and forward:
-            ups = default_upstreams(list(listen))
-        self.settings = Settings(
-            listen=tuple((h, int(p)) for h, p in listen),
-            zone=zone,
-            ttl=ttl,
-            upstreams=tuple(ups),
-            allowed_networks=tuple(allowed_networks or DEFAULT_ALLOWED),
-            forward=forward,
-        )
-        empty_zone(zone, ttl)  # validates the zone name now
+        self.settings = _settings(tuple((h, int(p)) for h, p in listen), zone, ttl, upstreams, allowed_networks,
+                                  forward)  # fmt: skip
         self.workers = workers or os.cpu_count() or 1
         self._ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads
         self._slots: list[_Slot] = []
@@ -217,6 +206,31 @@ class DNSServer:
                 delay = min(MAX_BACKOFF, max(0.5, 2 * delay))
                 log.error("dns: %s; trying again in %.1f s", err, delay)
 
+    def reconfigure(
+        self,
+        table: ServiceTable | None,
+        *,
+        zone: str,
+        ttl: int,
+        upstreams: list[tuple[str, int]] | list[str] | None,
+        allowed_networks: list[str] | None,
+        forward: bool,
+    ) -> None:
+        """Answer by new settings on the same sockets and workers (a reload): queries keep coming in
+        throughout. The zone is compiled again for ``table`` by the new name and TTL and sent with
+        the settings in one message, so no answer mixes the two. The listen addresses and the number
+        of workers stay (changing those takes a new server)."""
+        settings = _settings(self.settings.listen, zone, ttl, upstreams, allowed_networks, forward)
+        compiler = ZoneCompiler(settings.zone, settings.ttl)
+        if table is not None:
+            compiler.update(table)
+        with self._lock:
+            self.settings, self.compiler = settings, (compiler if table is not None else None)
+            self.zone = compiler.zone if table is not None else None
+            replies = self._exchange(("configure", (settings, compiler.zone)), ZONE_TIMEOUT)
+        if replies and not any(r == "ok" for r in replies.values()):
+            raise DNSError(f"no DNS worker took the new settings ({self.problem})")
+
     # ---- requests -------------------------------------------------------------------------------------
 
     def update(self, table: ServiceTable) -> None:
@@ -338,6 +352,23 @@ class DNSServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _settings(
+    listen: tuple[tuple[str, int], ...],
+    zone: str,
+    ttl: int,
+    upstreams: list[tuple[str, int]] | list[str] | None,
+    allowed_networks: list[str] | None,
+    forward: bool,
+) -> Settings:
+    ups = [parse_hostport(u, "dns.upstreams", default_port=53) if isinstance(u, str) else (u[0], int(u[1]))
+           for u in (upstreams or [])]  # fmt: skip
+    if upstreams is None and forward:
+        ups = default_upstreams(list(listen))
+    empty_zone(zone, ttl)  # validates the zone name now
+    return Settings(listen=listen, zone=zone, ttl=ttl, upstreams=tuple(ups),
+                    allowed_networks=tuple(allowed_networks or DEFAULT_ALLOWED), forward=forward)  # fmt: skip
 
 
 def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket, int]:

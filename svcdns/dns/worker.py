@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .. import logs
 from .answer import CHASE, FORWARD, answer_cacheable
 from .forward import DEFAULT_ALLOWED, Allowed, Forwarder
 from .mmsg import BATCH, QUERY, Batch
@@ -89,16 +90,16 @@ class Worker:
         self.control = control
         self.sockets = sockets
         self.zone = empty_zone(settings.zone, settings.ttl)
-        self.allowed = Allowed(settings.allowed_networks)
-        self.forwarder = Forwarder(list(settings.upstreams)) if settings.forward and settings.upstreams else None
-        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="forward") if self.forwarder else None
+        self.forwarder: Forwarder | None = None
+        self.pool: ThreadPoolExecutor | None = None
+        self.recurse: dict[str, bool] = {}  # client address -> may recurse
+        self.configure(settings)
         self.sel = selectors.DefaultSelector()
         self.conns: dict[int, _Conn] = {}
         # the answer caches, by transport and by whether the client may recurse: query bytes after
         # the ID -> (answer bytes after the ID, rcode); emptied, in place, at every zone change
         self.udp_cache: tuple[dict, dict] = ({}, {})
         self.tcp_cache: tuple[dict, dict] = ({}, {})
-        self.recurse: dict[str, bool] = {}  # client address -> may recurse
         self.udp_clients: dict[bytes, dict] = {}  # client address bytes -> its UDP answer cache
         self.turn = 0  # the rotation of headless answers: each uncached answer takes the next
         self.next_expiry = 0.0
@@ -144,6 +145,16 @@ class Worker:
                 self.expire(now)
                 self.next_expiry = now + TCP_IDLE_MIN
 
+    def configure(self, settings: Settings) -> None:
+        """Answer by ``settings`` from now on, on the same sockets (a reload); forwards in flight
+        finish on the forwarder they started with."""
+        self.settings = settings
+        self.allowed = Allowed(settings.allowed_networks)
+        self.forwarder = Forwarder(list(settings.upstreams)) if settings.forward and settings.upstreams else None
+        if self.forwarder is not None and self.pool is None:
+            self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="forward")
+        self.recurse.clear()
+
     # -- control
     def on_control(self) -> None:
         try:
@@ -151,9 +162,12 @@ class Worker:
         except (EOFError, OSError):
             self.running = False  # the supervisor is gone
             return
-        if verb in ("zone", "delta"):
+        if verb in ("zone", "delta", "configure"):
+            if verb == "configure":  # new settings and the zone compiled by them, taken together
+                settings, arg = arg
+                self.configure(settings)
             # one assignment: every answer after this comes from the new zone
-            self.zone = arg if verb == "zone" else apply_delta(self.zone, arg)
+            self.zone = apply_delta(self.zone, arg) if verb == "delta" else arg
             for cache in (*self.udp_cache, *self.tcp_cache):
                 cache.clear()
             self.control.send((seq, "ok"))
@@ -458,7 +472,7 @@ class Worker:
 def worker_main(settings: Settings, control: Connection, sockets: list[tuple[socket.socket, socket.socket]],
                 index: int) -> None:  # fmt: skip
     """The worker process's entry point: answer on ``sockets`` until told to stop or orphaned."""
-    logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s svcdns.dns[{index}]: %(message)s")
+    logs.setup(logging.INFO, fmt=f"%(levelname)s svcdns.dns[{index}]: %(message)s")  # the journal's priorities too
     worker = Worker(settings, control, sockets)
     worker.register()
     control.send((0, "ready"))

@@ -240,3 +240,41 @@ def test_a_second_agent_in_the_namespace_is_refused_and_changes_nothing(node, tm
     answers = {node.dig("web.default.svc.cluster.local", server="127.0.0.1", ns=node.node) for _ in range(10)}
     assert answers == {vip}, f"answers from a second zone: {answers}"
     assert node.ask(vip, 5) == [str(p1.ipv4)] * 5
+
+
+def test_reloads_keep_dns_answering_and_the_revision(node, tmp_path):
+    """Issue 12 section 5: SIGHUP rebuilt the agent (1 timeout and 15 SERVFAIL over 0.2 s, the
+    revision back to 1). Now a query loop across 5 reloads (a TTL change restarts DNS, make before
+    break; no change keeps it) sees no failure, and the revision goes on."""
+    conf = tmp_path / "svcdns.toml"
+    conf.write_text("[dns]\nttl = 5\n")
+    vip = node.svcdns("service", "add", "web", "--port", "http:80:8080/tcp").strip()
+    agent = node.spawn(node.node, [*PY, "svcdns", "agent", "--config", str(conf), "--registry", str(node.registry),
+                                   "--dns-listen", "127.0.0.1:53", "--dns-workers", "1"],
+                       env=node.env, stdout=subprocess.DEVNULL)  # fmt: skip
+    wait_for(lambda: node.http("/readyz").startswith("ok"), 60, what="the agent to be ready")
+    revision = json.loads(node.http("/status"))["revision"]
+    answers, stop = [], threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            out = node.node.run(["dig", "+short", "+time=1", "+tries=1", "@127.0.0.1", "web.default.svc.cluster.local"],
+                                check=False)  # fmt: skip
+            answers.append(out.stdout.strip())
+
+    t = threading.Thread(target=loop)
+    t.start()
+    try:
+        for i, ttl in enumerate((30, 30, 7, 7, 12)):
+            conf.write_text(f"[dns]\nttl = {ttl}\n")
+            seen = len(answers)
+            agent.send_signal(signal.SIGHUP)
+            wait_for(lambda seen=seen: len(answers) > seen + 20, 30, what=f"queries after reload {i + 1}")
+    finally:
+        stop.set()
+        t.join(10)
+    failed = [a for a in answers if a != vip]
+    assert not failed, f"{len(failed)} of {len(answers)} queries failed across 5 reloads: {failed[:5]}"
+    status = json.loads(node.http("/status"))
+    assert status["revision"] >= revision > 0 and status["ready"], status
+    assert agent.poll() is None

@@ -219,7 +219,7 @@ def test_install_from_a_venv_the_unit_cannot_see_is_refused(wheel, tmp_path):
 
 LOG_SOME = """
 import logging
-from svcdns.cli import logs
+from svcdns import logs
 logs.setup(logging.DEBUG)
 log = logging.getLogger("svcdns.agent")
 log.debug("tick")
@@ -234,7 +234,7 @@ except ValueError:
 
 
 def _stderr_of(tmp_path, journal_stream: str | None) -> list[str]:
-    """What a process that logs through cli/logs.py writes to its stderr (a file here), given JOURNAL_STREAM."""
+    """What a process that logs through svcdns/logs.py writes to its stderr (a file here), given JOURNAL_STREAM."""
     path = tmp_path / "stderr"
     path.touch()
     st = path.stat()

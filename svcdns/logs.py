@@ -50,13 +50,14 @@ def is_journal(stream: TextIO, environ: Mapping[str, str] = os.environ) -> bool:
     return (st.st_dev, st.st_ino) == (int(device), int(inode))
 
 
-def formatter_for(stream: TextIO, environ: Mapping[str, str] = os.environ) -> logging.Formatter:
-    return JournalFormatter(FORMAT) if is_journal(stream, environ) else logging.Formatter(FORMAT)
+def formatter_for(stream: TextIO, environ: Mapping[str, str] = os.environ, fmt: str = FORMAT) -> logging.Formatter:
+    return JournalFormatter(fmt) if is_journal(stream, environ) else logging.Formatter(fmt)
 
 
-def setup(level: int, stream: TextIO | None = None) -> None:
-    """Send every logger's records at ``level`` or above to ``stream`` (default stderr), once per process."""
+def setup(level: int, stream: TextIO | None = None, fmt: str = FORMAT) -> None:
+    """Send every logger's records at ``level`` or above to ``stream`` (default stderr), once per
+    process (the CLI's, and each DNS worker's, with its number in ``fmt``)."""
     stream = stream or sys.stderr
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(formatter_for(stream))
+    handler.setFormatter(formatter_for(stream, fmt=fmt))
     logging.basicConfig(level=level, handlers=[handler])
