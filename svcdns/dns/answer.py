@@ -6,7 +6,8 @@ Accepted shapes and what they get:
 - an opcode other than QUERY: NOTIMP; QDCOUNT other than 1, or an unreadable question: FORMERR;
 - EDNS version other than 0: BADVERS; a class other than IN: REFUSED; AXFR / IXFR: REFUSED;
 - a name svcdns has: its precompiled answer, the client's case echoed (headless answers rotate);
-- an ExternalName Service's name: its CNAME, whatever the type asked;
+- an ExternalName Service's name: its CNAME, whatever the type asked; for A and AAAA, with the
+  target's records when the target is in the zone (else the server may chase it upstream);
 - ANY for a name in the zone: a minimal answer, ``HINFO "RFC8482" ""`` (RFC 8482);
 - a name in the zone without that type: NOERROR, no answer, SOA in authority (NODATA);
 - a name in the zone that does not exist: NXDOMAIN, SOA in authority;
@@ -76,8 +77,8 @@ def answer_cacheable(zone: Zone, data: bytes, udp: bool = True, ra: bool = False
     out, rcode = lookup(zone, q, ra, turn)
     if out is FORWARD:
         return FORWARD, None, False
-    if ra and q.qtype in (TYPE_A, TYPE_AAAA) and q.key in zone.cnames:
-        return out, rcode, CHASE  # an ExternalName: the server adds the target's addresses
+    if ra and q.qtype in (TYPE_A, TYPE_AAAA) and q.key in zone.cnames and (q.key, q.qtype) not in zone.entries:
+        return out, rcode, CHASE  # an ExternalName outside the zone: the server adds the target's addresses
     cacheable = len(zone.entries.get((q.key, q.qtype), ())) <= 1
     if udp and len(out) > q.udp_limit():  # type: ignore[arg-type]
         fit = _without_additional(zone, q, rcode, ra, turn)

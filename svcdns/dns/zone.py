@@ -32,7 +32,7 @@ from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SRV, TXT, A, DNSHeader, DNSQ
 
 from ..model import CLUSTER_IP, EXTERNAL_NAME, HEADLESS, IPAddress, Service
 from ..table import ServiceTable, changed_keys
-from .wire import TYPE_A, TYPE_AAAA, TYPE_NS, TYPE_PTR, TYPE_SOA, TYPE_SRV, TYPE_TXT, name_to_wire, rr
+from .wire import CLASS_IN, TYPE_A, TYPE_AAAA, TYPE_NS, TYPE_PTR, TYPE_SOA, TYPE_SRV, TYPE_TXT, name_to_wire, rr
 
 DNS_SCHEMA_VERSION = "1.1.0"  # the Kubernetes DNS specification version this follows
 MAX_ROTATIONS = 8
@@ -103,6 +103,8 @@ class _Builder:
         self.rotate: set[tuple[str, int]] = set()
         self.cnames: dict[str, RR] = {}
         self.names: set[str] = set()
+        self.ptrs: dict[str, list[str]] = {}
+        self.alias: tuple[str, str] | None = None
 
     def exists(self, name: str) -> None:
         """Mark ``name`` and its ancestors down to the origin as existing (empty non-terminals)."""
@@ -121,6 +123,9 @@ class _Builder:
     def address(self, name: str, ip) -> None:
         self.add(name, TYPE_A if ip.version == 4 else TYPE_AAAA, A(str(ip)) if ip.version == 4 else AAAA(str(ip)))
 
+    def ptr(self, ip, name: str) -> None:
+        self.ptrs.setdefault(reverse_name(ip), []).append(name)
+
     def glue(self, name: str, ip) -> RR:
         rtype = TYPE_A if ip.version == 4 else TYPE_AAAA
         return RR(name, rtype, rdata=A(str(ip)) if ip.version == 4 else AAAA(str(ip)), ttl=self.ttl)
@@ -128,14 +133,17 @@ class _Builder:
     def service(self, svc: Service) -> None:
         base = f"{svc.name}.{svc.namespace}.svc.{self.origin}"
         if svc.type == EXTERNAL_NAME:
-            self.cnames[base] = RR(base, QTYPE.CNAME, rdata=CNAME(svc.external_name + "."), ttl=self.ttl)
+            target = svc.external_name + "."
+            self.cnames[base] = RR(base, QTYPE.CNAME, rdata=CNAME(target), ttl=self.ttl)
             self.exists(base)
+            if target == self.origin or target.endswith("." + self.origin):
+                self.alias = (base, target)
             return
         if svc.type == CLUSTER_IP:
             self.exists(base)
             for ip in svc.cluster_ips:
                 self.address(base, ip)
-                self.add(reverse_name(ip), TYPE_PTR, PTR(base))
+                self.ptr(ip, base)
             glue = [self.glue(base, ip) for ip in svc.cluster_ips]
             for port in svc.ports:
                 if port.name:
@@ -152,7 +160,7 @@ class _Builder:
             host = f"{ep.hostname or host_label(ep.address)}.{base}"
             self.address(base, ep.address)
             self.address(host, ep.address)
-            self.add(reverse_name(ep.address), TYPE_PTR, PTR(host))
+            self.ptr(ep.address, host)
             for port in svc.ports:
                 if port.name:
                     self.add(f"_{port.name}._{port.protocol.lower()}.{base}", TYPE_SRV,
@@ -182,6 +190,8 @@ class Fragment:
     entries: dict[tuple[bytes, int], tuple[Body, ...]]
     cnames: dict[bytes, Body]
     names: frozenset[bytes]
+    ptrs: dict[str, tuple[str, ...]] = field(default_factory=dict)  # reverse name -> names (merged across Services)
+    alias: tuple[str, str] | None = None  # an ExternalName's (name, target) when the target is in the zone
 
 
 def _compile(b: _Builder) -> Fragment:
@@ -196,7 +206,8 @@ def _compile(b: _Builder) -> Fragment:
             variants = (_body(name, rtype, answers, _dedupe(extra)),)
         entries[(name_to_wire(name), rtype)] = variants
     cnames = {name_to_wire(name): _body(name, QTYPE.CNAME, [rec]) for name, rec in b.cnames.items()}
-    return Fragment(entries, cnames, frozenset(name_to_wire(n) for n in b.names if n.endswith(b.origin)))
+    names = frozenset(name_to_wire(n) for n in b.names if n.endswith(b.origin))
+    return Fragment(entries, cnames, names, {rev: tuple(t) for rev, t in b.ptrs.items()}, b.alias)
 
 
 def compile_service(svc: Service, origin: str, ttl: int) -> Fragment:
@@ -247,10 +258,31 @@ def apply_delta(zone: Zone, d: Delta) -> Zone:
     return Zone(zone.origin, zone.origin_wire, zone.ttl, d.serial, soa, entries, cnames, names)
 
 
+class _Changes:
+    """What one update changes, gathered while the Services are compiled."""
+
+    def __init__(self) -> None:
+        self.put: dict[tuple[bytes, int], tuple[Body, ...]] = {}
+        self.drop: list[tuple[bytes, int]] = []
+        self.cname_put: dict[bytes, Body] = {}
+        self.cname_drop: list[bytes] = []
+        self.names_add: set[bytes] = set()
+        self.names_drop: set[bytes] = set()
+        self.reverse: set[str] = set()  # reverse names whose PTR set changed
+
+    def delta(self, serial: int) -> Delta:
+        return Delta(self.put, tuple(k for k in self.drop if k not in self.put), self.cname_put,
+                     tuple(k for k in self.cname_drop if k not in self.cname_put),
+                     frozenset(self.names_add - self.names_drop), frozenset(self.names_drop - self.names_add),
+                     serial)  # fmt: skip
+
+
 class ZoneCompiler:
     """Keeps each Service's compiled fragment, so a table change recompiles the changed Services only
-    and yields a Delta for the workers. (Two headless Services sharing an endpoint address share its
-    PTR name: the last one compiled answers it.)"""
+    and yields a Delta for the workers. Two things span Services and are assembled here: a reverse
+    name's PTR set (an address shared by endpoints of several Services names each of them, in
+    order), and an ExternalName whose target is in the zone (its answer holds the target's records,
+    compiled again whenever the target's change)."""
 
     def __init__(self, zone: str = "cluster.local", ttl: int = 5, cluster_dns: str = DEFAULT_CLUSTER_DNS) -> None:
         self.origin = normalise_origin(zone)
@@ -258,32 +290,17 @@ class ZoneCompiler:
         self.frags: dict[tuple[str, str], tuple[Service, Fragment]] = {}
         self.owner: dict[tuple[bytes, int], tuple[str, str]] = {}
         self.name_count: Counter = Counter()
+        self.ptrs: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {}  # reverse name -> Service -> names
+        self.aliases: dict[tuple[str, str], tuple[str, str]] = {}  # ExternalName -> (its name, in-zone target)
         self.table: ServiceTable | None = None  # the last table compiled
         self.zone = empty_zone(zone, ttl)
         apex = apex_fragment(self.origin, ttl, ipaddress.ip_address(cluster_dns))
-        self._add(("", ""), apex, {}, {})
+        self._add(("", ""), apex, _Changes())
         self.zone = Zone(self.origin, self.zone.origin_wire, ttl, 0, self.zone.soa, dict(apex.entries), {},
                          frozenset(apex.names), ready=False)  # fmt: skip
 
-    def _add(self, key, frag: Fragment, put: dict, cname_put: dict) -> set[bytes]:
-        added = set()
-        for k, v in frag.entries.items():
-            put[k] = v
-            self.owner[k] = key
-        cname_put.update(frag.cnames)
-        for name in frag.names:
-            self.name_count[name] += 1
-            if self.name_count[name] == 1:
-                added.add(name)
-        return added
-
     def update(self, table: ServiceTable, serial: int | None = None) -> Delta:
-        put: dict = {}
-        drop: list = []
-        cname_put: dict = {}
-        cname_drop: list = []
-        names_add: set[bytes] = set()
-        names_drop: set[bytes] = set()
+        ch = _Changes()
         current = table.services
         if self.table is None:
             keys: Iterable[tuple[str, str]] = list(current)
@@ -291,7 +308,8 @@ class ZoneCompiler:
             keys = changed_keys(self.table, table)
         self.table = table
         for key in [k for k in keys if k not in current and k in self.frags]:
-            self._remove(key, drop, cname_drop, names_drop)
+            self._remove(key, ch)
+        compiled = set()
         for key in keys:
             svc = current.get(key)
             if svc is None:
@@ -300,29 +318,86 @@ class ZoneCompiler:
             if old is not None and (old[0] is svc or old[0] == svc):
                 continue
             if old is not None:
-                self._remove(key, drop, cname_drop, names_drop)
+                self._remove(key, ch)
             frag = compile_service(svc, self.origin, self.ttl)
             self.frags[key] = (svc, frag)
-            names_add |= self._add(key, frag, put, cname_put)
-        drop = [k for k in drop if k not in put]
-        cname_drop = [k for k in cname_drop if k not in cname_put]
-        delta = Delta(put, tuple(drop), cname_put, tuple(cname_drop), frozenset(names_add - names_drop),
-                      frozenset(names_drop - names_add), int(time.time()) if serial is None else serial)  # fmt: skip
+            self._add(key, frag, ch)
+            compiled.add(key)
+        for name in ch.reverse:
+            self._ptr_set(name, ch)
+        changed = {name for name, _ in ch.put} | {name for name, _ in ch.drop} | set(ch.cname_put) | set(ch.cname_drop)
+        for key, (name, target) in self.aliases.items():
+            if key in compiled or name_to_wire(target) in changed:
+                self._alias(name, target, ch)
+        delta = ch.delta(int(time.time()) if serial is None else serial)
         self.zone = replace(apply_delta(self.zone, delta), ready=True)
         return delta
 
-    def _remove(self, key, drop: list, cname_drop: list, names_drop: set[bytes]) -> None:
+    def _add(self, key: tuple[str, str], frag: Fragment, ch: _Changes) -> None:
+        for k, v in frag.entries.items():
+            ch.put[k] = v
+            self.owner[k] = key
+        ch.cname_put.update(frag.cnames)
+        for name in frag.names:
+            self.name_count[name] += 1
+            if self.name_count[name] == 1:
+                ch.names_add.add(name)
+        for rev, targets in frag.ptrs.items():
+            self.ptrs.setdefault(rev, {})[key] = targets
+            ch.reverse.add(rev)
+        if frag.alias is not None:
+            self.aliases[key] = frag.alias
+
+    def _remove(self, key: tuple[str, str], ch: _Changes) -> None:
         _, frag = self.frags.pop(key)
         for k in frag.entries:
             if self.owner.get(k) == key:
                 del self.owner[k]
-                drop.append(k)
-        cname_drop.extend(frag.cnames)
+                ch.drop.append(k)
+        ch.cname_drop.extend(frag.cnames)
         for name in frag.names:
             self.name_count[name] -= 1
             if self.name_count[name] <= 0:
                 del self.name_count[name]
-                names_drop.add(name)
+                ch.names_drop.add(name)
+        for rev in frag.ptrs:
+            owners = self.ptrs[rev]
+            del owners[key]
+            if not owners:
+                del self.ptrs[rev]
+            ch.reverse.add(rev)
+        alias = self.aliases.pop(key, None)
+        if alias is not None:
+            ch.drop.extend((name_to_wire(alias[0]), rtype) for rtype in (TYPE_A, TYPE_AAAA))
+
+    def _ptr_set(self, rev: str, ch: _Changes) -> None:
+        """A reverse name's PTR set: every name of the address, from every Service, sorted (so that
+        it is the same from run to run and from one worker to the next)."""
+        key = (name_to_wire(rev), TYPE_PTR)
+        targets = sorted({t for names in self.ptrs.get(rev, {}).values() for t in names})
+        if not targets:
+            ch.drop.append(key)
+            return
+        ch.put[key] = (_body(rev, TYPE_PTR, [RR(rev, TYPE_PTR, rdata=PTR(t), ttl=self.ttl) for t in targets]),)
+
+    def _alias(self, name: str, target: str, ch: _Changes) -> None:
+        """An ExternalName whose target is in the zone answers A and AAAA with its CNAME and the
+        target's records of that type from this zone (as CoreDNS does), never sending the target
+        upstream. One level: a target that is itself an ExternalName gets the CNAME alone."""
+        target_wire = name_to_wire(target)
+        to_alias = target_wire in ch.cname_put or (target_wire in self.zone.cnames and target_wire not in ch.cname_drop)
+        cname = RR(name, QTYPE.CNAME, rdata=CNAME(target), ttl=self.ttl)
+        for rtype in (TYPE_A, TYPE_AAAA):
+            key = (target_wire, rtype)
+            variants = None if to_alias else ch.put.get(key) or (None if key in ch.drop else self.zone.entries.get(key))
+            if not variants:
+                ch.put[(name_to_wire(name), rtype)] = (_body(name, rtype, [cname]),)
+                continue
+            chained = []
+            for variant in variants:
+                answers, additional = _records(target, rtype, variant)
+                chained.append(_body(name, rtype, [cname, *answers], additional))
+            ch.put[(name_to_wire(name), rtype)] = tuple(chained)
 
 
 def compile_zone(
@@ -336,6 +411,14 @@ def compile_zone(
     compiler = ZoneCompiler(zone, ttl, cluster_dns)
     compiler.update(table, serial)
     return compiler.zone
+
+
+def _records(name: str, rtype: int, body: Body) -> tuple[list[RR], list[RR]]:
+    """The answer and additional records of a compiled body, read back (compile time only)."""
+    sections, (an, ns, ar), _ = body
+    header = struct.pack("!HHHHHH", 0, 0x8400, 1, an, ns, ar)
+    msg = DNSRecord.parse(header + name_to_wire(name) + struct.pack("!HH", rtype, CLASS_IN) + sections)
+    return list(msg.rr), list(msg.ar)
 
 
 def _dedupe(records: list[RR]) -> list[RR]:

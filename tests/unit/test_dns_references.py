@@ -208,3 +208,83 @@ def test_5_the_ns_name_has_the_cluster_dns_address():
         glue = f"ns.dns.cluster.local. 5 IN {rtype} {address}"
         check(zone, "cluster.local.", "NS", "NOERROR", [ns], [], [glue])
         check(zone, "ns.dns.cluster.local.", rtype, "NOERROR", [glue])
+
+
+def test_4_an_address_shared_by_services_has_a_ptr_for_each_name():
+    """Spec 2.3.3 and 2.4.3: a PTR record per name of the address. handler_test.go's fixture gives
+    svc1 and svcempty the same ClusterIP; two headless Services here share an endpoint address.
+    The set is sorted: the same from run to run, whatever the order of the table."""
+    check(ZONE, "1.0.0.10.in-addr.arpa.", "PTR", "NOERROR",
+          ["1.0.0.10.in-addr.arpa. 5 IN PTR svc1.testns.svc.cluster.local.",
+           "1.0.0.10.in-addr.arpa. 5 IN PTR svcempty.testns.svc.cluster.local."])  # fmt: skip
+    shared = [
+        Service("web", "shop", type="Headless", ports=HTTP, endpoints=(Endpoint("10.244.0.20", hostname="web-0"),)),
+        Service("metrics", "ops", type="Headless", ports=HTTP, endpoints=(Endpoint("10.244.0.20"),)),
+    ]
+    names = ["20.0.244.10.in-addr.arpa. 5 IN PTR 10-244-0-20.metrics.ops.svc.cluster.local.",
+             "20.0.244.10.in-addr.arpa. 5 IN PTR web-0.web.shop.svc.cluster.local."]  # fmt: skip
+    forward = ask(zone_of(shared), "20.0.244.10.in-addr.arpa.", "PTR")
+    backward = ask(zone_of(shared[::-1]), "20.0.244.10.in-addr.arpa.", "PTR")
+    assert text(forward.rr) == names and forward.pack()[2:] == backward.pack()[2:]  # the ID aside
+    assert [str(r.rdata) for r in forward.rr] == sorted(str(r.rdata) for r in forward.rr)
+    # one Service leaves, in an update: the other's name stays
+    from svcdns.dns.zone import ZoneCompiler
+
+    compiler = ZoneCompiler()
+    for services in (shared, shared[1:], shared, shared[:1]):
+        compiler.update(ServiceTable.of(services), serial=SERIAL)
+        assert compiler.zone.entries == zone_of(services).entries
+    check(compiler.zone, "20.0.244.10.in-addr.arpa.", "PTR", "NOERROR", names[1:])
+
+
+def test_2_an_external_name_inside_the_zone_is_answered_from_the_zone():
+    """handler_test.go "CNAME External To Internal Service": the CNAME and the target's A record,
+    CNAME first, for a client that may recurse too (nothing goes upstream)."""
+    from svcdns.dns.answer import CHASE
+
+    qname = "external-to-service.testns.svc.cluster.local"
+    cname = "external-to-service.testns.svc.cluster.local. 5 IN CNAME svc1.testns.svc.cluster.local."
+    r = check(ZONE, qname, "A", "NOERROR", [cname, "svc1.testns.svc.cluster.local. 5 IN A 10.0.0.1"])
+    assert QTYPE.get(r.rr[0].rtype) == "CNAME"
+    check(ZONE, qname, "AAAA", "NOERROR", [cname])  # the target has no AAAA
+    for qtype in ("A", "AAAA"):
+        q = bytes(DNSRecord.question(qname, qtype).pack())
+        assert answer_cacheable(ZONE, q, ra=True)[2] is not CHASE
+    # outside the zone, still chased for those who may recurse
+    q = bytes(DNSRecord.question("external.testns.svc.cluster.local", "A").pack())
+    assert answer_cacheable(ZONE, q, ra=True)[2] == CHASE
+    # a headless target: its addresses, rotating as its own answer does
+    zone = zone_of([*COREDNS, Service("to-hdls", "testns", type="ExternalName",
+                                      external_name="hdls1.testns.svc.cluster.local")])  # fmt: skip
+    firsts = set()
+    for turn in range(4):
+        q = bytes(DNSRecord.question("to-hdls.testns.svc.cluster.local", "A").pack())
+        r = DNSRecord.parse(answer_cacheable(zone, q, turn=turn)[0])
+        assert QTYPE.get(r.rr[0].rtype) == "CNAME" and len(r.rr) == 5
+        firsts.add(str(r.rr[1].rdata))
+    assert len(firsts) == 4
+
+
+def test_2_an_external_name_follows_its_target_as_it_changes():
+    from svcdns.dns.zone import ZoneCompiler
+
+    ext = Service("alias", type="ExternalName", external_name="web.default.svc.cluster.local")
+    web = Service("web", ports=HTTP, cluster_ips=("10.96.0.50",))
+    steps = [
+        ([ext], []),  # the target does not exist yet: the CNAME alone
+        ([ext, web], ["web.default.svc.cluster.local. 5 IN A 10.96.0.50"]),
+        ([ext, Service("web", ports=HTTP, cluster_ips=("10.96.0.51",))], ["web.default.svc.cluster.local. 5 IN A 10.96.0.51"]),
+        ([ext, Service("web", type="Headless", ports=HTTP, endpoints=(Endpoint("10.244.0.7"),))],
+         ["web.default.svc.cluster.local. 5 IN A 10.244.0.7"]),
+        ([ext, Service("web", type="ExternalName", external_name="example.org")], []),  # one level only
+        ([ext], []),
+    ]  # fmt: skip
+    compiler = ZoneCompiler()
+    cname = "alias.default.svc.cluster.local. 5 IN CNAME web.default.svc.cluster.local."
+    for services, addresses in steps:
+        compiler.update(ServiceTable.of(services), serial=SERIAL)
+        fresh = zone_of(services)
+        assert compiler.zone.entries == fresh.entries and compiler.zone.cnames == fresh.cnames
+        check(compiler.zone, "alias.default.svc.cluster.local", "A", "NOERROR", [cname, *addresses])
+    compiler.update(ServiceTable.of([web]), serial=SERIAL)
+    check(compiler.zone, "alias.default.svc.cluster.local", "A", "NXDOMAIN", [], [SOA])
