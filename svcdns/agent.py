@@ -4,10 +4,12 @@ Ordering, so a client never resolves a VIP that does not work: a Service's name 
 only after its rules are in the kernel (dataplane first, then DNS), and a deleted Service leaves DNS
 before its rules go (DNS first, then the dataplane).
 
-Debouncing: the first change after a quiet period is applied at once; changes that arrive while
-syncs are recent are gathered and applied together at most every ``min_interval`` seconds, so a
-burst of a thousand file writes is a few syncs. A failed sync keeps the previous rules and answers,
-is logged and counted, forces a full convergence next, and is retried with backoff. Every
+Debouncing, by what is pending: a change that arrives while the agent is idle (the last sync
+finished and nothing came in meanwhile) is applied at once. Changes that arrived while a sync ran
+mean a burst: they are gathered until no change came for ``min_interval`` seconds, or the oldest
+has waited ``max_gather``, so a burst of a thousand file writes is two or three syncs. A failed
+sync keeps the previous rules and answers, is logged and counted, forces a full convergence next,
+and is retried with backoff. Every
 ``full_sync_period`` the agent asks the dataplane whether the kernel changed behind its back (for
 nftables, one netlink round trip: has anyone committed since?) and converges fully only then, so
 drift is repaired (someone flushed the table) without rewriting a 10k-Service table every time.
@@ -50,7 +52,8 @@ class Agent:
         notifier: Notifier | None = None,
         full_sync_period: float = 60.0,
         loss_check_period: float = 1.0,
-        min_interval: float = 0.05,
+        min_interval: float = 0.01,
+        max_gather: float = 0.5,
         retry: tuple[float, float] = (0.5, 30.0),
     ) -> None:
         self.watch, self.dataplane, self.dns = watch, dataplane, dns
@@ -59,17 +62,20 @@ class Agent:
         self.notifier = notifier or Notifier(env={})
         self.full_sync_period = full_sync_period
         self.loss_check_period = loss_check_period
-        self.min_interval = min_interval
+        self.min_interval = min_interval  # in a burst: the quiet that ends it
+        self.max_gather = max_gather  # in a burst: the longest a change is held back
         self.retry_min, self.retry_max = retry
         self.applied: ServiceTable | None = None  # what the kernel and DNS hold
         self.registry_read = False  # the registry has been read in full once
         self.told_systemd = False  # READY=1 sent
         self.desired = ServiceTable()
         self.pending_since = 0.0
+        self.last_change = 0.0  # when the newest unapplied change arrived
+        self.burst = False  # changes arrived while a sync ran: gather them
+        self.drained = True  # the watch was polled since the last sync
         self.need_full = True
         self.backoff = self.retry_min
         self.next_attempt = 0.0
-        self.last_sync = 0.0
         self.last_full = 0.0
         self.last_loss_check = 0.0
         self.syncs = 0
@@ -102,13 +108,16 @@ class Agent:
                 self.sync()
                 continue
             timeout = 0.5
-            if self.pending() or self.need_full:
-                timeout = max(0.0, min(timeout, max(self.next_attempt, self.last_sync + self.min_interval) - now))
+            if not self.drained:
+                timeout = 0.0  # what a poll returns at once arrived while the sync ran
+            elif self.pending() or self.need_full:
+                timeout = max(0.0, min(timeout, max(self.next_attempt, self.gathered_until()) - now))
             snap = self.watch.poll(timeout)
             self.state.dns_problem = self.dns.problem
             self.note_registry(self.watch.problem)
             if snap is not None:
                 self.take(snap)
+            self.drained = True
 
     def note_registry(self, problem: str | None) -> None:
         """The registry's health for /healthz and /metrics; a change is logged once."""
@@ -138,6 +147,8 @@ class Agent:
             if not self.pending_since:
                 self.pending_since = time.monotonic()
                 self.state.pending_since = time.time()
+            self.last_change = time.monotonic()
+            self.burst = self.burst or not self.drained
         self.desired = snap.table
         self.state.revision = snap.revision
         self.state.bad_entries = dict(snap.errors)
@@ -153,7 +164,13 @@ class Agent:
             return False
         if self.need_full:
             return True
-        return self.pending() and now >= self.last_sync + self.min_interval
+        return self.pending() and now >= self.gathered_until()
+
+    def gathered_until(self) -> float:
+        """When the pending changes are due: at once, unless they are a burst (see the module doc)."""
+        if not self.burst:
+            return 0.0
+        return min(self.last_change + self.min_interval, self.pending_since + self.max_gather)
 
     def check_lost(self, now: float) -> None:
         self.last_loss_check = now
@@ -200,10 +217,10 @@ class Agent:
         self.need_full = False
         self.backoff = self.retry_min
         self.next_attempt = 0.0
-        self.last_sync = now
         if full:
             self.last_full = now
         self.pending_since = 0.0
+        self.burst, self.drained = False, False
         self.syncs += 1
         st = self.state
         st.last_sync, st.last_error, st.pending_since = time.time(), "", 0.0

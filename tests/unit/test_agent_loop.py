@@ -146,6 +146,8 @@ def test_drift_checks_converge_fully_only_when_the_kernel_changed():
 
 
 def test_a_burst_is_a_few_syncs():
+    """Changes that arrive while a sync runs are gathered until the burst is over: the first sync, and
+    one for the rest (not one per ``min_interval``)."""
     log = []
     tables = [ServiceTable.of([svc(f"s{i}", i)]) for i in range(200)]
 
@@ -154,10 +156,39 @@ def test_a_burst_is_a_few_syncs():
             time.sleep(0.002)
             return self.snaps.pop(0) if self.snaps else None
 
-    agent = Agent(BurstWatch(*tables), Recorder(log), Recorder(log), min_interval=0.05)
+    agent = Agent(BurstWatch(*tables), Recorder(log), Recorder(log), min_interval=0.05, max_gather=10)
     run_until(agent, lambda: agent.applied is tables[-1], timeout=10)
     syncs = [e for e in log if e[0] == "rules"]
-    assert len(syncs) < 30  # 200 changes, a few syncs
+    assert len(syncs) <= 3  # 200 changes over ~0.4 s
+
+
+def test_a_change_while_idle_is_applied_at_once_even_right_after_a_sync():
+    """The registry write -> working latency: nothing pending and the last sync done, so no interval
+    is waited (with a ``min_interval`` of a minute, the test would time out if one were)."""
+    log = []
+    first, second = ServiceTable.of([svc("a")]), ServiceTable.of([svc("a"), svc("bb", 1)])
+
+    class QuietWatch(FakeWatch):
+        def poll(self, timeout):  # the poll right after a sync finds nothing; the next one the change
+            self.polls = getattr(self, "polls", 0) + 1
+            return self.snaps.pop(0) if self.polls >= 2 and self.snaps else None
+
+    watch = QuietWatch(first, second)
+    agent = Agent(watch, Recorder(log), Recorder(log), min_interval=60, max_gather=60)
+    run_until(agent, lambda: agent.applied is second)
+    assert [e for e in log if e[0] == "rules"] == [("rules", ("a",), True), ("rules", ("a", "bb"), False)]
+
+
+def test_what_arrived_during_a_sync_waits_for_the_burst_to_end_or_for_max_gather():
+    agent = Agent(FakeWatch(ServiceTable.of([svc("a")])), Recorder([]), Recorder([]), min_interval=0.05, max_gather=1)
+    agent.take(agent.watch.start())
+    assert agent.sync()
+    assert not agent.drained  # the next poll is the one that tells what came in during the sync
+    agent.take(Snapshot(2, ServiceTable.of([svc("a"), svc("bb", 1)])))
+    now = time.monotonic()
+    assert agent.burst and not agent.due(now) and agent.due(now + 0.06)
+    agent.last_change = now + 0.88  # changes kept coming: the burst goes on, but not past max_gather
+    assert not agent.due(now + 0.9) and agent.due(now + 1.01)
 
 
 def test_unhealthy_while_a_change_waits_too_long():
