@@ -61,29 +61,34 @@ def load_config(args) -> configuration.Config:
 
 # config fields whose change needs new DNS sockets and workers; new answering settings (taken by the
 # running workers); a new registry watch
-DNS_SOCKET_FIELDS = ("dns_listen", "dns_workers")
+DNS_SOCKET_FIELDS = ("dns_listen", "dns_workers", "cluster_dns", "cluster_dns_interface")
 DNS_ANSWER_FIELDS = ("cluster_zone", "dns_upstreams", "dns_allowed_networks", "dns_forward", "dns_ttl",
-                     "service_cidrs", "pod_cidrs")  # fmt: skip
+                     "service_cidrs", "pod_cidrs", "cluster_dns")  # fmt: skip
 REGISTRY_FIELDS = ("registry", "service_cidrs")
 
 
 def dns_answering(cfg: configuration.Config) -> dict[str, Any]:
     return {"zone": cfg.cluster_zone, "ttl": cfg.dns_ttl, "upstreams": list(cfg.dns_upstreams) or None,
-            "allowed_networks": cfg.allowed_networks(), "forward": cfg.dns_forward}  # fmt: skip
+            "allowed_networks": cfg.allowed_networks(), "forward": cfg.dns_forward,
+            "cluster_dns": cfg.cluster_dns}  # fmt: skip
 
 
 def new_dns(cfg: configuration.Config) -> DNSServer:
     from ..dns.server import DNSServer  # heavy (multiprocessing, dnslib): only where it is used
 
-    return DNSServer([parse_hostport(a, "dns.listen") for a in cfg.dns_listen], workers=cfg.dns_workers or None,
-                     **dns_answering(cfg))  # fmt: skip
+    return DNSServer([parse_hostport(a, "dns.listen") for a in cfg.dns_listen_all()],
+                     workers=cfg.dns_workers or None, **dns_answering(cfg))  # fmt: skip
 
 
 def start_dns(dns: DNS, cfg: configuration.Config) -> None:
+    if cfg.cluster_dns_interface and cfg.cluster_dns:
+        from ..dataplane.address import ensure_address  # pyroute2: only for the agent
+
+        ensure_address(cfg.cluster_dns, cfg.cluster_dns_interface)
     try:
         dns.start()
     except OSError as err:
-        raise SvcdnsError(f"DNS cannot listen on {', '.join(cfg.dns_listen)}: {err.strerror or err}") from None
+        raise SvcdnsError(f"DNS cannot listen on {', '.join(cfg.dns_listen_all())}: {err.strerror or err}") from None
 
 
 def new_watch(cfg: configuration.Config) -> tuple[Watch, str]:
@@ -123,7 +128,7 @@ class Running:
             raise
         cfg = self.cfg
         log.info("agent: registry %s, dataplane %s, DNS on %s, health on %s", self.location, cfg.dataplane,
-                 ", ".join(cfg.dns_listen), cfg.health_listen)  # fmt: skip
+                 ", ".join(cfg.dns_listen_all()), cfg.health_listen)  # fmt: skip
 
     def stop(self) -> None:
         self.agent.watch.close()

@@ -5,6 +5,7 @@
     pod_cidrs = []                            # networks of the pods: their DNS clients may recurse
     cluster_zone = "cluster.local"
     cluster_dns = ""                          # pods' nameserver; "": the 10th address of the first service CIDR
+    cluster_dns_interface = "svcdns0"         # a dummy interface the agent puts cluster_dns on; "": not managed
     dataplane = "nftables"                    # or "iptables"
     full_sync_period = 60                     # seconds between drift checks (a full re-sync when drifted)
     health_listen = "127.0.0.1:10256"         # /healthz, /readyz, /metrics, /status
@@ -30,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..addr import parse_hostport
+from ..addr import format_hostport, parse_hostport
 from ..errors import UsageError
 from ..ipam import DEFAULT_SERVICE_CIDRS, Allocator
 
@@ -45,6 +46,7 @@ class Config:
     pod_cidrs: tuple[str, ...] = ()
     cluster_zone: str = "cluster.local"
     cluster_dns: str = ""  # "": the 10th address of the first service CIDR (10.96.0.10), as kubeadm
+    cluster_dns_interface: str = "svcdns0"  # "": the operator puts cluster_dns on the node and in dns.listen
     dataplane: str = "nftables"
     full_sync_period: float = 60.0
     health_listen: str = "127.0.0.1:10256"
@@ -61,6 +63,11 @@ class Config:
     def origin(self, key: str) -> str:
         return self.origins.get(key, self.source or "configuration")
 
+    def dns_listen_all(self) -> list[str]:
+        """Where DNS listens: ``dns.listen``, and the cluster DNS address when the agent manages it."""
+        extra = [format_hostport(self.cluster_dns, 53)] if self.cluster_dns_interface and self.cluster_dns else []
+        return list(dict.fromkeys([*self.dns_listen, *extra]))
+
     def allowed_networks(self) -> list[str]:
         return list(self.dns_allowed_networks) or ["127.0.0.0/8", "::1/128", *self.service_cidrs, *self.pod_cidrs]
 
@@ -71,6 +78,7 @@ _KEYS = {
     "pod_cidrs": ("pod_cidrs", list),
     "cluster_zone": ("cluster_zone", str),
     "cluster_dns": ("cluster_dns", str),
+    "cluster_dns_interface": ("cluster_dns_interface", str),
     "dataplane": ("dataplane", str),
     "full_sync_period": ("full_sync_period", (int, float)),
     "health_listen": ("health_listen", str),
@@ -143,12 +151,14 @@ def load(path: str | None = None, flags: dict[str, Any] | None = None, env: Mapp
         cfg = replace(_apply(cfg, _flatten(doc), path), source=path)
     cfg = _apply(cfg, {key: env[name] for name, key in _ENV.items() if env.get(name)}, "environment")
     cfg = _apply(cfg, {k: v for k, v in (flags or {}).items() if v is not None}, "command line")
+    if not cfg.cluster_dns:
+        try:
+            cfg = replace(cfg, cluster_dns=str(ipaddress.ip_network(cfg.service_cidrs[0]).network_address + 10))
+        except (ValueError, IndexError):
+            pass  # validate() names the bad service CIDR
     validate(cfg)
     # names are case-insensitive; a trailing dot names the same zone
-    cfg = replace(cfg, cluster_zone=cfg.cluster_zone.lower().removesuffix("."))
-    if not cfg.cluster_dns:
-        cfg = replace(cfg, cluster_dns=str(ipaddress.ip_network(cfg.service_cidrs[0]).network_address + 10))
-    return cfg
+    return replace(cfg, cluster_zone=cfg.cluster_zone.lower().removesuffix("."))
 
 
 def registry_location(flag: str | None, env: Mapping[str, str] | None = None) -> str:
@@ -198,6 +208,11 @@ def validate(cfg: Config, local_networks: list | None = None) -> None:
         except ValueError:
             raise UsageError.invalid("cluster_dns", cfg.cluster_dns, "expected an IP address such as 10.96.0.10",
                                      where("cluster_dns")) from None  # fmt: skip
+    name = cfg.cluster_dns_interface
+    if name and (len(name) > 15 or not name.isascii() or any(c in name for c in "/: \t\n") or name in (".", "..")):
+        raise UsageError.invalid("cluster_dns_interface", name, "expected an interface name of at most 15 "
+                                 "characters without '/', ':' or spaces, or \"\" to manage none",
+                                 where("cluster_dns_interface"))  # fmt: skip
     for key, value in [("health_listen", cfg.health_listen), *(("dns.listen", v) for v in cfg.dns_listen)]:
         parse_hostport(value, key, where=where(key))
     for value in cfg.dns_upstreams:
@@ -205,11 +220,20 @@ def validate(cfg: Config, local_networks: list | None = None) -> None:
     for cidr in cfg.service_cidrs:
         net = ipaddress.ip_network(cidr)
         for local in local_networks if local_networks is not None else host_networks():
-            if local.version == net.version and local.overlaps(net) and local.prefixlen > 0:
+            if local.version == net.version and local.overlaps(net) and local.prefixlen > 0 \
+                    and not (cfg.cluster_dns_interface and local == _host(cfg.cluster_dns)):  # fmt: skip
+                # (the cluster DNS address the agent puts on the node lies inside a service CIDR by design)
                 raise UsageError(
                     f"{where('service_cidrs')}: service_cidrs: {cidr} overlaps the local network {local}; "
                     "VIPs there would shadow real hosts: choose an unused range"
                 )
+
+
+def _host(address: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(address)
+    except ValueError:
+        return None
 
 
 def host_networks() -> list:

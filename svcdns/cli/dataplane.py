@@ -10,6 +10,7 @@ from __future__ import annotations
 from ..dataplane import open_dataplane
 from ..errors import UsageError
 from ..registry import open_registry
+from . import config as configuration
 from .config import registry_location
 
 
@@ -39,6 +40,11 @@ def cmd_sync(args) -> int:
 
 
 def cmd_cleanup(args) -> int:
+    from ..dataplane.address import remove_address
+
     open_dataplane(args.dataplane).cleanup()
     print("removed svcdns's rules")
+    cfg = configuration.load(None, {})
+    if cfg.cluster_dns_interface and remove_address(cfg.cluster_dns, cfg.cluster_dns_interface):
+        print(f"removed the cluster DNS address {cfg.cluster_dns}")
     return 0

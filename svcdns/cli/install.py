@@ -210,10 +210,15 @@ def cmd_uninstall(args) -> int:
         dropins.parent.rmdir()
     if args.root == "/":
         from ..dataplane import open_dataplane
+        from ..dataplane.address import remove_address
+        from . import config as configuration
 
         for kind in ("nftables", "iptables"):  # whichever backend the agent ran with
             open_dataplane(kind).cleanup()
-        print("removed svcdns's rules")
+        cfg = configuration.load(None, {})
+        if cfg.cluster_dns_interface:
+            remove_address(cfg.cluster_dns, cfg.cluster_dns_interface)
+        print("removed svcdns's rules and the cluster DNS address")
         if shutil.which("systemctl"):
             subprocess.run(["systemctl", "daemon-reload"], check=False)
     print(f"kept {root / CONF} and the registry (/var/lib/svcdns): remove them by hand if you want them gone")

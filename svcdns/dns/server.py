@@ -31,7 +31,7 @@ from ..errors import DNSError
 from ..table import ServiceTable
 from .forward import DEFAULT_ALLOWED, default_upstreams
 from .worker import Settings, worker_main
-from .zone import Zone, ZoneCompiler, empty_zone
+from .zone import DEFAULT_CLUSTER_DNS, Zone, ZoneCompiler, empty_zone
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,10 @@ class DNSServer:
         allowed_networks: list[str] | None = None,
         forward: bool = True,
         workers: int | None = None,
+        cluster_dns: str = DEFAULT_CLUSTER_DNS,
     ) -> None:
         self.settings = _settings(tuple((h, int(p)) for h, p in listen), zone, ttl, upstreams, allowed_networks,
-                                  forward)  # fmt: skip
+                                  forward, cluster_dns)  # fmt: skip
         self.workers = workers or os.cpu_count() or 1
         self._ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads
         self._slots: list[_Slot] = []
@@ -215,13 +216,14 @@ class DNSServer:
         upstreams: list[tuple[str, int]] | list[str] | None,
         allowed_networks: list[str] | None,
         forward: bool,
+        cluster_dns: str = DEFAULT_CLUSTER_DNS,
     ) -> None:
         """Answer by new settings on the same sockets and workers (a reload): queries keep coming in
         throughout. The zone is compiled again for ``table`` by the new name and TTL and sent with
         the settings in one message, so no answer mixes the two. The listen addresses and the number
         of workers stay (changing those takes a new server)."""
-        settings = _settings(self.settings.listen, zone, ttl, upstreams, allowed_networks, forward)
-        compiler = ZoneCompiler(settings.zone, settings.ttl)
+        settings = _settings(self.settings.listen, zone, ttl, upstreams, allowed_networks, forward, cluster_dns)
+        compiler = ZoneCompiler(settings.zone, settings.ttl, settings.cluster_dns)
         if table is not None:
             compiler.update(table)
         with self._lock:
@@ -241,7 +243,7 @@ class DNSServer:
         compiler = self.compiler
         first = compiler is None
         if compiler is None:
-            compiler = self.compiler = ZoneCompiler(self.settings.zone, self.settings.ttl)
+            compiler = self.compiler = ZoneCompiler(self.settings.zone, self.settings.ttl, self.settings.cluster_dns)
         delta = compiler.update(table)
         with self._lock:  # a worker being replaced starts from the zone before this delta, or after it
             self.zone = compiler.zone
@@ -361,6 +363,7 @@ def _settings(
     upstreams: list[tuple[str, int]] | list[str] | None,
     allowed_networks: list[str] | None,
     forward: bool,
+    cluster_dns: str,
 ) -> Settings:
     ups = [parse_hostport(u, "dns.upstreams", default_port=53) if isinstance(u, str) else (u[0], int(u[1]))
            for u in (upstreams or [])]  # fmt: skip
@@ -368,7 +371,8 @@ def _settings(
         ups = default_upstreams(list(listen))
     empty_zone(zone, ttl)  # validates the zone name now
     return Settings(listen=listen, zone=zone, ttl=ttl, upstreams=tuple(ups),
-                    allowed_networks=tuple(allowed_networks or DEFAULT_ALLOWED), forward=forward)  # fmt: skip
+                    allowed_networks=tuple(allowed_networks or DEFAULT_ALLOWED), forward=forward,
+                    cluster_dns=cluster_dns)  # fmt: skip
 
 
 def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket, int]:

@@ -34,7 +34,7 @@ from .answer import CHASE, FORWARD, answer_cacheable
 from .forward import DEFAULT_ALLOWED, Allowed, Forwarder
 from .mmsg import BATCH, QUERY, Batch
 from .wire import FORMERR, RCODE_NAMES, REFUSED, SERVFAIL, error_from_header, parse_query, response, truncated
-from .zone import apply_delta, empty_zone
+from .zone import DEFAULT_CLUSTER_DNS, apply_delta, empty_zone
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class Settings:
     upstreams: tuple[tuple[str, int], ...] = ()
     allowed_networks: tuple[str, ...] = DEFAULT_ALLOWED
     forward: bool = True
+    cluster_dns: str = DEFAULT_CLUSTER_DNS  # the zone's NS name's address
 
 
 @dataclass

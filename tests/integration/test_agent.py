@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -278,3 +279,29 @@ def test_reloads_keep_dns_answering_and_the_revision(node, tmp_path):
     status = json.loads(node.http("/status"))
     assert status["revision"] >= revision > 0 and status["ready"], status
     assert agent.poll() is None
+
+
+def test_a_pod_resolves_services_through_the_cluster_dns_address_and_its_resolv_conf(node):
+    """Issue 14: from a pod with the default configuration, @127.0.0.1 and @10.96.0.10 failed and
+    its resolv.conf sent Service names to the host's resolvers. Now the agent puts 10.96.0.10 on a
+    dummy interface of the node and answers there; `svcdns resolv-conf --write` gives the pod the
+    file `ip netns exec` reads, and glibc resolves the short name."""
+    p1, _, client = node.pod_list
+    node.start_agent()
+    vip = node.svcdns("service", "add", "web", "--port", "http:80:8080/tcp").strip()
+    node.svcdns("endpoint", "add", "web", str(p1.ipv4))
+    wait_for(lambda: node.dig("web.default.svc.cluster.local", server="10.96.0.10") == vip, 10,
+             what="the cluster DNS address to answer from a pod")  # fmt: skip
+    conf = Path("/etc/netns") / client.ns.name / "resolv.conf"
+    try:
+        node.svcdns("resolv-conf", "-n", "default", "--write", str(conf))
+        assert conf.read_text().startswith("nameserver 10.96.0.10\nsearch default.svc.cluster.local ")
+        for name in ("web", "web.default", "web.default.svc.cluster.local"):
+            out = client.ns.run(["getent", "hosts", name], check=False)
+            assert out.stdout.split()[:1] == [vip], f"getent hosts {name}: {out.stdout!r} {out.stderr!r}"
+        assert node.ask(vip) == [str(p1.ipv4)]
+    finally:
+        shutil.rmtree(conf.parent, ignore_errors=True)
+    held = [line.split()[1] for line in node.node.run(["ip", "-o", "addr", "show"]).stdout.splitlines()
+            if " 10.96.0.10/32 " in line]  # fmt: skip
+    assert held in (["svcdns0"], ["lo"]), held  # lo where the kernel has no dummy driver (this CI's)

@@ -91,3 +91,18 @@ def test_a_health_port_in_use_is_named_without_a_traceback(tmp_path):
                           "--dns-listen", "127.0.0.1:1")  # fmt: skip
     assert code == 1, err
     assert f"health_listen 127.0.0.1:{port}: cannot listen" in err and "Traceback" not in err, err
+
+
+def test_the_cluster_dns_address_on_the_node_is_no_overlap_but_other_local_addresses_are():
+    """Issue 14: binding 10.96.0.10 on the node made the next start refuse the service CIDR."""
+    import ipaddress
+
+    cfg = configuration.load(None, env={"SVCDNS_CONFIG": os.devnull})
+    assert cfg.cluster_dns == "10.96.0.10" and cfg.dns_listen_all() == ["127.0.0.1:53", "10.96.0.10:53"]
+    configuration.validate(cfg, local_networks=[ipaddress.ip_network("10.96.0.10/32")])
+    with pytest.raises(UsageError, match="overlaps the local network 10.96.0.11/32"):
+        configuration.validate(cfg, local_networks=[ipaddress.ip_network("10.96.0.11/32")])
+    unmanaged = configuration.load(None, env={"SVCDNS_CONFIG": os.devnull}, flags={"cluster_dns_interface": ""})
+    assert unmanaged.dns_listen_all() == ["127.0.0.1:53"]
+    with pytest.raises(UsageError, match="overlaps"):
+        configuration.validate(unmanaged, local_networks=[ipaddress.ip_network("10.96.0.10/32")])
