@@ -58,7 +58,7 @@ def check_label(field_name: str, value: Any) -> str:
     """An RFC 1123 DNS label: what Service names and namespaces must be."""
     if not isinstance(value, str):
         raise ValidationError(field_name, value, "must be a string")
-    if not _LABEL.match(value):
+    if not _LABEL.fullmatch(value):
         raise ValidationError(
             field_name,
             value,
@@ -96,6 +96,67 @@ def parse_ip(field_name: str, value: Any) -> IPAddress:
     return ip
 
 
+Labels = tuple[tuple[str, str], ...]  # sorted (key, value) pairs: hashable, comparable, cheap to index
+
+# Kubernetes' label syntax: an optional DNS-subdomain prefix and '/', then a name of at most 63
+# characters; values at most 63 characters, possibly empty; both [A-Za-z0-9] at the ends, -_. inside.
+_LABEL_PART = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def check_label_key(field: str, key: object) -> str:
+    if not isinstance(key, str) or not key:
+        raise ValidationError(field, key, "a label key must be a non-empty string")
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not _PREFIX.fullmatch(prefix)):
+        raise ValidationError(field, key, "the prefix of a label key must be a DNS subdomain (e.g. example.com/)")
+    if not name or not _LABEL_PART.fullmatch(name):
+        raise ValidationError(field, key, "a label name must be 1-63 characters [A-Za-z0-9-_.], "
+                                          "starting and ending with a letter or digit")  # fmt: skip
+    return key
+
+
+def check_label_value(field: str, value: object) -> str:
+    if not isinstance(value, str) or not _LABEL_PART.fullmatch(value):
+        raise ValidationError(field, value, "a label value must be at most 63 characters [A-Za-z0-9-_.], "
+                                            "starting and ending with a letter or digit (or empty)")  # fmt: skip
+    return value
+
+
+def labels_of(data: Mapping[str, str] | Iterable[tuple[str, str]], field: str = "labels") -> Labels:
+    """Validated, sorted (key, value) pairs from a mapping or pairs."""
+    pairs = data.items() if isinstance(data, Mapping) else data
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        out[check_label_key(f"{field}.{key}", key)] = check_label_value(f"{field}.{key}", value)
+    return tuple(sorted(out.items()))
+
+
+def parse_selector(text: str, field: str = "selector") -> Labels:
+    """``app=web,tier=front`` (``==`` also accepted): the equality-based selectors of ``-l`` and
+    ``--selector``. An empty text selects nothing on a Service (it has no selector)."""
+    pairs: list[tuple[str, str]] = []
+    for term in (t.strip() for t in text.split(",")):
+        if not term:
+            continue
+        key, sep, value = term.replace("==", "=").partition("=")
+        if not sep or "!" in key:
+            raise ValidationError(field, text, "expected key=value[,key=value...] (equality only), e.g. app=web")
+        if any(k == key.strip() and v != value.strip() for k, v in pairs):
+            raise ValidationError(field, text, f"label {key.strip()!r} is given two values; no object has both")
+        pairs.append((key.strip(), value.strip()))
+    return labels_of(pairs, field)
+
+
+def matches(selector: Labels, labels: Labels) -> bool:
+    """Whether ``labels`` hold every pair of a non-empty ``selector`` (an empty one matches nothing,
+    as a Service without a selector selects no pod)."""
+    if not selector:
+        return False
+    have = dict(labels)
+    return all(have.get(k) == v for k, v in selector)
+
+
 def family_of(ip: IPAddress) -> str:
     return IPV4 if ip.version == 4 else IPV6
 
@@ -114,37 +175,47 @@ class ServicePort:
     protocol: str = "TCP"
     target_port: int = 0  # 0: same as port
     name: str = ""
+    # a named targetPort: resolved per pod against its container ports (svcdns.endpoints); the
+    # number of an endpoint without a resolution is then ``port``
+    target_port_name: str = ""
 
     def __post_init__(self) -> None:
         if self.name:
-            if (
-                not isinstance(self.name, str)
-                or not _PORT_NAME.match(self.name)
-                or "--" in self.name
-                or not any(c.isalpha() for c in self.name)
-            ):
-                raise ValidationError(
-                    "name",
-                    self.name,
-                    "a port name must be 1-15 lower-case letters, digits or '-', with at least one letter, "
-                    "starting and ending with a letter or digit, and no '--'",
-                )
+            check_port_name("name", self.name)
         object.__setattr__(self, "port", check_port_number("port", self.port))
         protocol = self.protocol.upper() if isinstance(self.protocol, str) else self.protocol
         if protocol not in PROTOCOLS:
             raise ValidationError("protocol", self.protocol, f"must be one of {', '.join(PROTOCOLS)}")
         object.__setattr__(self, "protocol", protocol)
-        target = self.target_port or self.port
+        if self.target_port_name:
+            check_port_name("targetPort", self.target_port_name)
+        target = (self.target_port if not self.target_port_name else 0) or self.port
         object.__setattr__(self, "target_port", check_port_number("targetPort", target))
 
     def __str__(self) -> str:
         head = f"{self.name}:" if self.name else ""
-        target = f":{self.target_port}" if self.target_port != self.port else ""
+        if self.target_port_name:
+            target = f":{self.target_port_name}"
+        else:
+            target = f":{self.target_port}" if self.target_port != self.port else ""
         return f"{head}{self.port}{target}/{self.protocol.lower()}"
 
 
+def check_port_name(field_name: str, value: Any) -> str:
+    """A port name (IANA_SVC_NAME), as Service ports, container ports and named targetPorts use."""
+    if not isinstance(value, str) or not _PORT_NAME.fullmatch(value) or "--" in value or not any(c.isalpha() for c in value):
+        raise ValidationError(
+            field_name,
+            value,
+            "a port name must be 1-15 lower-case letters, digits or '-', with at least one letter, "
+            "starting and ending with a letter or digit, and no '--'",
+        )
+    return value
+
+
 def parse_port_spec(spec: str) -> ServicePort:
-    """Parse the CLI port syntax ``[name:]port[:targetPort][/tcp|udp|sctp]``.
+    """Parse the CLI port syntax ``[name:]port[:targetPort][/tcp|udp|sctp]``; a targetPort that is
+    not a number is a name, resolved per pod (``http:80:http``).
 
     >>> str(parse_port_spec("http:80:8080/tcp"))
     'http:80:8080/tcp'
@@ -162,13 +233,18 @@ def parse_port_spec(spec: str) -> ServicePort:
     name = ""
     if parts and parts[0] and not parts[0].isdigit():
         name = parts.pop(0)
+    target_name = parts.pop() if len(parts) == 2 and parts[1] and not parts[1].isdigit() else ""
     if not 1 <= len(parts) <= 2 or not all(p.isdigit() for p in parts):
         raise ValidationError("port", spec, "expected [name:]port[:targetPort][/tcp|udp|sctp], e.g. http:80:8080/tcp")
     if len(parts) > 1 and int(parts[1]) == 0:
         raise ValidationError("port", spec, "targetPort: must be a port number from 1 to 65535")
     try:
         return ServicePort(
-            name=name, port=int(parts[0]), target_port=int(parts[1]) if len(parts) > 1 else 0, protocol=protocol
+            name=name,
+            port=int(parts[0]),
+            target_port=int(parts[1]) if len(parts) > 1 else 0,
+            protocol=protocol,
+            target_port_name=target_name,
         )
     except ValidationError as err:
         raise ValidationError("port", spec, f"{err.field}: {err.reason}") from None
@@ -185,9 +261,12 @@ class Endpoint:
     terminating: bool = False
     hostname: str = ""
     ports: tuple[tuple[str, int], ...] = ()  # per-endpoint target port override, by Service port name
+    pod: str = ""  # the pod it came from (EndpointSlice's targetRef), for a Service with a selector
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "address", parse_ip("address", self.address))
+        if self.pod:
+            check_label("pod", self.pod)
         _check_bool("ready", self.ready)
         _check_bool("terminating", self.terminating)
         if self.serving is None:
@@ -229,10 +308,16 @@ class Service:
     session_affinity: str = AFFINITY_NONE
     affinity_timeout: int = DEFAULT_AFFINITY_TIMEOUT
     endpoints: tuple[Endpoint, ...] = field(default=())
+    # spec.selector: with one, the registry derives the endpoints from the pods it selects
+    # (svcdns.endpoints); the documents refuse explicit endpoints beside it
+    selector: Labels = ()
+    publish_not_ready_addresses: bool = False
 
     def __post_init__(self) -> None:
         check_label("name", self.name)
         check_label("namespace", self.namespace)
+        object.__setattr__(self, "selector", labels_of(self.selector, "selector"))
+        _check_bool("publishNotReadyAddresses", self.publish_not_ready_addresses)
         if self.type not in SERVICE_TYPES:
             raise ValidationError("type", self.type, f"must be one of {', '.join(SERVICE_TYPES)}")
         ports = tuple(self.ports)
@@ -366,6 +451,6 @@ def _check_dns_name(field_name: str, value: Any) -> str:
         raise ValidationError(field_name, value, "must be a DNS name such as example.org")
     name = value.rstrip(".").lower()
     labels = name.split(".")
-    if not name or len(name) > 253 or not all(_DNS_NAME_LABEL.match(label) for label in labels):
+    if not name or len(name) > 253 or not all(_DNS_NAME_LABEL.fullmatch(label) for label in labels):
         raise ValidationError(field_name, value, "must be a DNS name such as example.org (labels of 1-63 characters)")
     return name

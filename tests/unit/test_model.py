@@ -203,3 +203,46 @@ def test_a_validation_error_is_a_usage_error_and_a_value_error_with_a_bounded_va
 def test_a_port_in_anything_but_ascii_digits_is_a_validation_error(port):
     with pytest.raises(ValidationError, match="must be a port number"):
         ServicePort(port)
+
+
+# ---- selectors and named target ports (issue 13) ------------------------------------------------------
+
+
+def test_a_named_target_port_parses_prints_and_round_trips():
+    port = parse_port_spec("http:80:http")
+    assert (port.port, port.target_port_name, port.target_port, str(port)) == (80, "http", 80, "http:80:http/tcp")
+    svc = Service("web", ports=(port,), selector=(("app", "web"),))
+    doc = to_document(svc)
+    assert doc["ports"] == [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": "http"}]
+    assert doc["selector"] == {"app": "web"} and "endpoints" not in doc
+    assert from_document(doc) == svc
+
+
+def test_explicit_endpoints_beside_a_selector_are_refused_saying_why():
+    doc = {"name": "web", "ports": [{"port": 80}], "selector": {"app": "web"}, "endpoints": ["10.0.0.1"]}
+    with pytest.raises(ValidationError) as err:
+        from_document(doc, "web.yaml")
+    assert "endpoints" in str(err.value) and "selector" in str(err.value) and "pods" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "doc, field",
+    [
+        ({"name": "web", "ports": [{"port": 80}], "selector": ["app=web"]}, "selector"),
+        ({"name": "web", "ports": [{"port": 80}], "selector": {"app": "we b"}}, "selector.app"),
+        ({"name": "web", "ports": [{"port": 80, "targetPort": "HTTP"}]}, "ports[0].targetPort"),
+        ({"name": "web", "ports": [{"port": 80}], "publishNotReadyAddresses": "yes"}, "publishNotReadyAddresses"),
+    ],
+)
+def test_selector_errors_name_the_field(doc, field):
+    with pytest.raises(ValidationError) as err:
+        from_document(doc)
+    assert err.value.field == field
+
+
+def test_a_name_with_a_trailing_newline_is_refused():
+    # `$` matches before a final newline: "web\n" passed as a name and a label before fullmatch
+    with pytest.raises(ValidationError):
+        Service("web\n", type="Headless")
+    with pytest.raises(ValidationError):
+        Service("web", type="Headless", selector=(("app", "web\n"),))

@@ -1,0 +1,181 @@
+"""Pods to endpoints: what Kubernetes' EndpointSlice controller does, as a pure function and an index.
+
+``derive(service, pods)`` gives a Service with a selector its endpoints from the pods of its
+namespace whose labels match: ``serving`` = the pod is ready, ``terminating`` = it is being
+deleted, ``ready`` = serving and not terminating (always, with ``publishNotReadyAddresses``). A pod
+without an address never matches. A named ``targetPort`` resolves against each pod's own container
+ports; a pod that lacks one of the names is left out (it cannot serve that port; svcdns has no
+per-port endpoint sets, where Kubernetes would leave it out of that port's slice only). The
+endpoint's hostname is the pod's only when the pod's ``subdomain`` names the Service
+(``<hostname>.<subdomain>.<ns>.svc.<zone>``). Two pods claiming one address (a stale record beside
+its replacement) give one endpoint: the readier one's, then the first by name.
+
+``SelectorIndex`` keeps, per label pair, the Services whose selector holds it; :class:`Derivation`
+adds the pods, indexed by label pair too, so that a pod's change touches only the Services that
+select its old or its new labels, and deriving a Service reads only the pods of its rarest label:
+one pod change at 10k Services costs what its Services cost, not what the registry holds. Both
+registries keep one and apply it when they build their table, so downstream a selector Service is
+just a Service with endpoints.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import replace
+
+from .model import EXTERNAL_NAME, Endpoint, Labels, Service, family_of, matches
+from .pod import Pod
+
+Key = tuple[str, str]
+
+
+def selects(svc: Service, pod: Pod) -> bool:
+    return pod.namespace == svc.namespace and bool(pod.ips) and matches(svc.selector, pod.labels)
+
+
+def derive(svc: Service, pods: Iterable[Pod]) -> tuple[Endpoint, ...]:
+    """The endpoints of ``svc`` (which has a selector) from ``pods``, sorted by address."""
+    if svc.type == EXTERNAL_NAME:
+        return ()  # a CNAME has no endpoints, whatever it selects (Kubernetes ignores the selector)
+    out = []
+    for pod in pods:
+        if not selects(svc, pod):
+            continue
+        ports = []
+        for port in svc.ports:
+            if port.target_port_name:
+                number = pod.port_named(port.target_port_name, port.protocol)
+                if number is None:
+                    break
+                ports.append((port.name, number))
+        else:
+            serving = pod.ready
+            ready = svc.publish_not_ready_addresses or (serving and not pod.terminating)
+            hostname = pod.hostname if pod.subdomain == svc.name else ""
+            for ip in pod.ips:
+                if svc.ip_families and family_of(ip) not in svc.ip_families:
+                    continue  # a single-stack Service takes its family's address of a dual-stack pod
+                out.append(Endpoint(ip, ready=ready, serving=serving, terminating=pod.terminating,
+                                    hostname=hostname, ports=tuple(ports), pod=pod.name))  # fmt: skip
+    out.sort(key=lambda e: (e.address.version, e.address, not e.ready, not e.serving, e.terminating, e.pod))
+    return tuple(e for i, e in enumerate(out) if i == 0 or out[i - 1].address != e.address)
+
+
+class SelectorIndex:
+    """Label pair -> the Services whose selector holds it, and each Service's selector."""
+
+    def __init__(self) -> None:
+        self._by_pair: defaultdict[tuple[str, str], set[Key]] = defaultdict(set)
+        self._selectors: dict[Key, Labels] = {}
+
+    def put(self, svc: Service) -> None:
+        if self._selectors.get(svc.key) == (svc.selector or None):
+            return
+        self.remove(svc.key)
+        if svc.selector:
+            self._selectors[svc.key] = svc.selector
+            for pair in svc.selector:
+                self._by_pair[pair].add(svc.key)
+
+    def remove(self, key: Key) -> None:
+        for pair in self._selectors.pop(key, ()):
+            keys = self._by_pair[pair]
+            keys.discard(key)
+            if not keys:
+                del self._by_pair[pair]
+
+    def services_for(self, namespace: str, labels: Labels) -> set[Key]:
+        """The Services of ``namespace`` whose selector ``labels`` satisfy."""
+        out: set[Key] = set()
+        for pair in labels:
+            for key in self._by_pair.get(pair, ()):
+                if key[0] == namespace and key not in out and matches(self._selectors[key], labels):
+                    out.add(key)
+        return out
+
+    def affected(self, old: Pod | None, new: Pod | None) -> set[Key]:
+        """The Services a pod's change (``None``: created or deleted) may change the endpoints of."""
+        out: set[Key] = set()
+        for pod in (old, new):
+            if pod is not None:
+                out |= self.services_for(pod.namespace, pod.labels)
+        return out
+
+
+class Derivation:
+    """The live pods and the Services' selectors of one registry: which Services a pod change
+    affects, and their endpoints. Pure (the caller passes the time); one owner at a time.
+
+    A pod whose deletion deadline has passed is gone: ``put_pod`` takes it as a deletion, and
+    ``expire(now)`` deletes those whose deadline passed since (``next_deadline()`` says when to call it).
+    """
+
+    def __init__(self) -> None:
+        self.pods: dict[Key, Pod] = {}
+        self.index = SelectorIndex()
+        self._pods_by_pair: defaultdict[tuple[str, str, str], set[Key]] = defaultdict(set)  # (ns, k, v)
+        self._deadlines: dict[Key, float] = {}
+
+    def put_service(self, svc: Service) -> None:
+        self.index.put(svc)
+
+    def remove_service(self, key: Key) -> None:
+        self.index.remove(key)
+
+    def put_pod(self, pod: Pod, now: float) -> set[Key]:
+        """Take in a created or changed pod; return the keys of the Services to derive again."""
+        if pod.gone(now):
+            return self.remove_pod(pod.key)
+        old = self.pods.get(pod.key)
+        if old == pod:
+            return set()
+        self._forget(old)
+        self.pods[pod.key] = pod
+        for k, v in pod.labels:
+            self._pods_by_pair[(pod.namespace, k, v)].add(pod.key)
+        if pod.deletion_deadline:
+            self._deadlines[pod.key] = pod.deletion_deadline
+        return self.index.affected(old, pod)
+
+    def remove_pod(self, key: Key) -> set[Key]:
+        old = self.pods.pop(key, None)
+        self._forget(old)
+        return self.index.affected(old, None)
+
+    def _forget(self, pod: Pod | None) -> None:
+        if pod is None:
+            return
+        self._deadlines.pop(pod.key, None)
+        for k, v in pod.labels:
+            keys = self._pods_by_pair[(pod.namespace, k, v)]
+            keys.discard(pod.key)
+            if not keys:
+                del self._pods_by_pair[(pod.namespace, k, v)]
+
+    def expire(self, now: float) -> set[Key]:
+        """Delete the pods whose deadline has passed; return the keys of the Services to derive again."""
+        out: set[Key] = set()
+        for key in [k for k, deadline in self._deadlines.items() if deadline <= now]:
+            out |= self.remove_pod(key)
+        return out
+
+    def next_deadline(self) -> float | None:
+        return min(self._deadlines.values(), default=None)
+
+    def selected(self, svc: Service) -> list[Pod]:
+        """The pods ``svc`` selects, read from the pods of its rarest label pair."""
+        if not svc.selector:
+            return []
+        candidates = min((self._pods_by_pair.get((svc.namespace, k, v), set()) for k, v in svc.selector), key=len)
+        return [p for p in (self.pods[k] for k in candidates) if matches(svc.selector, p.labels)]
+
+    def apply(self, svc: Service) -> Service:
+        """``svc`` with its derived endpoints if it has a selector (its VIPs already set, since a
+        single-stack Service takes only its family's addresses), else ``svc`` itself."""
+        if not svc.selector:
+            return svc
+        return replace(svc, endpoints=derive(svc, self.selected(svc)))
+
+
+__all__ = ["Derivation", "SelectorIndex", "derive", "selects"]
