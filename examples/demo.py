@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 from svcdns.testing.lab import Lab, wait_for
 
@@ -40,11 +42,11 @@ def main() -> int:
         print("demo: run as root (it builds network namespaces)", file=sys.stderr)
         return 2
     svcdns = [sys.executable, "-m", "svcdns"]
-    with tempfile.TemporaryDirectory(prefix="svcdns-demo-") as registry, Lab(pods=2, tag="demo") as lab:
+    with tempfile.TemporaryDirectory(prefix="svcdns-demo-") as registry, Lab(pods=3, tag="demo") as lab:
         env = dict(os.environ, SVCDNS_REGISTRY=registry)
-        p1, p2 = lab.pod_list
-        say("Two pods serve HTTP on port 8080 (each in its own network namespace)")
-        for pod in lab.pod_list:
+        p1, p2, client = lab.pod_list
+        say("Two pods serve HTTP on port 8080 (each in its own network namespace); a third is a client")
+        for pod in (p1, p2):
             lab.serve(pod, 8080, "http")
             print(f"pod{pod.index}: {pod.ipv4}")
 
@@ -75,6 +77,18 @@ def main() -> int:
             seen.add(show(["curl", "-s", "--max-time", "2", f"http://{vip}/"], ns=lab.node).strip())
         if seen != {f"hello from pod {p1.ipv4}", f"hello from pod {p2.ipv4}"}:
             raise SystemExit(f"demo: curl reached {sorted(seen)}, expected both pods")
+
+        say("A client pod: its resolv.conf names the cluster DNS address (10.96.0.10), so short names work")
+        conf = Path("/etc/netns") / client.ns.name / "resolv.conf"  # what `ip netns exec` shows the pod
+        try:
+            show([*svcdns, "resolv-conf", "-n", "default", "--write", str(conf)], env=env)
+            show(["cat", "/etc/resolv.conf"], ns=client.ns)
+            show(["getent", "hosts", "web"], ns=client.ns)
+            pages = {show(["curl", "-s", "--max-time", "2", "http://web/"], ns=client.ns).strip() for _ in range(6)}
+            if not pages <= {f"hello from pod {p1.ipv4}", f"hello from pod {p2.ipv4}"} or "" in pages:
+                raise SystemExit(f"demo: curl http://web/ from the client pod got {sorted(pages)}")
+        finally:
+            shutil.rmtree(conf.parent, ignore_errors=True)
 
         say("A pod goes away: new connections go to the other one")
         show([*svcdns, "endpoint", "rm", "web", str(p1.ipv4)], env=env)
