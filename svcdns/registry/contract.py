@@ -1,7 +1,8 @@
 """The registry contract: what the agent, the DNS server and the CLI may rely on, whatever the registry.
 
-A registry gives a consistent :class:`Snapshot` (a revision, the Services with their VIPs allocated,
-and the errors of entries that are not valid), then, through ``watch()``, a new Snapshot each time
+A registry gives a consistent :class:`Snapshot` (a revision, the Services with their VIPs allocated
+and, for those with a selector, the endpoints derived from the pods, and the errors of entries that
+are not valid), then, through ``watch()``, a new Snapshot each time
 something changed. It never forgets state it had: an entry that turns bad keeps its last good
 version, an outage keeps everything.
 """
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from ..model import Service
+from ..pod import Pod
 from ..table import ServiceTable
 
 
@@ -101,6 +103,26 @@ class Registry(Protocol):
     def delete(self, namespace: str, name: str) -> None: ...
 
     def watch(self) -> Watch: ...
+
+    # pods: a Service with a selector gets its endpoints from them, in every Snapshot's table
+
+    def list_pods(self, namespace: str | None = None) -> list[Pod]:
+        """The pods (of ``namespace``) not gone (a pod whose grace period ended is gone), by key."""
+        ...
+
+    def pod_errors(self) -> Mapping[str, str]:
+        """The pod entries that are not valid, as last read: source -> what is wrong."""
+        ...
+
+    def get_pod(self, namespace: str, name: str) -> Pod: ...
+
+    def put_pod(self, pod: Pod) -> bool:
+        """Create or replace a pod; True if it is new."""
+        ...
+
+    def update_pod(self, namespace: str, name: str, change: Callable[[Pod], Pod]) -> Pod: ...
+
+    def delete_pod(self, namespace: str, name: str) -> None: ...
 
 
 __all__ = ["Registry", "Snapshot", "Watch", "WatchBase"]

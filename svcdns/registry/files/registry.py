@@ -1,7 +1,9 @@
 """The embedded registry: a directory of service files (YAML or JSON), one Service per file.
 
 Files may sit anywhere under the directory (:mod:`.tree` says which names count); the CLI writes
-``<ns>/<name>.yaml``. A file is read only when complete (the watch reacts to close-after-write and
+``<ns>/<name>.yaml``. Pods live in ``pods/<ns>/<name>.yaml`` (:mod:`.pods`); the endpoints of a
+Service with a selector are derived from them when the table is built (:mod:`svcdns.endpoints`),
+and only the Services a pod change touches are built again. A file is read only when complete (the watch reacts to close-after-write and
 rename-in, never to partial writes).
 
 What a bad file does: it is reported (a log line, and an error row in ``svcdns service list``) and
@@ -21,16 +23,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...endpoints import Derivation
 from ...errors import NotFound, SvcdnsError, UsageError
 from ...ipam import Allocator, VIPConflict, parse_cidr
 from ...model import Service, ValidationError, family_of
+from ...pod import Pod
 from ...table import Key, ServiceTable
 from ..contract import Snapshot
-from ..documents import DocumentError, decode, encode
+from ..documents import DocumentError, decode, encode, encode_pod
+from .pods import POD_DIR, PodEntry, PodFiles, is_pod_file, key_of
 from .store import Allocation, AllocationStore, atomic_write, registry_lock
 from .tree import SUFFIXES, canonical, precedence, read, walk
 from .watch import FileWatcher
@@ -67,6 +73,8 @@ class FileRegistry:
         self._store: AllocationStore | None = None
         self._allocator: Allocator | None = None
         self._lock_depth = 0
+        self.pods = PodFiles(self.root)
+        self.derivation = Derivation()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -104,7 +112,7 @@ class FileRegistry:
 
     def files_under(self, rel_dir: str) -> list[str]:
         """The known service files below ``rel_dir`` (a directory that went away)."""
-        return [rel for rel in self.entries if rel.startswith(rel_dir + "/")]
+        return [rel for rel in [*self.entries, *self.pods.entries] if rel.startswith(rel_dir + "/")]
 
     # ---- reading ----------------------------------------------------------------------------------------
 
@@ -134,9 +142,15 @@ class FileRegistry:
         seen = set()
         for rel in walk(self.root):
             seen.add(rel)
-            self._read(rel)
+            if is_pod_file(rel):
+                self.pods.read(rel)
+            else:
+                self._read(rel)
         for rel in set(self.entries) - seen:
             del self.entries[rel]
+        for rel in set(self.pods.entries) - seen:
+            del self.pods.entries[rel]
+        self._sync_pods({key_of(rel) for rel in self.pods.entries} | set(self.derivation.pods))
         self._resolve(None)
         self.synced = True
         return self.current()
@@ -144,7 +158,12 @@ class FileRegistry:
     def refresh(self, rels: Iterable[str]) -> bool:
         """Re-read the given files (after watch events); True if the table changed."""
         affected: set[Key] = set()
+        pod_keys = set()
         for rel in rels:
+            if is_pod_file(rel):
+                self.pods.read(rel)
+                pod_keys.add(key_of(rel))
+                continue
             old = self.entries.get(rel)
             if old and old.key:
                 affected.add(old.key)
@@ -152,10 +171,42 @@ class FileRegistry:
             new = self.entries.get(rel)
             if new and new.key:
                 affected.add(new.key)
-        return self._resolve(affected)
+        return self._resolve(affected | self._sync_pods(pod_keys))
+
+    # ---- pods -------------------------------------------------------------------------------------------------
+
+    def _sync_pods(self, keys: Iterable[Key]) -> set[Key]:
+        """Bring the pods of ``keys`` from their files into the derivation; the Services to build again."""
+        now, out = time.time(), set()
+        for key in keys:
+            pod = self.pods.pod(key)
+            out |= self.derivation.put_pod(pod, now) if pod is not None else self.derivation.remove_pod(key)
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When the next terminating pod goes (Unix time): the watch calls ``expire`` then."""
+        return self.derivation.next_deadline()
+
+    def expire(self) -> bool:
+        """Drop the pods whose grace period ended, and delete their files; True if the table changed."""
+        now = time.time()
+        affected = self.derivation.expire(now)
+        gone = [rel for rel, e in self.pods.entries.items() if e.pod and e.pod.gone(now) and not e.error]
+        if gone:
+            with self._locked():
+                for rel in gone:
+                    self.pods.read(rel)  # under the lock: a writer may have brought it back meanwhile
+                    entry = self.pods.entries.get(rel)
+                    if entry and entry.pod and entry.pod.gone(now) and not entry.error:
+                        with contextlib.suppress(FileNotFoundError):
+                            (self.root / rel).unlink()
+                        del self.pods.entries[rel]
+                        log.info("registry: pod %s deleted: its grace period ended", entry.pod.ref)
+        return bool(affected) and self._resolve(affected)
 
     def current(self) -> Snapshot:
         errors = {rel: e.error for rel, e in self.entries.items() if e.error}
+        errors.update(self.pods.errors())
         for by_source in self.key_errors.values():
             for source, message in by_source.items():
                 errors.setdefault(source, message)
@@ -214,13 +265,15 @@ class FileRegistry:
         for key in keys:
             chosen = winners.get(key)
             if chosen is None:
+                self.derivation.remove_service(key)
                 if key in self.table:
                     deletes.append(key)
                 continue
             if key in failed:
                 continue  # reported; the last good version (if any) stays
             try:
-                puts.append(self._finish(self._good(chosen), store))
+                self.derivation.put_service(self._good(chosen))
+                puts.append(self.derivation.apply(self._finish(self._good(chosen), store)))
             except (UsageError, ValidationError) as err:
                 self._key_error(key, chosen, f"{chosen}: {err}")
         if affected is None or deletes:
@@ -323,6 +376,8 @@ class FileRegistry:
         entry = self.entries[rel]
         if entry.error:
             raise SvcdnsError(f"Service {namespace}/{name} is not valid: {entry.error}")
+        if entry.service is not None and entry.service.selector:
+            self._read_pods(namespace)
         self._resolve({key})
         svc = self.table.get(*key)
         if svc is None:
@@ -412,6 +467,77 @@ class FileRegistry:
             store = self._store_now()
             if store.services.pop(holder_of(key), None) is not None:
                 store.save()
+
+    # ---- pods: the CLI's reads and writes -------------------------------------------------------------------
+
+    def _read_pods(self, namespace: str | None = None) -> None:
+        """Read every pod file (of ``namespace``), forgetting those gone from disk."""
+        base = self.root / POD_DIR / (namespace or "")
+        scope = f"{POD_DIR}/{namespace}/" if namespace else f"{POD_DIR}/"
+        seen = {scope + rel for rel in walk(base)} if base.is_dir() else set()
+        for rel in sorted(seen):
+            if is_pod_file(rel):
+                self.pods.read(rel)
+        for rel in [r for r in self.pods.entries if r.startswith(scope) and r not in seen]:
+            del self.pods.entries[rel]
+        self._sync_pods({key_of(rel) for rel in self.pods.entries if rel.startswith(scope)}
+                        | {k for k in self.derivation.pods if not namespace or k[0] == namespace})  # fmt: skip
+
+    def list_pods(self, namespace: str | None = None) -> list[Pod]:
+        """The pods (of ``namespace``) that are not gone, by key."""
+        self.check_root()
+        self._read_pods(namespace)
+        return [self.derivation.pods[k] for k in sorted(self.derivation.pods) if not namespace or k[0] == namespace]
+
+    def pod_errors(self) -> dict[str, str]:
+        """The pod files that are not valid (as last read), with what is wrong."""
+        return self.pods.errors()
+
+    def get_pod(self, namespace: str, name: str) -> Pod:
+        key = (namespace, name)
+        self.check_root()
+        rel = self.pods.find(key)
+        entry = self.pods.entries.get(rel) if rel else None
+        if entry is not None and entry.error:
+            raise SvcdnsError(f"pod {namespace}/{name} is not valid: {entry.error}")
+        if entry is None or entry.pod is None or entry.pod.gone(time.time()):
+            raise NotFound(f"pod {namespace}/{name} not found in {self.root}")
+        return entry.pod
+
+    def put_pod(self, pod: Pod) -> bool:
+        """Write ``pod``'s file (created or replaced, atomically, under the lock); True if it is new."""
+        self.check_root()
+        with self._locked():
+            rel = self.pods.find(pod.key)
+            old = self.pods.pod(pod.key)
+            rel = rel or f"{POD_DIR}/{pod.namespace}/{pod.name}.yaml"
+            atomic_write(self.root / rel, encode_pod(pod, "json" if rel.endswith(".json") else "yaml").encode())
+            self.pods.entries[rel] = PodEntry(pod, None)
+        return old is None or old.gone(time.time())
+
+    def update_pod(self, namespace: str, name: str, change: Callable[[Pod], Pod]) -> Pod:
+        """Read-modify-write one pod file under the lock."""
+        self.check_root()
+        with self._locked():
+            pod = self.get_pod(namespace, name)
+            rel = self.pods.file_of(pod.key)
+            assert rel is not None
+            changed = change(pod)
+            atomic_write(self.root / rel, encode_pod(changed, "json" if rel.endswith(".json") else "yaml").encode())
+            self.pods.entries[rel] = PodEntry(changed, None)
+            return changed
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        """Remove the pod's file now (one whose grace period ended, too); NotFound if it has none."""
+        key = (namespace, name)
+        self.check_root()
+        with self._locked():
+            if self.pods.find(key) is None:
+                raise NotFound(f"pod {namespace}/{name} not found in {self.root}")
+            for rel in [r for r in list(self.pods.entries) if key_of(r) == key]:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.root / rel).unlink()
+                del self.pods.entries[rel]
 
     def _find(self, key: Key) -> str:
         """The file that defines ``key``: the canonical path if it does, else found by a scan."""

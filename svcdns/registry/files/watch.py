@@ -7,7 +7,8 @@ Only complete files are read: the watch reacts to ``IN_CLOSE_WRITE`` (a writer c
 Service being deleted. A queue overflow, or the periodic safety
 rescan, re-reads everything and converges to the same state. If the registry directory itself
 disappears, everything already known is kept (the agent keeps its rules and answers), the problem is
-reported in ``problem``, and the watch resumes with a full rescan when the directory is back.
+reported in ``problem``, and the watch resumes with a full rescan when the directory is back. The
+watch also wakes up when a terminating pod's grace period ends, so that it goes on time.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class Watched(Protocol):
     def refresh(self, rels: Iterable[str]) -> bool: ...
 
     def files_under(self, rel_dir: str) -> list[str]: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def expire(self) -> bool: ...
 
 
 class FileWatcher(WatchBase):
@@ -106,6 +111,9 @@ class FileWatcher(WatchBase):
                 wait = max(0.0, self._last_rescan + self.rescan_interval - time.monotonic())
                 if self._deleted:
                     wait = min(wait, max(0.0, min(self._deleted.values()) + self.delete_grace - time.monotonic()))
+                due = self.registry.next_deadline()
+                if due is not None:
+                    wait = min(wait, max(0.0, due - time.time()))
             if deadline is not None:
                 wait = min(wait, max(0.0, deadline - time.monotonic()))
             if self._inotify is not None:
@@ -116,6 +124,11 @@ class FileWatcher(WatchBase):
                         return snap
                 if self._inotify is not None and self._deleted:
                     snap = self._apply_deletes()
+                    if snap is not None:
+                        return snap
+                due = self.registry.next_deadline()
+                if self._inotify is not None and due is not None and time.time() >= due:
+                    snap = self._news(self.registry.expire())
                     if snap is not None:
                         return snap
                 if not ready and time.monotonic() >= self._last_rescan + self.rescan_interval:
