@@ -21,6 +21,7 @@ from .config import DEFAULT_REGISTRY
 # modules with a ``register(subparsers, common)`` function, in the order their commands are listed
 COMMAND_MODULES = [
     "svcdns.cli.registry",
+    "svcdns.cli.pods",
     "svcdns.cli.dns",
     "svcdns.cli.dataplane",
     "svcdns.cli.agent",

@@ -4,11 +4,13 @@ svcdns service add web --port http:80:8080/tcp --port dns:53/udp     # prints th
 svcdns service add db --headless --port 5432/tcp
 svcdns service add ext --external-name example.org
 svcdns service add fixed --vip 10.96.0.50 --port 80/tcp
+svcdns service add web --selector app=web --port http:80:http   # endpoints from its pods; a named targetPort
 svcdns service get web [-o json|yaml]
 svcdns service list [-n NS | -A] [-o json|yaml]
 svcdns service rm web
 svcdns endpoint add web 10.0.1.5 [--hostname web-0] [--not-ready] [--terminating]
 svcdns endpoint rm web 10.0.1.5
+svcdns endpoint list web [-o json|yaml]      # explicit or derived, with target ports and pods
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from ..model import (
     ValidationError,
     parse_ip,
     parse_port_spec,
+    parse_selector,
 )
 from ..registry import Registry, open_registry
-from ..registry.documents import dump, to_document
+from ..registry.documents import dump, endpoint_document, to_document
 from .config import registry_location
 
 T = TypeVar("T")
@@ -74,6 +77,8 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     add.add_argument("--session-affinity", choices=(AFFINITY_NONE, AFFINITY_CLIENT_IP), default=AFFINITY_NONE)
     add.add_argument("--affinity-timeout", type=int, default=None, metavar="SECONDS")
     add.add_argument("--endpoint", action="append", default=[], metavar="IP", help="a ready endpoint (repeatable)")
+    add.add_argument("--selector", default="", metavar="K=V,...", help="take the endpoints from the pods with these labels")
+    add.add_argument("--publish-not-ready-addresses", action="store_true", help="with --selector: every pod is ready")
     add.set_defaults(func=cmd_service_add)
 
     get = svc_sub.add_parser("get", parents=[common, cidr, out], help="show one Service")
@@ -102,12 +107,15 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     ep_rm.add_argument("service")
     ep_rm.add_argument("address")
     ep_rm.set_defaults(func=cmd_endpoint_rm)
+    ep_list = ep_sub.add_parser("list", aliases=["ls"], parents=[common, out], help="a Service's endpoints")
+    ep_list.add_argument("service")
+    ep_list.set_defaults(func=cmd_endpoint_list)
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------
 
 
-def _registry(args: argparse.Namespace) -> Registry:
+def registry_of(args: argparse.Namespace) -> Registry:
     if not args.verbose:
         # the CLI shows bad files as ERROR rows of `service list` (and errors of the Service asked
         # for as the command's error); log lines about other files would only be noise here
@@ -118,7 +126,7 @@ def _registry(args: argparse.Namespace) -> Registry:
     return open_registry(registry_location(args.registry), cidrs)
 
 
-def _valid(build: Callable[[], T]) -> T:
+def valid(build: Callable[[], T]) -> T:
     """Run a model constructor; a ValidationError becomes a UsageError (exit 2) naming field and value."""
     try:
         return build()
@@ -147,7 +155,7 @@ def _endpoints_text(svc: Service) -> str:
     return f"{ready}/{len(svc.endpoints)} ready"
 
 
-def _print_rows(rows: list[list[str]]) -> None:
+def print_rows(rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -161,9 +169,9 @@ def _dump(doc: Any, fmt: str) -> None:
 
 
 def cmd_service_add(args) -> int:
-    ports = tuple(_valid(partial(parse_port_spec, s)) for s in args.port)
+    ports = tuple(valid(partial(parse_port_spec, s)) for s in args.port)
     kind = HEADLESS if args.headless else EXTERNAL_NAME if args.external_name else CLUSTER_IP
-    vips = tuple(_valid(partial(parse_ip, "--vip", v)) for v in args.vip)
+    vips = tuple(valid(partial(parse_ip, "--vip", v)) for v in args.vip)
     if vips and kind != CLUSTER_IP:
         raise UsageError(f"--vip {args.vip[0]}: a {kind} Service has no VIP")
     families = _FAMILIES[args.ip_family] if args.ip_family else ()
@@ -171,8 +179,13 @@ def cmd_service_add(args) -> int:
         raise UsageError(f"--affinity-timeout {args.affinity_timeout}: only with --session-affinity ClientIP")
     if kind == CLUSTER_IP and not ports:
         raise UsageError("a ClusterIP Service needs at least one --port, e.g. --port http:80:8080/tcp")
-    endpoints = tuple(_valid(partial(_ready_endpoint, a)) for a in args.endpoint)
-    svc = _valid(
+    endpoints = tuple(valid(partial(_ready_endpoint, a)) for a in args.endpoint)
+    selector = valid(lambda: parse_selector(args.selector, "--selector"))
+    if selector and endpoints:
+        raise UsageError("--endpoint: a Service with --selector gets its endpoints from its pods (svcdns pod add)")
+    if args.publish_not_ready_addresses and not selector:
+        raise UsageError("--publish-not-ready-addresses: only with --selector")
+    svc = valid(
         lambda: Service(
             name=args.name,
             namespace=args.namespace,
@@ -184,15 +197,17 @@ def cmd_service_add(args) -> int:
             session_affinity=args.session_affinity,
             affinity_timeout=args.affinity_timeout or 10800,
             endpoints=endpoints,
+            selector=selector,
+            publish_not_ready_addresses=args.publish_not_ready_addresses,
         )
     )
-    created = _valid(lambda: _registry(args).create(svc))
+    created = valid(lambda: registry_of(args).create(svc))
     print(_vips_text(created))
     return 0
 
 
 def cmd_service_get(args) -> int:
-    svc = _registry(args).get(args.namespace, args.name)
+    svc = registry_of(args).get(args.namespace, args.name)
     if args.output != "table":
         _dump(to_document(svc), args.output)
         return 0
@@ -225,12 +240,12 @@ def cmd_service_get(args) -> int:
                 e.hostname or "-",
             ]
         )
-    _print_rows(rows)
+    print_rows(rows)
     return 0
 
 
 def cmd_service_list(args) -> int:
-    reg = _registry(args)
+    reg = registry_of(args)
     snap = reg.snapshot()
     services = sorted(
         (s for s in snap.table if args.all_namespaces or s.namespace == args.namespace), key=lambda s: s.key
@@ -253,12 +268,12 @@ def cmd_service_list(args) -> int:
     rows += [[s.namespace, s.name, s.type, _vips_text(s), _ports_text(s), _endpoints_text(s)] for s in services]
     for source, message in errors:
         rows.append(["ERROR", source, "-", "-", "-", message])
-    _print_rows(rows)
+    print_rows(rows)
     return 0
 
 
 def cmd_service_rm(args) -> int:
-    _registry(args).delete(args.namespace, args.name)
+    registry_of(args).delete(args.namespace, args.name)
     print(f"Service {args.namespace}/{args.name} removed")
     return 0
 
@@ -270,7 +285,7 @@ def cmd_endpoint_add(args) -> int:
     if args.not_serving and not args.terminating:
         raise UsageError("--not-serving: only with --terminating (a ready endpoint is serving)")
     ready = not (args.not_ready or args.terminating)
-    endpoint = _valid(
+    endpoint = valid(
         lambda: Endpoint(
             address=args.address,
             ready=ready,
@@ -281,28 +296,55 @@ def cmd_endpoint_add(args) -> int:
     )
 
     def change(svc: Service) -> Service:
+        _explicit(svc)
         eps = list(svc.endpoints)
         same = [i for i, e in enumerate(eps) if e.address == endpoint.address]
         if same:
             eps[same[0]] = endpoint  # an update keeps its place
         else:
             eps.append(endpoint)
-        return _valid(lambda: svc.with_endpoints(eps))
+        return valid(lambda: svc.with_endpoints(eps))
 
-    _valid(lambda: _registry(args).update(args.namespace, args.service, change))
+    valid(lambda: registry_of(args).update(args.namespace, args.service, change))
     return 0
 
 
 def cmd_endpoint_rm(args) -> int:
-    address = _valid(lambda: parse_ip("address", args.address))
+    address = valid(lambda: parse_ip("address", args.address))
 
     def change(svc: Service) -> Service:
+        _explicit(svc)
         if not any(e.address == address for e in svc.endpoints):
             raise NotFound(f"Service {svc.ref} has no endpoint {address}")
         return replace(svc, endpoints=tuple(e for e in svc.endpoints if e.address != address))
 
-    _registry(args).update(args.namespace, args.service, change)
+    registry_of(args).update(args.namespace, args.service, change)
     return 0
 
 
-__all__ = ["register"]
+def _explicit(svc: Service) -> None:
+    if svc.selector:
+        selector = ",".join(f"{k}={v}" for k, v in svc.selector)
+        raise UsageError(f"Service {svc.ref} has a selector ({selector}): its endpoints come from its pods; "
+                         "change those (svcdns pod add|label|rm)")  # fmt: skip
+
+
+def cmd_endpoint_list(args) -> int:
+    svc = registry_of(args).get(args.namespace, args.service)
+    if args.output != "table":
+        _dump({"service": svc.ref, "derived": bool(svc.selector),
+               "endpoints": [endpoint_document(e) for e in svc.endpoints]}, args.output)  # fmt: skip
+        return 0
+    if not svc.endpoints:
+        print(f"Service {svc.ref} has no endpoints.", file=sys.stderr)
+        return 0
+    rows = [["ADDRESS", "PORTS", "READY", "SERVING", "TERMINATING", "HOSTNAME", "POD"]]
+    for e in svc.endpoints:
+        ports = ",".join(f"{p.name + ':' if p.name else ''}{e.target_port(p)}/{p.protocol.lower()}" for p in svc.ports)
+        flags = [str(f).lower() for f in (e.ready, e.serving, e.terminating)]
+        rows.append([str(e.address), ports or "-", *flags, e.hostname or "-", e.pod or "-"])
+    print_rows(rows)
+    return 0
+
+
+__all__ = ["print_rows", "register", "registry_of", "valid"]

@@ -1,0 +1,179 @@
+"""``svcdns pod ...``: pods with labels, which Services with a selector take their endpoints from.
+
+svcdns pod add web-0 10.244.1.5 [fd00:244::5] -l app=web,tier=front [--hostname web-0 --subdomain web]
+               [--node n1] [--port http:8080/tcp] [--not-ready]      # creates or replaces
+svcdns pod rm web-0 [--grace 30] [--ignore-not-found]   # --grace: terminating, then gone after 30 s
+svcdns pod label web-0 tier=back app-                   # set and remove labels
+svcdns pod get web-0 [-o json|yaml]
+svcdns pod list [-l app=web] [-A] [-o json|yaml|wide]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from functools import partial
+
+from ..errors import NotFound, UsageError
+from ..model import PROTOCOLS, check_label_key, check_label_value, labels_of, matches, parse_selector
+from ..pod import ContainerPort, Pod
+from ..registry.documents import dump, pod_document
+from .registry import print_rows, registry_of, valid
+
+
+def register(sub, common: argparse.ArgumentParser) -> None:
+    pod = sub.add_parser("pod", help="add, label, list and remove pods (Services select them by label)", aliases=["po"])
+    pod_sub = pod.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    add = pod_sub.add_parser("add", parents=[common], help="register a pod (or replace it)")
+    add.add_argument("name")
+    add.add_argument("ips", nargs="+", metavar="IP", help="its address (one per family)")
+    add.add_argument("-l", "--labels", default="", metavar="K=V,...", help="its labels, e.g. app=web,tier=front")
+    add.add_argument("--hostname", default="", help="with --subdomain: <hostname>.<subdomain>.<ns>.svc.<zone>")
+    add.add_argument("--subdomain", default="", help="the headless Service that names it")
+    add.add_argument("--node", default="", help="the node it runs on")
+    add.add_argument("--port", action="append", default=[], metavar="SPEC", help="[name:]port[/tcp|udp|sctp]")
+    add.add_argument("--not-ready", action="store_true", help="registered but not ready (no traffic)")
+    add.set_defaults(func=cmd_pod_add)
+
+    rm = pod_sub.add_parser("rm", aliases=["delete"], parents=[common], help="remove a pod, now or after a grace")
+    rm.add_argument("name")
+    rm.add_argument("--grace", type=float, default=0, metavar="SECONDS",
+                    help="terminating for this long (open connections kept, no new ones while others serve)")  # fmt: skip
+    rm.add_argument("--ignore-not-found", action="store_true")
+    rm.set_defaults(func=cmd_pod_rm)
+
+    label = pod_sub.add_parser("label", parents=[common], help="set (k=v) and remove (k-) labels")
+    label.add_argument("name")
+    label.add_argument("changes", nargs="+", metavar="K=V|K-")
+    label.set_defaults(func=cmd_pod_label)
+
+    get = pod_sub.add_parser("get", parents=[common], help="show one pod")
+    get.add_argument("name")
+    get.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    get.set_defaults(func=cmd_pod_get)
+
+    lst = pod_sub.add_parser("list", aliases=["ls"], parents=[common], help="list pods and bad pod files")
+    lst.add_argument("-l", "--selector", default="", metavar="K=V,...")
+    lst.add_argument("-A", "--all-namespaces", action="store_true")
+    lst.add_argument("-o", "--output", choices=("table", "wide", "json", "yaml"), default="table")
+    lst.set_defaults(func=cmd_pod_list)
+
+
+def _container_port(spec: str) -> ContainerPort:
+    text, _, proto = spec.partition("/")
+    name, _, number = text.rpartition(":")
+    if not number.isdigit() or (proto and proto.upper() not in PROTOCOLS):
+        raise UsageError(f"--port {spec!r}: expected [name:]port[/tcp|udp|sctp], e.g. http:8080/tcp")
+    return valid(lambda: ContainerPort(int(number), name, proto.upper() or "TCP"))
+
+
+def cmd_pod_add(args) -> int:
+    pod = valid(
+        lambda: Pod(
+            name=args.name,
+            namespace=args.namespace,
+            labels=parse_selector(args.labels, "labels"),
+            ips=tuple(args.ips),
+            hostname=args.hostname,
+            subdomain=args.subdomain,
+            node_name=args.node,
+            ports=tuple(_container_port(p) for p in args.port),
+            ready=not args.not_ready,
+        )
+    )
+    created = registry_of(args).put_pod(pod)
+    print(f"pod/{pod.name} {'created' if created else 'replaced'}")
+    return 0
+
+
+def cmd_pod_rm(args) -> int:
+    reg = registry_of(args)
+    try:
+        if args.grace > 0:
+            deadline = time.time() + args.grace
+            # a second rm may shorten the grace, never lengthen it (as Kubernetes)
+            reg.update_pod(args.namespace, args.name, lambda p: replace(
+                p, deletion_deadline=min(deadline, p.deletion_deadline or deadline)))  # fmt: skip
+            print(f"pod/{args.name} terminating; gone in {args.grace:g}s")
+            return 0
+        reg.delete_pod(args.namespace, args.name)
+    except NotFound:
+        if args.ignore_not_found:
+            return 0
+        raise
+    print(f"pod/{args.name} deleted")
+    return 0
+
+
+def cmd_pod_label(args) -> int:
+    sets: dict[str, str] = {}
+    removes: list[str] = []
+    for change in args.changes:
+        if change.endswith("-") and "=" not in change:
+            removes.append(valid(partial(check_label_key, "labels", change[:-1])))
+        elif "=" in change:
+            key, _, value = change.partition("=")
+            sets[valid(partial(check_label_key, "labels", key))] = valid(partial(check_label_value, f"labels.{key}", value))
+        else:
+            raise UsageError(f"{change!r}: expected key=value (set) or key- (remove)")
+
+    def change_labels(pod: Pod) -> Pod:
+        labels = dict(pod.labels)
+        for key in removes:
+            labels.pop(key, None)
+        labels.update(sets)
+        return replace(pod, labels=labels_of(labels))
+
+    registry_of(args).update_pod(args.namespace, args.name, change_labels)
+    print(f"pod/{args.name} labeled")
+    return 0
+
+
+def _status(pod: Pod) -> str:
+    return "Terminating" if pod.terminating else "Ready" if pod.ready else "NotReady"
+
+
+def cmd_pod_get(args) -> int:
+    pod = registry_of(args).get_pod(args.namespace, args.name)
+    if args.output != "table":
+        sys.stdout.write(dump(pod_document(pod), args.output))
+        return 0
+    print(f"Name:       {pod.name}\nNamespace:  {pod.namespace}\nStatus:     {_status(pod)}")
+    print(f"IPs:        {', '.join(map(str, pod.ips)) or '<none>'}")
+    print(f"Labels:     {','.join(f'{k}={v}' for k, v in pod.labels) or '<none>'}")
+    for head, value in (("Hostname:", pod.hostname), ("Subdomain:", pod.subdomain), ("Node:", pod.node_name)):
+        if value:
+            print(f"{head:<12}{value}")
+    for i, p in enumerate(pod.ports):
+        print(f"{'Ports:' if i == 0 else '':<12}{p.name or '<unnamed>'} {p.container_port}/{p.protocol}")
+    return 0
+
+
+def cmd_pod_list(args) -> int:
+    reg = registry_of(args)
+    selector = valid(lambda: parse_selector(args.selector, "-l"))
+    pods = [p for p in reg.list_pods(None if args.all_namespaces else args.namespace)
+            if not selector or matches(selector, p.labels)]  # fmt: skip
+    errors = sorted(reg.pod_errors().items())
+    if args.output in ("json", "yaml"):
+        doc = {"items": [pod_document(p) for p in pods], "errors": [{"source": s, "error": m} for s, m in errors]}
+        sys.stdout.write(dump(doc, args.output))
+        return 0
+    if not pods and not errors:
+        print(f"No pods ({reg.location}).", file=sys.stderr)
+        return 0
+    head = ["NAMESPACE", "NAME", "STATUS", "IP"]
+    wide = args.output == "wide"
+    rows = [head + (["NODE", "LABELS"] if wide else [])]
+    for p in pods:
+        row = [p.namespace, p.name, _status(p), ",".join(map(str, p.ips)) or "<none>"]
+        rows.append(row + ([p.node_name or "-", ",".join(f"{k}={v}" for k, v in p.labels) or "-"] if wide else []))
+    rows += [["ERROR", src, "-", msg] + (["-", "-"] if wide else []) for src, msg in errors]
+    print_rows(rows)
+    return 0
+
+
+__all__ = ["register"]
