@@ -32,7 +32,19 @@ from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SRV, TXT, A, DNSHeader, DNSQ
 
 from ..model import CLUSTER_IP, EXTERNAL_NAME, HEADLESS, IPAddress, Service
 from ..table import ServiceTable, changed_keys
-from .wire import CLASS_IN, TYPE_A, TYPE_AAAA, TYPE_NS, TYPE_PTR, TYPE_SOA, TYPE_SRV, TYPE_TXT, name_to_wire, rr
+from .wire import (
+    CLASS_IN,
+    TYPE_A,
+    TYPE_AAAA,
+    TYPE_NS,
+    TYPE_PTR,
+    TYPE_SOA,
+    TYPE_SRV,
+    TYPE_TXT,
+    name_to_wire,
+    rr,
+    skip_name,
+)
 
 DNS_SCHEMA_VERSION = "1.1.0"  # the Kubernetes DNS specification version this follows
 MAX_ROTATIONS = 8
@@ -176,11 +188,19 @@ def _body(name: str, rtype: int, answers: list[RR], additional: Sequence[RR] = (
     msg = DNSRecord(DNSHeader(id=0, qr=1, aa=1), q=DNSQuestion(name, rtype))
     for a in answers:
         msg.add_answer(a)
-    start = 12 + len(name_to_wire(name)) + 4
-    cut = len(msg.pack()) - start  # names compress only against what precedes them: a prefix stays valid
     for a in additional:
         msg.add_ar(a)
-    return msg.pack()[start:], (len(answers), 0, len(additional)), cut
+    packed = msg.pack()
+    start = 12 + len(name_to_wire(name)) + 4
+    # where the additional section starts: names compress only against what precedes them, so the
+    # answer records alone are a valid prefix
+    cut = len(packed)
+    if additional:
+        cut = start
+        for _ in answers:
+            cut = skip_name(packed, cut)
+            cut += 10 + struct.unpack_from("!H", packed, cut + 8)[0]
+    return packed[start:], (len(answers), 0, len(additional)), cut - start
 
 
 @dataclass(frozen=True)

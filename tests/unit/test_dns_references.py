@@ -288,3 +288,13 @@ def test_2_an_external_name_follows_its_target_as_it_changes():
         check(compiler.zone, "alias.default.svc.cluster.local", "A", "NOERROR", [cname, *addresses])
     compiler.update(ServiceTable.of([web]), serial=SERIAL)
     check(compiler.zone, "alias.default.svc.cluster.local", "A", "NXDOMAIN", [], [SOA])
+
+
+def test_7_every_compiled_body_parses_without_its_additional_section():
+    import struct
+
+    for (name, rtype), variants in ZONE.entries.items():
+        for sections, (an, ns, _), cut in variants:
+            header = struct.pack("!HHHHHH", 0, 0x8400, 1, an, ns, 0)
+            msg = DNSRecord.parse(header + name + struct.pack("!HH", rtype, 1) + sections[:cut])
+            assert len(msg.rr) == an and not msg.ar
