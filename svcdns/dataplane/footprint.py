@@ -24,8 +24,7 @@ class Footprint:
         if batch is None:
             self.generation, self.handles = generation(), table_handles(self.tables)
         else:
-            self.generation = batch.generation()
-            self.handles = {t: batch.table_handle(*t) for t in self.tables}
+            self.generation, self.handles = batch.footprint(self.tables)
 
     def forget(self) -> None:
         self.generation = self.handles = None

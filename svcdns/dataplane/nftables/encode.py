@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import itertools
+import socket
 import struct
 from collections.abc import Iterable
 
@@ -150,6 +151,7 @@ class Encoder:
         self.alen = 16 if v6 else 4
         self.saddr, self.daddr = (8, 24) if v6 else (12, 16)
         self.addr_type = T_IPV6 if v6 else T_IPV4
+        self.af = socket.AF_INET6 if v6 else socket.AF_INET
         self.unreach_code = 4 if v6 else 3  # ICMPv6 / ICMP port unreachable
         self.ids = itertools.count(1)
 
@@ -159,7 +161,12 @@ class Encoder:
         return 1 + unit // 4 if unit % 4 == 0 else 8 + unit
 
     def pack(self, address: str) -> bytes:
-        return ipaddress.ip_address(address).packed
+        # the planner's addresses are ipaddress's text already: inet_pton parses them ~10x cheaper;
+        # ipaddress only for what it alone takes (an IPv6 scope, which the kernel never sees)
+        try:
+            return socket.inet_pton(self.af, address)
+        except OSError:
+            return ipaddress.ip_address(address).packed
 
     def encode(self, tx: Transaction) -> list[Msg]:
         out: list[Msg] = []

@@ -162,36 +162,53 @@ class NetlinkBatch:
     def generation(self) -> int:
         """The nftables generation now (NFT_MSG_GETGEN): read it right after a commit to know later
         whether anyone committed since."""
-        found = self._get(NFT_MSG_GETGEN, b"", 0, "NFTA_GEN_ID", "read the nftables generation")
-        assert found is not None  # every kernel answers GETGEN
-        return struct.unpack("!I", found)[0]
+        return self.footprint([])[0]
 
-    def table_handle(self, family: str, name: str) -> int | None:
-        """The handle of table ``family name``, None if there is none (NFT_MSG_GETTABLE). A table
-        deleted and made again gets a new handle."""
-        body = string("NFTA_TABLE_NAME", name)
-        found = self._get(NFT_MSG_GETTABLE, body, NFPROTO[family], "NFTA_TABLE_HANDLE", f"read table {family} {name}")
-        return None if found is None else struct.unpack("!Q", found[:8])[0]
+    def footprint(self, tables: list[tuple[str, str]]) -> tuple[int, dict[tuple[str, str], int | None]]:
+        """The generation and the handle of each ``(family, name)`` table (None: there is none; a
+        table deleted and made again gets a new handle), asked in one send (the kernel answers a
+        buffer of requests one after the other) and read back in one go."""
+        requests = [(NFT_MSG_GETGEN, b"", 0, "NFTA_GEN_ID", "read the nftables generation")]
+        requests += [(NFT_MSG_GETTABLE, string("NFTA_TABLE_NAME", name), NFPROTO[family], "NFTA_TABLE_HANDLE",
+                      f"read table {family} {name}") for family, name in tables]  # fmt: skip
+        found = self._get(requests)
+        gen = found[0]
+        assert gen is not None  # every kernel answers GETGEN
+        handles = {t: None if h is None else struct.unpack("!Q", h[:8])[0] for t, h in zip(tables, found[1:], strict=True)}
+        return struct.unpack("!I", gen)[0], handles
 
-    def _get(self, mtype: int, body: bytes, family: int, attr: str, what: str) -> bytes | None:
-        """One object's attribute ``attr`` (its payload), by a plain request; None for ENOENT."""
-        seq = next(self.seq)
-        with converted(what):
-            self.sock.send(self._header((NFNL_SUBSYS_NFTABLES << 8) | mtype, NLM_F_REQUEST, body, family, seq))
+    def _get(self, requests: list[tuple[int, bytes, int, str, str]]) -> list[bytes | None]:
+        """For each plain request (type, body, family, attribute, what it does), its object's
+        attribute (the payload), None for ENOENT."""
+        seqs = {}
+        chunks = []
+        for mtype, body, family, attr, what in requests:
+            seq = next(self.seq)
+            seqs[seq] = (len(seqs), attr, what)
+            chunks.append(self._header((NFNL_SUBSYS_NFTABLES << 8) | mtype, NLM_F_REQUEST, body, family, seq))
+        out: list[bytes | None] = [None] * len(requests)
+        with converted(requests[0][4]):
+            self.sock.send(b"".join(chunks))
         for reply, offset, length, rtype, rseq in self._replies():
-            if rseq != seq:
+            if rseq not in seqs:
                 continue
+            i, attr, what = seqs.pop(rseq)
             if rtype != NLMSG_ERROR:  # the object: nfgenmsg, then the attributes
                 attrs = offset + 20
                 while attrs + 4 <= offset + length:
                     alen, atype = struct.unpack_from("=HH", reply, attrs)
                     if atype & 0x7FFF == A[attr]:
-                        return reply[attrs + 4 : attrs + alen]
+                        out[i] = reply[attrs + 4 : attrs + alen]
+                        break
                     attrs += max((alen + 3) & ~3, 4)
-            code = -struct.unpack_from("=i", reply, offset + 16)[0] if rtype == NLMSG_ERROR else 0
-            if code == errno.ENOENT:
-                return None
-            raise refused(code or errno.ENODATA, what)
+                else:
+                    raise refused(errno.ENODATA, what)
+            else:
+                code = -struct.unpack_from("=i", reply, offset + 16)[0]
+                if code != errno.ENOENT:
+                    raise refused(code or errno.ENODATA, what)
+            if not seqs:
+                return out
         raise AssertionError("unreachable: _replies() never ends")
 
     def _replies(self):
@@ -258,7 +275,7 @@ def table_handles(tables: list[tuple[str, str]]) -> dict[tuple[str, str], int | 
     table deleted and made again (``nft flush ruleset``, then anyone's first rule) has a new handle."""
     batch = NetlinkBatch()
     try:
-        return {(family, name): batch.table_handle(family, name) for family, name in tables}
+        return batch.footprint(tables)[1]
     finally:
         batch.close()
 
