@@ -31,14 +31,21 @@ Expected = dict[tuple[str, int], set[tuple[str, int]]]  # (vip, port) -> {(endpo
 def sync_expectations(before, table, keys, family: str) -> Expected:
     """What :func:`clear_udp` checks after a sync from table ``before`` (None: the first sync) to
     ``table``: the UDP VIP:ports of the Services in ``keys`` (None: of every Service), and the ports
-    of ``before`` among them that went (every entry to those goes)."""
+    of ``before`` among them that went (every entry to those goes). After an incremental sync a port
+    that kept every endpoint it had (one or more) is left out: none of its entries can be stale, and
+    the dump of every UDP entry is the costly part of a sync that only adds endpoints."""
     if keys is None:
         old, new = (before or ()), table
     else:
         old = [before.services[k] for k in keys if before is not None and k in before.services]
         new = [table.services[k] for k in keys if k in table.services]
-    out: Expected = {key: set() for key in udp_expectations(old, family)}
-    out.update(udp_expectations(new, family))
+    was = udp_expectations(old, family)
+    out: Expected = {key: set() for key in was}
+    for key, targets in udp_expectations(new, family).items():
+        if keys is not None and was.get(key) and was[key] <= targets:
+            del out[key]
+        else:
+            out[key] = targets
     return out
 
 
