@@ -15,15 +15,17 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from ...errors import NotFound, SvcdnsError, UsageError
 from ...ipam import DEFAULT_SERVICE_CIDRS, Allocator, VIPConflict
 from ...model import IPAddress, Service
+from ...pod import Pod
 from ...table import Key, ServiceTable
 from ..contract import Snapshot
-from ..documents import DocumentError, decode, encode
+from ..documents import DocumentError, decode, decode_pod, encode, encode_pod
 from .client import Compare, EtcdClient, Op
 from .state import EtcdState, Keys
 from .url import parse_url, redact
@@ -276,6 +278,90 @@ class EtcdRegistry:
 
     def watch(self, retry_interval: float = 0.2, max_backoff: float = 5.0, batch_window: float = 0.005) -> EtcdWatch:
         return EtcdWatch(self, retry_interval=retry_interval, max_backoff=max_backoff, batch_window=batch_window)
+
+
+    # ---- pods -----------------------------------------------------------------------------------------------
+
+    def list_pods(self, namespace: str | None = None) -> list[Pod]:
+        """The pods (of ``namespace``) not gone, read from etcd now."""
+        self.client.run(self._read_pods())
+        now = time.time()
+        return [e.pod for k, e in sorted(self.state.pods.items())
+                if e.pod and not e.pod.gone(now) and (not namespace or k[0] == namespace)]  # fmt: skip
+
+    async def _read_pods(self) -> None:
+        _, kvs = await self.client.range(self.keys.pods)
+        self.state.pods.clear()
+        for kv in kvs:
+            self.state.apply_put(kv.key, kv.value, kv.mod_revision)
+
+    def pod_errors(self) -> dict[str, str]:
+        return {self.keys.pod(k).decode(errors="replace"): e.error for k, e in self.state.pods.items() if e.error}
+
+    def get_pod(self, namespace: str, name: str) -> Pod:
+        kv = self.client.run(self.client.get(self.keys.pod((namespace, name))))
+        pod = self._pod_of((namespace, name), kv)
+        if pod is None or pod.gone(time.time()):
+            raise NotFound(f"pod {namespace}/{name} not found in {self.location}")
+        return pod
+
+    def _pod_of(self, key: Key, kv: Any) -> Pod | None:
+        if kv is None:
+            return None
+        try:
+            return decode_pod(kv.value, self.keys.pod(key).decode(errors="replace"), fmt="json")
+        except DocumentError as err:
+            raise SvcdnsError(f"{err}; fix the entry before changing it with the CLI") from None
+
+    def put_pod(self, pod: Pod) -> bool:
+        async def put() -> bool:
+            key = self.keys.pod(pod.key)
+            for _ in range(CAS_RETRIES):
+                kv = await self.client.get(key)
+                compare = Compare(key, absent=True) if kv is None else Compare(key, mod=kv.mod_revision)
+                if await self.client.txn([compare], [Op(key, encode_pod(pod, "json-compact").encode())]):
+                    return kv is None
+                await asyncio.sleep(random.uniform(0, 0.01))
+            raise SvcdnsError(f"could not write pod {pod.ref}: too much contention in {self.location}")
+
+        return self.client.run(put())
+
+    def update_pod(self, namespace: str, name: str, change: Callable[[Pod], Pod]) -> Pod:
+        async def update() -> Pod:
+            key = self.keys.pod((namespace, name))
+            for _ in range(CAS_RETRIES):
+                kv = await self.client.get(key)
+                pod = self._pod_of((namespace, name), kv)
+                if kv is None or pod is None or pod.gone(time.time()):
+                    raise NotFound(f"pod {namespace}/{name} not found in {self.location}")
+                changed = change(pod)
+                if await self.client.txn([Compare(key, mod=kv.mod_revision)], [Op(key, encode_pod(changed, "json-compact").encode())]):
+                    return changed
+                await asyncio.sleep(random.uniform(0, 0.01))
+            raise SvcdnsError(f"could not update pod {namespace}/{name}: too much contention in {self.location}")
+
+        return self.client.run(update())
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        async def delete() -> None:
+            key = self.keys.pod((namespace, name))
+            for _ in range(CAS_RETRIES):
+                kv = await self.client.get(key)
+                if kv is None:
+                    raise NotFound(f"pod {namespace}/{name} not found in {self.location}")
+                if await self.client.txn([Compare(key, mod=kv.mod_revision)], [Op(key)]):
+                    return
+            raise SvcdnsError(f"could not delete pod {namespace}/{name}: too much contention in {self.location}")
+
+        self.client.run(delete())
+
+    async def collect_gone(self) -> None:
+        """Delete the pod keys whose grace period ended (compare-and-delete: whoever sees it first)."""
+        now = time.time()
+        gone = [(k, e.mod) for k, e in self.state.pods.items() if e.pod and e.pod.gone(now) and not e.error]
+        for key, mod in gone:
+            if await self.client.txn([Compare(self.keys.pod(key), mod=mod)], [Op(self.keys.pod(key))]):
+                log.info("registry: pod %s/%s deleted: its grace period ended", *key)
 
 
 def _value(svc: Service) -> bytes:

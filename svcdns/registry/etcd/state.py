@@ -5,6 +5,9 @@ The key schema, under a prefix (default ``/svcdns``):
 - ``<prefix>/services/<ns>/<name>``: the Service document (the JSON of ``svcdns service get -o json``),
   its ``clusterIPs`` being the allocated VIPs;
 - ``<prefix>/vips/<ip>``: ``<ns>/<name>``, the holder of that VIP;
+- ``<prefix>/pods/<ns>/<name>``: a Pod document (``svcdns pod get -o json``); a Service with a
+  selector gets its endpoints from them (:mod:`svcdns.endpoints`), and a pod change rebuilds only
+  the Services whose selectors match its old or new labels;
 - ``<prefix>/config``: ``{"serviceCIDRs": [...]}``, written once (create-if-absent), so every host
   allocates from the same CIDRs.
 
@@ -19,15 +22,18 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ...endpoints import Derivation
 from ...errors import MAX_VALUE
 from ...ipam import DEFAULT_SERVICE_CIDRS, Allocator, VIPConflict
 from ...model import IPAddress, Service
+from ...pod import Pod
 from ...table import Key, ServiceTable
 from ..contract import Snapshot
-from ..documents import DocumentError, decode
+from ..documents import DocumentError, decode, decode_pod
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,13 @@ class Keys:
     def service(self, key: Key) -> bytes:
         return self.root + f"services/{key[0]}/{key[1]}".encode()
 
+    @property
+    def pods(self) -> bytes:
+        return self.root + b"pods/"
+
+    def pod(self, key: Key) -> bytes:
+        return self.pods + f"{key[0]}/{key[1]}".encode()
+
     def vip(self, ip: IPAddress) -> bytes:
         return self.vips + str(ip).encode()
 
@@ -66,8 +79,8 @@ class Keys:
         if not raw.startswith(self.root):
             return None
         parts = raw[len(self.root) :].decode(errors="replace").strip("/").split("/")
-        if parts[0] == "services" and len(parts) == 3:
-            return "service", (parts[1], parts[2])
+        if parts[0] in ("services", "pods") and len(parts) == 3:
+            return parts[0].rstrip("s"), (parts[1], parts[2])
         if parts[0] == "vips" and len(parts) == 2:
             try:
                 return "vip", ipaddress.ip_address(parts[1])
@@ -82,6 +95,13 @@ class Keys:
 class Entry:
     mod: int  # the document's mod_revision
     service: Service | None  # last good version
+    error: str | None = None
+
+
+@dataclass
+class PodEntry:
+    mod: int
+    pod: Pod | None  # last good version
     error: str | None = None
 
 
@@ -104,6 +124,9 @@ class EtcdState:
         self.dirty: set[Key] | None = None  # keys to recompute; None: all of them
         self.rebuilt: set[Key] = set()  # the keys the last rebuild recomputed
         self._seen: set[Key] | None = None  # during a full read: the Services read so far
+        self.pods: dict[Key, PodEntry] = {}
+        self.derivation = Derivation()
+        self._seen_pods: set[Key] = set()
 
     # ---- taking keys in ---------------------------------------------------------------------------
 
@@ -111,12 +134,17 @@ class EtcdState:
         """A full read follows (every key at one revision): what it does not bring is gone."""
         self.dirty = None
         self._seen = set()
+        self._seen_pods = set()
         self.vips.clear()
 
     def end_full_read(self) -> None:
         seen, self._seen = self._seen or set(), None
         for key in set(self.entries) - seen:
             del self.entries[key]
+            self.derivation.remove_service(key)
+        for key in set(self.pods) - self._seen_pods:
+            del self.pods[key]
+            self.derivation.remove_pod(key)
 
     def apply_put(self, raw_key: bytes, value: bytes, mod: int) -> None:
         self.revision = max(self.revision, mod)
@@ -132,9 +160,36 @@ class EtcdState:
             self.vips[what] = value.decode(errors="replace")
             self._touch_holder(old_holder)
             self._touch_holder(self.vips[what])
+        elif kind == "pod":
+            assert isinstance(what, tuple)
+            self._apply_pod(what, raw_key, value, mod)
         else:
             assert isinstance(what, tuple)
             self._apply_service(what, raw_key, value, mod)
+
+    def _apply_pod(self, key: Key, raw_key: bytes, value: bytes, mod: int) -> None:
+        self._seen_pods.add(key)
+        source = raw_key.decode(errors="replace")
+        old = self.pods.get(key)
+        try:
+            pod = decode_pod(value, source, fmt="json")
+            if pod.key != key:
+                raise DocumentError(source, "name", pod.ref, f"does not match its key ({key[0]}/{key[1]})")
+        except DocumentError as err:
+            if old is None or old.error != str(err):
+                log.error("registry: %s%s", err, "; keeping its last good version" if old and old.pod else "")
+            self.pods[key] = PodEntry(mod, old.pod if old else None, str(err))
+            return
+        self.pods[key] = PodEntry(mod, pod)
+        self._touch_all(self.derivation.put_pod(pod, time.time()))
+
+    def expire(self, now: float) -> None:
+        """Drop the pods whose grace period ended (their Services are rebuilt next)."""
+        self._touch_all(self.derivation.expire(now))
+
+    def _touch_all(self, keys: Iterable[Key]) -> None:
+        for key in keys:
+            self._touch(key)
 
     def _apply_config(self, raw_key: bytes, value: bytes) -> None:
         try:
@@ -156,6 +211,7 @@ class EtcdState:
             if svc.key != key:
                 raise DocumentError(source, "name", svc.ref, f"does not match its key ({key[0]}/{key[1]})")
             self.entries[key] = Entry(mod, svc)
+            self.derivation.put_service(svc)
         except DocumentError as err:
             message = str(err)
             if old is None or old.error != message:
@@ -174,7 +230,12 @@ class EtcdState:
         elif kind == "service":
             assert isinstance(what, tuple)
             self.entries.pop(what, None)
+            self.derivation.remove_service(what)
             self._touch(what)
+        elif kind == "pod":
+            assert isinstance(what, tuple)
+            self.pods.pop(what, None)
+            self._touch_all(self.derivation.remove_pod(what))
 
     def _touch(self, key: Key) -> None:
         if self.dirty is not None:
@@ -199,7 +260,9 @@ class EtcdState:
             if svc is None:
                 if key in self.table:
                     deletes.append(key)
-            elif self.table.get(*key) != svc:
+                continue
+            svc = self.derivation.apply(svc)
+            if self.table.get(*key) != svc:
                 puts.append(svc)
         if not puts and not deletes:
             return False
@@ -221,6 +284,7 @@ class EtcdState:
 
     def current(self) -> Snapshot:
         errors = {self.keys.source(k): e.error for k, e in self.entries.items() if e.error}
+        errors.update((self.keys.pod(k).decode(errors="replace"), e.error) for k, e in self.pods.items() if e.error)
         return Snapshot(self.revision, self.table, errors, self.synced)
 
     # ---- VIPs -------------------------------------------------------------------------------------------
@@ -257,4 +321,4 @@ class EtcdState:
         ]
 
 
-__all__ = ["Entry", "EtcdState", "Keys", "holder_key"]
+__all__ = ["Entry", "EtcdState", "Keys", "PodEntry", "holder_key"]

@@ -7,7 +7,8 @@ with backoff; meanwhile nothing changes on the host (the last known Services sta
 converges: Services that vanished meanwhile go, the others stay untouched.
 
 Events are applied to the registry's state as they come and the table is rebuilt after a short
-batch window, so a burst of writes costs one new Snapshot.
+batch window, so a burst of writes costs one new Snapshot. A rebuild is also scheduled for when the
+next terminating pod's grace period ends: the pod then goes, and its key is deleted.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import concurrent.futures
 import logging
 import queue
+import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -40,6 +42,8 @@ class Watched(Protocol):
 
     async def adopt(self, only: Iterable[Key] | None = None) -> bool: ...
 
+    async def collect_gone(self) -> None: ...
+
 
 class EtcdWatch(WatchBase):
     def __init__(self, registry: Watched, retry_interval: float = 0.2, max_backoff: float = 5.0,
@@ -52,6 +56,7 @@ class EtcdWatch(WatchBase):
         self._queue: queue.Queue[Snapshot] = queue.Queue()
         self._task: concurrent.futures.Future[Any] | None = None
         self._pending: asyncio.TimerHandle | None = None  # a scheduled rebuild
+        self._expiry: asyncio.TimerHandle | None = None  # the rebuild at the next pod's deadline
         self._last_errors: dict[str, str] = {}
         self._needs_snapshot = True
         self._stream: EventStream | None = None
@@ -105,6 +110,9 @@ class EtcdWatch(WatchBase):
         if self._pending is not None:  # a rebuild scheduled but not started: it would outlive the watch
             self._pending.cancel()
             self._pending = None
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         task.cancel()
 
     # ---- the loop (runs on the client's event loop) ------------------------------------------------------
@@ -132,6 +140,7 @@ class EtcdWatch(WatchBase):
                     self._emit(changed)
                 self._stream = await self._client.watch(state.keys.root, state.revision + 1)
                 self._recovered()
+                self._schedule_expiry()
                 backoff = self.retry_interval
                 async for event in self._stream:
                     if event.kind == "put":
@@ -161,12 +170,32 @@ class EtcdWatch(WatchBase):
     async def _flush(self) -> None:
         self._pending = None
         state = self._state
+        state.expire(time.time())
         changed = state.rebuild()
         try:
             await self.registry.adopt(state.rebuilt)  # adopt new documents without VIPs; the watch brings the result
         except SvcdnsError as err:
             log.warning("registry: could not allocate VIPs now: %s", err)
         self._emit(changed)
+        self._schedule_expiry()
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        due = self._state.derivation.next_deadline()
+        if due is not None:
+            self._expiry = asyncio.get_running_loop().call_later(
+                max(0.0, due - time.time()), lambda: asyncio.ensure_future(self._expire())
+            )
+
+    async def _expire(self) -> None:
+        self._expiry = None
+        try:
+            await self.registry.collect_gone()  # the watch brings the deletions
+        except SvcdnsError as err:
+            log.warning("registry: could not delete the pods whose grace ended: %s", err)
+        await self._flush()
 
     def _emit(self, changed: bool) -> None:
         snap = self._state.current()
