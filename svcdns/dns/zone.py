@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 
 from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SRV, TXT, A, DNSHeader, DNSQuestion, DNSRecord
 
-from ..model import CLUSTER_IP, EXTERNAL_NAME, HEADLESS, IPAddress, Service
+from ..model import CLUSTER_IP, EXTERNAL_NAME, HEADLESS, IPAddress, Service, ServicePort
 from ..table import ServiceTable, changed_keys
 from .wire import (
     CLASS_IN,
@@ -238,14 +238,23 @@ def compile_service(svc: Service, origin: str, ttl: int) -> Fragment:
 
 def apex_fragment(origin: str, ttl: int, cluster_dns: IPAddress) -> Fragment:
     """SOA aside (it changes with the serial): the NS record, its name's address (the cluster DNS
-    address, which every pod reaches) as glue and as the name's own answer, and the schema TXT."""
+    address, which every pod reaches) as glue and as the name's own answer, the schema TXT, and
+    the cluster DNS Service's own names (``kube-dns.kube-system.svc``, as Kubernetes names it; a
+    Service of that name in the registry takes them over)."""
     b = _Builder(origin, ttl)
     b.exists(origin)
     ns = f"ns.dns.{origin}"
     b.add(origin, TYPE_NS, NS(ns), [b.glue(ns, cluster_dns)])
     b.address(ns, cluster_dns)
     b.add(f"dns-version.{origin}", TYPE_TXT, TXT(DNS_SCHEMA_VERSION))
+    b.service(CLUSTER_DNS_SERVICE.with_cluster_ips([cluster_dns]))
+    b.ptrs.clear()  # reverse names are the Services' PTR sets, which ZoneCompiler assembles across them
     return _compile(b)
+
+
+# what the cluster DNS address answers as (its VIP is the configured cluster_dns)
+CLUSTER_DNS_SERVICE = Service("kube-dns", "kube-system", ports=(ServicePort(53, "UDP", name="dns"),
+                              ServicePort(53, "TCP", name="dns-tcp")))  # fmt: skip
 
 
 @dataclass(frozen=True)

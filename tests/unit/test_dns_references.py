@@ -298,3 +298,13 @@ def test_7_every_compiled_body_parses_without_its_additional_section():
             header = struct.pack("!HHHHHH", 0, 0x8400, 1, an, ns, 0)
             msg = DNSRecord.parse(header + name + struct.pack("!HH", rtype, 1) + sections[:cut])
             assert len(msg.rr) == an and not msg.ar
+
+
+def test_the_cluster_dns_service_has_its_kubernetes_names():
+    """Issue 14: kube-dns.kube-system.svc.<zone> answers the cluster DNS address (as in Kubernetes)."""
+    name = "kube-dns.kube-system.svc.cluster.local."
+    check(ZONE, name, "A", "NOERROR", [f"{name} 5 IN A 10.96.0.10"])
+    srv = f"_dns._udp.{name}"
+    check(ZONE, srv, "SRV", "NOERROR", [f"{srv} 5 IN SRV 0 100 53 {name}"], [], [f"{name} 5 IN A 10.96.0.10"])
+    zone = zone_of(COREDNS, cluster_dns="10.100.0.10")
+    check(zone, name, "A", "NOERROR", [f"{name} 5 IN A 10.100.0.10"])
