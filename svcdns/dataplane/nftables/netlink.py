@@ -180,7 +180,7 @@ class NetlinkBatch:
     def _get(self, requests: list[tuple[int, bytes, int, str, str]]) -> list[bytes | None]:
         """For each plain request (type, body, family, attribute, what it does), its object's
         attribute (the payload), None for ENOENT."""
-        seqs = {}
+        seqs: dict[int, tuple[int, str, str]] = {}
         chunks = []
         for mtype, body, family, attr, what in requests:
             seq = next(self.seq)
