@@ -50,10 +50,11 @@ def main() -> int:
             lab.serve(pod, 8080, "http")
             print(f"pod{pod.index}: {pod.ipv4}")
 
-        say("A Service with a stable VIP, and the pods as its endpoints (the registry is a directory)")
-        show([*svcdns, "service", "add", "web", "--port", "http:80:8080/tcp"], env=env)
-        show([*svcdns, "endpoint", "add", "web", str(p1.ipv4), "--hostname", "web-0"], env=env)
-        show([*svcdns, "endpoint", "add", "web", str(p2.ipv4), "--hostname", "web-1"], env=env)
+        say("The pods are registered once, with labels; a Service selects them (the registry is a directory)")
+        show([*svcdns, "pod", "add", "web-0", str(p1.ipv4), "-l", "app=web"], env=env)
+        show([*svcdns, "pod", "add", "web-1", str(p2.ipv4), "-l", "app=web"], env=env)
+        show([*svcdns, "service", "add", "web", "--selector", "app=web", "--port", "http:80:8080/tcp"], env=env)
+        show([*svcdns, "endpoint", "list", "web"], env=env)
         vip = show([*svcdns, "service", "get", "web", "-o", "json"], env=env).split('"clusterIP": "')[1].split('"')[0]
 
         say("The agent in the node namespace: registry -> nftables rules -> DNS")
@@ -91,7 +92,7 @@ def main() -> int:
             shutil.rmtree(conf.parent, ignore_errors=True)
 
         say("A pod goes away: new connections go to the other one")
-        show([*svcdns, "endpoint", "rm", "web", str(p1.ipv4)], env=env)
+        show([*svcdns, "pod", "rm", "web-0"], env=env)
 
         def moved() -> bool:
             got = {
