@@ -29,9 +29,13 @@ class Footprint:
     def forget(self) -> None:
         self.generation = self.handles = None
 
-    def drifted(self) -> bool:
-        return self.generation is None or generation() != self.generation
+    def drifted(self, batch: NetlinkBatch | None = None) -> bool:
+        """On ``batch``'s socket when given (else a socket of its own)."""
+        if self.generation is None:
+            return True
+        return (batch.generation() if batch is not None else generation()) != self.generation
 
-    def lost(self) -> bool:
-        return self.handles is not None and self.drifted() and table_handles(self.tables) != self.handles
-
+    def lost(self, batch: NetlinkBatch | None = None) -> bool:
+        if self.handles is None or not self.drifted(batch):
+            return False
+        return (batch.footprint(self.tables)[1] if batch is not None else table_handles(self.tables)) != self.handles

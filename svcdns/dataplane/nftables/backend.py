@@ -28,10 +28,20 @@ class NftablesDataplane:
         self.current: dict[str, Ruleset | None] = {f: None for f in families}
         self.table: ServiceTable | None = None  # the last table the kernel took
         self.footprint = Footprint([(FAMILIES[f], TABLE) for f in families])  # after our last commit
-        # One socket for every sync: closing a netfilter netlink socket right after a commit waits
-        # for the kernel to free the transaction (an RCU grace period, ~10 ms); it is dropped only
-        # after a failure, when replies of the failed exchange may still be queued on it.
+        # One socket for every sync and check: closing a netfilter netlink socket right after a
+        # commit waits for the kernel to free the transaction (an RCU grace period, ~10 ms); it is
+        # dropped only after a failure, when replies of the failed exchange may still be queued on it.
         self.batch: NetlinkBatch | None = None
+
+    def _socket(self) -> NetlinkBatch:
+        if self.batch is None:
+            self.batch = NetlinkBatch()
+        return self.batch
+
+    def _drop_socket(self) -> None:
+        if self.batch is not None:
+            self.batch.close()
+            self.batch = None
 
     def sync(self, table: ServiceTable, *, full: bool = False) -> SyncResult:
         start = time.perf_counter()
@@ -39,7 +49,7 @@ class NftablesDataplane:
         udp: Expected = {}
         was_full = False
         keys = changed_keys(self.table, table) if self.table is not None and not full else None
-        batch = self.batch = self.batch or NetlinkBatch()
+        batch = self._socket()
         try:
             for family in self.families:
                 current = self.current[family]
@@ -64,8 +74,7 @@ class NftablesDataplane:
                 written += len(messages)
             self.footprint.record(batch)
         except BaseException:
-            self.batch = None
-            batch.close()
+            self._drop_socket()
             raise
         self.table = table
         clear_udp(udp)
@@ -75,18 +84,24 @@ class NftablesDataplane:
         """Whether the kernel may hold something else than the last sync left: nftables' generation
         moved since (anyone committed: someone flushed our table, or changed another one). One
         netlink round trip, so the agent can look often and converge fully only when needed."""
-        return self.footprint.drifted()
+        try:
+            return self.footprint.drifted(self._socket())
+        except BaseException:
+            self._drop_socket()
+            raise
 
     def lost(self) -> bool:
         """Whether our tables are gone or were replaced since the last sync: ``nft flush ruleset``,
         which Debian's nftables.service runs at every start, restart and reload. Cheap enough to
         ask every second: one round trip while nobody else committed, one per family after."""
-        return self.footprint.lost()
+        try:
+            return self.footprint.lost(self._socket())
+        except BaseException:
+            self._drop_socket()
+            raise
 
     def cleanup(self) -> None:
-        if self.batch is not None:
-            self.batch.close()
-            self.batch = None
+        self._drop_socket()
         for family in self.families:
             if delete_table(FAMILIES[family]):
                 log.info("dataplane: removed table %s svcdns", FAMILIES[family])
