@@ -11,7 +11,11 @@ written to a registry directory, the agent starts in a node namespace, and:
   for its name until it answers and connects to the VIP; the time from the write to that
   connection, p50 and p99. Then the common change: ``--changes`` Services whose one endpoint
   turns ready (its VIP rejected connections until then); the time from the write to the first
-  connection that goes through, p50 and p99.
+  connection that goes through, p50 and p99. Then a burst: ``--burst`` new Services written one
+  after the other as fast as the prober can; the number of syncs the agent made for them (its
+  /metrics) and the time from the last write to that Service's name answering and VIP connecting.
+With ``--base DIR`` (a clone of an earlier commit), every files row is measured with DIR's code too,
+in the same run, back to back: a before/after table.
 With ``--etcd``: the same registry in etcd (10k Services), two agents on two node namespaces, the
 time to ready, and one change's propagation (written to etcd -> both agents answer), p50/p99.
 """
@@ -37,10 +41,17 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 PODS = int(ipaddress.ip_address("10.128.0.0"))  # endpoint i*16+k+1 of Service i: 10 per Service
 ENV = dict(os.environ, PYTHONPATH=ROOT)
 
+
+def env_for(code: str | None) -> dict:
+    """The environment that runs the agent of checkout ``code`` (default: this one)."""
+    return dict(os.environ, PYTHONPATH=code or ROOT)
+
+
 PROBER = r"""
-import json, os, socket, statistics, sys, time
+import json, os, re, socket, statistics, subprocess, sys, time
 from dnslib import DNSRecord
 mode, target, servers, changes = sys.argv[1], sys.argv[2], sys.argv[3].split(","), int(sys.argv[4])
+burst = int(sys.argv[5]) if len(sys.argv) > 5 else 0
 
 def answer(server, name):
     q = DNSRecord.question(name)
@@ -100,6 +111,21 @@ if mode == "files":  # an endpoint becoming ready in an existing Service: the co
                 time.sleep(0.001)
         lat.append(time.perf_counter() - t0)
     out.update(zip(("ep50", "ep99"), pct(lat)))
+
+def syncs():
+    text = subprocess.run(["curl", "-s", "http://127.0.0.1:10256/metrics"], capture_output=True, text=True).stdout
+    return sum(float(v) for v in re.findall(r'^svcdns_sync_duration_seconds_count\{[^}]*\} (\S+)', text, re.M))
+
+if burst:
+    before = syncs()
+    for i in range(burst):
+        write(i, "burst")
+    t0 = time.perf_counter()
+    vip = resolve(f"burst{burst - 1}")
+    c = socket.create_connection((vip, 80), timeout=2); c.close()
+    out["burst_last"] = time.perf_counter() - t0
+    time.sleep(1)  # a sync still to come would count too
+    out["burst_syncs"] = syncs() - before
 print(json.dumps(out))
 """
 
@@ -140,13 +166,13 @@ def ready(lab: Lab, timeout: float = 900) -> float:
     return time.perf_counter() - start
 
 
-def bench_files(n: int, changes: int) -> dict:
+def bench_files(n: int, changes: int, burst: int = 0, code: str | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="svcdns-bench-agent-") as tmp, Lab(pods=1, tag="benchagent") as lab:
         registry = Path(tmp)
         write_registry(registry, n)
         lab.serve(lab.pod_list[0], 8080)
         proc = lab.spawn(
-            lab.node, agent_cmd(str(registry)), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            lab.node, agent_cmd(str(registry)), env=env_for(code), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         out = {"start": ready(lab)}
         # the agent's own PID: `ip netns exec` execs it, so the Popen's PID is the agent
@@ -154,7 +180,7 @@ def bench_files(n: int, changes: int) -> dict:
         if changes:
             env = dict(ENV, LIVE=str(lab.pod_list[0].ipv4))
             res = lab.node.run(
-                [sys.executable, "-c", PROBER, "files", str(registry), "127.0.0.1", str(changes)], env=env
+                [sys.executable, "-c", PROBER, "files", str(registry), "127.0.0.1", str(changes), str(burst)], env=env
             )
             out.update(json.loads(res.stdout.strip().splitlines()[-1]))
         return out
@@ -202,21 +228,27 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,10000,30000")
     ap.add_argument("--changes", type=int, default=100)
     ap.add_argument("--etcd", action="store_true")
+    ap.add_argument("--burst", type=int, default=1000, help="Services written in one burst at the probed size")
+    ap.add_argument("--base", help="another checkout of svcdns (e.g. a clone of an earlier commit) for a before row")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/agent.py: needs root (it builds network namespaces)")
     sizes = [int(x) for x in args.sizes.split(",")]
     probe_at = 10_000 if 10_000 in sizes else max(sizes)
     print("registry | Services | start to ready | agent peak RSS | with DNS workers | new Service -> working name "
-          "and VIP, p50 | p99 | endpoint ready -> VIP connects, p50 | p99")  # fmt: skip
+          "and VIP, p50 | p99 | endpoint ready -> VIP connects, p50 | p99 | burst: syncs | last write -> working")  # fmt: skip
 
     def ms(r, a, b):
         return f"{r[a] * 1000:.0f} ms | {r[b] * 1000:.0f} ms" if a in r else "- | -"
 
+    def burst(r):
+        return f"{r['burst_syncs']:.0f} | {r['burst_last'] * 1000:.0f} ms" if "burst_syncs" in r else "- | -"
+
     for n in sizes:
-        r = bench_files(n, args.changes if n == probe_at else 0)
-        print(f"files | {n:,} | {r['start']:.1f} s | {r['peak_rss']:.0f} MB | {r['total_rss']:.0f} MB | "
-              f"{ms(r, 'p50', 'p99')} | {ms(r, 'ep50', 'ep99')}")  # fmt: skip
+        for label, code in ([("before", args.base)] if args.base else []) + [("files", None)]:
+            r = bench_files(n, args.changes if n == probe_at else 0, args.burst if n == probe_at else 0, code)
+            print(f"{label} | {n:,} | {r['start']:.1f} s | {r['peak_rss']:.0f} MB | {r['total_rss']:.0f} MB | "
+                  f"{ms(r, 'p50', 'p99')} | {ms(r, 'ep50', 'ep99')} | {burst(r)}")  # fmt: skip
     if args.etcd:
         r = bench_etcd(10_000, args.changes)
         print(f"etcd, 2 agents | 10,000 | {r['start']:.1f} s | - | - | {ms(r, 'p50', 'p99')} | - | -")

@@ -1,6 +1,7 @@
 """Benchmark the nftables dataplane against the nft CLI and kube-proxy's iptables shape.
 
-    python bench/dataplane.py [--sizes 1000,10000] [--endpoints 10] [--changes 20] [--iptables-sizes 1000]
+    python bench/dataplane.py [--sizes 1000,10000] [--endpoints 10] [--changes 50] [--iptables-sizes 1000]
+                              [--base /path/to/another/checkout] [--no-anchors]
 
 Needs root: everything runs in network namespaces this script creates and deletes (svcdns.testing.lab).
 For each size, N Services with E endpoints each, measured side by side in one run:
@@ -8,10 +9,14 @@ For each size, N Services with E endpoints each, measured side by side in one ru
 - full sync from empty: svcdns over netlink vs ``nft -f`` of the same ruleset (svcdns's own
   rendering) vs ``iptables-restore`` of kube-proxy's iptables shape (KUBE-SERVICES / KUBE-SVC-* with
   statistic probabilities / KUBE-SEP-* DNAT chains), each into an empty namespace;
-- one change (one endpoint added to one Service): svcdns's incremental sync (median of --changes)
-  vs the ``nft`` CLI making the same change (it reads the kernel's state first);
+- one change (one endpoint added to one Service): svcdns's incremental sync, median and p99 of
+  --changes, vs the ``nft`` CLI making the same change (it reads the kernel's state first);
 - connect() to the last VIP, median over 2000 connections, vs the same with 1 Service;
 - peak RSS of the process that ran svcdns's syncs.
+
+With ``--base DIR`` (a clone of an earlier commit), the same svcdns rows are measured with DIR's
+code too, in the same run, each size's two sides back to back: a before/after table.
+``--no-anchors`` leaves out the ``nft -f`` and ``iptables-restore`` loads (minutes at 100k).
 
 Then svcdns's iptables backend (``--iptables-sizes``, IPv4; empty to skip): its first sync, an
 endpoint replaced and a new Service (medians of 5; only the changed chains are written), and a full
@@ -30,7 +35,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+HERE = str(Path(__file__).resolve().parent.parent)
+# the child measures the code of the checkout it is given (--base), this one by default
+sys.path.insert(0, os.environ.get("SVCDNS_BENCH_CODE") or HERE)
 
 from svcdns.testing.lab import Lab  # noqa: E402
 
@@ -87,8 +94,10 @@ def child(args) -> None:
     start = time.perf_counter()
     subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
     nft_change = time.perf_counter() - start
-    print(json.dumps({"full": full, "change": statistics.median(times) if times else 0.0, "nft_change": nft_change,
-                      "rss": rss, "connect_us": connect}))  # fmt: skip
+    times.sort()
+    p99 = times[min(len(times) - 1, int(len(times) * 0.99))] if times else 0.0
+    print(json.dumps({"full": full, "change": statistics.median(times) if times else 0.0, "change_p99": p99,
+                      "nft_change": nft_change, "rss": rss, "connect_us": connect}))  # fmt: skip
 
 
 def child_iptables(args) -> None:
@@ -161,14 +170,17 @@ def timed(ns, argv: list[str], stdin: str) -> float:
     return time.perf_counter() - start
 
 
-def measure(n: int, endpoints: int, changes: int) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+def measure(n: int, endpoints: int, changes: int, root: str | None = None, svcdns_only: bool = False) -> dict:
+    """The row of ``n`` Services; svcdns's code from ``root`` (default: this checkout)."""
+    env = dict(os.environ, PYTHONPATH=root or HERE, SVCDNS_BENCH_CODE=root or HERE)
     with Lab(pods=1, tag="bench") as lab:
         lab.serve(lab.pod_list[0], 8080)
         live = str(lab.pod_list[0].ipv4)
         out = lab.node.run([sys.executable, __file__, CHILD, "--n", str(n), "--endpoints", str(endpoints),
                             "--changes", str(changes), "--live", live], env=env)  # fmt: skip
         result = json.loads(out.stdout.strip().splitlines()[-1])
+    if svcdns_only:
+        return result
     with Lab(pods=0, tag="bench") as lab:
         result["nft_f"] = timed(lab.node, ["nft", "-f", "-"], nft_text(n, endpoints, "10.244.1.2"))
     with Lab(pods=0, tag="bench") as lab:
@@ -177,7 +189,7 @@ def measure(n: int, endpoints: int, changes: int) -> dict:
 
 
 def measure_iptables(n: int, endpoints: int) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env = dict(os.environ, PYTHONPATH=HERE, SVCDNS_BENCH_CODE=HERE)
     with Lab(pods=0, tag="bench") as lab:
         out = lab.node.run([sys.executable, __file__, CHILD, "--iptables", "--n", str(n), "--endpoints", str(endpoints),
                             "--live", "10.244.1.2"], env=env)  # fmt: skip
@@ -188,7 +200,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--endpoints", type=int, default=10)
-    ap.add_argument("--changes", type=int, default=20)
+    ap.add_argument("--changes", type=int, default=50)
+    ap.add_argument("--no-anchors", action="store_true", help="skip the nft -f and iptables-restore loads")
+    ap.add_argument("--base", help="another checkout of svcdns (e.g. a clone of an earlier commit) for a before column")
     ap.add_argument("--iptables-sizes", default="1000", help="Services for the iptables backend's rows ('' to skip)")
     ap.add_argument(CHILD, action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--iptables", action="store_true", help=argparse.SUPPRESS)
@@ -201,19 +215,33 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("bench/dataplane.py: needs root (it builds network namespaces)")
     sizes = [1] + [int(x) for x in args.sizes.split(",")]
-    rows = {n: measure(n, args.endpoints, args.changes if n > 1 else 0) for n in sizes[1:]}
+    rows, base = {}, {}
+    for n in sizes[1:]:
+        if args.base:
+            base[n] = measure(n, args.endpoints, args.changes, root=args.base, svcdns_only=True)
+        rows[n] = measure(n, args.endpoints, args.changes, svcdns_only=args.no_anchors)
     one = measure(2, args.endpoints, 1)  # the baseline for connect(): (almost) nothing else loaded
-    head = ["Services", "svcdns full", "nft -f", "iptables-restore", "svcdns 1 change", "nft CLI 1 change",
-            "connect last VIP", "vs 2 Services", "peak RSS"]  # fmt: skip
+    head = ["Services", "svcdns full", "nft -f", "iptables-restore", "svcdns 1 change, median", "p99",
+            "nft CLI 1 change", "connect last VIP", "vs 2 Services", "peak RSS"]  # fmt: skip
     print(f"{args.endpoints} endpoints per Service; times in seconds unless marked")
     print(" | ".join(head))
     for n, r in rows.items():
         print(" | ".join([
-            f"{n:,}", f"{r['full']:.2f}", f"{r['nft_f']:.2f}", f"{r['iptables']:.2f}",
-            f"{r['change'] * 1000:.1f} ms", f"{r['nft_change'] * 1000:.0f} ms",
+            f"{n:,}", f"{r['full']:.2f}", f"{r['nft_f']:.2f}" if "nft_f" in r else "-",
+            f"{r['iptables']:.2f}" if "iptables" in r else "-",
+            f"{r['change'] * 1000:.2f} ms", f"{r['change_p99'] * 1000:.2f} ms", f"{r['nft_change'] * 1000:.0f} ms",
             f"{r['connect_us']:.1f} us", f"{r['connect_us'] / one['connect_us']:.2f}x", f"{r['rss']:.0f} MB",
         ]))  # fmt: skip
     print(f"(2 Services: connect {one['connect_us']:.1f} us)")
+    if base:
+        print(f"\nbefore ({args.base}) and after (this checkout), measured in this run")
+        print(" | ".join(["Services", "full sync before", "after", "1 change median before", "after", "p99 before",
+                          "after", "peak RSS before", "after"]))  # fmt: skip
+        for n, b in base.items():
+            r = rows[n]
+            print(" | ".join([f"{n:,}", f"{b['full']:.2f}", f"{r['full']:.2f}", f"{b['change'] * 1000:.2f} ms",
+                              f"{r['change'] * 1000:.2f} ms", f"{b['change_p99'] * 1000:.2f} ms",
+                              f"{r['change_p99'] * 1000:.2f} ms", f"{b['rss']:.0f} MB", f"{r['rss']:.0f} MB"]))  # fmt: skip
     ipt = {n: measure_iptables(n, args.endpoints) for n in (int(x) for x in args.iptables_sizes.split(",") if x)}
     if ipt:
         print("\nsvcdns --dataplane iptables (" + os.path.realpath("/usr/sbin/iptables").rsplit("/", 1)[-1] + ")")

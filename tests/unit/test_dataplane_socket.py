@@ -52,7 +52,9 @@ class Socket:
                 self.kernel.generation += 1
             if flags & netlink.NLM_F_ACK:
                 code = -self.kernel.refuse
-                self.replies.append(struct.pack("=IHHII", 36, 2, 0, seq, 0) + struct.pack("=i", code) + data[offset : offset + 16])
+                self.replies.append(
+                    struct.pack("=IHHII", 36, 2, 0, seq, 0) + struct.pack("=i", code) + data[offset : offset + 16]
+                )
             elif mtype in (GETGEN, GETTABLE):
                 attr = netlink.nla("NFTA_GEN_ID", struct.pack("!I", self.kernel.generation)) if mtype == GETGEN \
                     else netlink.nla("NFTA_TABLE_HANDLE", struct.pack("!Q", 7))  # fmt: skip
