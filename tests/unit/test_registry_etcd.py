@@ -1,8 +1,10 @@
 """etcd-only behaviour: URLs, adoption races, watch resume, compaction, outages, a member lost."""
 
 import json
+import logging
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -175,7 +177,7 @@ def test_compaction_past_the_watch_revision_takes_a_fresh_snapshot(etcd_url):
         for _ in range(5):
             reg.update("default", "keep", lambda s: s)
         head, _ = reg.client.run(reg.client.range(reg.keys.root, keys_only=True))
-        reg.client.run(reg.client.compact(head))
+        reg.client.run(reg.client.compact(head.revision))
         keep_before = watcher.registry.state.table.get("default", "keep")
         watcher.resume()  # from the old revision: compacted
         wait_for(lambda: ("default", "new") in watcher.registry.state.table.services, 20, what="the fresh snapshot")
@@ -185,6 +187,71 @@ def test_compaction_past_the_watch_revision_takes_a_fresh_snapshot(etcd_url):
     finally:
         watcher.close()
         reg.close()
+
+
+def wipe(server, *args):
+    """Stop etcd, delete its data, start it again on the same ports (with more flags: ``args``)."""
+    server.stop()
+    shutil.rmtree(server.data_root / "m0")
+    server.args = args
+    server.start()
+
+
+def test_a_wiped_etcd_is_read_again_not_resumed(tmp_path, caplog):
+    """etcd wiped and started again counts from revision 1: a watch resumed at its old revision would
+    wait for revisions far ahead and miss every write until then, healthy all along. The revision
+    going back is seen when the watch is created: everything is read again and the view converges."""
+    caplog.set_level(logging.WARNING, logger="svcdns.registry.etcd.watch")
+    with EtcdServer(tmp_path / "etcd") as server:
+        reg = open_registry(server.url)
+        reg.create(svc("before"))
+        for _ in range(10):
+            reg.update("default", "before", lambda s: s)
+        watcher = open_registry(server.url).watch(retry_interval=0.05)
+        try:
+            watcher.start()
+            wipe(server)
+            other = open_registry(server.url)
+            other.create(svc("after"))
+            wait_for(lambda: ("default", "after") in watcher.registry.state.table.services, 20, what="the new write")
+            assert ("default", "before") not in watcher.registry.state.table.services  # gone with the wipe
+            assert "etcd's revision went back from 13 to " in caplog.text and "reading everything again" in caplog.text
+            other.create(svc("later"))  # and the watch follows the new history
+            wait_for(lambda: ("default", "later") in watcher.registry.state.table.services, 20, what="the watch after")
+            assert watcher.healthy
+            other.close()
+        finally:
+            watcher.close()
+            reg.close()
+
+
+def test_another_cluster_at_the_same_address_is_read_again(tmp_path, caplog):
+    """A different cluster answers at the address (another cluster token: another cluster ID), its
+    revision already past the watch's: only the cluster ID tells it apart."""
+    caplog.set_level(logging.WARNING, logger="svcdns.registry.etcd.watch")
+    with EtcdServer(tmp_path / "etcd") as server:
+        reg = open_registry(server.url)
+        reg.create(svc("before"))
+        for _ in range(10):
+            reg.update("default", "before", lambda s: s)
+        watcher = open_registry(server.url).watch(retry_interval=0.05)
+        try:
+            watcher.start()
+            held = watcher.registry.state.revision
+            watcher.close()
+            wipe(server, "--initial-cluster-token", "another")
+            other = open_registry(server.url)
+            other.create(svc("after"))  # at a revision below the watch's
+            while other.client.run(other.client.range(b"/pad"))[0].revision <= held + 2:
+                other.client.run(other.client.put(b"/pad", b"x"))
+            watcher.resume()
+            wait_for(lambda: ("default", "after") in watcher.registry.state.table.services, 20, what="the re-read")
+            assert ("default", "before") not in watcher.registry.state.table.services
+            assert "etcd's cluster ID changed from " in caplog.text
+            other.close()
+        finally:
+            watcher.close()
+            reg.close()
 
 
 @pytest.fixture

@@ -90,3 +90,22 @@ def test_an_orphaned_vip_key_is_found_and_cidrs_come_from_the_config_key():
     assert state.cidrs == ["10.100.0.0/16"]
     assert [str(ip) for ip in state.orphans()] == ["10.100.0.9"]
     assert state.allocator().holder(ipaddress.ip_address("10.100.0.9")) == "default/gone"
+
+
+def test_an_etcd_of_another_history_is_told_apart():
+    """A watch resumes only on the etcd the keys came from: the same cluster ID, its revision not
+    behind the one held. A wiped etcd (revisions from 1) or another cluster is read again in full,
+    and that read's revision becomes the state's, lower than before."""
+    a = KEYS.service(("default", "a"))
+    state = EtcdState(KEYS)
+    state.begin_full_read(40, cluster_id=0xABC)
+    state.apply_put(a, doc("a", type="Headless", ports=[]), 30)
+    state.end_full_read()
+    state.rebuild(40)
+    assert state.replaced(0xABC, 40) is None and state.replaced(0xABC, 95) is None
+    assert state.replaced(0xABC, 3) == "etcd's revision went back from 40 to 3"
+    assert state.replaced(0xDEF, 95) == "etcd's cluster ID changed from abc to def"
+    state.begin_full_read(3, cluster_id=0xDEF)
+    state.end_full_read()
+    assert state.rebuild(3) and len(state.table) == 0 and state.revision == 3
+    assert state.replaced(0xDEF, 3) is None

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import aetcd
 import aetcd.exceptions
+import aetcd.watcher
 
 from ...addr import format_hostport
 from ...errors import RegistryAuthFailed, RegistryUnavailable, UsageError
@@ -42,6 +43,14 @@ class KeyValue:
     key: bytes
     value: bytes
     mod_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """What a response says of the etcd that gave it: its cluster, and its store's revision then."""
+
+    cluster_id: int
+    revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +100,7 @@ class _AetcdClient(aetcd.Client):
 
     async def _connect(self) -> None:
         import grpc.aio
-        from aetcd import rpc, watcher
+        from aetcd import rpc
 
         target, options = format_hostport(self._host, self._port), list(self._options.items())
         if self._credentials is not None:
@@ -119,8 +128,27 @@ class _AetcdClient(aetcd.Client):
         self.leasestub = rpc.LeaseStub(self.channel)
         self.maintenancestub = rpc.MaintenanceStub(self.channel)
         watch_metadata = (*(self.metadata or ()), ("hasleader", "true"))
-        self._watcher = watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout, metadata=watch_metadata)
+        self._watcher = _Watcher(rpc.WatchStub(self.channel), timeout=self._timeout, metadata=watch_metadata)
         self._connected.set()
+
+    async def watch_from(self, prefix: bytes, start_revision: int) -> tuple[Any, Header]:
+        """aetcd's watch of ``prefix``, and the header of the response that created it."""
+        raw = await self.watch_prefix(prefix, start_revision=start_revision)
+        return raw, self._watcher.created.pop(raw.watch_id)
+
+
+class _Watcher(aetcd.watcher.Watcher):
+    """aetcd's watcher, keeping the header of each watch's created response (aetcd drops it): the
+    only sign that the etcd behind the address is not the one the keys were read from."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.created: dict[int, Header] = {}
+
+    async def _handle_response(self, response: Any) -> None:
+        if response.created and self._new_callback is not None:
+            self.created[response.watch_id] = Header(response.header.cluster_id, response.header.revision)
+        await super()._handle_response(response)
 
 
 # gRPC shares connections between channels of a process by default, and with them a failed
@@ -168,10 +196,10 @@ _UNAVAILABLE = (
 
 class EventStream:
     """The events of one watch, as :class:`Event`; it ends with RegistryUnavailable (or
-    RevisionCompacted), never quietly."""
+    RevisionCompacted), never quietly. ``header``: what the response creating it said."""
 
-    def __init__(self, raw: Any, endpoint: str) -> None:
-        self._raw, self._endpoint = raw, endpoint
+    def __init__(self, raw: Any, endpoint: str, header: Header) -> None:
+        self._raw, self._endpoint, self.header = raw, endpoint, header
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         try:
@@ -299,8 +327,8 @@ class EtcdClient:
     async def compact(self, revision: int) -> None:
         await self._call(lambda c: c.compact(revision))
 
-    async def range(self, prefix: bytes, keys_only: bool = False) -> tuple[int, list[KeyValue]]:
-        """Every key under ``prefix`` at one revision, and that revision."""
+    async def range(self, prefix: bytes, keys_only: bool = False) -> tuple[Header, list[KeyValue]]:
+        """Every key under ``prefix`` at one revision, and the header naming that revision."""
         return await self._call(lambda c: _range(c, prefix, keys_only))
 
     async def txn(self, compares: list[Compare], ops: list[Op]) -> bool:
@@ -324,28 +352,30 @@ class EtcdClient:
 
     async def watch(self, prefix: bytes, start_revision: int) -> EventStream:
         """The events under ``prefix`` from ``start_revision`` on."""
-        raw = await self._call(lambda c: c.watch_prefix(prefix, start_revision=start_revision))
-        return EventStream(raw, self.endpoint)
+        raw, header = await self._call(lambda c: c.watch_from(prefix, start_revision))
+        return EventStream(raw, self.endpoint, header)
 
 
-async def _range(client: _AetcdClient, prefix: bytes, keys_only: bool) -> tuple[int, list[KeyValue]]:
+async def _range(client: _AetcdClient, prefix: bytes, keys_only: bool) -> tuple[Header, list[KeyValue]]:
     """A range read in pages (a 10k-Service registry is larger than one gRPC message). aetcd 1.0
     drops ``limit`` and ``revision``, so this builds the request."""
     from aetcd import rpc, utils
 
     await client.connect()
     end = utils.prefix_range_end(prefix)
-    start, revision, kvs = prefix, 0, list[KeyValue]()
+    start, kvs = prefix, list[KeyValue]()
+    header: Header | None = None
     while True:
+        revision = header.revision if header else 0  # the later pages at the first one's revision
         req = rpc.RangeRequest(key=start, range_end=end, limit=RANGE_PAGE, revision=revision, keys_only=keys_only)
         try:
             resp = await client.kvstub.Range(req, timeout=client._timeout, metadata=client.metadata)
         except rpc.AioRpcError as err:
             raise _client_error(err) from None
-        revision = revision or resp.header.revision
+        header = header or Header(resp.header.cluster_id, resp.header.revision)
         kvs.extend(KeyValue(kv.key, kv.value, kv.mod_revision) for kv in resp.kvs)
         if not resp.more or not resp.kvs:
-            return revision, kvs
+            return header, kvs
         start = resp.kvs[-1].key + b"\0"
 
 
@@ -359,4 +389,4 @@ def _read(path: str | None) -> bytes | None:
         raise UsageError(f"etcd TLS file {path}: {err.strerror}") from None
 
 
-__all__ = ["Compare", "EtcdClient", "Event", "EventStream", "KeyValue", "Op", "RevisionCompacted"]
+__all__ = ["Compare", "EtcdClient", "Event", "EventStream", "Header", "KeyValue", "Op", "RevisionCompacted"]

@@ -80,12 +80,12 @@ class EtcdRegistry:
 
     async def read_all(self) -> int:
         """Read every key under the prefix at one revision into the state; return that revision."""
-        revision, kvs = await self.client.range(self.keys.root)
-        self.state.begin_full_read()
+        header, kvs = await self.client.range(self.keys.root)
+        self.state.begin_full_read(header.revision, header.cluster_id)
         for kv in kvs:
             self.state.apply_put(kv.key, kv.value, kv.mod_revision)
         self.state.end_full_read()
-        return revision
+        return header.revision
 
     async def resync(self) -> bool:
         """Read everything, adopt what needs a VIP (and read again if that wrote), rebuild the

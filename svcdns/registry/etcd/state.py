@@ -120,6 +120,7 @@ class EtcdState:
         self.vips: dict[IPAddress, str] = {}
         self.table = ServiceTable()
         self.revision = 0
+        self.cluster_id: int | None = None  # the etcd cluster the keys were last read in full from
         self.synced = False  # read in full at least once
         self.dirty: set[Key] | None = None  # keys to recompute; None: all of them
         self.rebuilt: set[Key] = set()  # the keys the last rebuild recomputed
@@ -130,8 +131,11 @@ class EtcdState:
 
     # ---- taking keys in ---------------------------------------------------------------------------
 
-    def begin_full_read(self) -> None:
-        """A full read follows (every key at one revision): what it does not bring is gone."""
+    def begin_full_read(self, revision: int = 0, cluster_id: int | None = None) -> None:
+        """A full read follows (every key at ``revision`` of the cluster ``cluster_id``): what it does
+        not bring is gone. The revision may be lower than the one held: etcd was wiped or restored."""
+        self.revision = revision
+        self.cluster_id = cluster_id if cluster_id is not None else self.cluster_id
         self.dirty = None
         self._seen = set()
         self._seen_pods = set()
@@ -182,6 +186,16 @@ class EtcdState:
             return
         self.pods[key] = PodEntry(mod, pod)
         self._touch_all(self.derivation.put_pod(pod, time.time()))
+
+    def replaced(self, cluster_id: int, revision: int) -> str | None:
+        """Why the etcd that answers now (its cluster ID, its revision) cannot be the one the keys
+        came from, or None. A watch on it would start in another history: a wiped etcd waits for
+        revisions it will reach only later, missing every write until then."""
+        if self.cluster_id is not None and cluster_id != self.cluster_id:
+            return f"etcd's cluster ID changed from {self.cluster_id:x} to {cluster_id:x}"
+        if revision < self.revision:
+            return f"etcd's revision went back from {self.revision} to {revision}"
+        return None
 
     def expire(self, now: float) -> None:
         """Drop the pods whose grace period ended (their Services are rebuilt next)."""

@@ -3,8 +3,10 @@
 The watch starts at the snapshot's revision + 1. When the stream breaks (etcd restarted, a member
 died, the network went away) it resumes from the last revision it applied, trying every member,
 with backoff; meanwhile nothing changes on the host (the last known Services stay in force) and
-``problem`` says what is wrong. If the revision was compacted away, it takes a fresh snapshot and
-converges: Services that vanished meanwhile go, the others stay untouched.
+``problem`` says what is wrong. If the revision was compacted away, or the etcd that answers is
+not the one the keys came from (its cluster ID changed, or its revision went back: wiped and
+started again, restored from a backup), it takes a fresh snapshot and converges: Services that
+vanished meanwhile go, the others stay untouched.
 
 Events are applied to the registry's state as they come and the table is rebuilt after a short
 batch window, so a burst of writes costs one new Snapshot. A rebuild is also scheduled for when the
@@ -139,6 +141,12 @@ class EtcdWatch(WatchBase):
                     self._needs_snapshot = False
                     self._emit(changed)
                 self._stream = await self._client.watch(state.keys.root, state.revision + 1)
+                header = self._stream.header
+                if (why := state.replaced(header.cluster_id, header.revision)) is not None:
+                    log.warning("registry: %s: etcd was wiped, restored or replaced; reading everything again", why)
+                    await self._stream.cancel()
+                    self._needs_snapshot = True
+                    continue
                 self._recovered()
                 self._schedule_expiry()
                 backoff = self.retry_interval
