@@ -8,10 +8,14 @@ deleted: it gets no new connections unless nothing else serves, and its open one
 goes. ``deletion_deadline`` (Kubernetes' ``deletionTimestamp``, Unix seconds) is when it goes:
 ``svcdns pod rm --grace 30`` writes it, and from then on every reader treats the record as gone
 (:func:`Pod.gone`), whether or not anyone has deleted it yet.
+
+``readiness_probe`` (Kubernetes' ``readinessProbe``) is run by the agent of the pod's node
+(:mod:`svcdns.probe`), which writes ``ready`` when the result changes.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .model import (
@@ -22,6 +26,7 @@ from .model import (
     ValidationError,
     check_label,
     check_port_name,
+    check_port_number,
     family_of,
     labels_of,
     parse_ip,
@@ -48,6 +53,63 @@ class ContainerPort:
         object.__setattr__(self, "protocol", protocol)
 
 
+PROBE_KINDS = ("tcpSocket", "httpGet")
+SCHEMES = ("HTTP", "HTTPS")
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A readiness probe, with Kubernetes' fields and defaults. ``kind`` is ``tcpSocket`` (a connection
+    is accepted) or ``httpGet`` (200 <= status < 400); ``port`` is a number or one of the pod's port
+    names. Seconds are whole numbers, as in Kubernetes; the timeout may not exceed the period."""
+
+    kind: str
+    port: int | str
+    path: str = "/"
+    scheme: str = "HTTP"
+    http_headers: tuple[tuple[str, str], ...] = ()
+    initial_delay: int = 0  # initialDelaySeconds
+    period: int = 10  # periodSeconds
+    timeout: int = 1  # timeoutSeconds
+    success_threshold: int = 1
+    failure_threshold: int = 3
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROBE_KINDS:
+            raise ValidationError("readinessProbe", self.kind, f"must have one of {', '.join(PROBE_KINDS)}")
+        where = f"readinessProbe.{self.kind}"
+        port = self.port
+        if isinstance(port, str) and not (port.isascii() and port.isdigit()):
+            check_port_name(f"{where}.port", port)
+        else:
+            object.__setattr__(self, "port", check_port_number(f"{where}.port", port))
+        if not isinstance(self.path, str) or not self.path.startswith("/") or any(c in self.path for c in " \r\n"):
+            raise ValidationError(f"{where}.path", self.path, "must be a path starting with '/', without spaces")
+        scheme = self.scheme.upper() if isinstance(self.scheme, str) else self.scheme
+        if scheme not in SCHEMES:
+            raise ValidationError(f"{where}.scheme", self.scheme, "must be HTTP or HTTPS")
+        object.__setattr__(self, "scheme", scheme)
+        for i, (name, value) in enumerate(self.http_headers):
+            if not isinstance(name, str) or not _TOKEN.fullmatch(name) or not isinstance(value, str) or any(
+                c in value for c in "\r\n\0"
+            ):
+                raise ValidationError(f"{where}.httpHeaders[{i}]", {"name": name, "value": value},
+                                      "must be {name: a header name, value: text on one line}")  # fmt: skip
+        for field, low in (("initial_delay", 0), ("period", 1), ("timeout", 1), ("success_threshold", 1),
+                           ("failure_threshold", 1)):  # fmt: skip
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 86400:
+                raise ValidationError(f"readinessProbe.{_FIELD_NAMES[field]}", value, f"must be a whole number from {low} to 86400")
+        if self.timeout > self.period:
+            raise ValidationError("readinessProbe.timeoutSeconds", self.timeout,
+                                  f"must not exceed periodSeconds ({self.period})")  # fmt: skip
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")  # an HTTP field name (RFC 9110)
+_FIELD_NAMES = {"initial_delay": "initialDelaySeconds", "period": "periodSeconds", "timeout": "timeoutSeconds",
+                "success_threshold": "successThreshold", "failure_threshold": "failureThreshold"}  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class Pod:
     name: str
@@ -61,6 +123,7 @@ class Pod:
     ready: bool = True
     terminating: bool = False
     deletion_deadline: float = 0.0  # Unix time it goes at; 0: not being deleted
+    readiness_probe: Probe | None = None
 
     def __post_init__(self) -> None:
         check_label("name", self.name)
@@ -88,6 +151,11 @@ class Pod:
             if p.name and (p.name, p.protocol) in seen_ports:
                 raise ValidationError(f"ports[{i}].name", p.name, "duplicate container port name")
             seen_ports.add((p.name, p.protocol))
+        probe = self.readiness_probe
+        if probe is not None and isinstance(probe.port, str) and self.port_named(probe.port, "TCP") is None:
+            raise ValidationError(f"readinessProbe.{probe.kind}.port", probe.port,
+                                  f"names no TCP port of pod {self.ref}; its ports: "
+                                  f"{', '.join(p.name for p in self.ports if p.name) or 'none named'}")  # fmt: skip
 
     @property
     def key(self) -> tuple[str, str]:
@@ -108,5 +176,15 @@ class Pod:
                 return p.container_port
         return None
 
+    def probe_port(self) -> int:
+        """The port its readiness probe targets (a name resolved against its own ports)."""
+        assert self.readiness_probe is not None
+        port = self.readiness_probe.port
+        if isinstance(port, int):
+            return port
+        named = self.port_named(port, "TCP")
+        assert named is not None  # checked on construction
+        return named
 
-__all__ = ["ContainerPort", "Pod"]
+
+__all__ = ["ContainerPort", "Pod", "Probe"]

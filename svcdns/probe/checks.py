@@ -1,0 +1,81 @@
+"""The probe kinds, run from the agent's network namespace (the node's, as the kubelet probes):
+``tcpSocket`` passes when a connection to the pod's address is accepted, ``httpGet`` when the answer's
+status is 200 to 399 (a redirect is not followed: it passes, as in Kubernetes). HTTPS does not verify
+the certificate (neither does the kubelet).
+
+A connection refused, reset or unroutable fails at once, with the kernel's reason; only a target that
+does not answer waits for ``timeoutSeconds``. Every outcome is a :class:`Result`, never an exception:
+a probe that cannot run is a failing probe with that reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+
+from ..addr import format_hostport
+from ..pod import Pod, Probe
+
+USER_AGENT = "svcdns-probe/1"
+MAX_STATUS_LINE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    ok: bool
+    reason: str = ""  # why it failed: "connection refused", "HTTP 503", "timeout after 1 s"
+
+
+async def check(pod: Pod) -> Result:
+    """Run ``pod``'s readiness probe once, within its timeout."""
+    probe = pod.readiness_probe
+    assert probe is not None
+    if not pod.ips:
+        return Result(False, "the pod has no address")
+    host, port = str(pod.ips[0]), pod.probe_port()
+    try:
+        async with asyncio.timeout(probe.timeout):
+            if probe.kind == "tcpSocket":
+                _, writer = await asyncio.open_connection(host, port)
+                writer.close()
+                return Result(True)
+            return await _http_get(probe, host, port)
+    except TimeoutError:
+        return Result(False, f"timeout after {probe.timeout} s")
+    except ssl.SSLError as err:
+        return Result(False, f"TLS: {err.reason or err}")
+    except OSError as err:
+        reason = err.strerror or str(err) or type(err).__name__
+        return Result(False, reason[:1].lower() + reason[1:])
+
+
+async def _http_get(probe: Probe, host: str, port: int) -> Result:
+    tls = None
+    if probe.scheme == "HTTPS":
+        tls = ssl.create_default_context()
+        tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+    reader, writer = await asyncio.open_connection(host, port, ssl=tls)
+    try:
+        headers = {"host": ("Host", format_hostport(host, port)), "user-agent": ("User-Agent", USER_AGENT),
+                   "accept": ("Accept", "*/*")}  # fmt: skip
+        headers.update({name.lower(): (name, value) for name, value in probe.http_headers})  # theirs win, as kubelet's
+        headers["connection"] = ("Connection", "close")
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.values())
+        writer.write(f"GET {probe.path} HTTP/1.1\r\n{head}\r\n".encode("latin-1"))
+        await writer.drain()
+        line = await reader.readuntil(b"\n") if not reader.at_eof() else b""
+    except asyncio.IncompleteReadError as err:
+        line = err.partial
+    except asyncio.LimitOverrunError:
+        return Result(False, "HTTP: the status line is too long")
+    finally:
+        writer.close()
+    parts = line[:MAX_STATUS_LINE].split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        return Result(False, "HTTP: no status line" if not line else f"HTTP: not a status line: {line[:60]!r}")
+    status = int(parts[1])
+    return Result(True) if 200 <= status < 400 else Result(False, f"HTTP {status}")
+
+
+__all__ = ["Result", "check"]

@@ -1,0 +1,159 @@
+"""The prober: one thread with an asyncio loop that runs the due readiness probes of this node's pods
+and writes a pod's ``ready`` through the registry only when its verdict differs from the record.
+
+It lists the pods every ``refresh`` seconds (a new pod is not ready until its first success anyway,
+so it loses nothing by waiting for the next listing). At most ``max_concurrent`` probes run at once;
+a probe holds its slot for at most its ``timeoutSeconds``. Registry reads and writes run one at a
+time, in order, on one worker thread, so a listing never undoes a write it raced with and a slow
+registry never delays a probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import heapq
+import logging
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+from ..errors import NotFound, SvcdnsError
+from ..pod import Pod
+from ..registry.contract import Registry
+from .checks import Result, check
+from .state import Key, ProbeState, observe, reconcile
+
+log = logging.getLogger(__name__)
+
+class Prober:
+    def __init__(self, registry: Registry, node_name: str, *, every_node: bool = False, max_concurrent: int = 200,
+                 refresh: float = 5.0, run_check: Callable[[Pod], Awaitable[Result]] = check, clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:  # fmt: skip
+        """Probe the pods whose ``nodeName`` is ``node_name`` (every probed pod when ``every_node``:
+        the file registry serves one host)."""
+        self.registry, self.node_name, self.every_node = registry, node_name, every_node
+        self.max_concurrent, self.refresh = max_concurrent, refresh
+        self._check, self._clock, self._rng = run_check, clock, rng or random.Random()
+        self.states: dict[Key, ProbeState] = {}
+        self._pods: dict[Key, Pod] = {}
+        self._recorded: dict[Key, bool] = {}  # the ready each record holds, as last read or written
+        self._writing: set[Key] = set()
+        self._due: list[tuple[float, Key]] = []  # a heap; an entry whose state moved on is skipped
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+
+    def mine(self, pod: Pod) -> bool:
+        return pod.readiness_probe is not None and (self.every_node or pod.node_name == self.node_name)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name="svcdns-prober", daemon=True)
+        self._thread.start()
+        self._started.wait(5)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _main(self) -> None:
+        asyncio.run(self.run())
+
+    async def run(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        self._started.set()
+        io = ThreadPoolExecutor(1, thread_name_prefix="svcdns-prober-registry")
+        slots = asyncio.Semaphore(self.max_concurrent)
+        running: dict[Key, asyncio.Task] = {}
+        next_refresh = 0.0
+        log.info("prober: probing the pods of node %s", "(every node: file registry)" if self.every_node else self.node_name)
+        try:
+            while not self._stop.is_set():
+                now = self._clock()
+                if now >= next_refresh:
+                    await self._list(io)
+                    next_refresh = self._clock() + self.refresh
+                    now = self._clock()
+                while self._due and self._due[0][0] <= now:
+                    due, key = heapq.heappop(self._due)
+                    state = self.states.get(key)
+                    if state is not None and state.due == due and key not in running:
+                        task = asyncio.create_task(self._probe(key, state, slots, io))
+                        running[key] = task
+                        task.add_done_callback(functools.partial(_forget, running, key))
+                wake = min(next_refresh, self._due[0][0]) if self._due else next_refresh
+                try:
+                    await asyncio.wait_for(self._stop.wait(), max(0.0, wake - self._clock()))
+                except TimeoutError:
+                    pass
+        finally:
+            for task in running.values():
+                task.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
+            io.shutdown(wait=True, cancel_futures=True)
+            log.info("prober: stopped")
+
+    async def _list(self, io: ThreadPoolExecutor) -> None:
+        try:
+            pods = await asyncio.get_running_loop().run_in_executor(io, self.registry.list_pods)
+        except SvcdnsError as err:  # an outage: keep probing what we know, write when it is back
+            log.warning("prober: cannot list the pods: %s", err)
+            return
+        mine = [p for p in pods if self.mine(p)]
+        self.states = reconcile(self.states, mine, self._clock(), self._rng.random)
+        self._pods = {p.key: p for p in mine}
+        self._recorded = {p.key: p.ready for p in mine}
+        self._due = [(s.due, k) for k, s in self.states.items()]
+        heapq.heapify(self._due)
+
+    async def _probe(self, key: Key, state: ProbeState, slots: asyncio.Semaphore, io: ThreadPoolExecutor) -> None:
+        async with slots:
+            pod = self._pods.get(key)
+            if pod is None:
+                return
+            started = self._clock()
+            result = await self._check(pod)
+        if self.states.get(key) is not state:  # the pod left, or its probe changed, meanwhile
+            return
+        new = observe(state, result.ok, result.reason, started, self._rng.random())
+        self.states[key] = new
+        heapq.heappush(self._due, (new.due, key))
+        if new.ready != self._recorded.get(key) and key not in self._writing:
+            self._writing.add(key)
+            try:
+                await self._write(key, new, io)
+            finally:
+                self._writing.discard(key)
+
+    async def _write(self, key: Key, state: ProbeState, io: ThreadPoolExecutor) -> None:
+        ready = state.ready
+
+        def write() -> None:
+            self.registry.update_pod(*key, lambda p: replace(p, ready=ready))
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(io, write)
+        except NotFound:
+            return
+        except SvcdnsError as err:
+            log.warning("prober: pod %s/%s: cannot record it %s: %s", *key, "ready" if ready else "not ready", err)
+            return
+        self._recorded[key] = ready
+        if ready:
+            log.info("prober: pod %s/%s is ready", *key)
+        else:
+            log.warning("prober: pod %s/%s is not ready: %d probes failed, the last: %s", *key, state.failures,
+                        state.reason)  # fmt: skip
+
+
+def _forget(running: dict[Key, asyncio.Task], key: Key, _task: asyncio.Task) -> None:
+    running.pop(key, None)
+
+
+__all__ = ["Prober"]

@@ -1,0 +1,75 @@
+"""The readiness probe state machine, as the kubelet's prober worker runs it (pure: no clock, no I/O).
+
+A probed pod is not ready until its first success (``successThreshold`` consecutive ones); once ready
+it stays so until ``failureThreshold`` consecutive failures. Probes run every ``periodSeconds``,
+measured from the start of one to the start of the next, so a slow probe does not stretch the
+period. Each pod's first probe falls at a random point of its first period (after
+``initialDelaySeconds``), and every interval is shortened by a random part of :data:`JITTER`, so
+10k pods never probe in the same second (Envoy's ``interval_jitter``, HAProxy's ``spread-checks``).
+The jitter only shortens: a pod whose server dies leaves within ``failureThreshold x periodSeconds
++ timeoutSeconds``, the bound the README promises.
+
+Times are the caller's monotonic seconds; the random draws come in as numbers in [0, 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from ..pod import Pod, Probe
+
+JITTER = 0.05  # an interval is period x (1 - JITTER x draw)
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeState:
+    probe: Probe
+    due: float  # when the next probe starts
+    ready: bool = False
+    successes: int = 0  # consecutive
+    failures: int = 0  # consecutive
+    reason: str = ""  # why the last probe failed; "" after a success
+
+
+def first(probe: Probe, now: float, spread: float, ready: bool = False) -> ProbeState:
+    """A pod's state when its prober first sees it: its first probe ``spread`` (in [0, 1)) of the way
+    into its first period, after the initial delay. ``ready`` carries the verdict its record holds
+    (an agent that restarts resumes it instead of taking every pod out of its Services)."""
+    return ProbeState(probe=probe, due=now + probe.initial_delay + spread * probe.period, ready=ready)
+
+
+def observe(state: ProbeState, ok: bool, reason: str, started: float, jitter: float) -> ProbeState:
+    """The state after a probe that started at ``started`` passed (``ok``) or failed with ``reason``."""
+    probe = state.probe
+    due = started + probe.period * (1 - JITTER * jitter)
+    if ok:
+        successes = state.successes + 1
+        return replace(state, due=due, successes=successes, failures=0, reason="",
+                       ready=state.ready or successes >= probe.success_threshold)  # fmt: skip
+    failures = state.failures + 1
+    return replace(state, due=due, successes=0, failures=failures, reason=reason,
+                   ready=state.ready and failures < probe.failure_threshold)  # fmt: skip
+
+
+def reconcile(
+    states: Mapping[Key, ProbeState], pods: Iterable[Pod], now: float, draw: Callable[[], float]
+) -> dict[Key, ProbeState]:
+    """The states for ``pods`` (those to probe): a new pod starts as :func:`first` (from its record's
+    readiness), a pod whose probe changed starts again keeping its verdict, a pod gone is forgotten."""
+    out: dict[Key, ProbeState] = {}
+    for pod in pods:
+        probe = pod.readiness_probe
+        if probe is None:
+            continue
+        old = states.get(pod.key)
+        if old is not None and old.probe == probe:
+            out[pod.key] = old
+        else:
+            out[pod.key] = first(probe, now, draw(), ready=old.ready if old is not None else pod.ready)
+    return out
+
+
+__all__ = ["JITTER", "ProbeState", "first", "observe", "reconcile"]
