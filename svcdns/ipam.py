@@ -8,10 +8,16 @@ loads it from its allocation store, changes it under the store's lock and writes
 Which addresses are handed out
 - never the network address, nor (IPv4) the broadcast address;
 - the first host address (e.g. ``10.96.0.1``) is reserved: never handed out automatically, so an
-  operator can give it to the cluster DNS service with ``--vip``;
+  operator can give it to a Service of their own with ``--vip``;
+- so is the cluster DNS address, the 10th of the first service CIDR (``10.96.0.10``): the agent
+  answers DNS there, and a Service given it automatically would take pods' DNS traffic (it can
+  still be requested, for an operator's own kube-dns Service);
 - dynamic allocations prefer the upper part of the range and requested VIPs are expected in the
   lower band (the first ``min(max(16, size/16), 256)`` addresses), as Kubernetes does (KEP-3070),
   so an operator choosing fixed VIPs there rarely collides with automatic ones.
+
+Endpoints and pod addresses are never inside the service CIDRs (:meth:`Allocator.check_endpoints`,
+:meth:`Allocator.check_pod`): there is nothing behind an address there but a VIP's rules.
 
 Allocation keeps a cursor and a set of used offsets: each allocation tries the next offset, so N
 allocations cost O(N) in total, never a scan of the CIDR per allocation.
@@ -24,10 +30,12 @@ import random
 from dataclasses import dataclass, field
 
 from .errors import SvcdnsError, UsageError
-from .model import IPV4, IPV6, IPAddress, family_of
+from .model import IPV4, IPV6, IPAddress, Service, ValidationError, family_of
+from .pod import Pod
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_SERVICE_CIDRS = ("10.96.0.0/12",)
+CLUSTER_DNS_OFFSET = 10  # the cluster DNS address: the 10th of the first service CIDR, as kubeadm
 MAX_POOL_BITS = 20  # a /108 IPv6 or /12 IPv4: 1M addresses; larger ranges are clipped (see parse_cidr)
 
 
@@ -138,6 +146,8 @@ class Allocator:
         if not cidrs:
             raise UsageError("service CIDRs: at least one is needed, e.g. 10.96.0.0/12")
         self.pools = [Pool(parse_cidr(c)) for c in cidrs]
+        if CLUSTER_DNS_OFFSET <= self.pools[0].last:
+            self.pools[0].reserved.add(CLUSTER_DNS_OFFSET)
         for i, a in enumerate(self.pools):
             for b in self.pools[i + 1 :]:
                 if a.network.version == b.network.version and a.network.overlaps(b.network):
@@ -167,6 +177,24 @@ class Allocator:
             if p.family == family:
                 return p
         raise UsageError(f"ipFamilies: {family}: no {family} service CIDR is configured ({', '.join(self.cidrs)})")
+
+    def check_endpoints(self, svc: Service) -> None:
+        """Refuse an endpoint inside a service CIDR (another Service's VIP, or an address no host
+        has): a ValidationError naming the endpoint and the CIDR."""
+        for i, ep in enumerate(svc.endpoints):
+            self._outside(f"endpoints[{i}].address", ep.address, "an endpoint")
+
+    def check_pod(self, pod: Pod) -> None:
+        """Refuse a pod address inside a service CIDR, as :meth:`check_endpoints`."""
+        for i, ip in enumerate(pod.ips):
+            self._outside(f"podIPs[{i}]", ip, "a pod's address")
+
+    def _outside(self, field: str, ip: IPAddress, what: str) -> None:
+        pool = self._pool_for(ip)
+        if pool is not None:
+            raise ValidationError(
+                field, str(ip), f"is inside the service CIDR {pool.network}, where only VIPs live; {what} must lie outside it"
+            )
 
     def holder(self, ip: IPAddress) -> str | None:
         pool = self._pool_for(ip)

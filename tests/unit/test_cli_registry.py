@@ -189,3 +189,21 @@ def test_list_on_an_empty_etcd_registry_names_it_without_its_password(svcdns, et
     assert open_registry(url).location == etcd_url + "?password=***&username=nobody"
     code, _, err = svcdns("service", "list", "--registry", etcd_url)
     assert code == 0 and f"No Services in namespace default ({etcd_url})." in err
+
+
+@pytest.mark.parametrize("backend", ["files", "etcd"])
+def test_an_endpoint_or_pod_address_inside_the_service_cidrs_is_refused(svcdns, backend, request, monkeypatch):
+    """10.96.1.1 may be another Service's VIP: traffic to it is DNATed again, or goes nowhere. Refused
+    (exit 2) naming the CIDR; the cluster DNS address is kept back from automatic allocation."""
+    if backend == "etcd":
+        monkeypatch.setenv("SVCDNS_REGISTRY", request.getfixturevalue("etcd_url"))
+    assert svcdns("service", "add", "web", "--port", "80")[0] == 0
+    code, _, err = svcdns("endpoint", "add", "web", "10.96.1.1")
+    assert code == 2 and "10.96.1.1" in err and "inside the service CIDR 10.96.0.0/12" in err
+    code, _, err = svcdns("service", "add", "db", "--port", "5432", "--endpoint", "10.96.0.10")
+    assert code == 2 and "10.96.0.10" in err and "inside the service CIDR 10.96.0.0/12" in err
+    code, _, err = svcdns("pod", "add", "web-0", "10.96.3.3", "-l", "app=web")
+    assert code == 2 and "podIPs[0]" in err and "10.96.3.3" in err and "inside the service CIDR 10.96.0.0/12" in err
+    assert svcdns("endpoint", "add", "web", "10.0.1.5")[0] == 0 and svcdns("pod", "add", "web-0", "10.244.0.5")[0] == 0
+    eps = json.loads(svcdns("service", "get", "web", "-o", "json")[1])["endpoints"]
+    assert [e["address"] for e in eps] == ["10.0.1.5"]

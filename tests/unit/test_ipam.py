@@ -13,9 +13,10 @@ ip = ipaddress.ip_address
 
 def test_allocations_are_unique_and_skip_network_broadcast_and_reserved():
     alloc = Allocator(["10.0.0.0/28"])
-    got = [alloc.assign(f"default/s{i}")[0] for i in range(13)]  # 16 - network - broadcast - reserved .1
-    assert len(set(got)) == 13
+    got = [alloc.assign(f"default/s{i}")[0] for i in range(12)]  # 16 - network - broadcast - .1 - .10
+    assert len(set(got)) == 12
     assert ip("10.0.0.0") not in got and ip("10.0.0.15") not in got and ip("10.0.0.1") not in got
+    assert ip("10.0.0.10") not in got  # the cluster DNS address
     with pytest.raises(AllocationError, match="no free VIP left in 10.0.0.0/28"):
         alloc.assign("default/one-too-many")
 
@@ -112,3 +113,30 @@ def test_corrupt_store_is_a_clear_error(tmp_path):
     (tmp_path / ".svcdns" / "allocations.json").write_text("{not json")
     with pytest.raises(Exception, match="cannot read the VIP allocation store"):
         AllocationStore.load(tmp_path)
+
+
+def test_the_cluster_dns_address_is_never_allocated_automatically_but_can_be_requested():
+    """The agent answers DNS on the 10th address of the first service CIDR (10.96.0.10): a Service
+    given it automatically would take every pod's DNS traffic."""
+    alloc = Allocator(["10.96.0.0/24", "10.97.0.0/28"])
+    got = {alloc.assign(f"default/s{i}")[0] for i in range(252)}  # every address of the /24 but .1 and .10
+    assert ip("10.96.0.10") not in got and ip("10.96.0.1") not in got
+    with pytest.raises(AllocationError):
+        alloc.assign("default/one-too-many")
+    assert alloc.assign("kube-system/kube-dns", (ip("10.96.0.10"),)) == (ip("10.96.0.10"),)
+    assert alloc.assign("default/second-cidr", (ip("10.97.0.10"),)) == (ip("10.97.0.10"),)
+    assert Allocator(["10.98.0.0/28"]).pools[0].capacity() == 12
+
+
+def test_endpoints_and_pod_addresses_inside_the_service_cidrs_are_refused():
+    from svcdns.model import Endpoint, Service, ServicePort, ValidationError
+    from svcdns.pod import Pod
+
+    alloc = Allocator(["10.96.0.0/12", "fd00:96::/108"])
+    web = Service("web", ports=(ServicePort(80),), endpoints=(Endpoint("10.0.1.5"), Endpoint("10.96.1.1")))
+    with pytest.raises(ValidationError, match=r"endpoints\[1\]\.address: '10\.96\.1\.1': is inside the service CIDR 10\.96\.0\.0/12"):
+        alloc.check_endpoints(web)
+    alloc.check_endpoints(Service("ok", ports=(ServicePort(80),), endpoints=(Endpoint("10.112.0.1"),)))
+    with pytest.raises(ValidationError, match=r"podIPs\[1\]: 'fd00:96::5': is inside the service CIDR fd00:96::/108"):
+        alloc.check_pod(Pod("p", ips=("10.0.1.7", "fd00:96::5")))
+    alloc.check_pod(Pod("q", ips=("10.0.1.7",)))

@@ -109,3 +109,22 @@ def test_an_etcd_of_another_history_is_told_apart():
     state.end_full_read()
     assert state.rebuild(3) and len(state.table) == 0 and state.revision == 3
     assert state.replaced(0xDEF, 3) is None
+
+
+def test_an_entry_with_an_address_inside_the_service_cidrs_is_reported_and_the_last_good_version_stays():
+    web, pod = KEYS.service(("default", "web")), KEYS.pod(("default", "web-0"))
+    state = state_with(
+        (KEYS.config, b'{"serviceCIDRs": ["10.100.0.0/16"]}'),
+        (web, doc("web", type="Headless", ports=[], endpoints=["10.0.1.5"])),
+    )
+    good = state.table.get("default", "web")
+    state.apply_put(web, doc("web", type="Headless", ports=[], endpoints=["10.0.1.5", "10.100.0.7"]), 5)
+    state.apply_put(pod, json.dumps({"name": "web-0", "podIPs": ["10.100.3.3"]}).encode(), 6)
+    state.rebuild(6)
+    assert state.table.get("default", "web") == good
+    errors = state.current().errors
+    assert errors["/svcdns/services/default/web"] == (
+        "/svcdns/services/default/web: field 'endpoints[1].address': value '10.100.0.7': is inside the "
+        "service CIDR 10.100.0.0/16, where only VIPs live; an endpoint must lie outside it"
+    )
+    assert "'podIPs[0]': value '10.100.3.3': is inside the service CIDR 10.100.0.0/16" in errors["/svcdns/pods/default/web-0"]

@@ -211,3 +211,17 @@ def test_a_fifo_or_a_symlink_to_one_is_reported_not_opened(tmp_path):
     assert ("default", "good") in snap.services
     for name in ("x.yaml", "y.yaml"):
         assert "is not a regular file" in snap.errors[name]
+
+
+def test_a_file_with_an_endpoint_inside_the_service_cidrs_is_reported_and_the_last_good_version_stays(tmp_path):
+    path = write(tmp_path, "default/web.yaml", WEB)
+    reg = open_registry(str(tmp_path))
+    good = reg.snapshot().table.get("default", "web")
+    path.write_text(WEB + "  - 10.96.1.1\n")
+    reg.refresh(["default/web.yaml"])
+    snap = reg.current()
+    assert snap.errors["default/web.yaml"] == (
+        "default/web.yaml: field 'endpoints[1].address': value '10.96.1.1': is inside the service CIDR "
+        "10.96.0.0/12, where only VIPs live; an endpoint must lie outside it"
+    )
+    assert snap.table.get("default", "web") == good

@@ -174,6 +174,7 @@ class EtcdRegistry:
 
     async def _create(self, svc: Service) -> Service:
         cidrs = await self.ensure_cidrs()
+        Allocator(cidrs).check_endpoints(svc)
         if svc.has_vip and not svc.cluster_ips:
             out = await self._create_at_random(svc, cidrs)
             if out is not None:
@@ -242,6 +243,7 @@ class EtcdRegistry:
             except DocumentError as err:
                 raise SvcdnsError(f"{err}; fix the entry before changing it with the CLI") from None
             changed = change(svc)
+            Allocator(await self.ensure_cidrs()).check_endpoints(changed)
             if changed.has_vip and svc.cluster_ips:
                 changed = changed.with_cluster_ips(svc.cluster_ips)
                 changed.check_endpoint_families()
@@ -315,6 +317,7 @@ class EtcdRegistry:
 
     def put_pod(self, pod: Pod) -> bool:
         async def put() -> bool:
+            Allocator(await self.ensure_cidrs()).check_pod(pod)
             key = self.keys.pod(pod.key)
             for _ in range(CAS_RETRIES):
                 kv = await self.client.get(key)
@@ -335,6 +338,7 @@ class EtcdRegistry:
                 if kv is None or pod is None or pod.gone(time.time()):
                     raise NotFound(f"pod {namespace}/{name} not found in {self.location}")
                 changed = change(pod)
+                Allocator(await self.ensure_cidrs()).check_pod(changed)
                 if await self.client.txn([Compare(key, mod=kv.mod_revision)], [Op(key, encode_pod(changed, "json-compact").encode())]):
                     return changed
                 await asyncio.sleep(random.uniform(0, 0.01))

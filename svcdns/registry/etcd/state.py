@@ -23,13 +23,13 @@ import ipaddress
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ...endpoints import Derivation
 from ...errors import MAX_VALUE
 from ...ipam import DEFAULT_SERVICE_CIDRS, Allocator, VIPConflict
-from ...model import IPAddress, Service
+from ...model import IPAddress, Service, ValidationError
 from ...pod import Pod
 from ...table import Key, ServiceTable
 from ..contract import Snapshot
@@ -105,6 +105,14 @@ class PodEntry:
     error: str | None = None
 
 
+def _located(source: str, check: Callable[[], None]) -> None:
+    """Run ``check``; a ValidationError becomes the DocumentError of ``source``."""
+    try:
+        check()
+    except ValidationError as err:
+        raise DocumentError(source, err.field, err.value, err.reason) from None
+
+
 def holder_key(holder: str) -> Key:
     ns, _, name = holder.partition("/")
     return (ns, name)
@@ -128,6 +136,7 @@ class EtcdState:
         self.pods: dict[Key, PodEntry] = {}
         self.derivation = Derivation()
         self._seen_pods: set[Key] = set()
+        self._bounds: Allocator | None = None
 
     # ---- taking keys in ---------------------------------------------------------------------------
 
@@ -179,6 +188,7 @@ class EtcdState:
             pod = decode_pod(value, source, fmt="json")
             if pod.key != key:
                 raise DocumentError(source, "name", pod.ref, f"does not match its key ({key[0]}/{key[1]})")
+            _located(source, lambda: self.bounds().check_pod(pod))
         except DocumentError as err:
             if old is None or old.error != str(err):
                 log.error("registry: %s%s", err, "; keeping its last good version" if old and old.pod else "")
@@ -224,6 +234,7 @@ class EtcdState:
             svc = decode(value, source, fmt="json")
             if svc.key != key:
                 raise DocumentError(source, "name", svc.ref, f"does not match its key ({key[0]}/{key[1]})")
+            _located(source, lambda: self.bounds().check_endpoints(svc))
             self.entries[key] = Entry(mod, svc)
             self.derivation.put_service(svc)
         except DocumentError as err:
@@ -302,6 +313,13 @@ class EtcdState:
         return Snapshot(self.revision, self.table, errors, self.synced)
 
     # ---- VIPs -------------------------------------------------------------------------------------------
+
+    def bounds(self) -> Allocator:
+        """An allocator over the service CIDRs holding nothing: what endpoints are checked against."""
+        cidrs = self.cidrs or list(DEFAULT_SERVICE_CIDRS)
+        if self._bounds is None or self._bounds.cidrs != cidrs:
+            self._bounds = Allocator(cidrs)
+        return self._bounds
 
     def allocator(self) -> Allocator:
         """An allocator holding every VIP key's address for its holder."""

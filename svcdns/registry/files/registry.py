@@ -124,8 +124,12 @@ class FileRegistry:
                 self.entries.pop(rel, None)
                 return
             svc = decode(data, rel)
+            self._bounds().check_endpoints(svc)
         except DocumentError as err:
             self._bad(rel, str(err))
+            return
+        except ValidationError as err:
+            self._bad(rel, str(DocumentError(rel, err.field, err.value, err.reason)))
             return
         self.entries[rel] = FileEntry(svc.key, svc, None)
 
@@ -219,6 +223,10 @@ class FileRegistry:
             self._store = AllocationStore.load(self.root, self._cidrs)
             self._allocator = None
         return self._store
+
+    def _bounds(self) -> Allocator:
+        """What endpoints and pod addresses are checked against: the store's service CIDRs."""
+        return self._allocator_now(self._store_now())
 
     def _allocator_now(self, store: AllocationStore) -> Allocator:
         """The allocator over ``store``, kept between watch events (rebuilding it from a 10k-entry
@@ -401,6 +409,7 @@ class FileRegistry:
                             f"{self.root / other} exists but defines {holder_of(entry.key)}; move it away first"
                         )
                     raise UsageError(f"Service {svc.ref} already exists (defined by {other}); remove it first")
+            self._bounds().check_endpoints(svc)
             store = self._store_now()
             held = store.services.get(svc.ref)
             if held is not None and not self._forget_stale(store, svc.ref):
@@ -449,6 +458,7 @@ class FileRegistry:
             assert svc is not None
             held = self._store_now().services.get(svc.ref)
             changed = change(svc)
+            self._bounds().check_endpoints(changed)
             if held and changed.has_vip:
                 changed.with_cluster_ips(held.ips).check_endpoint_families()
             suffix = ".json" if rel.endswith(".json") else ".yaml"
@@ -507,6 +517,7 @@ class FileRegistry:
     def put_pod(self, pod: Pod) -> bool:
         """Write ``pod``'s file (created or replaced, atomically, under the lock); True if it is new."""
         self.check_root()
+        self._bounds().check_pod(pod)
         with self._locked():
             rel = self.pods.find(pod.key)
             old = self.pods.pod(pod.key)
@@ -523,6 +534,7 @@ class FileRegistry:
             rel = self.pods.file_of(pod.key)
             assert rel is not None
             changed = change(pod)
+            self._bounds().check_pod(changed)
             atomic_write(self.root / rel, encode_pod(changed, "json" if rel.endswith(".json") else "yaml").encode())
             self.pods.entries[rel] = PodEntry(changed, None)
             return changed
