@@ -11,6 +11,7 @@ a probe that cannot run is a failing probe with that reason.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from dataclasses import dataclass
 
@@ -33,7 +34,11 @@ async def check(pod: Pod) -> Result:
     assert probe is not None
     if not pod.ips:
         return Result(False, "the pod has no address")
-    host, port = str(pod.ips[0]), pod.probe_port()
+    return await probe_at(probe, str(pod.ips[0]), pod.probe_port())
+
+
+async def probe_at(probe: Probe, host: str, port: int) -> Result:
+    """Run ``probe`` against ``host``:``port`` once, within its timeout."""
     try:
         async with asyncio.timeout(probe.timeout):
             if probe.kind == "tcpSocket":
@@ -46,7 +51,8 @@ async def check(pod: Pod) -> Result:
     except ssl.SSLError as err:
         return Result(False, f"TLS: {err.reason or err}")
     except OSError as err:
-        reason = err.strerror or str(err) or type(err).__name__
+        # asyncio's connect error says "Connect call failed (addr)"; the errno says why
+        reason = os.strerror(err.errno) if err.errno else str(err) or type(err).__name__
         return Result(False, reason[:1].lower() + reason[1:])
 
 
@@ -78,4 +84,4 @@ async def _http_get(probe: Probe, host: str, port: int) -> Result:
     return Result(True) if 200 <= status < 400 else Result(False, f"HTTP {status}")
 
 
-__all__ = ["Result", "check"]
+__all__ = ["Result", "check", "probe_at"]

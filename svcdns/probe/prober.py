@@ -118,7 +118,11 @@ class Prober:
             if pod is None:
                 return
             started = self._clock()
-            result = await self._check(pod)
+            try:  # the check keeps its own timeout; this one bounds a check that does not
+                async with asyncio.timeout(state.probe.timeout + 0.5):
+                    result = await self._check(pod)
+            except TimeoutError:
+                result = Result(False, f"timeout after {state.probe.timeout} s")
         if self.states.get(key) is not state:  # the pod left, or its probe changed, meanwhile
             return
         new = observe(state, result.ok, result.reason, started, self._rng.random())
