@@ -475,8 +475,8 @@ def _endpoints(head: _Head, doc: Mapping[str, Any]) -> EndpointsObject:
         try:
             # the codec checks an endpoint inside a Service: one with the ports the endpoint names
             names = entry.get("ports") or {}
-            ports = [{"name": n, "port": i + 1} for i, n in enumerate(names)]
-            document = from_document({"name": "x", "type": "Headless", "ports": ports, "endpoints": [entry]})
+            stand_in = [{"name": n, "port": i + 1} for i, n in enumerate(names)]
+            document = from_document({"name": "x", "type": "Headless", "ports": stand_in, "endpoints": [entry]})
         except DocumentError as err:
             field_name = err.field.removeprefix("endpoints[0]").lstrip(".")
             field_name = {"address": "addresses[0]" if head.resource == ENDPOINT_SLICE else "ip"}.get(field_name, field_name)
