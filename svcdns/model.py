@@ -180,8 +180,8 @@ class ServicePort:
     target_port_name: str = ""
 
     def __post_init__(self) -> None:
-        if self.name:
-            check_port_name("name", self.name)
+        if self.name:  # a DNS label, as Kubernetes' ServicePort.name (a container port's is shorter)
+            check_label("name", self.name)
         object.__setattr__(self, "port", check_port_number("port", self.port))
         protocol = self.protocol.upper() if isinstance(self.protocol, str) else self.protocol
         if protocol not in PROTOCOLS:

@@ -28,7 +28,7 @@ def test_a_service_with_a_selector_and_a_named_target_port():
     m = load("kubernetes-docs/named-targetport.yaml")
     svc = services(m)["nginx-service"]
     assert svc.selector == (("app.kubernetes.io/name", "proxy"),)
-    assert [str(p) for p in svc.ports] == ["web:80:http-web-svc/tcp"]
+    assert [str(p) for p in svc.ports] == ["name-of-service-port:80:http-web-svc/tcp"]
     nginx = pods(m)["nginx"]
     assert nginx.port_named("http-web-svc", "TCP") == 80 and nginx.ips == ()
     assert any("pod/nginx" in w and "no address" in w for w in m.warnings)

@@ -42,9 +42,9 @@ def test_port_spec_parses(spec, expected):
         ("80/icmp", "unknown protocol 'icmp'"),
         ("http:", "expected [name:]port"),
         ("http:80:90:100", "expected [name:]port"),
-        ("HTTP:80", "port name"),
-        ("a--b:80", "port name"),
-        ("toolongportname1:80", "port name"),
+        ("HTTP:80", "RFC 1123 DNS label"),
+        ("-a:80", "RFC 1123 DNS label"),
+        ("x" * 64 + ":80", "RFC 1123 DNS label"),
         ("80:0", "1 to 65535"),
     ],
 )
