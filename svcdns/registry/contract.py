@@ -104,6 +104,10 @@ class Registry(Protocol):
 
     def watch(self) -> Watch: ...
 
+    def close(self) -> None:
+        """Let go of connections and threads (etcd's); its watches end with it."""
+        ...
+
     # pods: a Service with a selector gets its endpoints from them, in every Snapshot's table
 
     def list_pods(self, namespace: str | None = None) -> list[Pod]:

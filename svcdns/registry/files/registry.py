@@ -369,6 +369,9 @@ class FileRegistry:
                     del store.services[holder]
             store.save()
 
+    def close(self) -> None:
+        """Nothing to let go of: no connection, no thread but its watch's."""
+
     def watch(self, rescan_interval: float = 600.0, retry_interval: float = 1.0, delete_grace: float = 1.0) -> FileWatcher:
         """The first snapshot, then one per change (:mod:`.watch`)."""
         return FileWatcher(self, rescan_interval=rescan_interval, retry_interval=retry_interval, delete_grace=delete_grace)
