@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 from ..addr import parse_hostport
 from ..dns.contract import DNS
 from ..errors import SvcdnsError
-from ..registry.contract import Watch
+from ..registry.contract import Registry, Watch
 from . import config as configuration
 from .lock import AgentLock
 
 if TYPE_CHECKING:  # the module itself is imported where it is used: it is heavy (multiprocessing, dnslib)
     from ..dns.server import DNSServer
+    from ..probe import Prober
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ def register(sub, common) -> None:
         "--pod-cidr", action="append", metavar="CIDR", help="pod networks (their DNS clients may recurse)"
     )
     agent.add_argument("--zone", help="cluster zone (default cluster.local)")
+    agent.add_argument("--node-name", help="this node's name: the agent probes its pods (default: the host name)")
     agent.add_argument("--dns-workers", type=int, metavar="N", help="DNS worker processes (default: one per core)")
     agent.add_argument("--no-forward", action="store_true", default=None, help="REFUSED for names outside the zone")
     agent.set_defaults(func=cmd_agent)
@@ -50,6 +52,7 @@ def load_config(args) -> configuration.Config:
         "service_cidrs": args.service_cidr,
         "pod_cidrs": args.pod_cidr,
         "cluster_zone": args.zone,
+        "node_name": args.node_name,
         "dataplane": args.dataplane,
         "health_listen": args.health_listen,
         "dns.listen": args.dns_listen,
@@ -65,6 +68,7 @@ DNS_SOCKET_FIELDS = ("dns_listen", "dns_workers", "cluster_dns", "cluster_dns_in
 DNS_ANSWER_FIELDS = ("cluster_zone", "dns_upstreams", "dns_allowed_networks", "dns_forward", "dns_ttl",
                      "service_cidrs", "pod_cidrs", "cluster_dns")  # fmt: skip
 REGISTRY_FIELDS = ("registry", "service_cidrs")
+PROBER_FIELDS = ("registry", "node_name")
 
 
 def dns_answering(cfg: configuration.Config) -> dict[str, Any]:
@@ -91,12 +95,22 @@ def start_dns(dns: DNS, cfg: configuration.Config) -> None:
         raise SvcdnsError(f"DNS cannot listen on {', '.join(cfg.dns_listen_all())}: {err.strerror or err}") from None
 
 
-def new_watch(cfg: configuration.Config) -> tuple[Watch, str]:
-    """The registry's watch, and where the registry is as messages may show it (no password)."""
+def new_watch(cfg: configuration.Config) -> tuple[Registry, Watch]:
+    """The registry, and its watch."""
     from ..registry import open_registry
 
     registry = open_registry(cfg.registry, list(cfg.service_cidrs))
-    return registry.watch(), registry.location
+    return registry, registry.watch()
+
+
+def new_prober(cfg: configuration.Config) -> Prober:
+    """The prober of this node's pods, on a registry client of its own (the watch's is not shared
+    across threads); with the file registry (one host) it probes every probed pod."""
+    from ..probe import Prober
+    from ..registry import open_registry
+
+    registry = open_registry(cfg.registry, list(cfg.service_cidrs))
+    return Prober(registry, cfg.node_name, every_node=registry.kind == "files")
 
 
 class Running:
@@ -110,13 +124,14 @@ class Running:
 
         self.cfg = cfg
         self.dns = new_dns(cfg)
-        watch, self.location = new_watch(cfg)
-        state = State(registry=self.location, health_timeout=max(60.0, 2 * cfg.full_sync_period))
+        self.registry, watch = new_watch(cfg)
+        state = State(registry=self.registry.location, health_timeout=max(60.0, 2 * cfg.full_sync_period))
         self.metrics = Metrics(dns_stats=lambda: self.dns.stats())  # whichever server runs now
         self.status = StatusServer(parse_hostport(cfg.health_listen, "health_listen"), state, self.metrics)
         self.agent = Agent(watch, open_dataplane(cfg.dataplane), self.dns, state=state,
                            metrics=self.metrics, notifier=Notifier(), full_sync_period=cfg.full_sync_period)  # fmt: skip
         self._status_class, self._open_dataplane = StatusServer, open_dataplane
+        self.prober = new_prober(cfg)
 
     def start(self) -> None:
         try:
@@ -126,12 +141,15 @@ class Running:
             self.status.stop()
             self.agent.watch.close()
             raise
+        self.prober.start()
         cfg = self.cfg
-        log.info("agent: registry %s, dataplane %s, DNS on %s, health on %s", self.location, cfg.dataplane,
+        log.info("agent: registry %s, dataplane %s, DNS on %s, health on %s", self.registry.location, cfg.dataplane,
                  ", ".join(cfg.dns_listen_all()), cfg.health_listen)  # fmt: skip
 
     def stop(self) -> None:
+        self.prober.stop()
         self.agent.watch.close()
+        self.registry.close()
         self.dns.stop()
         self.status.stop()
 
@@ -164,15 +182,22 @@ class Running:
             self.status, old_status = status, self.status
             old_status.stop()
         if any(f in changed for f in REGISTRY_FIELDS):
-            watch, self.location = new_watch(new)
+            registry, watch = new_watch(new)
             agent.replace_watch(watch)
-            agent.state.registry = self.location
-            log.info("agent: following the registry at %s", self.location)
+            self.registry, old_registry = registry, self.registry
+            old_registry.close()
+            agent.state.registry = registry.location
+            log.info("agent: following the registry at %s", registry.location)
         if "dataplane" in changed:
             log.warning("agent: dataplane %s -> %s: the %s rules stay until `svcdns cleanup --dataplane %s`",
                         old.dataplane, new.dataplane, old.dataplane, old.dataplane)  # fmt: skip
             agent.dataplane = self._open_dataplane(new.dataplane)
             agent.need_full = True
+        if any(f in changed for f in PROBER_FIELDS):
+            prober, old_prober = new_prober(new), self.prober
+            old_prober.stop()  # first: two probers of one node would both write
+            prober.start()
+            self.prober = prober
         agent.full_sync_period = new.full_sync_period
         agent.state.health_timeout = max(60.0, 2 * new.full_sync_period)
         self.cfg = new

@@ -9,6 +9,7 @@
     dataplane = "nftables"                    # or "iptables"
     full_sync_period = 60                     # seconds between drift checks (a full re-sync when drifted)
     health_listen = "127.0.0.1:10256"         # /healthz, /readyz, /metrics, /status
+    node_name = ""                            # "": the host name; the agent probes this node's pods
 
     [dns]
     listen = ["127.0.0.1:53"]
@@ -26,6 +27,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -34,6 +36,7 @@ from typing import Any
 from ..addr import format_hostport, parse_hostport
 from ..errors import UsageError
 from ..ipam import DEFAULT_SERVICE_CIDRS, Allocator
+from ..model import check_label
 
 DEFAULT_CONFIG = "/etc/svcdns/svcdns.toml"
 DEFAULT_REGISTRY = "/var/lib/svcdns/registry"
@@ -50,6 +53,7 @@ class Config:
     dataplane: str = "nftables"
     full_sync_period: float = 60.0
     health_listen: str = "127.0.0.1:10256"
+    node_name: str = ""  # "": the host name, as the kubelet's --hostname-override
     dns_listen: tuple[str, ...] = ("127.0.0.1:53",)
     dns_upstreams: tuple[str, ...] = ()
     dns_allowed_networks: tuple[str, ...] = ()
@@ -82,6 +86,7 @@ _KEYS = {
     "dataplane": ("dataplane", str),
     "full_sync_period": ("full_sync_period", (int, float)),
     "health_listen": ("health_listen", str),
+    "node_name": ("node_name", str),
     "dns.listen": ("dns_listen", list),
     "dns.upstreams": ("dns_upstreams", list),
     "dns.allowed_networks": ("dns_allowed_networks", list),
@@ -96,6 +101,7 @@ _ENV = {
     "SVCDNS_ZONE": "cluster_zone",
     "SVCDNS_DATAPLANE": "dataplane",
     "SVCDNS_HEALTH_LISTEN": "health_listen",
+    "SVCDNS_NODE_NAME": "node_name",
     "SVCDNS_DNS_LISTEN": "dns.listen",
 }
 
@@ -156,6 +162,8 @@ def load(path: str | None = None, flags: dict[str, Any] | None = None, env: Mapp
             cfg = replace(cfg, cluster_dns=str(ipaddress.ip_network(cfg.service_cidrs[0]).network_address + 10))
         except (ValueError, IndexError):
             pass  # validate() names the bad service CIDR
+    if not cfg.node_name:
+        cfg = replace(cfg, node_name=socket.gethostname().split(".")[0].lower())
     validate(cfg)
     # names are case-insensitive; a trailing dot names the same zone
     return replace(cfg, cluster_zone=cfg.cluster_zone.lower().removesuffix("."))
@@ -202,6 +210,12 @@ def validate(cfg: Config, local_networks: list | None = None) -> None:
     if cfg.full_sync_period < 1:
         raise UsageError(f"{where('full_sync_period')}: full_sync_period = {cfg.full_sync_period}: expected at least 1 second")
     check_zone(cfg.cluster_zone, where("cluster_zone"))
+    try:
+        if cfg.node_name:  # load() fills in the host name
+            check_label("node_name", cfg.node_name)
+    except UsageError:
+        raise UsageError.invalid("node_name", cfg.node_name, "expected a DNS label (lower-case letters, digits, "
+                                 "'-'), as pods' nodeName", where("node_name")) from None  # fmt: skip
     if cfg.cluster_dns:
         try:
             ipaddress.ip_address(cfg.cluster_dns)
