@@ -61,9 +61,7 @@ class Prober:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(10)
-        close = getattr(self.registry, "close", None)  # the prober owns its registry client (etcd's has one)
-        if close is not None:
-            close()
+        self.registry.close()  # the prober owns its registry client
 
     def _main(self) -> None:
         asyncio.run(self.run())

@@ -25,6 +25,9 @@ class FakeRegistry:
         with self.lock:
             return list(self.pods.values())
 
+    def close(self):
+        pass
+
     def update_pod(self, namespace, name, change):
         with self.lock:
             if (namespace, name) not in self.pods:
