@@ -87,7 +87,8 @@ def test_each_worker_killed_in_turn_is_replaced_within_a_second(make_lab, cli):
     assert server.poll() is None, summary
     assert set(current).isdisjoint(first), summary
     # the queries wait in the dead worker's sockets (the supervisor keeps them open) until the new
-    # worker reads them: the slowest answer is the time to recovery as a client sees it. Only the
-    # query a worker was answering at the moment it died may be lost (a client's retry covers it).
+    # worker reads them: the slowest answer is the time to recovery as a client sees it. Only what a
+    # worker had read and not yet answered when it died may be lost (a client's retry covers it):
+    # one query in flight, and at most one more it had taken from the socket (3 for 2 kills in CI).
     assert result["slowest"] < 1.0, summary
-    assert result["failed"] <= len(first) and result["sent"] > 100, summary
+    assert result["failed"] <= 2 * len(first) and result["sent"] > 100, summary

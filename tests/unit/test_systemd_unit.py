@@ -176,7 +176,10 @@ def test_install_from_a_wheel_in_a_venv_under_opt(wheel, opt_prefix, tmp_path):
     root = tmp_path / "root"
 
     def run(*argv, via=(str(svcdns),)):
-        return subprocess.run([*via, *argv, "--root", str(root)], capture_output=True, text=True, timeout=120)
+        # cwd=/: `python -m` puts the working directory first on sys.path, and a checkout there (CI's
+        # clone may lie under /tmp) would shadow the wheel's package
+        return subprocess.run([*via, *argv, "--root", str(root)], capture_output=True, text=True, timeout=120,
+                              cwd="/", env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
 
     out = run("install")
     assert out.returncode == 0, out.stderr
