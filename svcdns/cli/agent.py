@@ -130,7 +130,6 @@ class Running:
         self.status = StatusServer(parse_hostport(cfg.health_listen, "health_listen"), state, self.metrics)
         self.agent = Agent(watch, open_dataplane(cfg.dataplane), self.dns, state=state,
                            metrics=self.metrics, notifier=Notifier(), full_sync_period=cfg.full_sync_period)  # fmt: skip
-        self._status_class, self._open_dataplane = StatusServer, open_dataplane
         self.prober = new_prober(cfg)
 
     def start(self) -> None:
@@ -177,7 +176,9 @@ class Running:
             self.dns, agent.dns, old_dns = dns, dns, self.dns
             old_dns.stop()
         if "health_listen" in changed:
-            status = self._status_class(parse_hostport(new.health_listen, "health_listen"), agent.state, self.metrics)
+            from ..status import StatusServer
+
+            status = StatusServer(parse_hostport(new.health_listen, "health_listen"), agent.state, self.metrics)
             status.start()
             self.status, old_status = status, self.status
             old_status.stop()
@@ -191,7 +192,9 @@ class Running:
         if "dataplane" in changed:
             log.warning("agent: dataplane %s -> %s: the %s rules stay until `svcdns cleanup --dataplane %s`",
                         old.dataplane, new.dataplane, old.dataplane, old.dataplane)  # fmt: skip
-            agent.dataplane = self._open_dataplane(new.dataplane)
+            from ..dataplane import open_dataplane
+
+            agent.dataplane = open_dataplane(new.dataplane)
             agent.need_full = True
         if any(f in changed for f in PROBER_FIELDS):
             prober, old_prober = new_prober(new), self.prober

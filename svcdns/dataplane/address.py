@@ -45,8 +45,7 @@ def ensure_address(address: str, interface: str = INTERFACE) -> str:
             found = ipr.link_lookup(ifname=interface)
         index = found[0]
         ipr.link("set", index=index, state="up")
-        held = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=2 if ip.version == 4 else 10)}
-        if str(ip) not in held:
+        if str(ip) not in _held(ipr, index, ip):
             ipr.addr("add", index=index, address=str(ip), prefixlen=ip.max_prefixlen)
             log.info("dataplane: the cluster DNS address %s is on %s", address, interface)
     return interface
@@ -63,11 +62,15 @@ def remove_address(address: str, interface: str = INTERFACE) -> bool:
             ipr.link("del", index=found[0])
             return True
         lo = ipr.link_lookup(ifname=FALLBACK)
-        held = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=lo[0], family=2 if ip.version == 4 else 10)}
-        if lo and str(ip) in held:
+        if lo and str(ip) in _held(ipr, lo[0], ip):
             ipr.addr("del", index=lo[0], address=str(ip), prefixlen=ip.max_prefixlen)
             return True
     return False
+
+
+def _held(ipr: IPRoute, index: int, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> set[str]:
+    """The addresses of ``ip``'s family on interface ``index``."""
+    return {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=2 if ip.version == 4 else 10)}
 
 
 __all__ = ["FALLBACK", "INTERFACE", "ensure_address", "remove_address"]

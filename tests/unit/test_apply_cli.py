@@ -3,28 +3,9 @@
 import json
 from pathlib import Path
 
-import pytest
-
-from svcdns.cli import main
-
 MANIFESTS = Path(__file__).parent.parent / "manifests"
 TUTORIAL = str(MANIFESTS / "tutorial" / "app.yaml")
 
-
-@pytest.fixture
-def svcdns(tmp_path, capsys, monkeypatch):
-    registry = tmp_path / "registry"
-    registry.mkdir()
-    monkeypatch.setenv("SVCDNS_REGISTRY", str(registry))
-    monkeypatch.delenv("SVCDNS_SERVICE_CIDRS", raising=False)
-
-    def run(*argv):
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    run.root, run.tmp = registry, tmp_path
-    return run
 
 
 def vips(svcdns):

@@ -9,22 +9,6 @@ import sys
 import pytest
 import yaml
 
-from svcdns.cli import main
-
-
-@pytest.fixture
-def svcdns(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("SVCDNS_REGISTRY", str(tmp_path))
-    monkeypatch.delenv("SVCDNS_SERVICE_CIDRS", raising=False)
-
-    def run(*argv):
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    run.root = tmp_path
-    return run
-
 
 def test_add_prints_the_vip_and_get_shows_it(svcdns):
     code, out, _ = svcdns("service", "add", "web", "--port", "http:80:8080/tcp", "--port", "dns:53/udp")

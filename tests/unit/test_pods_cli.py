@@ -5,22 +5,6 @@ import json
 import pytest
 import yaml
 
-from svcdns.cli import main
-
-
-@pytest.fixture
-def svcdns(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("SVCDNS_REGISTRY", str(tmp_path))
-    monkeypatch.delenv("SVCDNS_SERVICE_CIDRS", raising=False)
-
-    def run(*argv):
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    run.root = tmp_path
-    return run
-
 
 def endpoints(svcdns, service="web"):
     code, out, err = svcdns("endpoint", "list", service, "-o", "json")

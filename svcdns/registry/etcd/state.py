@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ...endpoints import Derivation
 from ...errors import MAX_VALUE
@@ -34,6 +35,8 @@ from ...pod import Pod
 from ...table import Key, ServiceTable
 from ..contract import Snapshot
 from ..documents import DocumentError, decode, decode_pod
+
+T = TypeVar("T", Service, Pod)  # what an etcd value decodes to
 
 log = logging.getLogger(__name__)
 
@@ -182,16 +185,11 @@ class EtcdState:
 
     def _apply_pod(self, key: Key, raw_key: bytes, value: bytes, mod: int) -> None:
         self._seen_pods.add(key)
-        source = raw_key.decode(errors="replace")
         old = self.pods.get(key)
         try:
-            pod = decode_pod(value, source, fmt="json")
-            if pod.key != key:
-                raise DocumentError(source, "name", pod.ref, f"does not match its key ({key[0]}/{key[1]})")
-            _located(source, lambda: self.bounds().check_pod(pod))
+            pod = _decoded(decode_pod, raw_key, value, key, lambda p: self.bounds().check_pod(p))
         except DocumentError as err:
-            if old is None or old.error != str(err):
-                log.error("registry: %s%s", err, "; keeping its last good version" if old and old.pod else "")
+            _report(err, old.error if old else None, bool(old and old.pod))
             self.pods[key] = PodEntry(mod, old.pod if old else None, str(err))
             return
         self.pods[key] = PodEntry(mod, pod)
@@ -228,20 +226,15 @@ class EtcdState:
         if self._seen is not None:
             self._seen.add(key)
         self._touch(key)
-        source = raw_key.decode(errors="replace")
         old = self.entries.get(key)
         try:
-            svc = decode(value, source, fmt="json")
-            if svc.key != key:
-                raise DocumentError(source, "name", svc.ref, f"does not match its key ({key[0]}/{key[1]})")
-            _located(source, lambda: self.bounds().check_endpoints(svc))
-            self.entries[key] = Entry(mod, svc)
-            self.derivation.put_service(svc)
+            svc = _decoded(decode, raw_key, value, key, lambda s: self.bounds().check_endpoints(s))
         except DocumentError as err:
-            message = str(err)
-            if old is None or old.error != message:
-                log.error("registry: %s%s", message, "; keeping its last good version" if old and old.service else "")
-            self.entries[key] = Entry(mod, old.service if old else None, message)
+            _report(err, old.error if old else None, bool(old and old.service))
+            self.entries[key] = Entry(mod, old.service if old else None, str(err))
+            return
+        self.entries[key] = Entry(mod, svc)
+        self.derivation.put_service(svc)
 
     def apply_delete(self, raw_key: bytes, mod: int = 0) -> None:
         self.revision = max(self.revision, mod)
@@ -351,6 +344,23 @@ class EtcdState:
             for ip, holder in self.vips.items()
             if holder_key(holder) not in self.entries and (scope is None or holder_key(holder) in scope)
         ]
+
+
+def _decoded(decoder: Callable[..., T], raw_key: bytes, value: bytes, key: Key, check: Callable[[T], None]) -> T:
+    """A Service or Pod from an etcd value: decoded, named as its key says, and ``check``-ed;
+    every failure a DocumentError naming the key."""
+    source = raw_key.decode(errors="replace")
+    obj = decoder(value, source, fmt="json")
+    if obj.key != key:
+        raise DocumentError(source, "name", obj.ref, f"does not match its key ({key[0]}/{key[1]})")
+    _located(source, lambda: check(obj))
+    return obj
+
+
+def _report(err: DocumentError, last_error: str | None, had_good: bool) -> None:
+    """Log a bad entry once per new error (a watch sees the same value again after a reconnect)."""
+    if str(err) != last_error:
+        log.error("registry: %s%s", err, "; keeping its last good version" if had_good else "")
 
 
 __all__ = ["Entry", "EtcdState", "Keys", "PodEntry", "holder_key"]
