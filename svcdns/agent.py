@@ -96,7 +96,7 @@ class Agent:
             self.watch_started = True
         last_watchdog = 0.0
         while not stop.is_set():
-            now = time.monotonic()
+            now = self.state.loop_turned = time.monotonic()  # /livez
             if self.notifier.watchdog_interval and now - last_watchdog >= self.notifier.watchdog_interval:
                 self.notifier.watchdog()
                 last_watchdog = now
@@ -153,6 +153,14 @@ class Agent:
         self.state.revision = snap.revision
         self.state.bad_entries = dict(snap.errors)
         self.metrics.bad_entries.set(len(snap.errors))
+
+    def pending_changes(self) -> int:
+        """Services changed in the registry and not applied yet (read by /metrics' thread: both
+        tables are immutable)."""
+        applied, desired = self.applied, self.desired
+        if not self.registry_read:
+            return 0
+        return len(desired) if applied is None else len(changed_keys(applied, desired))
 
     def pending(self) -> bool:
         return (

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
-from ..addr import parse_hostport
+from ..addr import format_hostport, parse_hostport
 from ..dns.contract import DNS
 from ..errors import SvcdnsError
 from ..registry.contract import Registry, Watch
@@ -29,6 +29,8 @@ def register(sub, common) -> None:
     agent.add_argument("--config", help=f"TOML settings (default: {configuration.DEFAULT_CONFIG} if present)")
     agent.add_argument("--dns-listen", action="append", metavar="ADDR:PORT", help="repeatable (default 127.0.0.1:53)")
     agent.add_argument("--health-listen", metavar="ADDR:PORT", help="health/metrics (default 127.0.0.1:10256)")
+    agent.add_argument("--metrics-listen", metavar="ADDR:PORT", help="serve /metrics here, and only there")
+    agent.add_argument("--password-file", metavar="FILE", help="etcd's password (mode 0600), not in the URL")
     agent.add_argument("--dataplane", choices=("nftables", "iptables"))
     agent.add_argument("--service-cidr", action="append", metavar="CIDR", help="repeatable (default 10.96.0.0/12)")
     agent.add_argument(
@@ -41,7 +43,9 @@ def register(sub, common) -> None:
     agent.set_defaults(func=cmd_agent)
 
     status = sub.add_parser("status", parents=[common], help="what the running agent sees")
-    status.add_argument("--health-listen", metavar="ADDR:PORT", default="127.0.0.1:10256")
+    status.add_argument("--config", help=f"the agent's settings (default: {configuration.DEFAULT_CONFIG} if present)")
+    status.add_argument("--health-listen", metavar="ADDR:PORT",
+                        help="the agent's health address (default: as the agent reads its configuration)")  # fmt: skip
     status.add_argument("-o", "--output", choices=("table", "json"), default="table")
     status.set_defaults(func=cmd_status)
 
@@ -55,6 +59,8 @@ def load_config(args) -> configuration.Config:
         "node_name": args.node_name,
         "dataplane": args.dataplane,
         "health_listen": args.health_listen,
+        "metrics_listen": args.metrics_listen,
+        "password_file": args.password_file,
         "dns.listen": args.dns_listen,
         "dns.workers": args.dns_workers,
         "dns.forward": False if args.no_forward else None,
@@ -67,8 +73,9 @@ def load_config(args) -> configuration.Config:
 DNS_SOCKET_FIELDS = ("dns_listen", "dns_workers", "cluster_dns", "cluster_dns_interface")
 DNS_ANSWER_FIELDS = ("cluster_zone", "dns_upstreams", "dns_allowed_networks", "dns_forward", "dns_ttl",
                      "service_cidrs", "pod_cidrs", "cluster_dns")  # fmt: skip
-REGISTRY_FIELDS = ("registry", "service_cidrs")
-PROBER_FIELDS = ("registry", "node_name")
+REGISTRY_FIELDS = ("registry", "registry_password", "service_cidrs")
+PROBER_FIELDS = ("registry", "registry_password", "node_name")
+SECRET_FIELDS = ("registry", "registry_password")  # a reload's log names them, never shows them
 
 
 def dns_answering(cfg: configuration.Config) -> dict[str, Any]:
@@ -99,7 +106,7 @@ def new_watch(cfg: configuration.Config) -> tuple[Registry, Watch]:
     """The registry, and its watch."""
     from ..registry import open_registry
 
-    registry = open_registry(cfg.registry, list(cfg.service_cidrs))
+    registry = open_registry(cfg.registry, list(cfg.service_cidrs), password=cfg.registry_password)
     return registry, registry.watch()
 
 
@@ -109,8 +116,20 @@ def new_prober(cfg: configuration.Config) -> Prober:
     from ..probe import Prober
     from ..registry import open_registry
 
-    registry = open_registry(cfg.registry, list(cfg.service_cidrs))
+    registry = open_registry(cfg.registry, list(cfg.service_cidrs), password=cfg.registry_password)
     return Prober(registry, cfg.node_name, every_node=registry.kind == "files")
+
+
+def status_servers(cfg: configuration.Config, state, metrics) -> tuple[Any, Any]:
+    """The health listener, and the metrics listener when ``metrics_listen`` is set (then /metrics
+    is served there alone, so that /status never becomes public with it)."""
+    from ..status import StatusServer
+
+    health = StatusServer(parse_hostport(cfg.health_listen, "health_listen"), state, metrics,
+                          metrics_elsewhere=cfg.metrics_listen)  # fmt: skip
+    if not cfg.metrics_listen:
+        return health, None
+    return health, StatusServer(parse_hostport(cfg.metrics_listen, "metrics_listen"), state, metrics, metrics_only=True)
 
 
 class Running:
@@ -120,30 +139,36 @@ class Running:
         from ..agent import Agent
         from ..dataplane import open_dataplane
         from ..notify import Notifier
-        from ..status import Metrics, State, StatusServer
+        from ..status import Metrics, State
 
         self.cfg = cfg
         self.dns = new_dns(cfg)
         self.registry, watch = new_watch(cfg)
         state = State(registry=self.registry.location, health_timeout=max(60.0, 2 * cfg.full_sync_period))
         self.metrics = Metrics(dns_stats=lambda: self.dns.stats())  # whichever server runs now
-        self.status = StatusServer(parse_hostport(cfg.health_listen, "health_listen"), state, self.metrics)
+        self.status, self.metrics_server = status_servers(cfg, state, self.metrics)
         self.agent = Agent(watch, open_dataplane(cfg.dataplane), self.dns, state=state,
                            metrics=self.metrics, notifier=Notifier(), full_sync_period=cfg.full_sync_period)  # fmt: skip
+        self.metrics.follow(state, self.agent.pending_changes)
         self.prober = new_prober(cfg)
 
     def start(self) -> None:
         try:
-            self.status.start()  # first: it fails fast and alone when its port is taken
+            self.status.start()  # first: they fail fast and alone when a port is taken
+            if self.metrics_server is not None:
+                self.metrics_server.start()
             start_dns(self.dns, self.cfg)
         except BaseException:
             self.status.stop()
+            if self.metrics_server is not None:
+                self.metrics_server.stop()
             self.agent.watch.close()
             raise
         self.prober.start()
         cfg = self.cfg
-        log.info("agent: registry %s, dataplane %s, DNS on %s, health on %s", self.registry.location, cfg.dataplane,
-                 ", ".join(cfg.dns_listen_all()), cfg.health_listen)  # fmt: skip
+        log.info("agent: registry %s, dataplane %s, DNS on %s, health on %s%s", self.registry.location, cfg.dataplane,
+                 ", ".join(cfg.dns_listen_all()), cfg.health_listen,
+                 f", metrics on {cfg.metrics_listen}" if cfg.metrics_listen else "")  # fmt: skip
 
     def stop(self) -> None:
         self.prober.stop()
@@ -151,6 +176,8 @@ class Running:
         self.registry.close()
         self.dns.stop()
         self.status.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
 
     def reconfigure(self, new: configuration.Config) -> None:
         """Take ``new`` in place. DNS keeps answering throughout: the server keeps its sockets and
@@ -163,7 +190,7 @@ class Running:
                    and getattr(old, f) != getattr(new, f)]  # fmt: skip
         # the registry URL may hold a password: it is named, and its new location logged redacted below
         log.info("agent: configuration reloaded from %s: %s", new.source or "flags and environment",
-                 "; ".join("registry changed" if f == "registry" else f"{f} {getattr(old, f)!r} -> {getattr(new, f)!r}"
+                 "; ".join(f"{f} changed" if f in SECRET_FIELDS else f"{f} {getattr(old, f)!r} -> {getattr(new, f)!r}"
                            for f in changed) or "nothing changed")  # fmt: skip
         agent = self.agent
         if any(f in changed for f in DNS_ANSWER_FIELDS) and not any(f in changed for f in DNS_SOCKET_FIELDS):
@@ -175,13 +202,19 @@ class Running:
                 dns.update(agent.applied)
             self.dns, agent.dns, old_dns = dns, dns, self.dns
             old_dns.stop()
-        if "health_listen" in changed:
-            from ..status import StatusServer
-
-            status = StatusServer(parse_hostport(new.health_listen, "health_listen"), agent.state, self.metrics)
-            status.start()
-            self.status, old_status = status, self.status
-            old_status.stop()
+        if "health_listen" in changed or "metrics_listen" in changed:  # make before break, each
+            status, metrics_server = status_servers(new, agent.state, self.metrics)
+            if "health_listen" in changed:
+                status.start()
+                self.status, status = status, self.status
+                status.stop()
+            self.status.metrics_elsewhere = new.metrics_listen
+            if "metrics_listen" in changed:
+                if metrics_server is not None:
+                    metrics_server.start()
+                self.metrics_server, metrics_server = metrics_server, self.metrics_server
+                if metrics_server is not None:
+                    metrics_server.stop()
         if any(f in changed for f in REGISTRY_FIELDS):
             registry, watch = new_watch(new)
             agent.replace_watch(watch)
@@ -247,7 +280,9 @@ def _serve(args, cfg: configuration.Config, stop: threading.Event, reload: threa
 
 
 def cmd_status(args) -> int:
-    url = f"http://{args.health_listen}/status"
+    host, port = parse_hostport(args.health_listen or configuration.health_address(args.config), "health_listen")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # a wildcard: ask loopback
+    url = f"http://{format_hostport(host, port)}/status"
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
             st = json.load(resp)

@@ -1,6 +1,7 @@
 """The agent's settings: /etc/svcdns/svcdns.toml < environment (SVCDNS_*) < command-line flags.
 
-    registry = "/var/lib/svcdns/registry"     # or "etcd://10.0.0.1:2379,10.0.0.2:2379/svcdns"
+    registry = "/var/lib/svcdns/registry"     # or "etcd://USER@10.0.0.1:2379,10.0.0.2:2379/svcdns"
+    password_file = ""                        # etcd's password, in a file only root may read (mode 0600)
     service_cidrs = ["10.96.0.0/12"]          # add an IPv6 CIDR for IPv6 / dual-stack Services
     pod_cidrs = []                            # networks of the pods: their DNS clients may recurse
     cluster_zone = "cluster.local"
@@ -8,7 +9,8 @@
     cluster_dns_interface = "svcdns0"         # a dummy interface the agent puts cluster_dns on; "": not managed
     dataplane = "nftables"                    # or "iptables"
     full_sync_period = 60                     # seconds between drift checks (a full re-sync when drifted)
-    health_listen = "127.0.0.1:10256"         # /healthz, /readyz, /metrics, /status
+    health_listen = "127.0.0.1:10256"         # /healthz, /livez, /readyz, /metrics, /status
+    metrics_listen = ""                       # "": /metrics on health_listen; else there, and only /metrics
     node_name = ""                            # "": the host name; the agent probes this node's pods
 
     [dns]
@@ -20,14 +22,21 @@
     workers = 0                               # 0: one per core
 
 A bad value raises UsageError naming the key, the value and what is valid (the agent exits 2).
+
+``password_file`` is read by :func:`load` (at start and at every reload); a file that group or
+others may read or write is refused, as ssh refuses such a private key: the secret is exposed
+already, and a warning in a journal nobody reads would leave it so. A password in the registry URL
+still works, with a warning: URLs are shown (redacted) and may sit on command lines.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import socket
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -38,6 +47,8 @@ from ..errors import UsageError
 from ..ipam import DEFAULT_SERVICE_CIDRS, Allocator
 from ..model import check_label
 
+log = logging.getLogger(__name__)
+
 DEFAULT_CONFIG = "/etc/svcdns/svcdns.toml"
 DEFAULT_REGISTRY = "/var/lib/svcdns/registry"
 
@@ -45,6 +56,7 @@ DEFAULT_REGISTRY = "/var/lib/svcdns/registry"
 @dataclass(frozen=True)
 class Config:
     registry: str = DEFAULT_REGISTRY
+    password_file: str = ""  # etcd's password; read by load() into registry_password
     service_cidrs: tuple[str, ...] = DEFAULT_SERVICE_CIDRS
     pod_cidrs: tuple[str, ...] = ()
     cluster_zone: str = "cluster.local"
@@ -53,6 +65,7 @@ class Config:
     dataplane: str = "nftables"
     full_sync_period: float = 60.0
     health_listen: str = "127.0.0.1:10256"
+    metrics_listen: str = ""  # "": /metrics is served on health_listen
     node_name: str = ""  # "": the host name, as the kubelet's --hostname-override
     dns_listen: tuple[str, ...] = ("127.0.0.1:53",)
     dns_upstreams: tuple[str, ...] = ()
@@ -60,6 +73,7 @@ class Config:
     dns_forward: bool = True
     dns_ttl: int = 5
     dns_workers: int = 0
+    registry_password: str | None = field(default=None, repr=False)  # from password_file: never shown
     source: str = ""  # the file it came from, for messages
     # config key -> where its value came from (the file, "environment", "command line"), for messages
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -78,6 +92,7 @@ class Config:
 
 _KEYS = {
     "registry": ("registry", str),
+    "password_file": ("password_file", str),
     "service_cidrs": ("service_cidrs", list),
     "pod_cidrs": ("pod_cidrs", list),
     "cluster_zone": ("cluster_zone", str),
@@ -86,6 +101,7 @@ _KEYS = {
     "dataplane": ("dataplane", str),
     "full_sync_period": ("full_sync_period", (int, float)),
     "health_listen": ("health_listen", str),
+    "metrics_listen": ("metrics_listen", str),
     "node_name": ("node_name", str),
     "dns.listen": ("dns_listen", list),
     "dns.upstreams": ("dns_upstreams", list),
@@ -96,11 +112,13 @@ _KEYS = {
 }
 _ENV = {
     "SVCDNS_REGISTRY": "registry",
+    "SVCDNS_ETCD_PASSWORD_FILE": "password_file",
     "SVCDNS_SERVICE_CIDRS": "service_cidrs",
     "SVCDNS_POD_CIDRS": "pod_cidrs",
     "SVCDNS_ZONE": "cluster_zone",
     "SVCDNS_DATAPLANE": "dataplane",
     "SVCDNS_HEALTH_LISTEN": "health_listen",
+    "SVCDNS_METRICS_LISTEN": "metrics_listen",
     "SVCDNS_NODE_NAME": "node_name",
     "SVCDNS_DNS_LISTEN": "dns.listen",
 }
@@ -164,9 +182,87 @@ def load(path: str | None = None, flags: dict[str, Any] | None = None, env: Mapp
             pass  # validate() names the bad service CIDR
     if not cfg.node_name:
         cfg = replace(cfg, node_name=socket.gethostname().split(".")[0].lower())
+    if cfg.password_file:
+        cfg = replace(cfg, registry_password=read_password_file(cfg.password_file, cfg.origin("password_file")))
     validate(cfg)
+    if cfg.registry.startswith("etcd://") and cfg.registry_password is None and _url_password(cfg.registry):
+        log.warning("%s: the registry URL holds etcd's password, which anyone who can read the configuration, "
+                    "the unit or the command line sees: put it in a file only root may read and name it with "
+                    "password_file (the URL keeps the user name: etcd://USER@host:2379/prefix)",
+                    cfg.origin("registry"))  # fmt: skip
     # names are case-insensitive; a trailing dot names the same zone
     return replace(cfg, cluster_zone=cfg.cluster_zone.lower().removesuffix("."))
+
+
+def read_password_file(path: str, where: str = "configuration") -> str:
+    """The password in ``path`` (one trailing newline dropped); UsageError naming the path when it
+    cannot be read, is empty, or group or others may read or write it."""
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if stat.S_ISREG(mode) and mode & 0o077:
+                raise UsageError(f"{where}: password_file {path}: mode {stat.S_IMODE(mode):04o} lets other users "
+                                 f"read or change it: chmod 600 {path}")  # fmt: skip
+            data = f.read(4097)
+    except OSError as err:
+        raise UsageError(f"{where}: password_file {path}: cannot read it: {err.strerror or err}") from None
+    if len(data) > 4096:
+        raise UsageError(f"{where}: password_file {path}: longer than 4096 bytes: expected the password alone")
+    try:
+        password = data.decode().removesuffix("\n").removesuffix("\r")
+    except UnicodeDecodeError:
+        raise UsageError(f"{where}: password_file {path}: not UTF-8 text") from None
+    if not password:
+        raise UsageError(f"{where}: password_file {path} is empty")
+    return password
+
+
+def _url_password(url: str) -> bool:
+    from ..registry.etcd.url import parse_url  # here: the etcd package imports aetcd (~0.3 s), only for etcd
+
+    try:
+        return parse_url(url).password_in_url
+    except UsageError:
+        return False  # validate() said what is wrong
+
+
+def registry_password(location: str, env: Mapping[str, str] | None = None) -> str | None:
+    """etcd's password for one-shot commands, as the agent would read it: the file named by
+    $SVCDNS_ETCD_PASSWORD_FILE, else the config file's ``password_file``; None for a registry that
+    is not etcd or when neither names one."""
+    env = os.environ if env is None else env
+    if not location.startswith("etcd://"):
+        return None
+    if env.get("SVCDNS_ETCD_PASSWORD_FILE"):
+        return read_password_file(env["SVCDNS_ETCD_PASSWORD_FILE"], "environment")
+    path = env.get("SVCDNS_CONFIG") or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    if path:
+        value = _read_toml(path).get("password_file")
+        if isinstance(value, str) and value:
+            return read_password_file(value, path)
+    return None
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise UsageError(f"config file {path}: {err}") from None
+
+
+def health_address(path: str | None = None, env: Mapping[str, str] | None = None) -> str:
+    """Where the agent serves /status, as it reads its configuration (``path`` or
+    $SVCDNS_CONFIG or /etc/svcdns/svcdns.toml, then $SVCDNS_HEALTH_LISTEN): for ``svcdns status``,
+    which must not need what only the agent may read (the password file)."""
+    env = os.environ if env is None else env
+    value: Any = Config.health_listen
+    path = path or env.get("SVCDNS_CONFIG") or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    if path:
+        value = _read_toml(path).get("health_listen", value)
+        if not isinstance(value, str):
+            raise UsageError.invalid("health_listen", value, "expected ADDR:PORT", path)
+    return env.get("SVCDNS_HEALTH_LISTEN") or value
 
 
 def registry_location(flag: str | None, env: Mapping[str, str] | None = None) -> str:
@@ -179,11 +275,7 @@ def registry_location(flag: str | None, env: Mapping[str, str] | None = None) ->
         return env["SVCDNS_REGISTRY"]
     path = env.get("SVCDNS_CONFIG") or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
     if path:
-        try:
-            with open(path, "rb") as f:
-                value = tomllib.load(f).get("registry")
-        except (OSError, tomllib.TOMLDecodeError) as err:
-            raise UsageError(f"config file {path}: {err}") from None
+        value = _read_toml(path).get("registry")
         if isinstance(value, str) and value:
             return value
     return DEFAULT_REGISTRY
@@ -227,8 +319,23 @@ def validate(cfg: Config, local_networks: list | None = None) -> None:
         raise UsageError.invalid("cluster_dns_interface", name, "expected an interface name of at most 15 "
                                  "characters without '/', ':' or spaces, or \"\" to manage none",
                                  where("cluster_dns_interface"))  # fmt: skip
-    for key, value in [("health_listen", cfg.health_listen), *(("dns.listen", v) for v in cfg.dns_listen)]:
+    listeners = [("health_listen", cfg.health_listen), *(("dns.listen", v) for v in cfg.dns_listen)]
+    for key, value in [*listeners, *([("metrics_listen", cfg.metrics_listen)] if cfg.metrics_listen else [])]:
         parse_hostport(value, key, where=where(key))
+    if cfg.metrics_listen and parse_hostport(cfg.metrics_listen, "metrics_listen") == parse_hostport(
+            cfg.health_listen, "health_listen"):  # fmt: skip
+        raise UsageError.invalid("metrics_listen", cfg.metrics_listen, "another address than health_listen "
+                                 '(or "" to serve /metrics there)', where("metrics_listen"))  # fmt: skip
+    if cfg.password_file and not cfg.registry.startswith("etcd://"):
+        raise UsageError(f"{where('password_file')}: password_file {cfg.password_file} is etcd's password, "
+                         f"but the registry ({where('registry')}) is not etcd: remove password_file")  # fmt: skip
+    if cfg.registry.startswith("etcd://"):
+        from ..registry.etcd.url import parse_url  # here: the etcd package imports aetcd (~0.3 s), only for etcd
+
+        try:
+            parse_url(cfg.registry, cfg.registry_password)
+        except UsageError as err:
+            raise UsageError(f"{where('registry')}: {err}") from None
     for value in cfg.dns_upstreams:
         parse_hostport(value, "dns.upstreams", default_port=53, where=where("dns.upstreams"))
     for cidr in cfg.service_cidrs:

@@ -11,7 +11,7 @@ from ..dataplane import open_dataplane
 from ..errors import UsageError
 from ..registry import open_registry
 from . import config as configuration
-from .config import registry_location
+from .config import registry_location, registry_password
 
 
 def register(sub, common) -> None:
@@ -28,7 +28,8 @@ def register(sub, common) -> None:
 def cmd_sync(args) -> int:
     if not args.once:
         raise UsageError("svcdns sync: pass --once (to keep the rules in sync, run `svcdns agent`)")
-    snap = open_registry(registry_location(args.registry)).snapshot()
+    location = registry_location(args.registry)
+    snap = open_registry(location, password=registry_password(location)).snapshot()
     dp = open_dataplane(args.dataplane)
     result = dp.sync(snap.table, full=True)
     unit = "netlink messages" if dp.kind == "nftables" else "iptables-restore lines"

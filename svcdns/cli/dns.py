@@ -17,7 +17,7 @@ from ..dns.server import DNSServer
 from ..errors import UsageError
 from ..registry import open_registry
 from ..registry.contract import Snapshot
-from .config import registry_location
+from .config import registry_location, registry_password
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ def cmd_dns(args) -> int:
         )
     except ValueError as err:
         raise UsageError(str(err)) from None
-    watch = open_registry(registry_location(args.registry)).watch()
+    location = registry_location(args.registry)
+    watch = open_registry(location, password=registry_password(location)).watch()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

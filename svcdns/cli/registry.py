@@ -42,7 +42,7 @@ from ..model import (
 )
 from ..registry import Registry, open_registry
 from ..registry.documents import dump, endpoint_document, to_document
-from .config import registry_location
+from .config import registry_location, registry_password
 
 T = TypeVar("T")
 
@@ -123,7 +123,8 @@ def registry_of(args: argparse.Namespace) -> Registry:
     cidrs = getattr(args, "service_cidr", None)
     if not cidrs and os.environ.get("SVCDNS_SERVICE_CIDRS"):
         cidrs = [c for c in os.environ["SVCDNS_SERVICE_CIDRS"].split(",") if c.strip()]
-    return open_registry(registry_location(args.registry), cidrs)
+    location = registry_location(args.registry)
+    return open_registry(location, cidrs, password=registry_password(location))
 
 
 def valid(build: Callable[[], T]) -> T:

@@ -18,6 +18,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from ..addr import format_hostport
+from .stats import Forwards
 from .wire import Query
 
 log = logging.getLogger(__name__)
@@ -63,9 +65,11 @@ class Allowed:
 class Forwarder:
     """Blocking forwarding (called from worker threads): UDP first, TCP when the answer is truncated."""
 
-    def __init__(self, upstreams: list[tuple[str, int]], timeout: float = 2.0) -> None:
+    def __init__(self, upstreams: list[tuple[str, int]], timeout: float = 2.0, counts: Forwards | None = None) -> None:
         self.upstreams = list(upstreams)
         self.timeout = timeout
+        self.counts = counts if counts is not None else Forwards()  # by upstream, as CoreDNS's forward plugin
+        self._names = {(h, p): format_hostport(h, p) for h, p in self.upstreams}
         self._cache: OrderedDict[tuple, tuple[float, bytes]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -75,12 +79,18 @@ class Forwarder:
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(key)
-            if hit and hit[0] > now:
+            fresh = bool(hit and hit[0] > now)
+            if hit and fresh:
                 self._cache.move_to_end(key)
-                return struct.pack("!H", q.id) + _with_question(hit[1], q)
+        self.counts.cached(fresh)
+        if hit and fresh:
+            return struct.pack("!H", q.id) + _with_question(hit[1], q)
         ident = random.randrange(1 << 16)
         query = struct.pack("!H", ident) + data[2:]
         for host, port in self.upstreams:
+            to = self._names[(host, port)]
+            self.counts.sent(to)
+            start = time.perf_counter()
             try:
                 answer = self._udp(host, port, query, ident)
                 if answer is not None and answer[2] & 0x02:  # truncated: ask again over TCP
@@ -90,6 +100,7 @@ class Forwarder:
                 continue
             if answer is None:
                 continue
+            self.counts.answered(to, answer[3] & 0xF, time.perf_counter() - start)
             ttl = _cache_ttl(answer)
             if ttl > 0:
                 with self._lock:

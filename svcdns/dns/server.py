@@ -30,6 +30,8 @@ from ..addr import format_hostport, parse_hostport
 from ..errors import DNSError
 from ..table import ServiceTable
 from .forward import DEFAULT_ALLOWED, default_upstreams
+from .stats import add as _add
+from .stats import zero as _zero
 from .worker import Settings, worker_main
 from .zone import DEFAULT_CLUSTER_DNS, Zone, ZoneCompiler, empty_zone
 
@@ -252,8 +254,8 @@ class DNSServer:
             raise DNSError(f"no DNS worker took the new zone ({self.problem})")
 
     def stats(self) -> dict[str, Any]:
-        """Queries by rcode and request durations, summed over the workers, those replaced
-        included (so the counters never go back); and the workers' own counts."""
+        """The workers' counts (:mod:`.stats`), summed over the workers, those replaced included (so
+        the counters never go back); and the workers' own numbers."""
         with self._lock:
             replies = self._exchange(("stats", None), STATS_TIMEOUT)
             total = _zero()
@@ -416,18 +418,6 @@ def _end(slot: _Slot, kill: bool = False) -> None:
     if slot.pipe is not None:
         slot.pipe.close()
     slot.proc = slot.pipe = None
-
-
-def _zero() -> dict[str, Any]:
-    return {"queries": Counter(), "duration_buckets": Counter(), "duration_sum": 0.0, "duration_count": 0}
-
-
-def _add(total: dict[str, Any], s: dict[str, Any]) -> None:
-    if s:
-        total["queries"].update(s["queries"])
-        total["duration_buckets"].update(s["duration_buckets"])
-        total["duration_sum"] += s["duration_sum"]
-        total["duration_count"] += s["duration_count"]
 
 
 __all__ = ["DNSServer"]

@@ -33,7 +33,9 @@ from .. import logs
 from .answer import CHASE, FORWARD, answer_cacheable
 from .forward import DEFAULT_ALLOWED, Allowed, Forwarder
 from .mmsg import BATCH, QUERY, Batch
-from .wire import FORMERR, RCODE_NAMES, REFUSED, SERVFAIL, error_from_header, parse_query, response, truncated
+from .stats import NONE, OTHER, RCODES, Counts, Forwards, index, qtype_slot
+from .stats import key as type_key
+from .wire import FORMERR, REFUSED, SERVFAIL, error_from_header, parse_query, response, truncated
 from .zone import DEFAULT_CLUSTER_DNS, apply_delta, empty_zone
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,6 @@ TCP_PER_CLIENT = 64  # connections one client address may hold, per worker
 TCP_OUTPUT_MAX = 256 << 10  # answer bytes queued for a client that does not read: then it is dropped
 MAX_FORWARDS = 512  # forwarded queries outstanding per worker: beyond, SERVFAIL at once
 CACHE_ENTRIES = 50_000  # answers kept per worker (dropped at each zone change)
-DURATION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 Reply = Callable[[bytes], None]
 
@@ -70,10 +71,6 @@ class _Conn:
     last: float = field(default_factory=time.monotonic)  # the last whole query in, or answer bytes out
 
 
-def _rcode_name(rcode: int) -> str:
-    return RCODE_NAMES.get(rcode, str(rcode))
-
-
 def idle_timeout(connections: int, cap: int = TCP_MAX_CONNECTIONS) -> float:
     """How long a TCP connection may stay idle with ``connections`` open: TCP_IDLE up to half the
     cap, then shrinking linearly to TCP_IDLE_MIN at the cap."""
@@ -94,23 +91,22 @@ class Worker:
         self.forwarder: Forwarder | None = None
         self.pool: ThreadPoolExecutor | None = None
         self.recurse: dict[str, bool] = {}  # client address -> may recurse
+        self.counts = Counts()
+        self.forward_counts = Forwards()  # kept across reloads: each new Forwarder adds to them
         self.configure(settings)
         self.sel = selectors.DefaultSelector()
         self.conns: dict[int, _Conn] = {}
         # the answer caches, by transport and by whether the client may recurse: query bytes after
-        # the ID -> (answer bytes after the ID, rcode); emptied, in place, at every zone change
+        # the ID -> (answer bytes after the ID, its counter index, its query type's slot: see
+        # .stats); emptied, in place, at every zone change
         self.udp_cache: tuple[dict, dict] = ({}, {})
         self.tcp_cache: tuple[dict, dict] = ({}, {})
         self.udp_clients: dict[bytes, dict] = {}  # client address bytes -> its UDP answer cache
         self.turn = 0  # the rotation of headless answers: each uncached answer takes the next
         self.next_expiry = 0.0
-        self.rcodes = [0] * 4096  # queries answered, by rcode
-        self.buckets: Counter = Counter()
-        self.duration_sum = 0.0
-        self.duration_count = 0
         self.running = True
         # answers computed on the forwarding threads, handed to the loop (the only writer of sockets)
-        self.done: deque[tuple[Reply, bytes, float]] = deque()
+        self.done: deque[tuple[Reply, bytes, float, int]] = deque()
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
@@ -151,7 +147,8 @@ class Worker:
         finish on the forwarder they started with."""
         self.settings = settings
         self.allowed = Allowed(settings.allowed_networks)
-        self.forwarder = Forwarder(list(settings.upstreams)) if settings.forward and settings.upstreams else None
+        self.forwarder = (Forwarder(list(settings.upstreams), counts=self.forward_counts)
+                          if settings.forward and settings.upstreams else None)  # fmt: skip
         if self.forwarder is not None and self.pool is None:
             self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="forward")
         self.recurse.clear()
@@ -178,9 +175,7 @@ class Worker:
             self.running = False
 
     def stats(self) -> dict[str, Any]:
-        queries = {_rcode_name(rcode): n for rcode, n in enumerate(self.rcodes) if n}
-        return {"queries": queries, "duration_buckets": dict(self.buckets),
-                "duration_sum": self.duration_sum, "duration_count": self.duration_count,
+        return {**self.counts.snapshot(), **self.forward_counts.snapshot(),
                 "tcp_connections": len(self.conns), "forwards_pending": self.forwards}  # fmt: skip
 
     # -- answering
@@ -201,35 +196,40 @@ class Worker:
         hit = cache.get(key)
         if hit is not None:
             reply(data[:2] + hit[0])
-            self.count(hit[1], start)
+            self.counts.cache_hits += 1
+            self.counts.count(hit[1], time.perf_counter() - start)
             return
+        self.counts.cache_misses += 1
+        slot = qtype_slot(data)
+        k = type_key(udp, slot)
         self.turn += 1
         out, rcode, cacheable = answer_cacheable(self.zone, data, udp=udp, ra=ra, turn=self.turn)
         if out is FORWARD:
-            self.forward(data, client, udp, reply, start)
+            self.forward(data, client, udp, reply, start, k)
             return
         if cacheable == CHASE and self.pool is not None and self.forwards < MAX_FORWARDS:
             answer = out
-            self.submit(lambda: self.chase(answer), reply, start)
+            self.submit(lambda: self.chase(answer), reply, start, k)
             return
         if isinstance(out, bytes):
             reply(out)
-            self.count(rcode or 0, start)
+            i = index(k, rcode or 0)
+            self.counts.count(i, time.perf_counter() - start)
             if cacheable:
                 if len(cache) >= CACHE_ENTRIES:
                     cache.clear()  # garbage queries must not grow it without bound
-                cache[key] = (out[2:], rcode)
+                cache[key] = (out[2:], i, slot)
 
-    def forward(self, data: bytes, client: str, udp: bool, reply: Reply, start: float) -> None:
+    def forward(self, data: bytes, client: str, udp: bool, reply: Reply, start: float, k: int) -> None:
         q = parse_query(bytes(data))
         forwarder = self.forwarder
         if forwarder is None or client not in self.allowed:
             reply(response(q, REFUSED, aa=False))
-            self.count(REFUSED, start)
+            self.count(k, REFUSED, start)
             return
         if self.forwards >= MAX_FORWARDS:  # the upstreams are slow or gone: fail fast, memory bounded
             reply(response(q, SERVFAIL, aa=False, ra=True))
-            self.count(SERVFAIL, start)
+            self.count(k, SERVFAIL, start)
             return
 
         def job() -> bytes:
@@ -240,10 +240,11 @@ class Worker:
                 return truncated(q, out[3] & 0xF, aa=False, ra=True)
             return out
 
-        self.submit(job, reply, start)
+        self.submit(job, reply, start, k)
 
-    def submit(self, job: Callable[[], bytes], reply: Reply, start: float) -> None:
-        """Run ``job`` on the pool; its answer goes back to the loop, which sends it."""
+    def submit(self, job: Callable[[], bytes], reply: Reply, start: float, k: int) -> None:
+        """Run ``job`` on the pool; its answer goes back to the loop, which sends it and counts it
+        under (protocol, type) ``k``."""
         assert self.pool is not None
         self.forwards += 1
 
@@ -253,7 +254,7 @@ class Worker:
             except Exception:  # noqa: BLE001 - logged; the client gets nothing, as from a lost packet
                 log.exception("dns: a forwarded query failed")
                 out = b""
-            self.done.append((reply, out, start))
+            self.done.append((reply, out, start, k))
             try:
                 self.wake_w.send(b"x")
             except BlockingIOError:
@@ -268,11 +269,11 @@ class Worker:
         except BlockingIOError:
             pass
         while self.done:
-            reply, out, start = self.done.popleft()
+            reply, out, start, k = self.done.popleft()
             self.forwards -= 1
             if out:
                 reply(out)
-                self.count(out[3] & 0xF, start)
+            self.count(k, out[3] & 0xF if out else NONE, start)
 
     def chase(self, answer: bytes) -> bytes:
         """An ExternalName's CNAME, with the target's addresses resolved upstream appended (the slow
@@ -293,26 +294,16 @@ class Worker:
             log.exception("dns: could not resolve an ExternalName's target")
         return answer
 
-    def count(self, rcode: int, start: float) -> None:
-        self.rcodes[rcode] += 1
-        self.observe(time.perf_counter() - start, 1)
-
-    def observe(self, elapsed: float, n: int) -> None:
-        """``n`` requests that took ``elapsed`` seconds (a batch counts its whole time for each)."""
-        self.duration_sum += elapsed * n
-        self.duration_count += n
-        for b in DURATION_BUCKETS:
-            if elapsed <= b:
-                self.buckets[b] += n
-                break
-        else:
-            self.buckets["+Inf"] += n
+    def count(self, k: int, rcode: int, start: float) -> None:
+        """One request of (protocol, type) ``k`` answered ``rcode`` (NONE: not answered)."""
+        self.counts.count(k * RCODES + rcode if rcode == NONE else index(k, rcode), time.perf_counter() - start)
 
     def on_udp(self, batch: Batch) -> None:
         """Answer the queued datagrams in batches. The fast path, a query this worker has answered
         from the same zone before, copies the cached answer over the query; anything else goes to
         :meth:`udp_slow`, and the answers on either side of it are sent as two runs."""
-        clients, rcodes = self.udp_clients, self.rcodes
+        clients, counts = self.udp_clients, self.counts
+        responses, tally = counts.responses, counts.tally
         nocache: dict[bytes, tuple[bytes, int]] = {}
         buf, view, meta, out_len, slots = batch.buf, batch.view, batch.meta, batch.out_len, batch.slots
         room = QUERY - 2
@@ -334,11 +325,13 @@ class Worker:
                 answer = hit[0]
                 buf[q + 2 : q + 2 + len(answer)] = answer  # the ID is already there
                 out_len[answer_length] = len(answer) + 2
-                rcodes[hit[1]] += 1
+                responses[hit[1]] += 1
+                tally[hit[2]] += 1
             if run < k:
                 batch.send(run, k)
-            if slow < k:  # (udp_slow counted its own)
-                self.observe(time.perf_counter() - start, k - slow)
+            if slow < k:  # (udp_slow counted its own): every answer of the batch took its whole time
+                counts.cache_hits += k - slow
+                counts.observe_tally(time.perf_counter() - start)
             if k < BATCH:
                 return  # the queue is empty
 
@@ -358,7 +351,7 @@ class Worker:
             err = error_from_header(data, FORMERR)
             if err:
                 reply(err)
-                self.count(FORMERR, time.perf_counter())
+                self.count(type_key(True, OTHER), FORMERR, time.perf_counter())
             return
         ra = self.may_recurse(addr[0])
         if len(self.udp_clients) >= CACHE_ENTRIES:

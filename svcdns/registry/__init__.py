@@ -15,16 +15,18 @@ from .contract import Registry, Snapshot, Watch, WatchBase
 from .files import FileRegistry
 
 
-def open_registry(location: str, service_cidrs: list[str] | None = None) -> Registry:
+def open_registry(location: str, service_cidrs: list[str] | None = None, password: str | None = None) -> Registry:
     """The registry at ``location``: a directory path (or ``file://`` URL) for the embedded registry,
-    ``etcd://host:port[,host:port]/prefix`` for etcd.
+    ``etcd://host:port[,host:port]/prefix`` for etcd (``password``: etcd's, from a password file).
 
     ``service_cidrs`` None: the CIDRs the registry recorded when it first allocated (else the default
     10.96.0.0/12), so the CLI and the agent always agree."""
     if location.startswith("etcd://"):
         from .etcd import EtcdRegistry  # here, not at the top: aetcd and gRPC take ~0.3 s to import
 
-        return EtcdRegistry(location, service_cidrs)
+        return EtcdRegistry(location, service_cidrs, password=password)
+    if password is not None:
+        raise UsageError(f"registry {location!r}: a password is only for an etcd registry")
     if "://" in location and not location.startswith("file://"):
         raise UsageError(f"registry {location!r}: expected a directory path or etcd://host:port/prefix")
     return FileRegistry(location.removeprefix("file://"), service_cidrs)

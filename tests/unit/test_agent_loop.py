@@ -200,13 +200,20 @@ def test_unhealthy_while_a_change_waits_too_long():
 
 
 def test_metrics_are_prometheus_text():
-    m = Metrics(dns_stats=lambda: {"queries": {"NOERROR": 3}, "duration_buckets": {0.001: 3},
-                                   "duration_sum": 0.002, "duration_count": 3})  # fmt: skip
+    from svcdns.dns import stats
+
+    counts = stats.Counts()
+    for _ in range(3):  # three A queries over UDP answered NOERROR in 0.5 ms each
+        counts.count(stats.index(stats.key(True, stats.TYPES.index("A")), 0), 0.0005)
+    m = Metrics(dns_stats=counts.snapshot)
     m.services.set(7)
     text = m.render().decode()
     assert "svcdns_services 7.0" in text
-    assert 'svcdns_dns_queries_total{rcode="NOERROR"} 3.0' in text
-    assert 'svcdns_dns_request_duration_seconds_bucket{le="+Inf"} 3.0' in text
+    assert 'svcdns_dns_requests_total{proto="udp",type="A"} 3.0' in text
+    assert 'svcdns_dns_responses_total{rcode="NOERROR"} 3.0' in text
+    assert 'svcdns_dns_request_duration_seconds_bucket{le="0.0005",type="A"} 3.0' in text
+    assert 'svcdns_dns_request_duration_seconds_bucket{le="+Inf",type="A"} 3.0' in text
+    assert 'svcdns_build_info{python="' in text
 
 
 def test_notify_over_a_real_socket(tmp_path):

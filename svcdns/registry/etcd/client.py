@@ -120,7 +120,7 @@ class _AetcdClient(aetcd.Client):
                     raise error from None
                 raise RegistryAuthFailed(
                     f"etcd at {target}: authentication as {self._username!r} failed: "
-                    f"{err.details()} (check username= and password= in the registry URL)"
+                    f"{err.details()} (check the user name in the registry URL and the password in password_file)"
                 ) from None
             self.metadata = (("token", resp.token),)
         self.kvstub = rpc.KVStub(self.channel)

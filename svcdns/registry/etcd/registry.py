@@ -40,8 +40,8 @@ ADOPT_CONCURRENCY = 32  # a first start over 10k hand-written documents is bound
 class EtcdRegistry:
     kind = "etcd"
 
-    def __init__(self, url: str, service_cidrs: list[str] | None = None) -> None:
-        self.options = parse_url(url)
+    def __init__(self, url: str, service_cidrs: list[str] | None = None, password: str | None = None) -> None:
+        self.options = parse_url(url, password)
         self.url = url
         self.keys = Keys(self.options.prefix)
         self.state = EtcdState(self.keys)
