@@ -1,6 +1,6 @@
 """Benchmark svcdns's DNS server against dnsmasq and unbound serving the same names, with dnsperf.
 
-    python bench/dns.py [--sizes 1000,10000] [--seconds 10] [--rounds 3]
+    python bench/dns.py [--sizes 1000,10000] [--seconds 10] [--rounds 3] [--baseline DIR]
 
 Needs root; installs Debian's dnsperf, dnsmasq-base and unbound if missing (``examples/setup.sh bench``). Everything runs inside one network
 namespace this script creates (the servers listen on its loopback addresses, never the host's
@@ -8,7 +8,8 @@ port 53) and deletes. For each zone size, in the same run: each server pinned to
 one worker), then svcdns with a worker per core; dnsperf (on core 1: one client, 100 queries in flight) asks
 for every Service name in turn. The servers take turns, ``--rounds`` times, so that the machine's
 drift hits them alike; the table gives the median of the rounds: queries per second, average latency,
-queries lost (all rounds), and the server's CPU time per query on core 0.
+queries lost (all rounds), and the server's CPU time per query on core 0. ``--baseline DIR`` adds
+the one-worker svcdns of another checkout (``git worktree add DIR main``), taking its turns with the rest.
 
 On a 2-core machine dnsperf on its one core saturates at about the same rate as the servers, so the
 queries per second partly measure the client. The CPU time per query on the server's core does not:
@@ -91,7 +92,7 @@ def ready(lab, server: str, name: str) -> bool:
     return bool(out) and not out.startswith(";")
 
 
-def run_size(n: int, seconds: int, rounds: int, tmp: Path) -> list[tuple[str, dict]]:
+def run_size(n: int, seconds: int, rounds: int, tmp: Path, baseline: str = "") -> list[tuple[str, dict]]:
     runs: dict[str, list[dict]] = {}
     pairs = names(n)
     queries = tmp / f"queries-{n}"
@@ -115,6 +116,9 @@ def run_size(n: int, seconds: int, rounds: int, tmp: Path) -> list[tuple[str, di
             ("unbound, core 0", ["taskset", "-c", "0", "unbound", "-d", "-c", str(unbound)], "127.0.0.3"),
             ("svcdns, 2 workers, all cores", [sys.executable, "-c", SVCDNS, str(n), "2"], "127.0.0.1"),
     ]  # fmt: skip
+    if baseline:  # the same script, importing the other checkout's svcdns
+        servers.insert(1, ("baseline, 1 worker, core 0", ["taskset", "-c", "0", "env", f"PYTHONPATH={baseline}",
+                                                               sys.executable, "-c", SVCDNS, str(n), "1"], "127.0.0.1"))
     with Lab(pods=0, tag="benchdns") as lab:
         for _ in range(rounds):
             for label, cmd, server in servers:
@@ -137,6 +141,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3, help="turns each server takes (the table gives medians)")
+    ap.add_argument("--baseline", metavar="DIR", default="", help="also the one-worker svcdns of this checkout")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/dns.py: needs root (it builds a network namespace)")
@@ -149,7 +154,7 @@ def main() -> None:
         print(f"{'zone':>7}  {'server':<30} {'QPS':>9} {'vs dnsmasq':>10} {'avg latency':>12} {'lost':>6}"
               f"  {'core-0 CPU/query':>16} {'capacity':>10}")  # fmt: skip
         for n in (int(x) for x in args.sizes.split(",")):
-            rows = run_size(n, args.seconds, args.rounds, Path(tmp))
+            rows = run_size(n, args.seconds, args.rounds, Path(tmp), str(Path(args.baseline).resolve()) if args.baseline else "")
             base = dict(rows)["dnsmasq, core 0"]
             for label, r in rows:
                 pinned = "core 0" in label  # the all-cores row shares core 0 with nothing to compare

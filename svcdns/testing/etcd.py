@@ -6,6 +6,7 @@ import functools
 import os
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,21 +93,15 @@ class EtcdServer:
 
     def _enable_auth(self) -> None:
         """User ``root`` (role ``root``), then authentication on: what ``etcdctl user add root`` and
-        ``etcdctl auth enable`` do (over plain text: not with ``tls``). Once: members keep it in their data."""
-        import asyncio
-
-        import grpc.aio
-        from aetcd import rpc
-
-        async def enable() -> None:
-            async with grpc.aio.insecure_channel(self._at(self.client_ports[0])) as channel:
-                stub = rpc.AuthStub(channel)
-                await stub.RoleAdd(rpc.AuthRoleAddRequest(name="root"), timeout=5)
-                await stub.UserAdd(rpc.AuthUserAddRequest(name="root", password=self.PASSWORD), timeout=5)
-                await stub.UserGrantRole(rpc.AuthUserGrantRoleRequest(user="root", role="root"), timeout=5)
-                await stub.AuthEnable(rpc.AuthEnableRequest(), timeout=5)
-
-        asyncio.run(enable())
+        ``etcdctl auth enable`` do (over plain text: not with ``tls``). Once: members keep it in their
+        data. With ``netns``, from inside it (the member listens there)."""
+        target = self._at(self.client_ports[0])
+        if self.netns is None:
+            enable_auth(target, self.PASSWORD)
+            return
+        code = f"from svcdns.testing.etcd import enable_auth; enable_auth({target!r}, {self.PASSWORD!r})"
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+        self.netns.run([sys.executable, "-c", code], env=env)
 
     def wait_ready(self, i: int | None = None, timeout: float = 30.0) -> None:
         """Wait until the member(s) answer etcd's /health with true (a leader elected, quorum)."""
@@ -155,3 +150,21 @@ class EtcdServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def enable_auth(target: str, password: str) -> None:
+    """Add user ``root`` with ``password`` and role ``root``, then turn authentication on."""
+    import asyncio
+
+    import grpc.aio
+    from aetcd import rpc
+
+    async def enable() -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = rpc.AuthStub(channel)
+            await stub.RoleAdd(rpc.AuthRoleAddRequest(name="root"), timeout=5)
+            await stub.UserAdd(rpc.AuthUserAddRequest(name="root", password=password), timeout=5)
+            await stub.UserGrantRole(rpc.AuthUserGrantRoleRequest(user="root", role="root"), timeout=5)
+            await stub.AuthEnable(rpc.AuthEnableRequest(), timeout=5)
+
+    asyncio.run(enable())

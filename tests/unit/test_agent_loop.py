@@ -274,3 +274,18 @@ def test_healthz_says_503_while_a_dns_worker_is_missing():
     assert not ok and "1 of 2 DNS workers answering" in why
     m = Metrics(dns_stats=lambda: {"worker_restarts": 2})
     assert "svcdns_dns_worker_restarts_total 2.0" in m.render().decode()
+
+
+def test_pending_changes_count_what_the_kernel_does_not_have_yet_and_the_loop_beats():
+    log = []
+    agent = Agent(FakeWatch(ServiceTable.of([svc("a", 1), svc("b", 2)])), Recorder(log, fail=1), Recorder(log),
+                  retry=(0.2, 0.2))  # fmt: skip
+    assert agent.pending_changes() == 0  # nothing read yet: nothing known to be pending
+    agent.take(agent.watch.start())
+    agent.watch_started = True
+    assert agent.pending_changes() == 2
+    assert not agent.sync() and agent.pending_changes() == 2  # a refused sync leaves them pending
+    before = agent.state.loop_turned
+    run_until(agent, lambda: agent.syncs >= 1)
+    assert agent.pending_changes() == 0 and agent.state.loop_turned > before
+    assert agent.state.alive()[0]
