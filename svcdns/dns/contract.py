@@ -21,7 +21,7 @@ class DNS(Protocol):
         ...
 
     def stats(self) -> dict[str, Any]:
-        """Queries by rcode and request durations, summed over the workers (for /metrics)."""
+        """The workers' counts (dns/stats.py: requests, responses, durations, forwarding, caches), summed (for /metrics)."""
         ...
 
     @property

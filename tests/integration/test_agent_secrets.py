@@ -63,11 +63,15 @@ def test_an_agent_with_a_password_file_shows_the_password_nowhere(make_lab, tmp_
         wait_for(lambda: "reload refused" in log.read_text(), 10, what="the reload to be refused")
         assert "mode 0644" in log.read_text() and agent.poll() is None
         assert http(10256, "/livez").startswith("ok")
+        pw.write_text("not-the-password-either\n")  # a new password: a new watch, named but not shown
         pw.chmod(0o600)
         os.kill(agent.pid, signal.SIGHUP)
         wait_for(lambda: "configuration reloaded" in log.read_text(), 10, what="the reload")
+        assert "registry_password changed" in log.read_text()
+        wait_for(lambda: "authentication as 'root' failed" in http(10256, "/healthz"), 20, what="etcd to refuse it")
+        seen["/healthz refused"] = http(10256, "/healthz")
         lab.stop(agent)  # the log is complete once the agent stopped
         seen["log"] = log.read_text()
         assert "agent: registry etcd://root@127.0.0.1" in seen["log"]
         for where, text in seen.items():
-            assert password not in text, where
+            assert password not in text and "not-the-password-either" not in text, where
