@@ -9,8 +9,10 @@ goes. ``deletion_deadline`` (Kubernetes' ``deletionTimestamp``, Unix seconds) is
 ``svcdns pod rm --grace 30`` writes it, and from then on every reader treats the record as gone
 (:func:`Pod.gone`), whether or not anyone has deleted it yet.
 
-``readiness_probe`` (Kubernetes' ``readinessProbe``) is run by the agent of the pod's node
-(:mod:`svcdns.probe`), which writes ``ready`` when the result changes.
+``readiness_probes`` (Kubernetes' ``readinessProbe``, one per container that has one) are run by the
+agent of the pod's node (:mod:`svcdns.probe`), which writes ``ready`` (every probe passes) and
+``reason`` (why not) when they change. ``netns`` names the pod's network namespace: exec probes run
+there.
 """
 
 from __future__ import annotations
@@ -53,33 +55,47 @@ class ContainerPort:
         object.__setattr__(self, "protocol", protocol)
 
 
-PROBE_KINDS = ("tcpSocket", "httpGet")
+PROBE_KINDS = ("tcpSocket", "httpGet", "grpc", "exec")
 SCHEMES = ("HTTP", "HTTPS")
+MAX_COMMAND = 64  # exec arguments; each at most 4096 characters
 
 
 @dataclass(frozen=True, slots=True)
 class Probe:
     """A readiness probe, with Kubernetes' fields and defaults. ``kind`` is ``tcpSocket`` (a connection
-    is accepted) or ``httpGet`` (200 <= status < 400); ``port`` is a number or one of the pod's port
-    names. Seconds are whole numbers, as in Kubernetes; the timeout may not exceed the period."""
+    is accepted), ``httpGet`` (200 <= status < 400), ``grpc`` (the standard health service answers
+    SERVING for ``service``) or ``exec`` (``command`` exits 0). ``port`` is a number or, for
+    tcpSocket and httpGet, one of the pod's port names (grpc takes a number, as in Kubernetes); exec
+    has none. ``container`` names the container whose probe it is (a manifest's
+    ``spec.containers[].name``), to say which one fails. Seconds are whole numbers, as in Kubernetes;
+    the timeout may not exceed the period."""
 
     kind: str
-    port: int | str
+    port: int | str = 0
     path: str = "/"
     scheme: str = "HTTP"
     http_headers: tuple[tuple[str, str], ...] = ()
+    command: tuple[str, ...] = ()  # exec
+    service: str = ""  # grpc: the health service's name ("": the server as a whole)
     initial_delay: int = 0  # initialDelaySeconds
     period: int = 10  # periodSeconds
     timeout: int = 1  # timeoutSeconds
     success_threshold: int = 1
     failure_threshold: int = 3
+    container: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in PROBE_KINDS:
             raise ValidationError("readinessProbe", self.kind, f"must have one of {', '.join(PROBE_KINDS)}")
         where = f"readinessProbe.{self.kind}"
         port = self.port
-        if isinstance(port, str) and not (port.isascii() and port.isdigit()):
+        if self.kind == "exec":
+            self._check_command(where)
+        elif port in (0, "", None):
+            raise ValidationError(f"{where}.port", None, "is required")
+        elif isinstance(port, str) and not (port.isascii() and port.isdigit()):
+            if self.kind == "grpc":
+                raise ValidationError(f"{where}.port", port, "must be a port number from 1 to 65535 (gRPC probes take no port name)")
             check_port_name(f"{where}.port", port)
         else:
             object.__setattr__(self, "port", check_port_number(f"{where}.port", port))
@@ -95,6 +111,10 @@ class Probe:
             ):
                 raise ValidationError(f"{where}.httpHeaders[{i}]", {"name": name, "value": value},
                                       "must be {name: a header name, value: text on one line}")  # fmt: skip
+        if not isinstance(self.service, str) or len(self.service) > 255 or any(c in self.service for c in "\r\n\0"):
+            raise ValidationError(f"{where}.service", self.service, "must be a service name on one line (at most 255 characters)")
+        if self.container:
+            check_label("container", self.container)
         for field, low in (("initial_delay", 0), ("period", 1), ("timeout", 1), ("success_threshold", 1),
                            ("failure_threshold", 1)):  # fmt: skip
             value = getattr(self, field)
@@ -103,6 +123,17 @@ class Probe:
         if self.timeout > self.period:
             raise ValidationError("readinessProbe.timeoutSeconds", self.timeout,
                                   f"must not exceed periodSeconds ({self.period})")  # fmt: skip
+
+    def _check_command(self, where: str) -> None:
+        command = self.command
+        if isinstance(command, str) or not isinstance(command, (tuple, list)) or not command:
+            raise ValidationError(f"{where}.command", command, "must be a non-empty list of arguments, e.g. [cat, /tmp/ready]")
+        if len(command) > MAX_COMMAND or not all(isinstance(a, str) and len(a) <= 4096 and "\0" not in a for a in command):
+            raise ValidationError(f"{where}.command", list(command),
+                                  f"must be at most {MAX_COMMAND} text arguments without NUL")  # fmt: skip
+        if not command[0]:
+            raise ValidationError(f"{where}.command[0]", "", "must name the program to run")
+        object.__setattr__(self, "command", tuple(command))
 
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")  # an HTTP field name (RFC 9110)
@@ -123,7 +154,9 @@ class Pod:
     ready: bool = True
     terminating: bool = False
     deletion_deadline: float = 0.0  # Unix time it goes at; 0: not being deleted
-    readiness_probe: Probe | None = None
+    readiness_probes: tuple[Probe, ...] = ()  # one per container that has one; ready when all pass
+    netns: str = ""  # its network namespace (a path such as /run/netns/web-0): where exec probes run
+    reason: str = ""  # why it is not ready, as its prober last recorded
 
     def __post_init__(self) -> None:
         check_label("name", self.name)
@@ -151,11 +184,19 @@ class Pod:
             if p.name and (p.name, p.protocol) in seen_ports:
                 raise ValidationError(f"ports[{i}].name", p.name, "duplicate container port name")
             seen_ports.add((p.name, p.protocol))
-        probe = self.readiness_probe
-        if probe is not None and isinstance(probe.port, str) and self.port_named(probe.port, "TCP") is None:
-            raise ValidationError(f"readinessProbe.{probe.kind}.port", probe.port,
-                                  f"names no TCP port of pod {self.ref}; its ports: "
-                                  f"{', '.join(p.name for p in self.ports if p.name) or 'none named'}")  # fmt: skip
+        object.__setattr__(self, "readiness_probes", tuple(self.readiness_probes))
+        for i, probe in enumerate(self.readiness_probes):
+            if isinstance(probe.port, str) and probe.kind != "grpc" and self.port_named(probe.port, "TCP") is None:
+                field = f"readinessProbe.{probe.kind}.port" if len(self.readiness_probes) == 1 else (
+                    f"readinessProbes[{i}].{probe.kind}.port")  # fmt: skip
+                raise ValidationError(field, probe.port, f"names no TCP port of pod {self.ref}; its ports: "
+                                      f"{', '.join(p.name for p in self.ports if p.name) or 'none named'}")  # fmt: skip
+        netns = self.netns
+        if not isinstance(netns, str) or (netns and (not netns.startswith("/") or len(netns) > 4096 or any(
+                c in netns for c in "\0\n"))):  # fmt: skip
+            raise ValidationError("netns", netns, "must be an absolute path to a network namespace, e.g. /run/netns/web-0")
+        if not isinstance(self.reason, str):
+            raise ValidationError("reason", self.reason, "must be text")
 
     @property
     def key(self) -> tuple[str, str]:
@@ -176,10 +217,9 @@ class Pod:
                 return p.container_port
         return None
 
-    def probe_port(self) -> int:
-        """The port its readiness probe targets (a name resolved against its own ports)."""
-        assert self.readiness_probe is not None
-        port = self.readiness_probe.port
+    def probe_port(self, probe: Probe) -> int:
+        """The port ``probe`` (one of its readiness probes) targets, a name resolved against its ports."""
+        port = probe.port
         if isinstance(port, int):
             return port
         named = self.port_named(port, "TCP")

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -53,6 +54,7 @@ class State:
     bad_entries: dict[str, str] = field(default_factory=dict)
     health_timeout: float = 60.0
     loop_turned: float = field(default_factory=time.monotonic)  # the agent loop's last turn (monotonic)
+    probes: Callable[[], dict[str, Any]] | None = None  # the prober's view: counts, failing pods and why
 
     def healthy(self, now: float | None = None) -> tuple[bool, str]:
         now = now or time.time()
@@ -251,6 +253,8 @@ class StatusServer:
                     "lastSync": _iso(st.last_sync), "lastError": st.last_error, "ready": st.ready,
                     "registry": st.registry, "registryProblem": st.registry_problem, "dnsProblem": st.dns_problem,
                     "invalidEntries": st.bad_entries, "healthy": st.healthy()[0], "startedAt": _iso(st.started)}  # fmt: skip
+            if st.probes is not None:
+                body["probes"] = st.probes()
             reply(200, json.dumps(body, indent=2).encode(), "application/json")
         else:
             reply(404, b"not found: try /healthz, /livez, /readyz, /metrics or /status\n", "text/plain")

@@ -20,6 +20,7 @@ from .lock import AgentLock
 if TYPE_CHECKING:  # the module itself is imported where it is used: it is heavy (multiprocessing, dnslib)
     from ..dns.server import DNSServer
     from ..probe import Prober
+    from ..probe.metrics import ProbeMetrics
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +111,14 @@ def new_watch(cfg: configuration.Config) -> tuple[Registry, Watch]:
     return registry, registry.watch()
 
 
-def new_prober(cfg: configuration.Config) -> Prober:
+def new_prober(cfg: configuration.Config, metrics: ProbeMetrics | None = None) -> Prober:
     """The prober of this node's pods, on a registry client of its own (the watch's is not shared
     across threads); with the file registry (one host) it probes every probed pod."""
     from ..probe import Prober
     from ..registry import open_registry
 
     registry = open_registry(cfg.registry, list(cfg.service_cidrs), password=cfg.registry_password)
-    return Prober(registry, cfg.node_name, every_node=registry.kind == "files")
+    return Prober(registry, cfg.node_name, every_node=registry.kind == "files", metrics=metrics)
 
 
 def status_servers(cfg: configuration.Config, state, metrics) -> tuple[Any, Any]:
@@ -150,7 +151,11 @@ class Running:
         self.agent = Agent(watch, open_dataplane(cfg.dataplane), self.dns, state=state,
                            metrics=self.metrics, notifier=Notifier(), full_sync_period=cfg.full_sync_period)  # fmt: skip
         self.metrics.follow(state, self.agent.pending_changes)
-        self.prober = new_prober(cfg)
+        from ..probe.metrics import ProbeMetrics
+
+        self.probe_metrics = ProbeMetrics(self.metrics.registry)  # once: a reload's prober takes the same
+        self.prober = new_prober(cfg, self.probe_metrics)
+        state.probes = lambda: self.prober.status()  # whichever prober runs now
 
     def start(self) -> None:
         try:
@@ -230,7 +235,7 @@ class Running:
             agent.dataplane = open_dataplane(new.dataplane)
             agent.need_full = True
         if any(f in changed for f in PROBER_FIELDS):
-            prober, old_prober = new_prober(new), self.prober
+            prober, old_prober = new_prober(new, self.probe_metrics), self.prober
             old_prober.stop()  # first: two probers of one node would both write
             prober.start()
             self.prober = prober
@@ -303,6 +308,11 @@ def cmd_status(args) -> int:
         print(f"Last error:       {st['lastError']}")
     for message in sorted(st["invalidEntries"].values()):
         print(f"Invalid:          {message}")
+    probes = st.get("probes") or {}
+    if probes.get("ready") or probes.get("notReady"):
+        print(f"Probed pods:      {probes['ready']} ready, {probes['notReady']} not ready")
+    for pod, reason in (probes.get("failing") or {}).items():
+        print(f"Not ready:        {pod}: {reason}")
     return 0 if st["healthy"] else 1
 
 

@@ -1,7 +1,7 @@
 """``svcdns pod ...``: pods with labels, which Services with a selector take their endpoints from.
 
 svcdns pod add web-0 10.244.1.5 [fd00:244::5] -l app=web,tier=front [--hostname web-0 --subdomain web]
-               [--node n1] [--port http:8080/tcp] [--not-ready]      # creates or replaces
+               [--node n1] [--port http:8080/tcp] [--not-ready] [--netns /run/netns/web-0]  # creates or replaces
 svcdns pod rm web-0 [--grace 30] [--ignore-not-found]   # --grace: terminating, then gone after 30 s
 svcdns pod label web-0 tier=back app-                   # set and remove labels
 svcdns pod get web-0 [-o json|yaml]
@@ -18,7 +18,7 @@ from functools import partial
 
 from ..errors import NotFound, UsageError
 from ..model import PROTOCOLS, check_label_key, check_label_value, labels_of, matches, parse_selector
-from ..pod import ContainerPort, Pod
+from ..pod import ContainerPort, Pod, Probe
 from ..registry.documents import dump, pod_document
 from .registry import print_rows, registry_of, valid
 
@@ -36,6 +36,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     add.add_argument("--node", default="", help="the node it runs on")
     add.add_argument("--port", action="append", default=[], metavar="SPEC", help="[name:]port[/tcp|udp|sctp]")
     add.add_argument("--not-ready", action="store_true", help="registered but not ready (no traffic)")
+    add.add_argument("--netns", default="", metavar="PATH", help="its network namespace (e.g. /run/netns/web-0): exec probes run there")
     add.set_defaults(func=cmd_pod_add)
 
     rm = pod_sub.add_parser("rm", aliases=["delete"], parents=[common], help="remove a pod, now or after a grace")
@@ -82,6 +83,7 @@ def cmd_pod_add(args) -> int:
             node_name=args.node,
             ports=tuple(_container_port(p) for p in args.port),
             ready=not args.not_ready,
+            netns=args.netns,
         )
     )
     created = registry_of(args).put_pod(pod)
@@ -149,7 +151,26 @@ def cmd_pod_get(args) -> int:
             print(f"{head:<12}{value}")
     for i, p in enumerate(pod.ports):
         print(f"{'Ports:' if i == 0 else '':<12}{p.name or '<unnamed>'} {p.container_port}/{p.protocol}")
+    for head, value in (("Netns:", pod.netns), ("Reason:", "" if pod.ready else pod.reason)):
+        if value:
+            print(f"{head:<12}{value}")
+    for i, probe in enumerate(pod.readiness_probes):
+        print(f"{'Readiness:' if i == 0 else '':<12}{_describe(probe)}")
     return 0
+
+
+def _describe(probe: Probe) -> str:
+    """A probe as ``kubectl describe`` shows one."""
+    what = {"tcpSocket": f"tcp-socket :{probe.port}", "grpc": f"grpc :{probe.port} {probe.service}".rstrip(),
+            "httpGet": f"http-get {probe.scheme.lower()}://:{probe.port}{probe.path}",
+            "exec": f"exec {list(probe.command)}"}[probe.kind]  # fmt: skip
+    container = f"[{probe.container}] " if probe.container else ""
+    return (f"{container}{what} delay={probe.initial_delay}s timeout={probe.timeout}s period={probe.period}s "
+            f"#success={probe.success_threshold} #failure={probe.failure_threshold}")  # fmt: skip
+
+
+def _reason(pod: Pod) -> str:
+    return "-" if pod.ready or pod.terminating else pod.reason or ("not probed yet" if pod.readiness_probes else "-")
 
 
 def cmd_pod_list(args) -> int:
@@ -165,13 +186,13 @@ def cmd_pod_list(args) -> int:
     if not pods and not errors:
         print(f"No pods ({reg.location}).", file=sys.stderr)
         return 0
-    head = ["NAMESPACE", "NAME", "STATUS", "IP"]
+    head = ["NAMESPACE", "NAME", "STATUS", "IP", "REASON"]
     wide = args.output == "wide"
     rows = [head + (["NODE", "LABELS"] if wide else [])]
     for p in pods:
-        row = [p.namespace, p.name, _status(p), ",".join(map(str, p.ips)) or "<none>"]
+        row = [p.namespace, p.name, _status(p), ",".join(map(str, p.ips)) or "<none>", _reason(p)]
         rows.append(row + ([p.node_name or "-", ",".join(f"{k}={v}" for k, v in p.labels) or "-"] if wide else []))
-    rows += [["ERROR", src, "-", msg] + (["-", "-"] if wide else []) for src, msg in errors]
+    rows += [["ERROR", src, "-", msg, "-"] + (["-", "-"] if wide else []) for src, msg in errors]
     print_rows(rows)
     return 0
 

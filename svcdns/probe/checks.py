@@ -1,7 +1,9 @@
-"""The probe kinds, run from the agent's network namespace (the node's, as the kubelet probes):
-``tcpSocket`` passes when a connection to the pod's address is accepted, ``httpGet`` when the answer's
-status is 200 to 399 (a redirect is not followed: it passes, as in Kubernetes). HTTPS does not verify
-the certificate (neither does the kubelet).
+"""The probe kinds. ``tcpSocket``, ``httpGet`` and ``grpc`` connect from the agent's network namespace
+(the node's, as the kubelet probes): ``tcpSocket`` passes when a connection to the pod's address is
+accepted, ``httpGet`` when the answer's status is 200 to 399 (a redirect is not followed: it passes,
+as in Kubernetes; HTTPS does not verify the certificate, neither does the kubelet), ``grpc`` when the
+health service says SERVING (:mod:`.grpchealth`). ``exec`` runs a command in the pod's netns
+(:mod:`.command`).
 
 A connection refused, reset or unroutable fails at once, with the kernel's reason; only a target that
 does not answer waits for ``timeoutSeconds``. Every outcome is a :class:`Result`, never an exception:
@@ -13,32 +15,31 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-from dataclasses import dataclass
 
 from ..addr import format_hostport
 from ..pod import Pod, Probe
+from .command import run_command
+from .result import Result
 
 USER_AGENT = "svcdns-probe/1"
 MAX_STATUS_LINE = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    ok: bool
-    reason: str = ""  # why it failed: "connection refused", "HTTP 503", "timeout after 1 s"
-
-
-async def check(pod: Pod) -> Result:
-    """Run ``pod``'s readiness probe once, within its timeout."""
-    probe = pod.readiness_probe
-    assert probe is not None
+async def check(pod: Pod, probe: Probe) -> Result:
+    """Run ``probe`` (one of ``pod``'s readiness probes) once, within its timeout."""
+    if probe.kind == "exec":
+        return await run_command(probe.command, pod.netns, probe.timeout)
     if not pod.ips:
         return Result(False, "the pod has no address")
-    return await probe_at(probe, str(pod.ips[0]), pod.probe_port())
+    return await probe_at(probe, str(pod.ips[0]), pod.probe_port(probe))
 
 
 async def probe_at(probe: Probe, host: str, port: int) -> Result:
-    """Run ``probe`` against ``host``:``port`` once, within its timeout."""
+    """Run ``probe`` (not exec) against ``host``:``port`` once, within its timeout."""
+    if probe.kind == "grpc":
+        from .grpchealth import check_health  # grpc is heavy: imported by the first gRPC probe
+
+        return await check_health(host, port, probe.service, probe.timeout)
     try:
         async with asyncio.timeout(probe.timeout):
             if probe.kind == "tcpSocket":
@@ -47,7 +48,7 @@ async def probe_at(probe: Probe, host: str, port: int) -> Result:
                 return Result(True)
             return await _http_get(probe, host, port)
     except TimeoutError:
-        return Result(False, f"timeout after {probe.timeout} s")
+        return Result(False, f"timeout after {probe.timeout} s", timed_out=True)
     except ssl.SSLError as err:
         return Result(False, f"TLS: {err.reason or err}")
     except OSError as err:

@@ -1,5 +1,6 @@
 """The prober: one thread with an asyncio loop that runs the due readiness probes of this node's pods
-and writes a pod's ``ready`` through the registry only when its verdict differs from the record.
+and writes a pod's ``ready`` (every one of its probes passes) and ``reason`` through the registry
+only when its verdict differs from the record: never per probe.
 
 It lists the pods every ``refresh`` seconds (a new pod is not ready until its first success anyway,
 so it loses nothing by waiting for the next listing). At most ``max_concurrent`` probes run at once;
@@ -22,34 +23,47 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from ..errors import NotFound, SvcdnsError
-from ..pod import Pod
+from ..pod import Pod, Probe
 from ..registry.contract import Registry
-from .checks import Result, check
-from .state import Key, ProbeState, observe, reconcile
+from .checks import check
+from .metrics import ProbeMetrics
+from .result import Result
+from .state import Key, ProbeKey, ProbeState, observe, reconcile, verdict
 
 log = logging.getLogger(__name__)
 
 class Prober:
     def __init__(self, registry: Registry, node_name: str, *, every_node: bool = False, max_concurrent: int = 200,
-                 refresh: float = 5.0, run_check: Callable[[Pod], Awaitable[Result]] = check, clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:  # fmt: skip
+                 refresh: float = 5.0, run_check: Callable[[Pod, Probe], Awaitable[Result]] = check,
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
+                 metrics: ProbeMetrics | None = None) -> None:  # fmt: skip
         """Probe the pods whose ``nodeName`` is ``node_name`` (every probed pod when ``every_node``:
         the file registry serves one host)."""
         self.registry, self.node_name, self.every_node = registry, node_name, every_node
         self.max_concurrent, self.refresh = max_concurrent, refresh
         self._check, self._clock, self._rng = run_check, clock, rng or random.Random()
-        self.states: dict[Key, ProbeState] = {}
+        self.metrics = metrics
+        self.states: dict[ProbeKey, ProbeState] = {}
         self._pods: dict[Key, Pod] = {}
-        self._recorded: dict[Key, bool] = {}  # the ready each record holds, as last read or written
+        self._recorded: dict[Key, tuple[bool, str]] = {}  # (ready, reason) each record holds, as last read or written
         self._writing: set[Key] = set()
-        self._due: list[tuple[float, Key]] = []  # a heap; an entry whose state moved on is skipped
+        self._due: list[tuple[float, ProbeKey]] = []  # a heap; an entry whose state moved on is skipped
+        # for /status, read by other threads: replaced, never changed in place
+        self.failing: dict[Key, str] = {}  # the pods whose record says not ready, with the reason
+        self.counts = (0, 0)  # probed pods ready, not ready (as recorded)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
 
     def mine(self, pod: Pod) -> bool:
-        return pod.readiness_probe is not None and (self.every_node or pod.node_name == self.node_name)
+        return bool(pod.readiness_probes) and (self.every_node or pod.node_name == self.node_name)
+
+    def status(self) -> dict[str, object]:
+        """What /status shows: the counts, and each not-ready pod with its reason."""
+        ready, not_ready = self.counts
+        return {"node": "(every node)" if self.every_node else self.node_name, "ready": ready, "notReady": not_ready,
+                "failing": {f"{ns}/{name}": reason or "not probed yet" for (ns, name), reason in sorted(self.failing.items())}}  # fmt: skip
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._main, name="svcdns-prober", daemon=True)
@@ -71,7 +85,7 @@ class Prober:
         self._started.set()
         io = ThreadPoolExecutor(1, thread_name_prefix="svcdns-prober-registry")
         slots = asyncio.Semaphore(self.max_concurrent)
-        running: dict[Key, asyncio.Task] = {}
+        running: dict[ProbeKey, asyncio.Task] = {}
         next_refresh = 0.0
         log.info("prober: probing the pods of node %s", "(every node: file registry)" if self.every_node else self.node_name)
         try:
@@ -109,38 +123,46 @@ class Prober:
         mine = [p for p in pods if self.mine(p)]
         self.states = reconcile(self.states, mine, self._clock(), self._rng.random)
         self._pods = {p.key: p for p in mine}
-        self._recorded = {p.key: p.ready for p in mine}
+        self._recorded = {p.key: (p.ready, p.reason) for p in mine}
         self._due = [(s.due, k) for k, s in self.states.items()]
         heapq.heapify(self._due)
+        self._published()
 
-    async def _probe(self, key: Key, state: ProbeState, slots: asyncio.Semaphore, io: ThreadPoolExecutor) -> None:
+    async def _probe(self, key: ProbeKey, state: ProbeState, slots: asyncio.Semaphore, io: ThreadPoolExecutor) -> None:
+        pod_key = (key[0], key[1])
         async with slots:
-            pod = self._pods.get(key)
+            pod = self._pods.get(pod_key)
             if pod is None:
                 return
             started = self._clock()
             try:  # the check keeps its own timeout; this one bounds a check that does not
                 async with asyncio.timeout(state.probe.timeout + 0.5):
-                    result = await self._check(pod)
+                    result = await self._check(pod, state.probe)
             except TimeoutError:
-                result = Result(False, f"timeout after {state.probe.timeout} s")
+                result = Result(False, f"timeout after {state.probe.timeout} s", timed_out=True)
+            if self.metrics is not None:
+                self.metrics.observe(state.probe.kind, result, self._clock() - started)
         if self.states.get(key) is not state:  # the pod left, or its probe changed, meanwhile
             return
         new = observe(state, result.ok, result.reason, started, self._rng.random())
         self.states[key] = new
         heapq.heappush(self._due, (new.due, key))
-        if new.ready != self._recorded.get(key) and key not in self._writing:
-            self._writing.add(key)
-            try:
-                await self._write(key, new, io)
-            finally:
-                self._writing.discard(key)
+        ready, reason = verdict([self.states[(*pod_key, i)] for i in range(len(pod.readiness_probes))])
+        recorded_ready, recorded_reason = self._recorded.get(pod_key, (not ready, ""))
+        # a reason is recorded with a not-ready verdict; "" (a probe that has not failed yet) keeps the last one
+        if (ready == recorded_ready and (ready or not reason or reason == recorded_reason)) or pod_key in self._writing:
+            return
+        self._writing.add(pod_key)
+        try:
+            await self._write(pod_key, ready, reason or recorded_reason, new.failures, io)
+        finally:
+            self._writing.discard(pod_key)
 
-    async def _write(self, key: Key, state: ProbeState, io: ThreadPoolExecutor) -> None:
-        ready = state.ready
+    async def _write(self, key: Key, ready: bool, reason: str, failures: int, io: ThreadPoolExecutor) -> None:
+        reason = "" if ready else reason
 
         def write() -> None:
-            self.registry.update_pod(*key, lambda p: replace(p, ready=ready))
+            self.registry.update_pod(*key, lambda p: replace(p, ready=ready, reason=reason))
 
         try:
             await asyncio.get_running_loop().run_in_executor(io, write)
@@ -149,15 +171,25 @@ class Prober:
         except SvcdnsError as err:
             log.warning("prober: pod %s/%s: cannot record it %s: %s", *key, "ready" if ready else "not ready", err)
             return
-        self._recorded[key] = ready
+        was_ready = self._recorded.get(key, (False, ""))[0]
+        self._recorded[key] = (ready, reason)
+        self._published()
         if ready:
             log.info("prober: pod %s/%s is ready", *key)
+        elif was_ready:
+            log.warning("prober: pod %s/%s is not ready: %d probes failed, the last: %s", *key, failures, reason)
         else:
-            log.warning("prober: pod %s/%s is not ready: %d probes failed, the last: %s", *key, state.failures,
-                        state.reason)  # fmt: skip
+            log.info("prober: pod %s/%s is not ready: %s", *key, reason)
+
+    def _published(self) -> None:
+        """The recorded verdicts as /status and the gauges show them."""
+        self.failing = {k: reason for k, (ready, reason) in self._recorded.items() if not ready}
+        self.counts = (len(self._recorded) - len(self.failing), len(self.failing))
+        if self.metrics is not None:
+            self.metrics.verdicts(*self.counts)
 
 
-def _forget(running: dict[Key, asyncio.Task], key: Key, _task: asyncio.Task) -> None:
+def _forget(running: dict[ProbeKey, asyncio.Task], key: ProbeKey, _task: asyncio.Task) -> None:
     running.pop(key, None)
 
 

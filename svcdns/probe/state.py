@@ -9,19 +9,23 @@ period. Each pod's first probe falls at a random point of its first period (afte
 The jitter only shortens: a pod whose server dies leaves within ``failureThreshold x periodSeconds
 + timeoutSeconds``, the bound the README promises.
 
+A pod with several probes (one per container) has one state per probe, keyed ``(namespace, name,
+index)``; it is ready when every one is (:func:`verdict`), as in Kubernetes.
+
 Times are the caller's monotonic seconds; the random draws come in as numbers in [0, 1).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from ..pod import Pod, Probe
 
 JITTER = 0.05  # an interval is period x (1 - JITTER x draw)
 
-Key = tuple[str, str]
+Key = tuple[str, str]  # a pod's
+ProbeKey = tuple[str, str, int]  # one of its probes: (namespace, name, index in readiness_probes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,21 +59,32 @@ def observe(state: ProbeState, ok: bool, reason: str, started: float, jitter: fl
 
 
 def reconcile(
-    states: Mapping[Key, ProbeState], pods: Iterable[Pod], now: float, draw: Callable[[], float]
-) -> dict[Key, ProbeState]:
-    """The states for ``pods`` (those to probe): a new pod starts as :func:`first` (from its record's
-    readiness), a pod whose probe changed starts again keeping its verdict, a pod gone is forgotten."""
-    out: dict[Key, ProbeState] = {}
+    states: Mapping[ProbeKey, ProbeState], pods: Iterable[Pod], now: float, draw: Callable[[], float]
+) -> dict[ProbeKey, ProbeState]:
+    """The states for ``pods`` (those to probe): a new probe starts as :func:`first` (from its pod
+    record's readiness), a probe that changed starts again keeping its verdict, a gone one is forgotten."""
+    out: dict[ProbeKey, ProbeState] = {}
     for pod in pods:
-        probe = pod.readiness_probe
-        if probe is None:
-            continue
-        old = states.get(pod.key)
-        if old is not None and old.probe == probe:
-            out[pod.key] = old
-        else:
-            out[pod.key] = first(probe, now, draw(), ready=old.ready if old is not None else pod.ready)
+        for i, probe in enumerate(pod.readiness_probes):
+            key = (pod.namespace, pod.name, i)
+            old = states.get(key)
+            if old is not None and old.probe == probe:
+                out[key] = old
+            else:
+                out[key] = first(probe, now, draw(), ready=old.ready if old is not None else pod.ready)
     return out
 
 
-__all__ = ["JITTER", "ProbeState", "first", "observe", "reconcile"]
+def verdict(states: Sequence[ProbeState]) -> tuple[bool, str]:
+    """A pod's readiness from its probes' states, and why not: the first failing probe's reason,
+    naming its container when the pod has several probes."""
+    for state in states:
+        if not state.ready:
+            reason = state.reason
+            if reason and len(states) > 1 and state.probe.container:
+                reason = f"container {state.probe.container}: {reason}"
+            return False, reason
+    return True, ""
+
+
+__all__ = ["JITTER", "Key", "ProbeKey", "ProbeState", "first", "observe", "reconcile", "verdict"]

@@ -44,7 +44,8 @@ from ..model import (
     labels_of,
     parse_ip,
 )
-from ..pod import ContainerPort, Pod, Probe
+from ..pod import ContainerPort, Pod
+from .probes import probes_document, probes_from
 
 MAX_DOCUMENT_BYTES = 1 << 20  # 1 MiB: a Service with thousands of endpoints fits; a runaway file does not
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -84,12 +85,10 @@ POD_FIELDS = (
     "terminating",
     "deletionTimestamp",
     "readinessProbe",
+    "readinessProbes",
+    "netns",
+    "reason",
 )
-PROBE_FIELDS = ("tcpSocket", "httpGet", "exec", "grpc", "initialDelaySeconds", "periodSeconds", "timeoutSeconds",
-                "successThreshold", "failureThreshold")  # fmt: skip
-PROBE_TIMING = {"initialDelaySeconds": "initial_delay", "periodSeconds": "period", "timeoutSeconds": "timeout",
-                "successThreshold": "success_threshold", "failureThreshold": "failure_threshold"}  # fmt: skip
-HTTP_GET_FIELDS = ("path", "port", "scheme", "httpHeaders")
 CONTAINER_PORT_FIELDS = ("containerPort", "name", "protocol")
 
 
@@ -305,7 +304,7 @@ def _pod(data: Any) -> Pod:
             raise ValidationError("podIP", data["podIP"], f"must equal podIPs[0] ({shorten(ips[0])})")
         ips = ips or [data["podIP"]]
     ports = [_within(f"ports[{i}]", _container_port, p) for i, p in enumerate(_list(data, "ports", "must be a list"))]
-    probe = _probe(data["readinessProbe"]) if data.get("readinessProbe") is not None else None
+    probes = probes_from(data)
     return Pod(
         name=data["name"],
         namespace=data.get("namespace") or DEFAULT_NAMESPACE,
@@ -315,44 +314,13 @@ def _pod(data: Any) -> Pod:
         subdomain=data.get("subdomain", "") or "",
         node_name=data.get("nodeName", "") or "",
         ports=tuple(ports),
-        ready=data.get("ready", probe is None),  # a probed pod is not ready until its probe passes
+        ready=data.get("ready", not probes),  # a probed pod is not ready until its probes pass
         terminating=data.get("terminating", False),
         deletion_deadline=_timestamp("deletionTimestamp", data.get("deletionTimestamp")),
-        readiness_probe=probe,
+        readiness_probes=probes,
+        netns=data.get("netns", "") or "",
+        reason=data.get("reason", "") or "",
     )
-
-
-def _probe(data: Any) -> Probe:
-    if not isinstance(data, Mapping):
-        raise ValidationError("readinessProbe", data, "must be a mapping, e.g. {tcpSocket: {port: 8080}}")
-    _check_keys(data, PROBE_FIELDS)
-    kinds = [k for k in ("tcpSocket", "httpGet", "exec", "grpc") if k in data]
-    if len(kinds) != 1:
-        raise ValidationError("readinessProbe", sorted(data), "must have exactly one of tcpSocket, httpGet")
-    kind = kinds[0]
-    if kind in ("exec", "grpc"):
-        raise ValidationError(f"readinessProbe.{kind}", data[kind], "is not supported by svcdns; use tcpSocket or httpGet")
-    action = data[kind]
-    if not isinstance(action, Mapping):
-        raise ValidationError(f"readinessProbe.{kind}", action, "must be a mapping with a port")
-    _check_keys(action, ("port",) if kind == "tcpSocket" else HTTP_GET_FIELDS)
-    if "port" not in action:
-        raise ValidationError(f"readinessProbe.{kind}.port", None, "is required")
-    headers = action.get("httpHeaders") or []
-    if not isinstance(headers, list) or not all(isinstance(h, Mapping) and set(h) == {"name", "value"} for h in headers):
-        raise ValidationError("readinessProbe.httpGet.httpHeaders", headers, "must be a list of {name, value}")
-    timing = {PROBE_TIMING[k]: v for k, v in data.items() if k in PROBE_TIMING}
-    return Probe(kind=kind, port=action["port"], path=action.get("path", "/"), scheme=action.get("scheme", "HTTP"),
-                 http_headers=tuple((h["name"], h["value"]) for h in headers), **timing)  # fmt: skip
-
-
-def probe_document(probe: Probe) -> dict[str, Any]:
-    action: dict[str, Any] = {"port": probe.port}
-    if probe.kind == "httpGet":
-        action.update(path=probe.path, scheme=probe.scheme)
-        if probe.http_headers:
-            action["httpHeaders"] = [{"name": n, "value": v} for n, v in probe.http_headers]
-    return {probe.kind: action, **{k: getattr(probe, attr) for k, attr in PROBE_TIMING.items()}}
 
 
 def _timestamp(field: str, value: Any) -> float:
@@ -438,8 +406,11 @@ def pod_document(pod: Pod) -> dict[str, Any]:
     if pod.deletion_deadline:
         when = datetime.fromtimestamp(pod.deletion_deadline, UTC)
         out["deletionTimestamp"] = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    if pod.readiness_probe is not None:
-        out["readinessProbe"] = probe_document(pod.readiness_probe)
+    out.update(probes_document(pod.readiness_probes))
+    if pod.netns:
+        out["netns"] = pod.netns
+    if pod.reason and not pod.ready:
+        out["reason"] = pod.reason
     return out
 
 
@@ -490,6 +461,5 @@ __all__ = [
     "from_document",
     "pod_document",
     "pod_from_document",
-    "probe_document",
     "to_document",
 ]

@@ -2,14 +2,17 @@
 
 ``svcdns apply -f`` takes the manifests users already have: multi-document YAML or JSON, ``kind:
 List``, ``v1 Service``, ``v1 Pod``, ``discovery.k8s.io/v1 EndpointSlice`` and ``v1 Endpoints`` (the
-endpoints of a Service without a selector). Fields svcdns does not use (images, resources, probes,
-most of status) are ignored; other kinds are skipped (errors with ``strict``). A Service of type
+endpoints of a Service without a selector). Fields svcdns does not use (images, resources, liveness
+and startup probes, most of status) are ignored; other kinds are skipped (errors with ``strict``). A Service of type
 NodePort or LoadBalancer is served as ClusterIP with a warning (in Kubernetes it is a ClusterIP
 Service too; svcdns opens no node port and no load balancer); ``strict`` refuses it.
 
 A pod manifest has no address before it runs: its addresses are the annotation
 ``svcdns.io/pod-ips: "10.244.1.5,fd00::5"`` or, in a manifest taken from a running cluster,
-``status.podIPs`` / ``status.podIP``. ``status.conditions`` Ready=False makes it not ready.
+``status.podIPs`` / ``status.podIP``. ``status.conditions`` Ready=False makes it not ready. Each
+container's ``readinessProbe`` is kept (the pod is ready when every one passes, as in Kubernetes);
+the annotation ``svcdns.io/netns: /run/netns/web-0`` names the pod's network namespace, where its
+exec probes run.
 
 A file is checked whole: every error of every document is collected (:class:`ManifestInvalid`),
 each naming the file, the document number (1-based, as ``---`` separates them), kind/name, the field
@@ -34,6 +37,9 @@ from .documents import DocumentError, from_document, pod_from_document
 
 MAX_MANIFEST_BYTES = 16 << 20  # a bundle of many objects; each object still meets the codec's limits
 POD_IPS_ANNOTATION = "svcdns.io/pod-ips"
+NETNS_ANNOTATION = "svcdns.io/netns"
+_PROBE_KEPT = ("tcpSocket", "httpGet", "grpc", "exec", "initialDelaySeconds", "periodSeconds", "timeoutSeconds",
+               "successThreshold", "failureThreshold")  # fmt: skip
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # an EndpointSlice's Service
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -381,9 +387,20 @@ def _pod(head: _Head, doc: Mapping[str, Any]) -> Pod:
     status = _mapping(origin, doc, "status")
     ports: list[Any] = []
     port_paths: list[str] = []  # the codec's ports[k] -> spec.containers[c].ports[j]
+    probes: list[Any] = []
+    probe_paths: list[str] = []  # the codec's readinessProbes[k] -> spec.containers[c].readinessProbe
     for c, container in enumerate(_list_of(origin, spec, "containers", "spec.containers")):
         if not isinstance(container, Mapping):
             raise ManifestError(origin, f"spec.containers[{c}]", container, "must be a mapping")
+        if container.get("readinessProbe") is not None:
+            probe = container["readinessProbe"]
+            if isinstance(probe, Mapping):
+                # terminationGracePeriodSeconds and the like are the kubelet's business, not the verdict's
+                probe = {k: probe[k] for k in _PROBE_KEPT if k in probe}
+                if isinstance(container.get("name"), str):
+                    probe["container"] = container["name"]
+            probes.append(probe)
+            probe_paths.append(f"spec.containers[{c}].readinessProbe")
         for j, port in enumerate(_list_of(origin, container, "ports", f"spec.containers[{c}].ports")):
             keep = ("containerPort", "name", "protocol")
             ports.append({k: port[k] for k in keep if k in port} if isinstance(port, Mapping) else port)
@@ -399,7 +416,8 @@ def _pod(head: _Head, doc: Mapping[str, Any]) -> Pod:
         ips = [ip.get("ip") if isinstance(ip, Mapping) else ip for ip in _list_of(origin, status, "podIPs", "status.podIPs")]
         if not ips and status.get("podIP"):
             ips, ips_path = [status["podIP"]], "status.podIP"
-    ready = True
+    netns = (meta.get("annotations") or {}).get(NETNS_ANNOTATION) if isinstance(meta.get("annotations"), Mapping) else None
+    ready = not probes  # a probed pod is not ready until its probes pass
     for cond in _list_of(origin, status, "conditions", "status.conditions"):
         if isinstance(cond, Mapping) and cond.get("type") == "Ready":
             ready = cond.get("status") in ("True", True)
@@ -411,6 +429,8 @@ def _pod(head: _Head, doc: Mapping[str, Any]) -> Pod:
         "ports": ports,
         "ready": ready,
         **{k: spec[k] for k in ("hostname", "subdomain", "nodeName") if spec.get(k) is not None},
+        **({"readinessProbes": probes} if probes else {}),
+        **({"netns": netns} if netns is not None else {}),
     }
 
     def path_of(f: str) -> str:
@@ -421,6 +441,14 @@ def _pod(head: _Head, doc: Mapping[str, Any]) -> Pod:
             return ips_path + (f[len("podIPs") :] if ips_path == "status.podIPs" else "")
         if f.startswith("labels"):
             return f"metadata.{f}"
+        if f.startswith("readinessProbes["):
+            index, _, rest = f[len("readinessProbes[") :].partition("]")
+            path = probe_paths[int(index)]
+            return path.removesuffix(".readinessProbe") + ".name" if rest == ".container" else path + rest
+        if f == "readinessProbes":
+            return "spec.containers[].name"
+        if f == "netns":
+            return f"metadata.annotations.{NETNS_ANNOTATION}"
         return _SERVICE_PATHS.get(f) or f"spec.{f}"
 
     try:
@@ -568,6 +596,7 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "ManifestInvalid",
+    "NETNS_ANNOTATION",
     "Object",
     "Origin",
     "PodObject",

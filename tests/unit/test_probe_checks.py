@@ -96,10 +96,12 @@ def test_a_reset_fails_with_its_reason():
 
 
 def test_a_pod_without_an_address_fails():
-    result = asyncio.run(check(Pod("x", readiness_probe=Probe("tcpSocket", 80))))
+    tcp = Probe("tcpSocket", 80)
+    result = asyncio.run(check(Pod("x", readiness_probes=(tcp,)), tcp))
     assert (result.ok, result.reason) == (False, "the pod has no address")
 
 
 def test_a_named_port_resolves_against_the_pods_ports():
-    web = Pod("web-0", ips=("10.0.0.1",), ports=(ContainerPort(8080, "http"),), readiness_probe=Probe("httpGet", "http"))
-    assert web.probe_port() == 8080
+    http = Probe("httpGet", "http")
+    web = Pod("web-0", ips=("10.0.0.1",), ports=(ContainerPort(8080, "http"),), readiness_probes=(http,))
+    assert web.probe_port(http) == 8080

@@ -20,7 +20,7 @@ def pod(probe_yaml):
 
 def test_tcp_socket_with_the_defaults_and_not_ready_until_probed():
     web = pod("  tcpSocket: {port: 8080}\n")
-    assert web.readiness_probe == Probe("tcpSocket", 8080)
+    assert web.readiness_probes[0] == Probe("tcpSocket", 8080)
     assert not web.ready  # a probed pod starts not ready, as in Kubernetes
     assert decode_pod(encode_pod(web).encode()) == web
 
@@ -34,9 +34,9 @@ def test_http_get_with_every_field_round_trips():
   failureThreshold: 4
 ready: true
 """)
-    assert web.readiness_probe == Probe("httpGet", "http", path="/healthz", scheme="HTTPS", http_headers=(("X-A", "b"),),
+    assert web.readiness_probes[0] == Probe("httpGet", "http", path="/healthz", scheme="HTTPS", http_headers=(("X-A", "b"),),
                                         initial_delay=2, period=5, timeout=2, success_threshold=2, failure_threshold=4)  # fmt: skip
-    assert web.ready and web.probe_port() == 8080
+    assert web.ready and web.probe_port(web.readiness_probes[0]) == 8080
     assert decode_pod(encode_pod(web, "json").encode(), fmt="json") == web
 
 
@@ -48,11 +48,16 @@ ready: true
         ("  tcpSocket: {port: 8080}\n  periodSeconds: 2\n  timeoutSeconds: 3\n", "readinessProbe.timeoutSeconds",
          "must not exceed periodSeconds"),
         ("  httpGet: {port: 8080, scheme: FTP}\n", "readinessProbe.httpGet.scheme", "HTTP or HTTPS"),
-        ("  exec: {command: [cat, /ready]}\n", "readinessProbe.exec", "not supported"),
-        ("  grpc: {port: 9090}\n", "readinessProbe.grpc", "not supported"),
+        ("  exec: {command: []}\n", "readinessProbe.exec.command", "non-empty list"),
+        ("  exec: {command: cat /ready}\n", "readinessProbe.exec.command", "non-empty list"),
+        ("  exec: {}\n", "readinessProbe.exec.command", "is required"),
+        ("  grpc: {service: web}\n", "readinessProbe.grpc.port", "is required"),
+        ("  grpc: {port: http}\n", "readinessProbe.grpc.port", "take no port name"),
+        ("  httpGet: {port: 8080, path: nope}\n", "readinessProbe.httpGet.path", "starting with '/'"),
         ("  tcpSocket: {port: 8080}\n  httpGet: {port: 8080}\n", "readinessProbe", "exactly one of"),
         ("  tcpSocket: {}\n", "readinessProbe.tcpSocket.port", "is required"),
-        ("  tcpSocket: {port: 8080}\n  periodSecond: 5\n", "periodSecond", "unknown field"),
+        ("  tcpSocket: {port: 8080}\n  periodSecond: 5\n", "readinessProbe.periodSecond", "unknown field"),
+        ("  tcpSocket: {port: 8080, path: /}\n", "readinessProbe.tcpSocket.path", "unknown field"),
     ],
 )
 def test_bad_probes_name_the_source_the_field_and_the_value(probe_yaml, field, says):

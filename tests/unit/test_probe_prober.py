@@ -33,7 +33,7 @@ class FakeRegistry:
             if (namespace, name) not in self.pods:
                 raise NotFound(name)
             pod = self.pods[(namespace, name)] = change(self.pods[(namespace, name)])
-            self.writes.append((name, pod.ready))
+            self.writes.append((name, pod.ready, pod.reason))
             return pod
 
 
@@ -41,33 +41,35 @@ def test_writes_only_on_a_change_and_only_its_nodes_pods():
     healthy = {"web-0": True, "web-1": False}
     probed = []
 
-    async def fake_check(pod):
+    async def fake_check(pod, probe):
         probed.append(pod.name)
         return Result(healthy[pod.name], "" if healthy[pod.name] else "connection refused")
 
     registry = FakeRegistry([
-        Pod("web-0", ips=("10.0.0.1",), node_name="n1", ready=False, readiness_probe=FAST),
-        Pod("web-1", ips=("10.0.0.2",), node_name="n1", ready=False, readiness_probe=FAST),
-        Pod("other", ips=("10.0.0.3",), node_name="n2", ready=False, readiness_probe=FAST),
+        Pod("web-0", ips=("10.0.0.1",), node_name="n1", ready=False, readiness_probes=(FAST,)),
+        Pod("web-1", ips=("10.0.0.2",), node_name="n1", ready=False, readiness_probes=(FAST,)),
+        Pod("other", ips=("10.0.0.3",), node_name="n2", ready=False, readiness_probes=(FAST,)),
         Pod("plain", ips=("10.0.0.4",), node_name="n1"),
     ])  # fmt: skip
     prober = Prober(registry, "n1", refresh=0.2, run_check=fake_check)
     prober.start()
     try:
-        wait_for(lambda: registry.writes == [("web-0", True)] and probed.count("web-1") >= 3, 10,
-                 what="web-0 ready, web-1 probed thrice and still not ready")  # fmt: skip
+        refused = ("web-1", False, "connection refused")
+        wait_for(lambda: sorted(registry.writes) == [("web-0", True, ""), refused] and probed.count("web-1") >= 3, 10,
+                 what="web-0 ready, web-1 probed thrice, still not ready, its reason recorded once")  # fmt: skip
         assert set(probed) == {"web-0", "web-1"}
         healthy["web-0"] = False
-        wait_for(lambda: registry.writes[-1:] == [("web-0", False)], 5, what="web-0 not ready")
+        wait_for(lambda: registry.writes[-1:] == [("web-0", False, "connection refused")], 5, what="web-0 not ready")
         healthy["web-0"] = True
-        wait_for(lambda: registry.writes[-1:] == [("web-0", True)], 5, what="web-0 ready again")
+        wait_for(lambda: registry.writes[-1:] == [("web-0", True, "")], 5, what="web-0 ready again")
         n = probed.count("web-0")
         wait_for(lambda: probed.count("web-0") >= n + 3, 5, what="three more probes of web-0")
-        assert registry.writes == [("web-0", True), ("web-0", False), ("web-0", True)]
+        assert len(registry.writes) == 4, registry.writes
+        assert prober.status()["failing"] == {"default/web-1": "connection refused"}
         # someone rewrote the record: the prober puts its verdict back (reconciles, not only on events)
         with registry.lock:
-            registry.pods[("default", "web-1")] = replace(registry.pods[("default", "web-1")], ready=True)
-        wait_for(lambda: registry.writes[-1:] == [("web-1", False)], 5, what="web-1 put back to not ready")
+            registry.pods[("default", "web-1")] = replace(registry.pods[("default", "web-1")], ready=True, reason="")
+        wait_for(lambda: registry.writes[-1:] == [refused], 5, what="web-1 put back to not ready")
     finally:
         prober.stop()
 
@@ -75,17 +77,17 @@ def test_writes_only_on_a_change_and_only_its_nodes_pods():
 def test_a_hanging_probe_does_not_hold_the_others_beyond_the_cap():
     import asyncio
 
-    async def slow_check(pod):
+    async def slow_check(pod, probe):
         if pod.name == "hang":
             await asyncio.sleep(3600)
         return Result(True)
 
-    pods = [Pod(f"p{i}", ips=(f"10.0.0.{i + 1}",), ready=False, readiness_probe=FAST) for i in range(5)]
-    registry = FakeRegistry([Pod("hang", ips=("10.0.1.1",), ready=False, readiness_probe=FAST), *pods])
+    pods = [Pod(f"p{i}", ips=(f"10.0.0.{i + 1}",), ready=False, readiness_probes=(FAST,)) for i in range(5)]
+    registry = FakeRegistry([Pod("hang", ips=("10.0.1.1",), ready=False, readiness_probes=(FAST,)), *pods])
     prober = Prober(registry, "", every_node=True, max_concurrent=2, refresh=0.2, run_check=slow_check)
     prober.start()
     try:
-        wait_for(lambda: {n for n, ready in registry.writes if ready} == {p.name for p in pods}, 10,
+        wait_for(lambda: {n for n, ready, _ in registry.writes if ready} == {p.name for p in pods}, 10,
                  what="every other pod ready with one slot held")  # fmt: skip
     finally:
         prober.stop()

@@ -103,16 +103,17 @@ def test_jitter_only_shortens_an_interval_and_spreads_it():
 
 
 def test_reconcile_keeps_state_restarts_on_a_changed_probe_and_forgets_the_gone():
-    a = Pod("a", ips=("10.0.0.1",), ready=False, readiness_probe=DEFAULT)
-    b = Pod("b", ips=("10.0.0.2",), ready=True, readiness_probe=DEFAULT)
+    a = Pod("a", ips=("10.0.0.1",), ready=False, readiness_probes=(DEFAULT,))
+    b = Pod("b", ips=("10.0.0.2",), ready=True, readiness_probes=(DEFAULT,))
     plain = Pod("c", ips=("10.0.0.3",))
     states = reconcile({}, [a, b, plain], 0.0, lambda: 0.5)
-    assert set(states) == {a.key, b.key}
-    assert not states[a.key].ready and states[b.key].ready  # b's record says ready: a restart resumes it
-    assert states[a.key].due == 5.0
-    ready_a = observe(states[a.key], True, "", 5.0, 0.0)
-    states = reconcile({**states, a.key: ready_a}, [a, b], 6.0, lambda: 0.5)
-    assert states[a.key] is ready_a
-    faster = Pod("a", ips=("10.0.0.1",), ports=(ContainerPort(80, "http"),), readiness_probe=Probe("tcpSocket", "http", period=2))
+    ka, kb = (*a.key, 0), (*b.key, 0)
+    assert set(states) == {ka, kb}
+    assert not states[ka].ready and states[kb].ready  # b's record says ready: a restart resumes it
+    assert states[ka].due == 5.0
+    ready_a = observe(states[ka], True, "", 5.0, 0.0)
+    states = reconcile({**states, ka: ready_a}, [a, b], 6.0, lambda: 0.5)
+    assert states[ka] is ready_a
+    faster = Pod("a", ips=("10.0.0.1",), ports=(ContainerPort(80, "http"),), readiness_probes=(Probe("tcpSocket", "http", period=2),))
     states = reconcile(states, [faster], 7.0, lambda: 0.5)
-    assert set(states) == {a.key} and states[a.key].ready and states[a.key].due == 8.0
+    assert set(states) == {ka} and states[ka].ready and states[ka].due == 8.0
