@@ -127,7 +127,7 @@ class Probe:
     def _check_command(self, where: str) -> None:
         command = self.command
         if isinstance(command, str) or not isinstance(command, (tuple, list)) or not command:
-            raise ValidationError(f"{where}.command", command, "must be a non-empty list of arguments, e.g. [cat, /tmp/ready]")
+            raise ValidationError(f"{where}.command", list(command) if isinstance(command, tuple) else command, "must be a non-empty list of arguments, e.g. [cat, /tmp/ready]")
         if len(command) > MAX_COMMAND or not all(isinstance(a, str) and len(a) <= 4096 and "\0" not in a for a in command):
             raise ValidationError(f"{where}.command", list(command),
                                   f"must be at most {MAX_COMMAND} text arguments without NUL")  # fmt: skip
@@ -187,8 +187,8 @@ class Pod:
         object.__setattr__(self, "readiness_probes", tuple(self.readiness_probes))
         for i, probe in enumerate(self.readiness_probes):
             if isinstance(probe.port, str) and probe.kind != "grpc" and self.port_named(probe.port, "TCP") is None:
-                field = f"readinessProbe.{probe.kind}.port" if len(self.readiness_probes) == 1 else (
-                    f"readinessProbes[{i}].{probe.kind}.port")  # fmt: skip
+                single = len(self.readiness_probes) == 1 and not probe.container  # as the record spells it
+                field = f"readinessProbe.{probe.kind}.port" if single else f"readinessProbes[{i}].{probe.kind}.port"
                 raise ValidationError(field, probe.port, f"names no TCP port of pod {self.ref}; its ports: "
                                       f"{', '.join(p.name for p in self.ports if p.name) or 'none named'}")  # fmt: skip
         netns = self.netns

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -25,6 +26,8 @@ import subprocess
 from .result import Result
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NS_GET_NSTYPE = 0xB703  # linux/nsfs.h: the kind of namespace a descriptor refers to
+CLONE_NEWNET = 0x40000000  # linux/sched.h (os.CLONE_NEWNET from Python 3.12)
 STDERR_KEPT = 1024  # of nsenter's own complaint; the command's output is read and dropped
 
 
@@ -44,7 +47,7 @@ async def run_command(command: tuple[str, ...], netns: str, timeout: float) -> R
         except OSError as err:
             return Result(False, f"no such network namespace: {netns}" if isinstance(err, FileNotFoundError)
                           else f"netns {netns}: {_lower(err.strerror or str(err))}")  # fmt: skip
-        if not os.readlink(f"/proc/self/fd/{fd}").startswith("net:["):
+        if not _is_netns(fd):
             os.close(fd)
             return Result(False, f"not a network namespace: {netns}")
         argv = [nsenter, f"--net=/proc/self/fd/{fd}", "--", *argv]
@@ -87,6 +90,13 @@ def _program(name: str) -> str | Result:
     if os.path.isdir(path) or not os.access(path, os.X_OK):
         return Result(False, f"exec: {name}: not executable")
     return path
+
+
+def _is_netns(fd: int) -> bool:
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError:  # ENOTTY: not a namespace file at all
+        return False
 
 
 async def _drain(stream: asyncio.StreamReader) -> bytes:

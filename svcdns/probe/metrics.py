@@ -17,7 +17,7 @@ PROBE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 
 class ProbeMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        r = registry if registry is not None else CollectorRegistry()
+        self.registry = r = registry if registry is not None else CollectorRegistry()
         self.probes = Counter("svcdns_probes", "Readiness probes run by this agent, by kind and result "
                               "(success, failure, timeout)", ["kind", "result"], registry=r)  # fmt: skip
         self.duration = Histogram("svcdns_probe_duration_seconds", "Time one readiness probe took", ["kind"],

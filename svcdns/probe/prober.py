@@ -140,6 +140,9 @@ class Prober:
                     result = await self._check(pod, state.probe)
             except TimeoutError:
                 result = Result(False, f"timeout after {state.probe.timeout} s", timed_out=True)
+            except Exception as err:  # noqa: BLE001 - a bug in a check must not end this pod's probing
+                log.error("prober: pod %s/%s: the %s probe failed unexpectedly", *pod_key, state.probe.kind, exc_info=True)
+                result = Result(False, f"probe error: {type(err).__name__}")
             if self.metrics is not None:
                 self.metrics.observe(state.probe.kind, result, self._clock() - started)
         if self.states.get(key) is not state:  # the pod left, or its probe changed, meanwhile

@@ -83,3 +83,42 @@ def test_a_killed_server_leaves_the_vip_and_dns_within_the_bound_and_comes_back(
     assert back <= PROBE["periodSeconds"] + 0.1 + 0.05, f"web-0 came back after {back:.2f} s"
     assert node.ask(vip, 20) == {ip1, ip2}
     print(f"back {back:.2f} s after the restart")
+
+
+def write_exec_pod(registry, name, ip, netns, command):
+    doc = {"name": name, "labels": {"app": "tasks"}, "podIPs": [ip], "nodeName": "n1", "netns": netns,
+           "readinessProbe": {"exec": {"command": command}, "periodSeconds": 1, "failureThreshold": 1}}  # fmt: skip
+    folder = registry / "pods" / "default"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f".{name}.tmp").write_text(json.dumps(doc))
+    os.rename(folder / f".{name}.tmp", folder / f"{name}.yaml")
+
+
+def reasons(node):
+    lines = node.svcdns("pod", "list").splitlines()
+    start = lines[0].index("REASON")
+    return {line.split()[1]: line[start:].strip() for line in lines[1:]}
+
+
+def test_an_exec_probe_runs_in_the_pods_netns_and_its_result_moves_the_vip_and_dns(node, tmp_path):
+    p1 = node.pod_list[0]
+    ip1 = str(p1.ipv4)
+    flag = tmp_path / "ready"
+    vip = node.svcdns("service", "add", "tasks", "--selector", "app=tasks", "--port", "80:8080").strip()
+    node.svcdns("service", "add", "tasks-h", "--headless", "--selector", "app=tasks", "--port", "80:8080")
+    headless = "tasks-h.default.svc.cluster.local"
+    # passes only where veth1 exists (pod 1's namespace: the node's side is vp1) and while the flag is there
+    command = ["sh", "-c", f"ip link show veth1 >/dev/null && test -f {flag}"]
+    write_exec_pod(node.svcdns.registry, "task-0", ip1, f"/run/netns/{p1.ns.name}", command)
+    write_exec_pod(node.svcdns.registry, "task-1", str(node.pod_list[1].ipv4), "/run/netns/svcdns-no-such-pod", ["true"])
+    wait_for(lambda: reasons(node).get("task-0") == "exit status 1", 15, what="task-0 failing: no flag yet")
+    assert reasons(node)["task-1"] == "no such network namespace: /run/netns/svcdns-no-such-pod"
+    assert node.dig(headless) == set() and "refused" in node.ask(vip), "a pod that never passed gets traffic"
+
+    flag.write_text("")
+    wait_for(lambda: node.dig(headless) == {ip1}, 5, what="task-0 ready in DNS once its command passes")
+    assert node.ask(vip, 10) == {ip1}
+    flag.unlink()
+    wait_for(lambda: node.dig(headless) == set(), 5, what="task-0 out of DNS once its command fails")
+    assert "refused" in node.ask(vip)
+    assert reasons(node)["task-0"] == "exit status 1"

@@ -91,3 +91,33 @@ def test_a_hanging_probe_does_not_hold_the_others_beyond_the_cap():
                  what="every other pod ready with one slot held")  # fmt: skip
     finally:
         prober.stop()
+
+
+def test_a_pod_with_two_containers_is_ready_when_both_probes_pass_and_says_which_fails():
+    from svcdns.probe.metrics import ProbeMetrics
+
+    app = Probe("tcpSocket", 8080, period=1, timeout=1, failure_threshold=1, container="app")
+    side = Probe("exec", command=("check",), period=1, timeout=1, failure_threshold=1, container="side")
+    side_ok = {"value": False}
+
+    async def fake_check(pod, probe):
+        if probe.kind == "exec":
+            return Result(side_ok["value"], "" if side_ok["value"] else "exit status 1")
+        return Result(True)
+
+    registry = FakeRegistry([Pod("web-0", ips=("10.0.0.1",), ready=False, readiness_probes=(app, side))])
+    metrics = ProbeMetrics()
+    prober = Prober(registry, "", every_node=True, refresh=0.2, run_check=fake_check, metrics=metrics)
+    prober.start()
+    try:
+        wait_for(lambda: registry.writes == [("web-0", False, "container side: exit status 1")], 5,
+                 what="web-0 not ready, the sidecar named")  # fmt: skip
+        side_ok["value"] = True
+        wait_for(lambda: registry.writes[-1:] == [("web-0", True, "")], 5, what="web-0 ready once both pass")
+        value = metrics.registry.get_sample_value
+        assert value("svcdns_probes_total", {"kind": "exec", "result": "failure"}) >= 1
+        assert value("svcdns_probes_total", {"kind": "tcpSocket", "result": "success"}) >= 1
+        assert value("svcdns_probe_duration_seconds_count", {"kind": "exec"}) >= 2
+        assert value("svcdns_probed_pods", {"ready": "true"}) == 1 and value("svcdns_probed_pods", {"ready": "false"}) == 0
+    finally:
+        prober.stop()

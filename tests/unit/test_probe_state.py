@@ -6,7 +6,7 @@ import random
 import pytest
 
 from svcdns.pod import ContainerPort, Pod, Probe
-from svcdns.probe.state import JITTER, first, observe, reconcile
+from svcdns.probe.state import JITTER, first, observe, reconcile, verdict
 
 
 def run(probe, healthy, until, spread=0.5, ready=False, seed=1, probe_takes=lambda ok: 0.0):
@@ -117,3 +117,21 @@ def test_reconcile_keeps_state_restarts_on_a_changed_probe_and_forgets_the_gone(
     faster = Pod("a", ips=("10.0.0.1",), ports=(ContainerPort(80, "http"),), readiness_probes=(Probe("tcpSocket", "http", period=2),))
     states = reconcile(states, [faster], 7.0, lambda: 0.5)
     assert set(states) == {ka} and states[ka].ready and states[ka].due == 8.0
+
+
+def test_a_pod_with_several_probes_is_ready_only_when_every_one_passes():
+    app, side = Probe("tcpSocket", 80, container="app"), Probe("exec", command=("true",), container="side")
+    pod = Pod("web", ips=("10.0.0.1",), ready=False, readiness_probes=(app, side))
+    states = reconcile({}, [pod], 0.0, lambda: 0.5)
+    assert set(states) == {("default", "web", 0), ("default", "web", 1)}
+    a, b = states[("default", "web", 0)], states[("default", "web", 1)]
+    assert verdict([a, b]) == (False, "")  # neither probed yet
+    a = observe(a, True, "", 5.0, 0.0)
+    b = observe(b, False, "exit status 1", 5.0, 0.0)
+    assert verdict([a, b]) == (False, "container side: exit status 1")
+    b = observe(b, True, "", 15.0, 0.0)
+    assert verdict([a, b]) == (True, "")
+    a = observe(observe(observe(a, False, "connection refused", 15.0, 0.0), False, "connection refused", 25.0, 0.0),
+                False, "connection refused", 35.0, 0.0)  # fmt: skip
+    assert verdict([a, b]) == (False, "container app: connection refused")
+    assert verdict([observe(first(DEFAULT, 0.0, 0.0), False, "HTTP 503", 0.0, 0.0)]) == (False, "HTTP 503")
