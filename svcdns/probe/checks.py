@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import ssl
 
 from ..addr import format_hostport
@@ -43,8 +44,7 @@ async def probe_at(probe: Probe, host: str, port: int) -> Result:
     try:
         async with asyncio.timeout(probe.timeout):
             if probe.kind == "tcpSocket":
-                _, writer = await asyncio.open_connection(host, port)
-                writer.close()
+                await _connect(host, port)
                 return Result(True)
             return await _http_get(probe, host, port)
     except TimeoutError:
@@ -55,6 +55,17 @@ async def probe_at(probe: Probe, host: str, port: int) -> Result:
         # asyncio's connect error says "Connect call failed (addr)"; the errno says why
         reason = os.strerror(err.errno) if err.errno else str(err) or type(err).__name__
         return Result(False, reason[:1].lower() + reason[1:])
+
+
+async def _connect(host: str, port: int) -> None:
+    """Connect and close, on a bare non-blocking socket: asyncio's streams would build a transport and
+    a protocol the probe never uses (10k pods: 1,000 connections a second)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    finally:
+        sock.close()
 
 
 async def _http_get(probe: Probe, host: str, port: int) -> Result:

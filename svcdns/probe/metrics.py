@@ -8,6 +8,8 @@ per pod (10k pods, 10k series); these are labelled by probe kind and result alon
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .result import Result
@@ -22,12 +24,16 @@ class ProbeMetrics:
                               "(success, failure, timeout)", ["kind", "result"], registry=r)  # fmt: skip
         self.duration = Histogram("svcdns_probe_duration_seconds", "Time one readiness probe took", ["kind"],
                                   buckets=PROBE_BUCKETS, registry=r)  # fmt: skip
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.pods = Gauge("svcdns_probed_pods", "Pods this agent probes, by their verdict", ["ready"], registry=r)
 
     def observe(self, kind: str, result: Result, seconds: float) -> None:
         outcome = "success" if result.ok else "timeout" if result.timed_out else "failure"
-        self.probes.labels(kind, outcome).inc()
-        self.duration.labels(kind).observe(seconds)
+        children = self._children.get((kind, outcome))
+        if children is None:  # labels() takes a lock and builds a key: once per kind and outcome
+            children = self._children[(kind, outcome)] = (self.probes.labels(kind, outcome), self.duration.labels(kind))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def verdicts(self, ready: int, not_ready: int) -> None:
         self.pods.labels("true").set(ready)

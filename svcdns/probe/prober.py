@@ -2,8 +2,9 @@
 and writes a pod's ``ready`` (every one of its probes passes) and ``reason`` through the registry
 only when its verdict differs from the record: never per probe.
 
-It lists the pods every ``refresh`` seconds (a new pod is not ready until its first success anyway,
-so it loses nothing by waiting for the next listing). At most ``max_concurrent`` probes run at once;
+It lists the pods every ``refresh`` seconds, or less often when a listing costs more than
+:data:`LIST_SHARE` of a core (a new pod is not ready until its first success anyway, so it loses
+nothing but time by waiting for the next listing); probes go on while it lists. At most ``max_concurrent`` probes run at once;
 a probe holds its slot for at most its ``timeoutSeconds``. Registry reads and writes run one at a
 time, in order, on one worker thread, so a listing never undoes a write it raced with and a slow
 registry never delays a probe.
@@ -32,6 +33,9 @@ from .state import Key, ProbeKey, ProbeState, observe, reconcile, verdict
 
 log = logging.getLogger(__name__)
 
+TICK = 0.01  # probes due within this are started together
+LIST_SHARE = 0.05  # listings take at most this share of a core: at 10k pods they come less often than `refresh`
+
 class Prober:
     def __init__(self, registry: Registry, node_name: str, *, every_node: bool = False, max_concurrent: int = 200,
                  refresh: float = 5.0, run_check: Callable[[Pod, Probe], Awaitable[Result]] = check,
@@ -51,6 +55,7 @@ class Prober:
         # for /status, read by other threads: replaced, never changed in place
         self.failing: dict[Key, str] = {}  # the pods whose record says not ready, with the reason
         self.counts = (0, 0)  # probed pods ready, not ready (as recorded)
+        self._list_cost = 0.0  # CPU seconds the last listing took
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -86,27 +91,27 @@ class Prober:
         io = ThreadPoolExecutor(1, thread_name_prefix="svcdns-prober-registry")
         slots = asyncio.Semaphore(self.max_concurrent)
         running: dict[ProbeKey, asyncio.Task] = {}
-        next_refresh = 0.0
+        next_refresh, listing = 0.0, None
         log.info("prober: probing the pods of node %s", "(every node: file registry)" if self.every_node else self.node_name)
         try:
             while not self._stop.is_set():
                 now = self._clock()
-                if now >= next_refresh:
-                    await self._list(io)
-                    next_refresh = self._clock() + self.refresh
-                    now = self._clock()
-                while self._due and self._due[0][0] <= now:
+                if listing is None and now >= next_refresh:  # in the background: probes go on meanwhile
+                    listing = asyncio.create_task(self._list(io))
+                if listing is not None and listing.done():
+                    listing = None
+                    next_refresh = self._clock() + max(self.refresh, self._list_cost / LIST_SHARE)
+                # every probe due within the next tick starts now: one wake-up per tick, not per probe
+                horizon = now + TICK
+                while self._due and self._due[0][0] <= horizon:
                     due, key = heapq.heappop(self._due)
                     state = self.states.get(key)
                     if state is not None and state.due == due and key not in running:
                         task = asyncio.create_task(self._probe(key, state, slots, io))
                         running[key] = task
                         task.add_done_callback(functools.partial(_forget, running, key))
-                wake = min(next_refresh, self._due[0][0]) if self._due else next_refresh
-                try:
-                    await asyncio.wait_for(self._stop.wait(), max(0.0, wake - self._clock()))
-                except TimeoutError:
-                    pass
+                wake = min(next_refresh if listing is None else now + TICK, self._due[0][0] if self._due else now + 1)
+                await asyncio.sleep(min(1.0, max(TICK, wake - self._clock())))
         finally:
             for task in running.values():
                 task.cancel()
@@ -115,8 +120,15 @@ class Prober:
             log.info("prober: stopped")
 
     async def _list(self, io: ThreadPoolExecutor) -> None:
+        def timed() -> list[Pod]:
+            started = time.thread_time()
+            try:
+                return self.registry.list_pods()
+            finally:
+                self._list_cost = time.thread_time() - started
+
         try:
-            pods = await asyncio.get_running_loop().run_in_executor(io, self.registry.list_pods)
+            pods = await asyncio.get_running_loop().run_in_executor(io, timed)
         except SvcdnsError as err:  # an outage: keep probing what we know, write when it is back
             log.warning("prober: cannot list the pods: %s", err)
             return
@@ -135,9 +147,12 @@ class Prober:
             if pod is None:
                 return
             started = self._clock()
-            try:  # the check keeps its own timeout; this one bounds a check that does not
-                async with asyncio.timeout(state.probe.timeout + 0.5):
-                    result = await self._check(pod, state.probe)
+            try:
+                if self._check is check:  # every kind keeps its own timeout
+                    result = await check(pod, state.probe)
+                else:  # one given by the caller may not: bound it
+                    async with asyncio.timeout(state.probe.timeout + 0.5):
+                        result = await self._check(pod, state.probe)
             except TimeoutError:
                 result = Result(False, f"timeout after {state.probe.timeout} s", timed_out=True)
             except Exception as err:  # noqa: BLE001 - a bug in a check must not end this pod's probing
@@ -176,7 +191,7 @@ class Prober:
             return
         was_ready = self._recorded.get(key, (False, ""))[0]
         self._recorded[key] = (ready, reason)
-        self._published()
+        self._published(key)
         if ready:
             log.info("prober: pod %s/%s is ready", *key)
         elif was_ready:
@@ -184,9 +199,17 @@ class Prober:
         else:
             log.info("prober: pod %s/%s is not ready: %s", *key, reason)
 
-    def _published(self) -> None:
-        """The recorded verdicts as /status and the gauges show them."""
-        self.failing = {k: reason for k, (ready, reason) in self._recorded.items() if not ready}
+    def _published(self, changed: Key | None = None) -> None:
+        """The recorded verdicts as /status and the gauges show them: all of them after a listing,
+        else the one ``changed`` (a copy of the failing pods only when that pod is or was one)."""
+        if changed is None:
+            self.failing = {k: reason for k, (ready, reason) in self._recorded.items() if not ready}
+        else:
+            ready, reason = self._recorded[changed]
+            if not ready:
+                self.failing = {**self.failing, changed: reason}
+            elif changed in self.failing:
+                self.failing = {k: v for k, v in self.failing.items() if k != changed}
         self.counts = (len(self._recorded) - len(self.failing), len(self.failing))
         if self.metrics is not None:
             self.metrics.verdicts(*self.counts)

@@ -18,7 +18,7 @@ Times are the caller's monotonic seconds; the random draws come in as numbers in
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..pod import Pod, Probe
 
@@ -49,13 +49,12 @@ def observe(state: ProbeState, ok: bool, reason: str, started: float, jitter: fl
     """The state after a probe that started at ``started`` passed (``ok``) or failed with ``reason``."""
     probe = state.probe
     due = started + probe.period * (1 - JITTER * jitter)
+    # constructed, not dataclasses.replace(): this runs for every probe (1,000 a second at 10k pods)
     if ok:
         successes = state.successes + 1
-        return replace(state, due=due, successes=successes, failures=0, reason="",
-                       ready=state.ready or successes >= probe.success_threshold)  # fmt: skip
+        return ProbeState(probe, due, state.ready or successes >= probe.success_threshold, successes, 0, "")
     failures = state.failures + 1
-    return replace(state, due=due, successes=0, failures=failures, reason=reason,
-                   ready=state.ready and failures < probe.failure_threshold)  # fmt: skip
+    return ProbeState(probe, due, state.ready and failures < probe.failure_threshold, 0, failures, reason)
 
 
 def reconcile(
