@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SRV, TXT, A, DNSHeader, DNSQuestion, DNSRecord
+from immutables import Map
 
 from ..model import CLUSTER_IP, EXTERNAL_NAME, HEADLESS, IPAddress, Service, ServicePort
 from ..table import ServiceTable, changed_keys
@@ -63,9 +64,11 @@ class Zone:
     ttl: int
     serial: int
     soa: bytes  # the SOA record, uncompressed, for negative answers
-    entries: dict[tuple[bytes, int], tuple[Body, ...]] = field(default_factory=dict)  # (name, qtype) -> variants
-    cnames: dict[bytes, Body] = field(default_factory=dict)  # name -> its CNAME answer (any qtype)
-    names: frozenset[bytes] = frozenset()  # every name that exists (with or without records)
+    # persistent maps (HAMTs): a change makes a new version sharing all it did not touch, so that
+    # an update costs what changed and not a copy of the zone (~10 ms at 10k Services, per worker)
+    entries: Map[tuple[bytes, int], tuple[Body, ...]] = field(default_factory=Map)  # (name, qtype) -> variants
+    cnames: Map[bytes, Body] = field(default_factory=Map)  # name -> its CNAME answer (any qtype)
+    names: Map[bytes, bool] = field(default_factory=Map)  # every name that exists (with or without records)
     ready: bool = True  # False until the first table arrives: in-zone names answer SERVFAIL
 
     def in_zone(self, key: bytes, labels: tuple[int, ...]) -> bool:
@@ -271,20 +274,30 @@ class Delta:
 
 
 def apply_delta(zone: Zone, d: Delta) -> Zone:
-    """The zone after ``d`` (a new object: a worker swaps it in with one assignment)."""
-    entries = dict(zone.entries)
-    for key in d.drop:
-        entries.pop(key, None)
-    entries.update(d.put)
+    """The zone after ``d`` (a new object: a worker swaps it in with one assignment); ``zone`` stays
+    as it was, and the two share everything ``d`` did not touch."""
+    with zone.entries.mutate() as entries:
+        for key in d.drop:
+            entries.pop(key, None)
+        for key, value in d.put.items():
+            entries[key] = value
+        apex_soa = soa_record(zone.origin, zone.ttl, d.serial, QNAME)
+        entries[(zone.origin_wire, TYPE_SOA)] = ((apex_soa, (1, 0, 0), len(apex_soa)),)
+        new_entries = entries.finish()
+    with zone.cnames.mutate() as cnames:
+        for name in d.cname_drop:
+            cnames.pop(name, None)
+        for name, body in d.cname_put.items():
+            cnames[name] = body
+        new_cnames = cnames.finish()
+    with zone.names.mutate() as names:
+        for name in d.names_drop:
+            names.pop(name, None)
+        for name in d.names_add:
+            names[name] = True
+        new_names = names.finish()
     soa = soa_record(zone.origin, zone.ttl, d.serial)
-    apex_soa = soa_record(zone.origin, zone.ttl, d.serial, QNAME)
-    entries[(zone.origin_wire, TYPE_SOA)] = ((apex_soa, (1, 0, 0), len(apex_soa)),)
-    cnames = dict(zone.cnames)
-    for name in d.cname_drop:
-        cnames.pop(name, None)
-    cnames.update(d.cname_put)
-    names = (zone.names - d.names_drop) | d.names_add
-    return Zone(zone.origin, zone.origin_wire, zone.ttl, d.serial, soa, entries, cnames, names)
+    return Zone(zone.origin, zone.origin_wire, zone.ttl, d.serial, soa, new_entries, new_cnames, new_names)
 
 
 class _Changes:
@@ -325,8 +338,8 @@ class ZoneCompiler:
         self.zone = empty_zone(zone, ttl)
         apex = apex_fragment(self.origin, ttl, ipaddress.ip_address(cluster_dns))
         self._add(("", ""), apex, _Changes())
-        self.zone = Zone(self.origin, self.zone.origin_wire, ttl, 0, self.zone.soa, dict(apex.entries), {},
-                         frozenset(apex.names), ready=False)  # fmt: skip
+        self.zone = Zone(self.origin, self.zone.origin_wire, ttl, 0, self.zone.soa, Map(apex.entries), Map(),
+                         Map(dict.fromkeys(apex.names, True)), ready=False)  # fmt: skip
 
     def update(self, table: ServiceTable, serial: int | None = None) -> Delta:
         ch = _Changes()

@@ -225,3 +225,36 @@ def test_a_file_with_an_endpoint_inside_the_service_cidrs_is_reported_and_the_la
         "10.96.0.0/12, where only VIPs live; an endpoint must lie outside it"
     )
     assert snap.table.get("default", "web") == good
+
+
+def test_changes_applied_one_file_at_a_time_give_what_a_full_read_gives(tmp_path):
+    """The watch's path (one file re-read, only its Service rebuilt) against a fresh reader of the
+    same directory, after each of a random run of writes, duplicates, renames and deletes."""
+    import random
+
+    rng = random.Random(3)
+    reg = open_registry(str(tmp_path))
+    reg.snapshot()
+    for step in range(60):
+        name, port = f"s{rng.randrange(6)}", 80 + rng.randrange(3)
+        rel = rng.choice([f"default/{name}.yaml", f"default/{name}.json", f"other/{name}-{rng.randrange(2)}.yaml"])
+        path = tmp_path / rel
+        op = rng.random()
+        if op < 0.3 and path.exists():
+            path.unlink()
+        elif op < 0.4 and path.exists():
+            rel2 = f"moved/{step}.yaml"
+            write(tmp_path, rel2, "")
+            path.rename(tmp_path / rel2)
+            reg.refresh([rel2])
+        else:
+            text = json.dumps({"name": name, "ports": [{"port": port}]}) if rel.endswith(".json") else \
+                f"name: {name}\nports: [{{port: {port}}}]\n"  # fmt: skip
+            write(tmp_path, rel, text)
+        reg.refresh([rel])
+        fresh = open_registry(str(tmp_path)).snapshot()
+        got = reg.current()
+        assert dict(got.table.services) == dict(fresh.table.services), step
+        assert got.errors == fresh.errors, step
+        store = json.loads((tmp_path / ".svcdns" / "allocations.json").read_text())
+        assert set(store["services"]) == {f"{ns}/{n}" for ns, n in fresh.table.services}, step

@@ -37,3 +37,11 @@ def test_a_put_of_an_equal_service_is_no_change():
     t = ServiceTable.of([svc(1, 2)])
     assert changed_keys(t, t.replace([svc(1, 2)])) == set()
     assert changed_keys(t, t.replace(deletes=[("default", "nope")])) == set()
+
+
+def test_a_new_table_leaves_the_old_one_as_it_was_and_iterates_in_key_order():
+    old = ServiceTable.of(svc(i, 1) for i in (5, 3, 9))
+    new = old.replace([svc(4, 2), svc(3, 3)], [("default", "s9")])
+    assert [s.name for s in old] == ["s3", "s5", "s9"] and old.get("default", "s3").endpoints == svc(3, 1).endpoints
+    assert [s.name for s in new] == ["s3", "s4", "s5"] and len(new.get("default", "s3").endpoints) == 3
+    assert (old.endpoint_count(), new.endpoint_count()) == (3, 6)

@@ -20,6 +20,7 @@ from typing import Any
 from ...pod import Pod
 from ...table import Key
 from ..documents import DocumentError, parse, pod_from_document
+from .entries import Entries
 from .tree import SUFFIXES, precedence, read
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def key_of(rel: str) -> Key:
     return (ns, name.rsplit(".", 1)[0])
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class PodEntry:
     pod: Pod | None = None  # the last good version
     error: str | None = None
@@ -63,13 +64,16 @@ def _stamp(path: Path) -> tuple[int, ...] | None:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
+    def index_key(self) -> Key | None:
+        return None  # a pod's file is named by its key: no index needed
+
 
 class PodFiles:
     """What the pod files hold, by file; the pod of a key is its file's of highest precedence."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.entries: dict[str, PodEntry] = {}
+        self.entries: Entries[PodEntry] = Entries()
 
     def read(self, rel: str) -> None:
         """(Re-)read one pod file, unless it is the one last read; a missing file removes its entry."""
@@ -121,7 +125,7 @@ class PodFiles:
         return self.file_of(key)
 
     def errors(self) -> dict[str, str]:
-        return {rel: e.error for rel, e in self.entries.items() if e.error}
+        return self.entries.errors
 
 
 __all__ = ["POD_DIR", "PodEntry", "PodFiles", "is_pod_file", "key_of", "pod_path"]

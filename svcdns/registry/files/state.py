@@ -168,7 +168,7 @@ class FileState(VipKeeper):
         return bool(affected) and self._resolve(affected)
 
     def current(self) -> Snapshot:
-        errors = {rel: e.error for rel, e in self.entries.items() if e.error}
+        errors = dict(self.entries.errors)  # kept as entries change: O(errors), not O(files)
         errors.update(self.pods.errors())
         for by_source in self.key_errors.values():
             for source, message in by_source.items():
@@ -177,11 +177,9 @@ class FileState(VipKeeper):
 
     def _resolve(self, affected: set[Key] | None) -> bool:
         """Recompute the Services of ``affected`` keys (None: all) and allocate their VIPs."""
-        candidates: dict[Key, list[str]] = {}
-        for rel, entry in self.entries.items():
-            if entry.key is not None and entry.service is not None and (affected is None or entry.key in affected):
-                candidates.setdefault(entry.key, []).append(rel)
-        keys = set(candidates) | (set(self.table.services) if affected is None else affected)
+        # the files declaring each key come from the index: a change costs its keys, not the directory
+        keys = set(self.entries.by_key) | set(self.table.services) if affected is None else affected
+        candidates = {k: sorted(files) for k in keys if (files := self.entries.files_of(k))}
         winners: dict[Key, str] = {}
         for key in keys:
             self.key_errors.pop(key, None)
@@ -224,8 +222,10 @@ class FileState(VipKeeper):
                 puts.append(self.derivation.apply(self._finish(self._good(chosen), store)))
             except (UsageError, ValidationError) as err:
                 self._key_error(key, chosen, f"{chosen}: {err}")
-        if affected is None or deletes:
+        if affected is None:
             self._release_orphans(store)
+        elif deletes or len(winners) < len(keys):
+            self._release_orphans(store, [k for k in keys if k not in winners])
         changed = [s for s in puts if self.table.get(*s.key) != s]
         if not changed and not deletes:
             return False

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from ...errors import SvcdnsError
 from ...ipam import Allocator
 from ...model import Service, family_of
 from ...table import Key, ServiceTable
+from .entries import Entries
 from .store import Allocation, AllocationStore, registry_lock
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def holder_of(key: Key) -> str:
     return f"{key[0]}/{key[1]}"
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class FileEntry:
     """What one file holds: its last good Service (as written: requested VIPs only) and its error."""
 
@@ -36,6 +37,9 @@ class FileEntry:
     service: Service | None = None
     error: str | None = None
 
+    def index_key(self) -> Key | None:
+        """The Service this file declares (its last good version's), for :class:`.entries.Entries`."""
+        return self.key if self.service is not None else None
 
 
 class VipKeeper:
@@ -44,7 +48,7 @@ class VipKeeper:
     def __init__(self, root: str | os.PathLike, service_cidrs: list[str] | None = None) -> None:
         self.root = Path(root)
         self._cidrs = list(service_cidrs) if service_cidrs else None
-        self.entries: dict[str, FileEntry] = {}
+        self.entries: Entries[FileEntry] = Entries()
         self.table = ServiceTable()
         self.key_errors: dict[Key, dict[str, str]] = {}  # key -> {source: message}
         self._store: AllocationStore | None = None
@@ -67,7 +71,6 @@ class VipKeeper:
                 yield
             finally:
                 self._lock_depth = 0
-
 
     def _store_now(self) -> AllocationStore:
         if self._store is None or self._store.changed_on_disk():
@@ -140,14 +143,16 @@ class VipKeeper:
                 store.save()
         return failed
 
-    def _release_orphans(self, store: AllocationStore) -> None:
-        """Free the VIPs of Services no file declares any more (deleted). A file that exists but cannot
-        be read keeps its Service's VIP: it is broken, not gone."""
-        declared = {holder_of(e.key) for e in self.entries.values() if e.key}
+    def _release_orphans(self, store: AllocationStore, keys: Iterable[Key] | None = None) -> None:
+        """Free the VIPs of Services no file declares any more (deleted), among ``keys`` (None: all).
+        A file that exists but cannot be read keeps its Service's VIP: it is broken, not gone."""
+        declared = self.entries.by_key
+        held = store.services.items() if keys is None else [
+            (h, store.services[h]) for h in map(holder_of, keys) if h in store.services]  # fmt: skip
         orphans = [
             h
-            for h, a in store.services.items()
-            if h not in declared and not (a.file in self.entries and self.entries[a.file].key is None)
+            for h, a in held
+            if _key_of(h) not in declared and not (a.file in self.entries and self.entries[a.file].key is None)
         ]
         if not orphans:
             return
@@ -155,12 +160,17 @@ class VipKeeper:
             store = self._store_now()
             self._allocator = None  # rebuilt on next use, without the released VIPs
             for holder in orphans:
-                if holder in store.services and holder not in declared:
+                if holder in store.services and _key_of(holder) not in declared:
                     log.info(
                         "registry: %s deleted; VIP %s released", holder, ", ".join(map(str, store.services[holder].ips))
                     )
                     del store.services[holder]
             store.save()
+
+
+def _key_of(holder: str) -> Key:
+    ns, _, name = holder.partition("/")
+    return (ns, name)
 
 
 __all__ = ["FileEntry", "VipKeeper", "holder_of"]
