@@ -13,6 +13,7 @@ a probe that cannot run is a failing probe with that reason.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import ssl
@@ -53,7 +54,10 @@ async def probe_at(probe: Probe, host: str, port: int) -> Result:
         return Result(False, f"TLS: {err.reason or err}")
     except OSError as err:
         # asyncio's connect error says "Connect call failed (addr)"; the errno says why
-        reason = os.strerror(err.errno) if err.errno else str(err) or type(err).__name__
+        # asyncio's stream reports a reset met while writing as ConnectionResetError("Connection
+        # lost"), without an errno: it is the peer's reset all the same
+        code = err.errno or (errno.ECONNRESET if isinstance(err, ConnectionResetError) else 0)
+        reason = os.strerror(code) if code else str(err) or type(err).__name__
         return Result(False, reason[:1].lower() + reason[1:])
 
 

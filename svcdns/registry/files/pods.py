@@ -48,6 +48,9 @@ class PodEntry:
     error: str | None = None
     stamp: tuple[int, ...] | None = None  # the file as read: (inode, size, mtime, ctime) in ns
 
+    def index_key(self) -> Key | None:
+        return None  # a pod's file is named by its key: no index needed
+
 
 # A file whose stamp is unchanged is not read again (the prober lists 10k pods every few seconds:
 # parsing them all cost ~0.3 s of CPU per thousand). Only files last changed at least this long
@@ -63,9 +66,6 @@ def _stamp(path: Path) -> tuple[int, ...] | None:
     if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < SETTLED_NS:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-    def index_key(self) -> Key | None:
-        return None  # a pod's file is named by its key: no index needed
 
 
 class PodFiles:
