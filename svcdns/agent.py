@@ -153,6 +153,9 @@ class Agent:
         self.state.revision = snap.revision
         self.state.bad_entries = dict(snap.errors)
         self.metrics.bad_entries.set(len(snap.errors))
+        if snap.nodes != self.state.nodes:
+            self.state.nodes = dict(snap.nodes)
+            self.metrics.set_nodes(self.state.nodes)
 
     def pending_changes(self) -> int:
         """Services changed in the registry and not applied yet (read by /metrics' thread: both

@@ -3,6 +3,8 @@
 ``derive(service, pods)`` gives a Service with a selector its endpoints from the pods of its
 namespace whose labels match: ``serving`` = the pod is ready, ``terminating`` = it is being
 deleted, ``ready`` = serving and not terminating (always, with ``publishNotReadyAddresses``). A pod
+whose node is down (etcd: its agent's node lease expired, :mod:`svcdns.registry.etcd.state`) is not
+serving, whatever its record says: the record is kept, so the pod returns with its node. A pod
 without an address never matches. A named ``targetPort`` resolves against each pod's own container
 ports; a pod that lacks one of the names is left out (it cannot serve that port; svcdns has no
 per-port endpoint sets, where Kubernetes would leave it out of that port's slice only). The
@@ -13,7 +15,8 @@ its replacement) give one endpoint: the readier one's, then the first by name.
 ``SelectorIndex`` keeps, per label pair, the Services whose selector holds it; :class:`Derivation`
 adds the pods, indexed by label pair too, so that a pod's change touches only the Services that
 select its old or its new labels, and deriving a Service reads only the pods of its rarest label:
-one pod change at 10k Services costs what its Services cost, not what the registry holds. Both
+one pod change at 10k Services costs what its Services cost, not what the registry holds; a node
+going down or coming back touches only the Services that select that node's pods. Both
 registries keep one and apply it when they build their table, so downstream a selector Service is
 just a Service with endpoints.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import replace
 
 from .model import EXTERNAL_NAME, Endpoint, Labels, Service, family_of, matches
@@ -34,8 +38,9 @@ def selects(svc: Service, pod: Pod) -> bool:
     return pod.namespace == svc.namespace and bool(pod.ips) and matches(svc.selector, pod.labels)
 
 
-def derive(svc: Service, pods: Iterable[Pod]) -> tuple[Endpoint, ...]:
-    """The endpoints of ``svc`` (which has a selector) from ``pods``, sorted by address."""
+def derive(svc: Service, pods: Iterable[Pod], down: AbstractSet[str] = frozenset()) -> tuple[Endpoint, ...]:
+    """The endpoints of ``svc`` (which has a selector) from ``pods``, sorted by address; the pods
+    of the nodes in ``down`` are not serving."""
     if svc.type == EXTERNAL_NAME:
         return ()  # a CNAME has no endpoints, whatever it selects (Kubernetes ignores the selector)
     out = []
@@ -50,7 +55,7 @@ def derive(svc: Service, pods: Iterable[Pod]) -> tuple[Endpoint, ...]:
                     break
                 ports.append((port.name, number))
         else:
-            serving = pod.ready
+            serving = pod.ready and pod.node_name not in down
             ready = svc.publish_not_ready_addresses or (serving and not pod.terminating)
             hostname = pod.hostname if pod.subdomain == svc.name else ""
             for ip in pod.ips:
@@ -116,6 +121,8 @@ class Derivation:
         self.index = SelectorIndex()
         self._pods_by_pair: defaultdict[tuple[str, str, str], set[Key]] = defaultdict(set)  # (ns, k, v)
         self._deadlines: dict[Key, float] = {}
+        self._pods_by_node: defaultdict[str, set[Key]] = defaultdict(set)
+        self.down: frozenset[str] = frozenset()  # the nodes whose pods are not serving
 
     def put_service(self, svc: Service) -> None:
         self.index.put(svc)
@@ -134,6 +141,8 @@ class Derivation:
         self.pods[pod.key] = pod
         for k, v in pod.labels:
             self._pods_by_pair[(pod.namespace, k, v)].add(pod.key)
+        if pod.node_name:
+            self._pods_by_node[pod.node_name].add(pod.key)
         if pod.deletion_deadline:
             self._deadlines[pod.key] = pod.deletion_deadline
         return self.index.affected(old, pod)
@@ -147,11 +156,32 @@ class Derivation:
         if pod is None:
             return
         self._deadlines.pop(pod.key, None)
+        if pod.node_name:
+            on_node = self._pods_by_node[pod.node_name]
+            on_node.discard(pod.key)
+            if not on_node:
+                del self._pods_by_node[pod.node_name]
         for k, v in pod.labels:
             keys = self._pods_by_pair[(pod.namespace, k, v)]
             keys.discard(pod.key)
             if not keys:
                 del self._pods_by_pair[(pod.namespace, k, v)]
+
+    def set_down(self, nodes: Iterable[str]) -> set[Key]:
+        """Take the set of nodes that are down now; return the keys of the Services that select a pod
+        of a node that went down or came back (only those: the other Services cannot change)."""
+        down = frozenset(nodes)
+        flipped, self.down = down ^ self.down, down
+        out: set[Key] = set()
+        for node in flipped:
+            for key in self._pods_by_node.get(node, ()):
+                pod = self.pods[key]
+                out |= self.index.services_for(pod.namespace, pod.labels)
+        return out
+
+    def pods_on(self, node: str) -> int:
+        """How many live pods name ``node``."""
+        return len(self._pods_by_node.get(node, ()))
 
     def expire(self, now: float) -> set[Key]:
         """Delete the pods whose deadline has passed; return the keys of the Services to derive again."""
@@ -175,7 +205,7 @@ class Derivation:
         single-stack Service takes only its family's addresses), else ``svc`` itself."""
         if not svc.selector:
             return svc
-        return replace(svc, endpoints=derive(svc, self.selected(svc)))
+        return replace(svc, endpoints=derive(svc, self.selected(svc), self.down))
 
 
 __all__ = ["Derivation", "SelectorIndex", "derive", "selects"]

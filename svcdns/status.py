@@ -55,6 +55,7 @@ class State:
     health_timeout: float = 60.0
     loop_turned: float = field(default_factory=time.monotonic)  # the agent loop's last turn (monotonic)
     probes: Callable[[], dict[str, Any]] | None = None  # the prober's view: counts, failing pods and why
+    nodes: dict[str, bool] = field(default_factory=dict)  # etcd: node -> its lease is alive
 
     def healthy(self, now: float | None = None) -> tuple[bool, str]:
         now = now or time.time()
@@ -95,6 +96,10 @@ class Metrics:
         build = Gauge("svcdns_build_info", "1, labelled with svcdns's version and Python's", ["version", "python"],
                       registry=r)  # fmt: skip
         build.labels(__version__, platform.python_version()).set(1)
+        self.nodes = Gauge("svcdns_nodes", "Nodes run by an agent (etcd), by the state of their lease", ["state"],
+                           registry=r)  # fmt: skip
+        self.node_lease = Gauge("svcdns_node_lease_remaining_seconds",
+                                "Seconds this node's lease has left at least (0: none held; etcd only)", registry=r)
         if dns_stats is not None:
             r.register(_DNSCollector(dns_stats))
 
@@ -102,6 +107,11 @@ class Metrics:
         """Figures read from the agent at scrape time: its last sync, and ``pending()`` Services
         changed in the registry and not yet applied (kube-proxy's ..._changes_pending)."""
         self.registry.register(_AgentCollector(state, pending))
+
+    def set_nodes(self, nodes: dict[str, bool]) -> None:
+        ready = sum(nodes.values())
+        self.nodes.labels("ready").set(ready)
+        self.nodes.labels("not_ready").set(len(nodes) - ready)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -252,7 +262,8 @@ class StatusServer:
             body = {"services": st.services, "endpoints": st.endpoints, "revision": st.revision,
                     "lastSync": _iso(st.last_sync), "lastError": st.last_error, "ready": st.ready,
                     "registry": st.registry, "registryProblem": st.registry_problem, "dnsProblem": st.dns_problem,
-                    "invalidEntries": st.bad_entries, "healthy": st.healthy()[0], "startedAt": _iso(st.started)}  # fmt: skip
+                    "invalidEntries": st.bad_entries, "healthy": st.healthy()[0], "startedAt": _iso(st.started),
+                    "nodes": {n: "Ready" if up else "NotReady" for n, up in sorted(st.nodes.items())}}  # fmt: skip
             if st.probes is not None:
                 body["probes"] = st.probes()
             reply(200, json.dumps(body, indent=2).encode(), "application/json")

@@ -22,6 +22,7 @@ from .config import DEFAULT_REGISTRY
 COMMAND_MODULES = [
     "svcdns.cli.registry",
     "svcdns.cli.pods",
+    "svcdns.cli.nodes",
     "svcdns.cli.apply",
     "svcdns.cli.dns",
     "svcdns.cli.dataplane",

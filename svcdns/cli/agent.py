@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the module itself is imported where it is used: it is heavy
     from ..dns.server import DNSServer
     from ..probe import Prober
     from ..probe.metrics import ProbeMetrics
+    from ..registry.etcd.lease import NodeLease
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ def register(sub, common) -> None:
     )
     agent.add_argument("--zone", help="cluster zone (default cluster.local)")
     agent.add_argument("--node-name", help="this node's name: the agent probes its pods (default: the host name)")
+    agent.add_argument("--node-lease-ttl", type=int, metavar="SECONDS",
+                       help="etcd: this node's lease TTL; its pods stay ready this long after the agent dies (default 15)")
     agent.add_argument("--dns-workers", type=int, metavar="N", help="DNS worker processes (default: one per core)")
     agent.add_argument("--no-forward", action="store_true", default=None, help="REFUSED for names outside the zone")
     agent.set_defaults(func=cmd_agent)
@@ -58,6 +61,7 @@ def load_config(args) -> configuration.Config:
         "pod_cidrs": args.pod_cidr,
         "cluster_zone": args.zone,
         "node_name": args.node_name,
+        "node_lease_ttl": args.node_lease_ttl,
         "dataplane": args.dataplane,
         "health_listen": args.health_listen,
         "metrics_listen": args.metrics_listen,
@@ -77,6 +81,7 @@ DNS_ANSWER_FIELDS = ("cluster_zone", "dns_upstreams", "dns_allowed_networks", "d
 REGISTRY_FIELDS = ("registry", "registry_password", "service_cidrs")
 PROBER_FIELDS = ("registry", "registry_password", "node_name")
 SECRET_FIELDS = ("registry", "registry_password")  # a reload's log names them, never shows them
+LEASE_FIELDS = (*REGISTRY_FIELDS, "node_name", "node_lease_ttl")
 
 
 def dns_answering(cfg: configuration.Config) -> dict[str, Any]:
@@ -133,6 +138,16 @@ def status_servers(cfg: configuration.Config, state, metrics) -> tuple[Any, Any]
     return health, StatusServer(parse_hostport(cfg.metrics_listen, "metrics_listen"), state, metrics, metrics_only=True)
 
 
+def hold_lease(cfg: configuration.Config, registry: Registry) -> NodeLease | None:
+    """With etcd, this node's lease, refreshed on the registry's loop; None with files (one host)."""
+    if registry.kind != "etcd":
+        return None
+    from ..registry.etcd import EtcdRegistry
+
+    assert isinstance(registry, EtcdRegistry)
+    return registry.hold_node(cfg.node_name, cfg.node_lease_ttl)
+
+
 class Running:
     """The agent's parts, wired from a configuration; a reload replaces only what it must."""
 
@@ -156,6 +171,8 @@ class Running:
         self.probe_metrics = ProbeMetrics(self.metrics.registry)  # once: a reload's prober takes the same
         self.prober = new_prober(cfg, self.probe_metrics)
         state.probes = lambda: self.prober.status()  # whichever prober runs now
+        self.lease: NodeLease | None = None
+        self.metrics.node_lease.set_function(lambda: self.lease.remaining() if self.lease else 0.0)
 
     def start(self) -> None:
         try:
@@ -170,12 +187,15 @@ class Running:
             self.agent.watch.close()
             raise
         self.prober.start()
+        self.lease = hold_lease(self.cfg, self.registry)
         cfg = self.cfg
         log.info("agent: registry %s, dataplane %s, DNS on %s, health on %s%s", self.registry.location, cfg.dataplane,
                  ", ".join(cfg.dns_listen_all()), cfg.health_listen,
                  f", metrics on {cfg.metrics_listen}" if cfg.metrics_listen else "")  # fmt: skip
 
     def stop(self) -> None:
+        if self.lease is not None:
+            self.lease.release()  # not revoked: see svcdns.registry.etcd.lease
         self.prober.stop()
         self.agent.watch.close()
         self.registry.close()
@@ -220,6 +240,9 @@ class Running:
                 self.metrics_server, metrics_server = metrics_server, self.metrics_server
                 if metrics_server is not None:
                     metrics_server.stop()
+        if any(f in changed for f in LEASE_FIELDS) and self.lease is not None:
+            self.lease.release()  # the old registry's loop must not keep it alive
+            self.lease = None
         if any(f in changed for f in REGISTRY_FIELDS):
             registry, watch = new_watch(new)
             agent.replace_watch(watch)
@@ -239,6 +262,8 @@ class Running:
             old_prober.stop()  # first: two probers of one node would both write
             prober.start()
             self.prober = prober
+        if any(f in changed for f in LEASE_FIELDS):
+            self.lease = hold_lease(new, self.registry)
         agent.full_sync_period = new.full_sync_period
         agent.state.health_timeout = max(60.0, 2 * new.full_sync_period)
         self.cfg = new
@@ -306,6 +331,9 @@ def cmd_status(args) -> int:
     print(f"Last sync:        {st['lastSync'] or 'never'}")
     if st["lastError"]:
         print(f"Last error:       {st['lastError']}")
+    if st.get("nodes"):
+        down = sorted(n for n, s in st["nodes"].items() if s != "Ready")
+        print(f"Nodes:            {len(st['nodes'])}" + (f" ({len(down)} NotReady: {', '.join(down)})" if down else ""))
     for message in sorted(st["invalidEntries"].values()):
         print(f"Invalid:          {message}")
     probes = st.get("probes") or {}

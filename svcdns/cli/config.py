@@ -12,6 +12,7 @@
     health_listen = "127.0.0.1:10256"         # /healthz, /livez, /readyz, /metrics, /status
     metrics_listen = ""                       # "": /metrics on health_listen; else there, and only /metrics
     node_name = ""                            # "": the host name; the agent probes this node's pods
+    node_lease_ttl = 15                       # etcd: seconds a dead agent's node keeps its pods ready
 
     [dns]
     listen = ["127.0.0.1:53"]
@@ -67,6 +68,7 @@ class Config:
     health_listen: str = "127.0.0.1:10256"
     metrics_listen: str = ""  # "": /metrics is served on health_listen
     node_name: str = ""  # "": the host name, as the kubelet's --hostname-override
+    node_lease_ttl: int = 15  # etcd: the node lease's TTL (refreshed every TTL/3)
     dns_listen: tuple[str, ...] = ("127.0.0.1:53",)
     dns_upstreams: tuple[str, ...] = ()
     dns_allowed_networks: tuple[str, ...] = ()
@@ -103,6 +105,7 @@ _KEYS = {
     "health_listen": ("health_listen", str),
     "metrics_listen": ("metrics_listen", str),
     "node_name": ("node_name", str),
+    "node_lease_ttl": ("node_lease_ttl", int),
     "dns.listen": ("dns_listen", list),
     "dns.upstreams": ("dns_upstreams", list),
     "dns.allowed_networks": ("dns_allowed_networks", list),
@@ -120,6 +123,7 @@ _ENV = {
     "SVCDNS_HEALTH_LISTEN": "health_listen",
     "SVCDNS_METRICS_LISTEN": "metrics_listen",
     "SVCDNS_NODE_NAME": "node_name",
+    "SVCDNS_NODE_LEASE_TTL": "node_lease_ttl",
     "SVCDNS_DNS_LISTEN": "dns.listen",
 }
 
@@ -158,6 +162,12 @@ def _apply(cfg: Config, values: dict[str, Any], where: str) -> Config:
     return replace(cfg, **changes, origins={**cfg.origins, **{key: where for key in values}})
 
 
+def _env_value(key: str, text: str) -> Any:
+    """An environment variable's text as its key's type where that is a whole number (else the text,
+    which _apply then names as the bad value)."""
+    return int(text) if _KEYS[key][1] is int and text.strip().isdigit() else text
+
+
 def load(path: str | None = None, flags: dict[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """The configuration: the file (``path``, or /etc/svcdns/svcdns.toml if it exists), then the
     environment, then ``flags`` (config keys -> values; None values are ignored)."""
@@ -173,7 +183,7 @@ def load(path: str | None = None, flags: dict[str, Any] | None = None, env: Mapp
         except tomllib.TOMLDecodeError as err:
             raise UsageError(f"config file {path}: not valid TOML: {err}") from None
         cfg = replace(_apply(cfg, _flatten(doc), path), source=path)
-    cfg = _apply(cfg, {key: env[name] for name, key in _ENV.items() if env.get(name)}, "environment")
+    cfg = _apply(cfg, {key: _env_value(key, env[name]) for name, key in _ENV.items() if env.get(name)}, "environment")
     cfg = _apply(cfg, {k: v for k, v in (flags or {}).items() if v is not None}, "command line")
     if not cfg.cluster_dns:
         try:
@@ -301,6 +311,9 @@ def validate(cfg: Config, local_networks: list | None = None) -> None:
         raise UsageError(f"{where('dns.workers')}: dns.workers = {cfg.dns_workers}: expected 0 (one per core) or more")
     if cfg.full_sync_period < 1:
         raise UsageError(f"{where('full_sync_period')}: full_sync_period = {cfg.full_sync_period}: expected at least 1 second")
+    if not 2 <= cfg.node_lease_ttl <= 3600:
+        raise UsageError.invalid("node_lease_ttl", str(cfg.node_lease_ttl), "expected 2 to 3600 seconds",
+                                 where("node_lease_ttl"))  # fmt: skip
     check_zone(cfg.cluster_zone, where("cluster_zone"))
     try:
         if cfg.node_name:  # load() fills in the host name

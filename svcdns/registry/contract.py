@@ -26,6 +26,9 @@ class Snapshot:
     # False: the registry has never been read in full (unreachable since start). The table is then a
     # stand-in, not the registry's content: the agent must not converge the kernel or DNS to it.
     synced: bool = True
+    # etcd: every node run by an agent -> whether its node lease is alive (a dead node's pods are
+    # not serving); empty with the file registry
+    nodes: Mapping[str, bool] = field(default_factory=dict)
 
     @property
     def services(self) -> Mapping[tuple[str, str], Service]:

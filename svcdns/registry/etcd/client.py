@@ -71,10 +71,12 @@ class Compare:
 
 @dataclass(frozen=True, slots=True)
 class Op:
-    """One write of a transaction: put ``value`` (or delete the key, when ``value`` is None)."""
+    """One write of a transaction: put ``value`` (or delete the key, when ``value`` is None),
+    attached to the lease ``lease`` when not 0 (etcd deletes the key when that lease expires)."""
 
     key: bytes
     value: bytes | None = None
+    lease: int = 0
 
 
 class _AetcdClient(aetcd.Client):
@@ -344,11 +346,30 @@ class EtcdClient:
                     cmp.append(t.version(check.key) == 0)
                 else:
                     cmp.append(t.value(check.key) == check.value)
-            success = [t.delete(op.key) if op.value is None else t.put(op.key, op.value) for op in ops]
+            success = [t.delete(op.key) if op.value is None else t.put(op.key, op.value, lease=op.lease or None)
+                       for op in ops]  # fmt: skip
             return c.transaction(compare=cmp, success=success, failure=[])
 
         ok, _ = await self._call(build)
         return bool(ok)
+
+    # leases: aetcd has no background keep-alive; the owner of a lease refreshes it from its own loop
+
+    async def grant(self, ttl: int) -> int:
+        """A new lease of ``ttl`` seconds; its ID."""
+        lease = await self._call(lambda c: c.lease(ttl))
+        return int(lease.id)
+
+    async def keep_alive(self, lease_id: int) -> int:
+        """Refresh the lease; the seconds it has now, 0 when it is gone (expired, revoked, or etcd
+        was wiped)."""
+        reply = await self._call(lambda c: c.refresh_lease(lease_id))
+        return max(0, int(reply.TTL)) if reply is not None else 0
+
+    async def time_to_live(self, lease_id: int) -> int:
+        """The seconds the lease has left, without refreshing it; 0 when it is gone."""
+        reply = await self._call(lambda c: c.get_lease_info(lease_id, keys=False))
+        return max(0, int(reply.TTL))
 
     async def watch(self, prefix: bytes, start_revision: int) -> EventStream:
         """The events under ``prefix`` from ``start_revision`` on."""

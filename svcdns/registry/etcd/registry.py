@@ -27,6 +27,8 @@ from ...table import Key, ServiceTable
 from ..contract import Snapshot
 from ..documents import DocumentError, decode, decode_pod, encode, encode_pod
 from .client import Compare, EtcdClient, Op
+from .lease import NodeLease
+from .nodes import NodeStatus, node_statuses, read_leases, remove_node
 from .state import EtcdState, Keys
 from .url import parse_url, redact
 from .watch import EtcdWatch
@@ -188,7 +190,7 @@ class EtcdRegistry:
             alloc = Allocator(cidrs)
             for kv in vip_keys:
                 parsed = self.keys.parse(kv.key)
-                if parsed is not None and parsed[0] == "vip" and not isinstance(parsed[1], tuple | None):
+                if parsed is not None and parsed[0] == "vip" and not isinstance(parsed[1], tuple | str | None):
                     alloc.hold(parsed[1], "?")
             out, compares, ops = svc, [Compare(skey, absent=True)], []
             if svc.has_vip:
@@ -366,6 +368,22 @@ class EtcdRegistry:
         for key, mod in gone:
             if await self.client.txn([Compare(self.keys.pod(key), mod=mod)], [Op(self.keys.pod(key))]):
                 log.info("registry: pod %s/%s deleted: its grace period ended", *key)
+
+
+    # ---- nodes: each agent's lease (lease.py), what `svcdns node` shows (nodes.py) ---------------------------
+
+    def hold_node(self, node: str, ttl: int) -> NodeLease:
+        """Take and keep refreshing ``node``'s lease on this registry's loop, until ``release``."""
+        lease = NodeLease(self.client, self.keys, node, ttl)
+        lease.task = self.client.submit(lease.run())
+        return lease
+
+    def list_nodes(self) -> list[NodeStatus]:
+        nodes, leases, left = self.client.run(read_leases(self.client, self.keys))
+        return node_statuses(nodes, leases, left, self.list_pods())
+
+    def delete_node(self, name: str) -> None:
+        self.client.run(remove_node(self.client, self.keys, name, self.location))
 
 
 def _value(svc: Service) -> bytes:

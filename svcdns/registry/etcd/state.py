@@ -9,7 +9,13 @@ The key schema, under a prefix (default ``/svcdns``):
   selector gets its endpoints from them (:mod:`svcdns.endpoints`), and a pod change rebuilds only
   the Services whose selectors match its old or new labels;
 - ``<prefix>/config``: ``{"serviceCIDRs": [...]}``, written once (create-if-absent), so every host
-  allocates from the same CIDRs.
+  allocates from the same CIDRs;
+- ``<prefix>/nodes/<node>``: ``{"name": ..., "leaseTTL": ...}``, the node record, written by the
+  node's agent when it takes a lease and kept after: this node is run by an agent (Kubernetes' Node);
+- ``<prefix>/leases/<node>``: the ID of the agent's etcd lease (decimal), attached to that lease, so
+  etcd deletes it when the lease expires (Kubernetes' kube-node-lease Lease). A node with a record
+  and no lease key is down: its pods are not serving (:meth:`Derivation.set_down`) until its
+  lease key is back. Pods whose ``nodeName`` has no record (no agent runs there) are unaffected.
 
 :class:`EtcdState` takes the keys as they are read or watched (``apply_put`` / ``apply_delete``,
 ``begin_full_read`` / ``end_full_read`` around a full read), and ``rebuild`` turns them into a new
@@ -70,6 +76,20 @@ class Keys:
     def pod(self, key: Key) -> bytes:
         return self.pods + f"{key[0]}/{key[1]}".encode()
 
+    @property
+    def nodes(self) -> bytes:
+        return self.root + b"nodes/"
+
+    def node(self, name: str) -> bytes:
+        return self.nodes + name.encode()
+
+    @property
+    def leases(self) -> bytes:
+        return self.root + b"leases/"
+
+    def lease(self, name: str) -> bytes:
+        return self.leases + name.encode()
+
     def vip(self, ip: IPAddress) -> bytes:
         return self.vips + str(ip).encode()
 
@@ -77,8 +97,9 @@ class Keys:
         """How errors name a Service's entry."""
         return f"{self.prefix}/services/{key[0]}/{key[1]}"
 
-    def parse(self, raw: bytes) -> tuple[str, Key | IPAddress | None] | None:
-        """``("service", (ns, name))``, ``("vip", ip)``, ``("config", None)``, or None for a key of no meaning."""
+    def parse(self, raw: bytes) -> tuple[str, Key | IPAddress | str | None] | None:
+        """``("service", (ns, name))``, ``("pod", (ns, name))``, ``("vip", ip)``, ``("node", name)``,
+        ``("lease", name)``, ``("config", None)``, or None for a key of no meaning."""
         if not raw.startswith(self.root):
             return None
         parts = raw[len(self.root) :].decode(errors="replace").strip("/").split("/")
@@ -89,9 +110,24 @@ class Keys:
                 return "vip", ipaddress.ip_address(parts[1])
             except ValueError:
                 return None
+        if parts[0] in ("nodes", "leases") and len(parts) == 2 and parts[1]:
+            return parts[0].rstrip("s"), parts[1]
         if parts == ["config"]:
             return "config", None
         return None
+
+
+def node_record(name: str, ttl: int) -> bytes:
+    """The value of a node's record."""
+    return json.dumps({"name": name, "leaseTTL": ttl}).encode()
+
+
+def lease_of(value: bytes) -> int:
+    """The lease ID a liveness key holds (0 when it holds none: written by hand)."""
+    try:
+        return max(0, int(value))
+    except ValueError:
+        return 0
 
 
 @dataclass
@@ -140,6 +176,10 @@ class EtcdState:
         self.derivation = Derivation()
         self._seen_pods: set[Key] = set()
         self._bounds: Allocator | None = None
+        self.nodes: set[str] = set()  # the node records
+        self.live: dict[str, int] = {}  # node -> the lease ID its liveness key holds
+        self._seen_nodes: set[str] | None = None  # during a full read: the node and lease keys read so far
+        self._seen_live: set[str] = set()
 
     # ---- taking keys in ---------------------------------------------------------------------------
 
@@ -151,6 +191,7 @@ class EtcdState:
         self.dirty = None
         self._seen = set()
         self._seen_pods = set()
+        self._seen_nodes, self._seen_live = set(), set()
         self.vips.clear()
 
     def end_full_read(self) -> None:
@@ -161,6 +202,11 @@ class EtcdState:
         for key in set(self.pods) - self._seen_pods:
             del self.pods[key]
             self.derivation.remove_pod(key)
+        seen_nodes, self._seen_nodes = self._seen_nodes or set(), None
+        self.nodes &= seen_nodes
+        for name in set(self.live) - self._seen_live:
+            del self.live[name]
+        self._liveness_changed()
 
     def apply_put(self, raw_key: bytes, value: bytes, mod: int) -> None:
         self.revision = max(self.revision, mod)
@@ -179,6 +225,17 @@ class EtcdState:
         elif kind == "pod":
             assert isinstance(what, tuple)
             self._apply_pod(what, raw_key, value, mod)
+        elif kind == "node":
+            assert isinstance(what, str)
+            self.nodes.add(what)
+            if self._seen_nodes is not None:
+                self._seen_nodes.add(what)
+            self._liveness_changed()
+        elif kind == "lease":
+            assert isinstance(what, str)
+            self.live[what] = lease_of(value)
+            self._seen_live.add(what)
+            self._liveness_changed()
         else:
             assert isinstance(what, tuple)
             self._apply_service(what, raw_key, value, mod)
@@ -254,6 +311,36 @@ class EtcdState:
             assert isinstance(what, tuple)
             self.pods.pop(what, None)
             self._touch_all(self.derivation.remove_pod(what))
+        elif kind == "node":
+            assert isinstance(what, str)
+            self.nodes.discard(what)
+            self._liveness_changed()
+        elif kind == "lease":
+            assert isinstance(what, str)
+            self.live.pop(what, None)
+            self._liveness_changed()
+
+    # ---- nodes ------------------------------------------------------------------------------------------
+
+    def down_nodes(self) -> set[str]:
+        """The nodes with a record whose lease key is gone: their agent's lease expired."""
+        return self.nodes - set(self.live)
+
+    def node_states(self) -> dict[str, bool]:
+        """Every node with a record or a lease key -> whether its lease is alive."""
+        return {name: name in self.live for name in sorted(self.nodes | set(self.live))}
+
+    def _liveness_changed(self) -> None:
+        if self._seen_nodes is not None:
+            return  # in a full read: end_full_read decides, once every key is in
+        down, was = self.down_nodes(), self.derivation.down
+        for name in sorted(down - was):
+            log.warning("etcd: node %s's lease is gone (its agent stopped or its host is cut off): its %d pods are "
+                        "not ready", name, self.derivation.pods_on(name))  # fmt: skip
+        for name in sorted(was - down):
+            log.info("etcd: node %s is %s: its pods are as their records say", name,
+                     "back" if name in self.live else "no longer run by an agent")  # fmt: skip
+        self._touch_all(self.derivation.set_down(down))
 
     def _touch(self, key: Key) -> None:
         if self.dirty is not None:
@@ -303,7 +390,7 @@ class EtcdState:
     def current(self) -> Snapshot:
         errors = {self.keys.source(k): e.error for k, e in self.entries.items() if e.error}
         errors.update((self.keys.pod(k).decode(errors="replace"), e.error) for k, e in self.pods.items() if e.error)
-        return Snapshot(self.revision, self.table, errors, self.synced)
+        return Snapshot(self.revision, self.table, errors, self.synced, self.node_states())
 
     # ---- VIPs -------------------------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ class EtcdWatch(WatchBase):
         self._pending: asyncio.TimerHandle | None = None  # a scheduled rebuild
         self._expiry: asyncio.TimerHandle | None = None  # the rebuild at the next pod's deadline
         self._last_errors: dict[str, str] = {}
+        self._last_nodes: dict[str, bool] = {}
         self._needs_snapshot = True
         self._stream: EventStream | None = None
 
@@ -77,7 +78,7 @@ class EtcdWatch(WatchBase):
         try:
             snap = self.registry.snapshot()
             self._needs_snapshot = False
-            self._last_errors = dict(snap.errors)
+            self._last_errors, self._last_nodes = dict(snap.errors), dict(snap.nodes)
         except RegistryUnavailable as err:
             self._trouble(f"{err}; keeping the last known Services")
             snap = self._state.current()
@@ -207,8 +208,8 @@ class EtcdWatch(WatchBase):
 
     def _emit(self, changed: bool) -> None:
         snap = self._state.current()
-        if changed or snap.errors != self._last_errors:
-            self._last_errors = dict(snap.errors)
+        if changed or snap.errors != self._last_errors or snap.nodes != self._last_nodes:
+            self._last_errors, self._last_nodes = dict(snap.errors), dict(snap.nodes)
             self._queue.put(snap)
 
 

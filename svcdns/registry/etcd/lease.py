@@ -1,0 +1,118 @@
+"""A node's lease: the agent's sign of life to every other host (Kubernetes' node lease).
+
+The agent holds one etcd lease for its node and refreshes it every TTL/3 from its own loop (aetcd
+has no background keep-alive). Attached to it is the node's liveness key; beside it, not attached,
+the node record, so other agents know the node is run by an agent even once the lease is gone (see
+:mod:`.state`). A refresh that finds the lease gone (it expired during a partition, or etcd was
+wiped) grants a new one and writes both keys again; so does a start. An agent that cannot reach etcd
+retries every second: its lease may expire meanwhile, as it should, since other hosts cannot tell a
+cut-off host from a dead one.
+
+Nothing here assumes when a lease expires: a leader change in etcd gives every lease its full TTL
+again (etcd #9395), so a lease may outlive its TTL, never expire early. ``remaining()`` is this
+agent's estimate, counted from the start of its last successful refresh (so never too long).
+
+A stopped agent does not revoke its lease: a restart within the TTL causes no blip; a stop longer
+than the TTL makes its pods not ready everywhere, until the next start grants a new lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from ...errors import SvcdnsError
+from .client import Compare, Op
+from .state import Keys, node_record
+
+log = logging.getLogger(__name__)
+
+RETRY = 1.0  # seconds between tries while etcd cannot be reached (or the TTL/3 if shorter)
+
+
+class LeaseClient(Protocol):
+    """What a node lease needs of etcd (:class:`~.client.EtcdClient`)."""
+
+    async def grant(self, ttl: int) -> int: ...
+
+    async def keep_alive(self, lease_id: int) -> int: ...
+
+    async def txn(self, compares: list[Compare], ops: list[Op]) -> bool: ...
+
+
+class NodeLease:
+    def __init__(self, client: LeaseClient, keys: Keys, node: str, ttl: int,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:  # fmt: skip
+        self.client, self.keys, self.node, self.ttl = client, keys, node, ttl
+        self._clock, self._sleep = clock, sleep
+        self.lease_id = 0  # 0: none held
+        self.written = False  # the node's keys were written for this lease
+        self.expires = 0.0  # by our clock: when the lease ends at the earliest
+        self.problem: str | None = None
+        self.task: concurrent.futures.Future[Any] | None = None  # run() on the registry's loop
+
+    def release(self) -> None:
+        """Stop refreshing, without revoking: a restart within the TTL keeps the node's pods ready."""
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+
+    @property
+    def interval(self) -> float:
+        return self.ttl / 3
+
+    def remaining(self) -> float:
+        """Seconds the lease has left at least (0: none held, or it may have expired)."""
+        return max(0.0, self.expires - self._clock()) if self.lease_id else 0.0
+
+    async def run(self) -> None:
+        """Refresh for ever (until cancelled)."""
+        log.info("lease: holding node %s's lease (TTL %d s, refreshed every %.1f s)", self.node, self.ttl, self.interval)
+        while True:
+            await self._sleep(await self.refresh())
+
+    async def refresh(self) -> float:
+        """Refresh the lease (or take one, and write the node's keys); the seconds until the next call."""
+        started = self._clock()
+        try:
+            if self.lease_id:
+                ttl = await self.client.keep_alive(self.lease_id)
+                if ttl > 0:
+                    self.expires = started + ttl
+                else:
+                    log.warning("lease: node %s's lease %x is gone (expired or etcd was wiped); taking a new one",
+                                self.node, self.lease_id)  # fmt: skip
+                    self.lease_id, self.written = 0, False
+            if not self.lease_id:
+                self.lease_id = await self.client.grant(self.ttl)
+                self.expires, self.written = started + self.ttl, False
+            if not self.written:
+                await self._write()
+        except SvcdnsError as err:
+            message = f"cannot refresh node {self.node}'s lease: {err}"
+            if message != self.problem:
+                log.warning("lease: %s; retrying", message)
+            self.problem = message
+            return min(RETRY, self.interval)
+        if self.problem is not None:
+            log.info("lease: node %s's lease %x is held again", self.node, self.lease_id)
+            self.problem = None
+        return self.interval
+
+    async def _write(self) -> None:
+        """The node record and the liveness key on the lease, in one transaction (one revision: no
+        agent ever sees the one without the other from this write)."""
+        await self.client.txn([], [
+            Op(self.keys.node(self.node), node_record(self.node, self.ttl)),
+            Op(self.keys.lease(self.node), str(self.lease_id).encode(), lease=self.lease_id),
+        ])  # fmt: skip
+        self.written = True
+        log.info("lease: node %s registered on lease %x", self.node, self.lease_id)
+
+
+__all__ = ["LeaseClient", "NodeLease"]

@@ -1,0 +1,88 @@
+"""Node leases on a real etcd (on loopback): a lease let go expires and its node's pods stop
+serving for every watcher, a lease lost behind the agent's back is taken again, and `svcdns node`."""
+
+import json
+import time
+
+import pytest
+
+from svcdns.cli import main
+from svcdns.model import Service, ServicePort, parse_selector
+from svcdns.pod import Pod
+from svcdns.registry import open_registry
+from svcdns.testing.lab import wait_for
+
+
+@pytest.fixture
+def etcd_nodes(etcd_url):
+    """A registry with a Service selecting the pod of node n1 (and one of node n2), and a watch on it."""
+    writer = open_registry(etcd_url)
+    writer.create(Service("web", selector=parse_selector("app=web"), ports=(ServicePort(80),)))
+    writer.put_pod(Pod("w1", labels=parse_selector("app=web"), ips=("10.244.1.2",), node_name="n1"))
+    writer.put_pod(Pod("w2", labels=parse_selector("app=web"), ips=("10.244.2.2",), node_name="n2"))
+    watch = open_registry(etcd_url).watch()
+    watch.start()
+    yield writer, watch
+    watch.close()
+    watch.registry.close()
+    writer.close()
+
+
+def serving(watch):
+    svc = watch.registry.state.table.get("default", "web")
+    return sorted(e.pod for e in svc.endpoints if e.serving) if svc else None
+
+
+def node_cli(capsys, etcd_url, *args):
+    code = main(["node", *args, "--registry", etcd_url])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_lease_let_go_expires_and_its_pods_leave_every_watcher(etcd_nodes, etcd_url, capsys):
+    writer, watch = etcd_nodes
+    lease = writer.hold_node("n1", 2)
+    wait_for(lambda: watch.registry.state.current().nodes == {"n1": True}, 5, what="n1's lease in the watch")
+    assert serving(watch) == ["w1", "w2"]
+    code, out, _ = node_cli(capsys, etcd_url, "list", "-o", "json")
+    (item,) = json.loads(out)["items"]
+    assert code == 0 and item["name"] == "n1" and item["status"] == "Ready" and item["pods"] == 1
+    assert 0 < item["leaseSecondsLeft"] <= 2
+    code, _, err = node_cli(capsys, etcd_url, "rm", "n1")
+    assert code == 2 and "node n1 is Ready" in err  # an agent holds it: refused
+    lease.release()  # as an agent killed: nothing refreshes it, nothing revokes it
+    gone = time.monotonic()
+    wait_for(lambda: serving(watch) == ["w2"], 5, what="n1's pod to stop serving")
+    assert time.monotonic() - gone < 2 + 1
+    assert watch.registry.state.current().nodes == {"n1": False}
+    assert watch.registry.state.pods[("default", "w1")].pod.ready  # the record is kept as it was
+    code, out, _ = node_cli(capsys, etcd_url, "list")
+    assert code == 0 and out.split("\n")[1].split() == ["n1", "NotReady", "-", "1"]
+    lease = writer.hold_node("n1", 2)  # the agent is back
+    wait_for(lambda: serving(watch) == ["w1", "w2"], 5, what="n1's pod to serve again")
+    lease.release()
+    wait_for(lambda: serving(watch) == ["w2"], 5, what="n1's pod to stop serving again")
+    code, out, _ = node_cli(capsys, etcd_url, "rm", "n1")  # n1 is gone for good
+    assert code == 0 and "node/n1 deleted" in out
+    wait_for(lambda: serving(watch) == ["w1", "w2"], 5, what="the pods of a node no agent runs to be as recorded")
+    code, _, err = node_cli(capsys, etcd_url, "rm", "n1")
+    assert code == 1 and "node n1 not found" in err
+
+
+def test_a_lease_lost_behind_the_agents_back_is_taken_again(etcd_nodes):
+    writer, watch = etcd_nodes
+    lease = writer.hold_node("n2", 3)
+    try:
+        wait_for(lambda: lease.lease_id and lease.written, 5, what="the lease")
+        first = lease.lease_id
+        writer.client.run(writer.client._call(lambda c: c.revoke_lease(first)))  # as when etcd loses it
+        wait_for(lambda: lease.lease_id not in (0, first) and lease.written, 3, what="a new lease")
+        wait_for(lambda: watch.registry.state.live.get("n2") == lease.lease_id, 3, what="the liveness key rewritten")
+        assert serving(watch) == ["w1", "w2"] and 1 < lease.remaining() <= 3
+    finally:
+        lease.release()
+
+
+def test_nodes_exist_only_with_etcd(svcdns):
+    code, _, err = svcdns("node", "list")
+    assert code == 2 and "nodes exist only with an etcd registry" in err
