@@ -11,9 +11,10 @@ from svcdns.endpoints import Derivation, derive
 from svcdns.errors import RegistryUnavailable
 from svcdns.model import Service, ServicePort, parse_selector
 from svcdns.pod import Pod
+from svcdns.registry.etcd.keys import Keys, lease_of, node_record
 from svcdns.registry.etcd.lease import NodeLease
 from svcdns.registry.etcd.nodes import node_statuses
-from svcdns.registry.etcd.state import EtcdState, Keys, lease_of, node_record
+from svcdns.registry.etcd.state import EtcdState
 
 KEYS = Keys("/svcdns")
 

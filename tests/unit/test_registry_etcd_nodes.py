@@ -78,7 +78,8 @@ def test_a_lease_lost_behind_the_agents_back_is_taken_again(etcd_nodes):
         writer.client.run(writer.client._call(lambda c: c.revoke_lease(first)))  # as when etcd loses it
         wait_for(lambda: lease.lease_id not in (0, first) and lease.written, 3, what="a new lease")
         wait_for(lambda: watch.registry.state.live.get("n2") == lease.lease_id, 3, what="the liveness key rewritten")
-        assert serving(watch) == ["w1", "w2"] and 1 < lease.remaining() <= 3
+        wait_for(lambda: serving(watch) == ["w1", "w2"], 3, what="n2's pod to serve (it did not while the key was gone)")
+        assert 1 < lease.remaining() <= 3
     finally:
         lease.release()
 

@@ -2,7 +2,8 @@
 
 - :mod:`.url`: the ``etcd://`` URL and its options;
 - :mod:`.client`: every aetcd / gRPC detail (the loop thread, failover, token renewal, timeouts);
-- :mod:`.state`: the key schema and the pure state machine from keys to a ServiceTable;
+- :mod:`.keys`: the key schema; :mod:`.state`: the pure state machine from keys to a ServiceTable;
+- :mod:`.lease`: this node's lease; :mod:`.nodes`: what `svcdns node` reads and removes;
 - :mod:`.registry`: :class:`EtcdRegistry`, snapshots and transactional writes;
 - :mod:`.watch`: :class:`EtcdWatch`, the snapshot-then-changes stream, resumed after any break.
 """

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from ...errors import SvcdnsError
 from .client import Compare, Op
-from .state import Keys, node_record
+from .keys import Keys, node_record
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ...errors import NotFound, SvcdnsError, UsageError
 from ...pod import Pod
 from .client import Compare, EtcdClient, Op
-from .state import Keys, lease_of
+from .keys import Keys, lease_of
 
 
 @dataclass(frozen=True, slots=True)
