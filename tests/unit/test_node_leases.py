@@ -274,3 +274,31 @@ def test_an_outage_retries_every_second_and_a_lease_that_expired_meanwhile_is_re
     assert [t for t, w in times[3:] if w == "keep_alive"] == [4, 5, 6, 7, 8, 9, 10, 11, 12]
     assert times[-2:] == [(12, "grant"), (12, "txn")] and lease.problem is None
     assert etcd.keys[KEYS.lease("b")] == (b"2", 2)
+
+
+# ---- what the agent shows: /status and /metrics ----------------------------------------------------------------
+
+
+def test_the_agent_shows_the_nodes_in_status_and_metrics():
+    import urllib.request
+
+    from svcdns.agent import Agent
+    from svcdns.registry import Snapshot
+    from svcdns.status import Metrics, StatusServer
+    from svcdns.table import ServiceTable
+
+    metrics = Metrics()
+    agent = Agent(None, None, None, metrics=metrics)  # take() touches neither watch, kernel nor DNS
+    agent.take(Snapshot(3, ServiceTable(), nodes={"a": True, "b": False, "c": True}))
+    metrics.node_lease.set_function(lambda: 12.5)
+    text = metrics.render().decode()
+    assert 'svcdns_nodes{state="ready"} 2.0' in text and 'svcdns_nodes{state="not_ready"} 1.0' in text
+    assert "svcdns_node_lease_remaining_seconds 12.5" in text
+    server = StatusServer(("127.0.0.1", 0), agent.state, metrics)
+    server.start()
+    try:
+        port = server.httpd.server_address[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as resp:
+            assert json.load(resp)["nodes"] == {"a": "Ready", "b": "NotReady", "c": "Ready"}
+    finally:
+        server.stop()
