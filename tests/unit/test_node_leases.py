@@ -302,3 +302,27 @@ def test_the_agent_shows_the_nodes_in_status_and_metrics():
             assert json.load(resp)["nodes"] == {"a": "Ready", "b": "NotReady", "c": "Ready"}
     finally:
         server.stop()
+
+
+def test_keys_removed_behind_a_live_lease_are_written_again_and_a_rival_is_reported_not_fought(caplog):
+    clock = Clock()
+    etcd = FakeEtcd(clock)
+
+    def seen():  # what the watch would show: the fake's keys
+        record, lease_key = etcd.keys.get(KEYS.node("b")), etcd.keys.get(KEYS.lease("b"))
+        return record is not None, int(lease_key[0]) if lease_key else 0
+
+    lease = NodeLease(etcd, KEYS, "b", 15, clock=clock, seen=seen)
+
+    def delete_by_hand(e):
+        del e.keys[KEYS.lease("b")]
+
+    def rival(e):  # another agent with node name b wrote its own lease into the key
+        e.leases[99] = (clock.now + 15, 15)
+        e.keys[KEYS.lease("b")] = (b"99", 99)
+
+    run_for(lease, clock, 22, etcd, at={7: delete_by_hand, 12: rival})
+    writes = [t - 1000 for t, what in etcd.calls if what == "txn"]
+    assert writes == [0, 10]  # written again at the refresh after the deletion; not against the rival
+    assert etcd.keys[KEYS.lease("b")] == (b"99", 99)
+    assert "another agent runs with node name b" in caplog.text

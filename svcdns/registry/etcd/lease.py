@@ -12,6 +12,10 @@ Nothing here assumes when a lease expires: a leader change in etcd gives every l
 again (etcd #9395), so a lease may outlive its TTL, never expire early. ``remaining()`` is this
 agent's estimate, counted from the start of its last successful refresh (so never too long).
 
+Keys removed behind the agent's back (``etcdctl del``) while its lease lives are written again at the
+next refresh, as the registry's watch sees them (``seen``); a liveness key holding another lease is
+another agent running with the same node name: reported, not fought over.
+
 A stopped agent does not revoke its lease: a restart within the TTL causes no blip; a stop longer
 than the TTL makes its pods not ready everywhere, until the next start grants a new lease.
 """
@@ -47,9 +51,13 @@ class LeaseClient(Protocol):
 class NodeLease:
     def __init__(self, client: LeaseClient, keys: Keys, node: str, ttl: int,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:  # fmt: skip
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 seen: Callable[[], tuple[bool, int] | None] | None = None) -> None:  # fmt: skip
+        """``seen()``: whether the watch has the node's record, and the lease its liveness key holds (0:
+        none); None while the watch has not read the registry."""
         self.client, self.keys, self.node, self.ttl = client, keys, node, ttl
-        self._clock, self._sleep = clock, sleep
+        self._clock, self._sleep, self._seen = clock, sleep, seen
+        self._rival = 0  # another lease found in our liveness key, as reported
         self.lease_id = 0  # 0: none held
         self.written = False  # the node's keys were written for this lease
         self.expires = 0.0  # by our clock: when the lease ends at the earliest
@@ -84,6 +92,7 @@ class NodeLease:
                 ttl = await self.client.keep_alive(self.lease_id)
                 if ttl > 0:
                     self.expires = started + ttl
+                    self._check_keys()
                 else:
                     log.warning("lease: node %s's lease %x is gone (expired or etcd was wiped); taking a new one",
                                 self.node, self.lease_id)  # fmt: skip
@@ -103,6 +112,21 @@ class NodeLease:
             log.info("lease: node %s's lease %x is held again", self.node, self.lease_id)
             self.problem = None
         return self.interval
+
+    def _check_keys(self) -> None:
+        view = self._seen() if self._seen is not None and self.written else None
+        if view is None:
+            return
+        record, holder = view
+        if holder and holder != self.lease_id:
+            if holder != self._rival:
+                log.error("lease: node %s's liveness key holds lease %x, not this agent's %x: another agent runs with "
+                          "node name %s; give each host its own --node-name", self.node, holder, self.lease_id, self.node)  # fmt: skip
+            self._rival = holder
+        elif not record or not holder:
+            log.warning("lease: node %s's %s removed while its lease lives; writing it again", self.node,
+                        "record was" if not record else "liveness key was")  # fmt: skip
+            self.written = False
 
     async def _write(self) -> None:
         """The node record and the liveness key on the lease, in one transaction (one revision: no

@@ -374,7 +374,9 @@ class EtcdRegistry:
 
     def hold_node(self, node: str, ttl: int) -> NodeLease:
         """Take and keep refreshing ``node``'s lease on this registry's loop, until ``release``."""
-        lease = NodeLease(self.client, self.keys, node, ttl)
+        state = self.state  # read on the loop the watch writes it on: no lock needed
+        lease = NodeLease(self.client, self.keys, node, ttl,
+                          seen=lambda: (node in state.nodes, state.live.get(node, 0)) if state.synced else None)  # fmt: skip
         lease.task = self.client.submit(lease.run())
         return lease
 
