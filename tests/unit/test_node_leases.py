@@ -4,6 +4,7 @@ the derivation with dead nodes as a table, and the lease refresher on a fake clo
 import asyncio
 import ipaddress
 import json
+import logging
 
 import pytest
 
@@ -305,6 +306,7 @@ def test_the_agent_shows_the_nodes_in_status_and_metrics():
 
 
 def test_keys_removed_behind_a_live_lease_are_written_again_and_a_rival_is_reported_not_fought(caplog):
+    caplog.set_level(logging.WARNING, logger="svcdns.registry.etcd.lease")
     clock = Clock()
     etcd = FakeEtcd(clock)
 
