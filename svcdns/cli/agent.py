@@ -163,7 +163,7 @@ class Running:
         state = State(registry=self.registry.location, health_timeout=max(60.0, 2 * cfg.full_sync_period))
         self.metrics = Metrics(dns_stats=lambda: self.dns.stats())  # whichever server runs now
         self.status, self.metrics_server = status_servers(cfg, state, self.metrics)
-        self.agent = Agent(watch, open_dataplane(cfg.dataplane), self.dns, state=state,
+        self.agent = Agent(watch, open_dataplane(cfg.dataplane, service_cidrs=cfg.service_cidrs), self.dns, state=state,
                            metrics=self.metrics, notifier=Notifier(), full_sync_period=cfg.full_sync_period)  # fmt: skip
         self.metrics.follow(state, self.agent.pending_changes)
         from ..probe.metrics import ProbeMetrics
@@ -255,7 +255,10 @@ class Running:
                         old.dataplane, new.dataplane, old.dataplane, old.dataplane)  # fmt: skip
             from ..dataplane import open_dataplane
 
-            agent.dataplane = open_dataplane(new.dataplane)
+            agent.dataplane = open_dataplane(new.dataplane, service_cidrs=new.service_cidrs)
+            agent.need_full = True
+        elif "service_cidrs" in changed:  # the rule rejecting what no Service holds in them: rewritten fully
+            agent.dataplane.service_cidrs = tuple(new.service_cidrs)
             agent.need_full = True
         if any(f in changed for f in PROBER_FIELDS):
             prober, old_prober = new_prober(new, self.probe_metrics), self.prober

@@ -30,7 +30,7 @@ def cmd_sync(args) -> int:
         raise UsageError("svcdns sync: pass --once (to keep the rules in sync, run `svcdns agent`)")
     location = registry_location(args.registry)
     snap = open_registry(location, password=registry_password(location)).snapshot()
-    dp = open_dataplane(args.dataplane)
+    dp = open_dataplane(args.dataplane, service_cidrs=configuration.load(None, {}).service_cidrs)
     result = dp.sync(snap.table, full=True)
     unit = "netlink messages" if dp.kind == "nftables" else "iptables-restore lines"
     print(f"synced {result.services} Services, {result.endpoints} endpoints "

@@ -25,6 +25,7 @@ class Dataplane(Protocol):
     not be asked); after a refused ``sync`` the previous rules are still in place."""
 
     kind: str  # "nftables" or "iptables"
+    service_cidrs: tuple[str, ...]  # inside them, an address no Service holds is rejected (from the next full sync)
 
     def sync(self, table: ServiceTable, *, full: bool = False) -> SyncResult:
         """One atomic change per family; ``full``: re-read the kernel and converge everything."""

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from svcdns.testing.lab import wait_for
+
 PY = [sys.executable, "-m"]
 
 
@@ -272,3 +274,62 @@ def test_client_ip_affinity_sticks_and_moves_when_its_endpoint_goes(world):
     world.sync()
     after = world.ask("10.96.0.14", 80, count=10)
     assert len(set(after)) == 1 and after[0] != gone
+
+
+# what a second svcdns on an empty registry writes over ours: our Services' rules gone, its own stamp
+FOREIGN = {
+    "nftables": ["nft", "-f", "-"],
+    "iptables": ["iptables-restore", "-w", "--noflush"],
+}
+
+
+def foreign_rewrite(backend: str) -> str:
+    if backend == "iptables":
+        return ('*nat\n:SVCDNS-SERVICES - [0:0]\n:SVCDNS-COMMIT - [0:0]\n'
+                '-A SVCDNS-COMMIT -m comment --comment "svcdns pid 1 commit 1" -j RETURN\nCOMMIT\n')  # fmt: skip
+    from svcdns.dataplane.nftables.ruleset import build, render
+    from svcdns.table import ServiceTable
+
+    return "flush table ip svcdns\n" + render(build(ServiceTable()))
+
+
+def test_the_agent_refuses_unallocated_service_addresses_at_once_and_repairs_a_foreign_rewrite(world, tmp_path):
+    """Issue 12 section 6: an address of the service CIDRs that no Service holds timed out (its
+    packets left by the default route); now it is refused at once, from a pod and from the node,
+    in both families, while VIPs and the cluster DNS address (inside the CIDR, on the node) work.
+    Section 4: a second process that rewrote svcdns's table went unnoticed for 45 s; now the
+    one-second check sees that svcdns's commit mark is not there and puts the rules back."""
+    p1, p2, p3 = world.pod_list
+    conf = tmp_path / "svcdns.toml"
+    conf.write_text('service_cidrs = ["10.96.0.0/12", "fd00:96::/108"]\ncluster_dns = "10.96.0.53"\n')
+    log = tmp_path / "agent.log"
+    with log.open("w") as err:
+        world.spawn(world.node, [*PY, "svcdns", "agent", "--config", str(conf), "--dns-listen", "127.0.0.1:53",
+                                 "--dns-workers", "1", "--dataplane", world.backend],
+                    env=world.env, stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+
+    def ready():
+        out = world.node.run(["curl", "-s", "--max-time", "2", "http://127.0.0.1:10256/readyz"], check=False)
+        return out.stdout.startswith("ok")
+
+    wait_for(ready, 60, what="the agent to be ready")
+    pods = {str(p1.ipv4), str(p2.ipv4)}
+    for ns in (p3.ns, world.node):  # a pod (routed through the node) and the node itself
+        for address, port, proto in [("10.96.5.5", 80, "tcp"), ("10.96.5.5", 53, "udp"), ("fd00:96::5:5", 80, "tcp")]:
+            start = time.monotonic()
+            said = " ".join(world.ask(address, port, proto, timeout=5, ns=ns)).lower()
+            took = time.monotonic() - start
+            assert "refused" in said or (ns is world.node and proto == "udp" and "not permitted" in said), (
+                ns.name, address, port, proto, said)  # fmt: skip
+            assert took < 1.0, f"{address}:{port}/{proto} from {ns.name}: {took:.2f} s, not at once"
+        assert set(world.ask("10.96.0.10", 80, count=10, ns=ns)) == pods  # a VIP still works
+        dig = ["dig", "+short", "+time=1", "+tries=2", "@10.96.0.53", "web.default.svc.cluster.local"]
+        assert ns.run(dig, check=False).stdout.strip() == "10.96.0.10", f"the cluster DNS address from {ns.name}"
+
+    world.node.run(FOREIGN[world.backend], input=foreign_rewrite(world.backend))
+    start = time.monotonic()
+    wait_for(lambda: set(world.ask("10.96.0.10", 80, count=4, ns=p3.ns, timeout=0.5)) == pods, 2.5,
+             what="the VIP to work again after a foreign rewrite of svcdns's rules")  # fmt: skip
+    repaired = time.monotonic() - start
+    wait_for(lambda: "rewritten by another process" in log.read_text(), 5, what="the agent's warning")
+    assert repaired < 2.5, repaired

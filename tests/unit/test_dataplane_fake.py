@@ -4,13 +4,14 @@ expects (kube-proxy's runPacketFlowTests)."""
 
 import dataclasses
 import errno
+import ipaddress
 
 import pytest
 
 from svcdns.dataplane import DataplaneError
 from svcdns.dataplane.nftables.fake import FakeKernel, Packet
 from svcdns.dataplane.nftables.objects import VIPS, chain_name
-from svcdns.dataplane.nftables.ruleset import build, plan, render
+from svcdns.dataplane.nftables.ruleset import build, plan, render, stamp
 from svcdns.dataplane.nftables.transaction import AddElements, AddRules, DeleteChain, Transaction
 from svcdns.model import Endpoint, Service, ServicePort
 from svcdns.table import ServiceTable, changed_keys
@@ -168,3 +169,58 @@ def test_a_sticky_client_picks_again_when_its_endpoints_change(fake):
     fake.run(build(FLOWS).apply(fewer, changed_keys(FLOWS, fewer))[1])
     again = fake.trace(Packet(POD, "10.96.0.13", "TCP", 80), routed=True, draw=lambda n: 1)
     assert again.verdict == "ACCEPT" and again.dnat == ("10.244.2.2", 8080)  # not number 3: nothing there now
+
+
+CIDRS = ("10.96.0.0/12", "fd00:96::/108")
+CLUSTER_DNS = ("10.96.0.10", "fd00:96::a")  # inside the CIDRs and on the node (svcdns0): delivered locally
+
+
+@pytest.fixture(params=["IPv4", "IPv6"])
+def with_cidrs(request):
+    """FLOWS with the service CIDRs given, on a node holding the cluster DNS address; the Services'
+    VIPs moved off it (in production no Service holds it)."""
+    six = request.param == "IPv6"
+    moved = [dataclasses.replace(s, cluster_ips=tuple(ipaddress.ip_address(int(ip) + 0x100) for ip in s.cluster_ips))
+             for s in FLOWS]  # fmt: skip
+    fake = FakeKernel(local=("fd00:96::a",) if six else ("10.96.0.10",))
+    table = ServiceTable.of(moved)
+    fake.run(plan(build(table, request.param, CIDRS)))
+    fam = "ip6" if six else "ip"
+
+    def packet(daddr, proto="TCP", port=80):
+        return Packet("fd00:244:9::9" if six else POD, daddr, proto, port, family=fam)
+
+    vip = str(table.get("default", "web").vip(request.param))
+    return fake, packet, vip, ("fd00:96::5:5" if six else "10.96.5.5"), ("fd00:96::a" if six else "10.96.0.10"), fam
+
+
+@pytest.mark.parametrize("routed", [True, False], ids=["pod", "node"])
+def test_an_address_of_the_service_cidrs_no_service_holds_is_rejected(with_cidrs, routed):
+    fake, packet, vip, unallocated, _, _ = with_cidrs
+    for proto in ("TCP", "UDP"):
+        assert fake.trace(packet(unallocated, proto), routed=routed).verdict == "REJECT"
+    assert fake.trace(packet(vip), routed=routed, draw=lambda n: 0).dnat is not None  # a VIP still translates
+
+
+@pytest.mark.parametrize("routed", [True, False], ids=["pod", "node"])
+def test_the_cluster_dns_address_on_the_node_is_not_rejected(with_cidrs, routed):
+    fake, packet, _, _, dns, _ = with_cidrs
+    t = fake.trace(packet(dns, "UDP", 53), routed=routed)
+    assert t.verdict == "ACCEPT" and t.dnat is None
+
+
+def test_outside_the_service_cidrs_nothing_changes(with_cidrs):
+    fake, packet, _, _, _, fam = with_cidrs
+    other = "fd00:97::5" if fam == "ip6" else "10.112.0.5"  # just past 10.96.0.0/12
+    assert fake.trace(packet(other), routed=True) == type(fake.trace(packet(other), routed=True))("ACCEPT", None, False)
+
+
+def test_the_commit_stamp_is_one_comment_rule_and_keeps_the_table_as_render_says():
+    fake = loaded(A)
+    for n in (1, 2):  # each commit replaces the last one's stamp
+        tx = Transaction("ip")
+        stamp(tx, f"svcdns pid 1 commit {n}")
+        fake.run(tx)
+    dump = fake.dump("ip")
+    assert 'chain commit {\n\t\tcomment "svcdns pid 1 commit 2"\n\t}' in dump and "commit 1" not in dump
+    assert dump.replace('\t\tcomment "svcdns pid 1 commit 2"\n', "") == render(build(A))

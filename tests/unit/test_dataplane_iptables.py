@@ -297,6 +297,14 @@ def test_udp_expectations_from_the_model():
 # ---- the shell, against a fake iptables ---------------------------------------------------------------------
 
 
+def unstamped(text):
+    """A restore's input without the two lines of its stamp (SVCDNS-COMMIT), which every restore has."""
+    lines = text.splitlines(keepends=True)
+    stamp = [line for line in lines if "SVCDNS-COMMIT" in line]
+    assert len(stamp) == 2 * lines.count("COMMIT\n"), text
+    return "".join(line for line in lines if "SVCDNS-COMMIT" not in line)
+
+
 class FakeIptables:
     """iptables-save / iptables-restore for the shell's subprocess calls: records each call, applies
     each restore to its table (declare/flush, -A, -I, -D, -X) or, on demand, refuses it whole."""
@@ -359,8 +367,12 @@ def fake(monkeypatch):
 
 def test_drift_and_loss_checks_use_nftables_with_iptables_nft_only(fake, monkeypatch):
     gen, handle = [7], [3]
-    monkeypatch.setattr(footprint, "generation", lambda: gen[0])
-    monkeypatch.setattr(footprint, "table_handles", lambda tables: {t: handle[0] for t in tables})
+
+    def read(tables, marks=()):  # what nftables holds: iptables-nft's tables, and our SVCDNS-COMMIT chains' rules
+        rules = {m: str(fake.chains("6" if m[0] == "ip6" else "4", m[1]).get(m[2])).encode() for m in marks}
+        return gen[0], {t: handle[0] for t in tables}, rules
+
+    monkeypatch.setattr(footprint.netlink, "footprint", read)
     dp = open_dataplane("iptables")
     dp.sync(TABLE)
     assert dp.drifted()  # legacy iptables: no counter, every check converges
@@ -373,6 +385,35 @@ def test_drift_and_loss_checks_use_nftables_with_iptables_nft_only(fake, monkeyp
     assert dp.drifted() and not dp.lost()  # someone did, and left iptables-nft's tables in place
     handle[0] = 9
     assert dp.lost()  # the tables were deleted and made again (nft flush ruleset)
+    dp.sync(TABLE, full=True)
+    assert not dp.lost()
+    gen[0] = 10  # a second agent's restore: its own stamp in SVCDNS-COMMIT
+    fake.chains("4", "filter")["SVCDNS-COMMIT"] = ['-m comment --comment "svcdns pid 1 commit 1" -j RETURN']
+    assert dp.lost()
+
+
+def test_every_restore_stamps_its_table_and_a_full_one_keeps_the_stamp_chain(fake):
+    dp = open_dataplane("iptables")
+    dp.sync(TABLE)
+    stamps = {t: fake.chains("4", t)["SVCDNS-COMMIT"] for t in ("nat", "filter")}
+    assert all(len(s) == 1 and "svcdns pid" in s[0] and "-j RETURN" in s[0] for s in stamps.values()), stamps
+    dp.sync(TABLE.replace([WEB.with_endpoints(WEB.endpoints[1:])]))  # only nat changes
+    assert fake.chains("4", "nat")["SVCDNS-COMMIT"] != stamps["nat"]
+    assert fake.chains("4", "filter")["SVCDNS-COMMIT"] == stamps["filter"]
+    dp.sync(TABLE, full=True)  # iptables-save shows SVCDNS-COMMIT: not a stale chain to delete
+    assert len(fake.chains("4", "filter")["SVCDNS-COMMIT"]) == 1
+
+
+def test_the_service_cidrs_are_rejected_after_the_vips_but_not_local_addresses(fake):
+    dp = open_dataplane("iptables", service_cidrs=("10.96.0.0/12", "fd00:96::/108"))
+    dp.sync(TABLE)
+    four, six = fake.chains("4", "filter")["SVCDNS-REJECT"], fake.chains("6", "filter")["SVCDNS-REJECT"]
+    assert four[-2:] == ["-d 10.96.0.0/12 -m addrtype ! --dst-type LOCAL -p tcp -j REJECT --reject-with tcp-reset",
+                         "-d 10.96.0.0/12 -m addrtype ! --dst-type LOCAL -j REJECT --reject-with icmp-port-unreachable"]
+    assert six[-1] == "-d fd00:96::/108 -m addrtype ! --dst-type LOCAL -j REJECT --reject-with icmp6-port-unreachable"
+    dp.sync(TABLE.replace(deletes=[WEB.key]))  # SVCDNS-REJECT rewritten by a delta: the CIDRs stay last
+    assert fake.chains("4", "filter")["SVCDNS-REJECT"][-2:] == four[-2:]
+    assert all("10.96.0.10" not in r for r in fake.chains("4", "filter")["SVCDNS-REJECT"])
 
 
 def test_a_full_sync_saves_then_restores_each_table_of_each_family(fake):
@@ -384,7 +425,7 @@ def test_a_full_sync_saves_then_restores_each_table_of_each_family(fake):
                     ("ip6tables-save", "-t", "nat"), ("ip6tables-save", "-t", "filter"),
                     ("ip6tables-restore", "-w", "--noflush"), ("ip6tables-restore", "-w", "--noflush")]  # fmt: skip
     assert len(fake.guarded) == 8 + 1  # the namespace guard before every call (and `iptables --version`)
-    assert fake.calls[2][1] + fake.calls[3][1] == IPV4_TEXT
+    assert unstamped(fake.calls[2][1] + fake.calls[3][1]) == IPV4_TEXT
     assert result.full and result.services == 5 and result.rules > 0
     assert fake.cleared == [{("10.96.0.10", 53): {("10.244.1.2", 53), ("10.244.2.2", 53)},
                              ("fd00:96::a", 53): {("fd00:244:1::2", 53)}}]  # fmt: skip
@@ -484,11 +525,11 @@ CHANGES = [  # each step's table, from TABLE on; every kind of change a sync mee
 
 
 def ours(fake, table: str) -> dict[str, list[str]]:
-    """Our chains in the fake kernel, as full rules ("-A CHAIN spec")."""
+    """Our chains in the fake kernel, as full rules ("-A CHAIN spec"), but the stamp's."""
     return {
         c: [f"-A {c} {spec}" for spec in specs]
         for c, specs in fake.chains("4", table).items()
-        if c.startswith("SVCDNS-")
+        if c.startswith("SVCDNS-") and c != "SVCDNS-COMMIT"
     }
 
 
@@ -509,7 +550,7 @@ def test_each_change_writes_only_what_changed_and_leaves_what_a_full_sync_would(
         rewritten = {
             c for c in {*before_nat, *want.tables["nat"]} if before_nat.get(c) != list(want.tables["nat"].get(c, []))
         }
-        assert set(written) - {"SVCDNS-REJECT"} == rewritten, what  # exactly the chains that differ
+        assert set(written) - {"SVCDNS-REJECT", "SVCDNS-COMMIT"} == rewritten, what  # the chains that differ, the stamp
     assert fake.save("4", "nat").count("-j SVCDNS-SERVICES") == 2  # the jumps, untouched
 
 

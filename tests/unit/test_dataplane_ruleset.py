@@ -24,6 +24,7 @@ TABLE = ServiceTable.of([WEB, EMPTY, HEADLESS])
 
 DNAT = [f"meta l4proto {p} dnat ip to ip daddr . meta l4proto . th dport . ct mark map @endpoints" for p in ("tcp", "udp", "sctp")]
 BASE = {
+    "commit": [],  # the backend's stamp goes here (test_dataplane_fake: a foreign rewrite)
     "filter-forward": ["type filter hook forward priority -10; policy accept;",
                        "ip daddr @vips meta l4proto tcp reject with tcp reset", "ip daddr @vips reject"],
     "filter-output": ["type filter hook output priority -10; policy accept;",
@@ -58,6 +59,19 @@ def test_the_whole_ipv4_ruleset():
         expected += [f"\tchain {name} {{", *(f"\t\t{line}" for line in chains[name]), "\t}"]
     expected.append("}")
     assert render(build(TABLE)).splitlines() == expected
+
+
+def test_an_address_of_the_service_cidrs_that_no_service_holds_is_rejected_but_not_a_local_one():
+    cidrs = ("10.96.0.0/12", "fd00:96::/108")
+    text = render(build(TABLE, "IPv4", cidrs))
+    chains = {c.split(" {")[0].strip(): c for c in text.split("\tchain ")[1:]}
+    tail = ["ip daddr 10.96.0.0/12 meta l4proto tcp reject with tcp reset", "ip daddr 10.96.0.0/12 reject"]
+    assert chains["filter-forward"].splitlines()[2:-1] == [f"\t\t{r}" for r in BASE["filter-forward"][1:] + tail]
+    local = [r.replace("0/12 ", "0/12 fib daddr type != local ") for r in tail]  # the cluster DNS address is local
+    assert chains["filter-output"].splitlines()[2:-1] == [f"\t\t{r}" for r in BASE["filter-output"][1:] + local]
+    six = render(build(TABLE, "IPv6", cidrs))
+    assert "ip6 daddr fd00:96::/108 fib daddr type != local reject" in six and "10.96.0.0" not in six
+    assert render(build(TABLE, "IPv4")) == render(build(TABLE))  # no CIDRs given: VIPs only
 
 
 def test_ipv6_has_its_own_table():

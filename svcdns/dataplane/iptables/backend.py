@@ -43,6 +43,7 @@ import logging
 import shutil
 import subprocess
 import time
+from collections.abc import Iterable
 
 from ...errors import DataplaneError
 from ...model import IPV4, IPV6
@@ -52,7 +53,18 @@ from ..contract import SyncResult
 from ..footprint import Footprint
 from ..guard import check_netns_guard
 from ..nftables.objects import FAMILIES
-from .rules import COMMANDS, TABLES, delta, parse_save, removal_text, restore_text, ruleset_of, service_rule_map
+from .rules import (
+    COMMANDS,
+    COMMIT,
+    TABLES,
+    delta,
+    parse_save,
+    removal_text,
+    restore_text,
+    ruleset_of,
+    service_rule_map,
+    stamp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +72,15 @@ log = logging.getLogger(__name__)
 class IptablesDataplane:
     kind = "iptables"
 
-    def __init__(self, families: tuple[str, ...] = (IPV4, IPV6)) -> None:
+    def __init__(self, families: tuple[str, ...] = (IPV4, IPV6), service_cidrs: Iterable[str] = ()) -> None:
         self.families = families
+        self.service_cidrs = tuple(service_cidrs)  # inside them, an address no Service holds is rejected
         # family -> each Service's rules as our last restores left them (absent: read the kernel next)
         self.written: dict[str, dict] = {}
         self.table: ServiceTable | None = None  # the last table the kernel took
         # with iptables-nft: nftables' generation and its nat and filter tables after our last restore
-        self.footprint = Footprint([(FAMILIES[f], name) for f in families for name in TABLES])
+        tables = [(FAMILIES[f], name) for f in families for name in TABLES]
+        self.footprint = Footprint(tables, [(*t, COMMIT) for t in tables])
 
     def sync(self, table: ServiceTable, *, full: bool = False) -> SyncResult:
         start = time.perf_counter()
@@ -74,19 +88,20 @@ class IptablesDataplane:
         was_full = False
         keys = changed_keys(self.table, table) if self.table is not None and not full else None
         udp: Expected = {}
+        note = self.footprint.note()
         for family in self.families:
             before = self.written.pop(family, None)  # until the kernel took all of it
             if keys is None or before is None:
                 was_full = True
                 after = service_rule_map(table, family)
-                rs = ruleset_of(after, family)
+                rs = ruleset_of(after, family, self.service_cidrs)
                 texts = {name: restore_text(rs, name, parse_save(_save(family, name))) for name in TABLES}
                 udp.update(sync_expectations(self.table, table, None, family))
             else:
-                after, texts = delta(before, table, keys, family)
+                after, texts = delta(before, table, keys, family, self.service_cidrs)
                 udp.update(sync_expectations(self.table, table, keys, family))
             for name, text in texts.items():
-                _restore(family, name, text)
+                _restore(family, name, stamp(text, note))
                 written += text.count("\n") - 2
             self.written[family] = after
         self.table = table

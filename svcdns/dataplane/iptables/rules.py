@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ SERVICES = "SVCDNS-SERVICES"
 POSTROUTING = "SVCDNS-POSTROUTING"
 MARK_MASQ = "SVCDNS-MARK-MASQ"
 REJECT = "SVCDNS-REJECT"
+COMMIT = "SVCDNS-COMMIT"  # no packet walks it: its one rule's comment names svcdns's last restore (footprint.py)
 MASQ_MARK = "0x4000"  # kube-proxy's bit
 TABLES = ("nat", "filter")
 COMMANDS = {IPV4: ("iptables-save", "iptables-restore"), IPV6: ("ip6tables-save", "ip6tables-restore")}
@@ -178,25 +180,40 @@ def service_rule_map(table: ServiceTable, family: str = IPV4) -> dict[Key, Servi
     return out
 
 
-def shared_rules(rules: dict[Key, ServiceRules]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The rules of SVCDNS-SERVICES (nat) and SVCDNS-REJECT (filter), Services by namespace/name."""
+def cidr_rules(cidrs: tuple[str, ...], family: str) -> tuple[str, ...]:
+    """The end of SVCDNS-REJECT: what is still addressed to a service CIDR of ``family`` after the
+    nat table (an address no Service holds) is rejected, unless it is the node's own (the cluster
+    DNS address; a pod's packets to it are delivered, never forwarded)."""
+    version = 6 if family == IPV6 else 4
+    unreachable = "icmp6-port-unreachable" if family == IPV6 else "icmp-port-unreachable"
+    out: list[str] = []
+    for net in (n for n in map(ipaddress.ip_network, cidrs) if n.version == version):
+        head = f"-A {REJECT} -d {net} -m addrtype ! --dst-type LOCAL"
+        out += [f"{head} -p tcp -j REJECT --reject-with tcp-reset", f"{head} -j REJECT --reject-with {unreachable}"]
+    return tuple(out)
+
+
+def shared_rules(rules: dict[Key, ServiceRules], family: str = IPV4,
+                 cidrs: tuple[str, ...] = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:  # fmt: skip
+    """The rules of SVCDNS-SERVICES (nat) and SVCDNS-REJECT (filter), Services by namespace/name,
+    then the service CIDRs' rejection."""
     services, reject = list(FIXED["nat"][SERVICES]), list(FIXED["filter"][REJECT])
     for key in sorted(rules):
         services.extend(rules[key].services)
         reject.extend(rules[key].reject)
-    return tuple(services), tuple(reject)
+    return tuple(services), (*reject, *cidr_rules(cidrs, family))
 
 
-def build(table: ServiceTable, family: str = IPV4) -> Ruleset:
+def build(table: ServiceTable, family: str = IPV4, cidrs: tuple[str, ...] = ()) -> Ruleset:
     """The desired rules of one family for every Service with a VIP of that family. Chains in the
     order their rules are written: the shared ones, then each Service's (by namespace/name), each
     Service port chain followed by its endpoint chains."""
-    return ruleset_of(service_rule_map(table, family), family)
+    return ruleset_of(service_rule_map(table, family), family, cidrs)
 
 
-def ruleset_of(rules: dict[Key, ServiceRules], family: str) -> Ruleset:
+def ruleset_of(rules: dict[Key, ServiceRules], family: str, cidrs: tuple[str, ...] = ()) -> Ruleset:
     """The whole ruleset from each Service's rules (:func:`service_rule_map`)."""
-    services, reject = shared_rules(rules)
+    services, reject = shared_rules(rules, family, cidrs)
     nat = {**FIXED["nat"], SERVICES: services}
     for key in sorted(rules):
         nat.update(rules[key].chains)
@@ -204,7 +221,7 @@ def ruleset_of(rules: dict[Key, ServiceRules], family: str) -> Ruleset:
 
 
 def delta(
-    before: dict[Key, ServiceRules], table: ServiceTable, keys: set[Key], family: str
+    before: dict[Key, ServiceRules], table: ServiceTable, keys: set[Key], family: str, cidrs: tuple[str, ...] = ()
 ) -> tuple[dict[Key, ServiceRules], dict[str, str]]:
     """The ``--noflush`` restore input, per iptables table, that takes the kernel from ``before`` (each
     Service's rules as the last restore wrote them) to ``table``, given the keys of the Services that
@@ -230,7 +247,7 @@ def delta(
         new_chains.update(new.chains if new else ())
         services_changed |= (old.services if old else ()) != (new.services if new else ())
         reject_changed |= (old.reject if old else ()) != (new.reject if new else ())
-    services, reject = shared_rules(after) if services_changed or reject_changed else ((), ())
+    services, reject = shared_rules(after, family, cidrs) if services_changed or reject_changed else ((), ())
     texts = {}
     nat = {SERVICES: services} if services_changed else {}
     nat.update((name, rules) for name, rules in new_chains.items() if old_chains.get(name) != rules)
@@ -293,7 +310,7 @@ def restore_text(rs: Ruleset, table: str, present: Present = Present()) -> str:
     exist exactly once (missing ones inserted first in their chain, duplicates and strangers deleted);
     every rule written; stale chains deleted. Deterministic: chains sorted, rules in order."""
     wanted = rs.tables[table]
-    stale = sorted(present.chains - set(wanted))
+    stale = sorted(present.chains - set(wanted) - {COMMIT})  # the stamp of this restore rewrites that one
     lines = [f"*{table}"]
     lines += [f":{name} - [0:0]" for name in (*sorted(wanted), *stale)]
     seen = set()
@@ -308,6 +325,15 @@ def restore_text(rs: Ruleset, table: str, present: Present = Present()) -> str:
     lines += [f"-X {name}" for name in stale]
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
+
+
+def stamp(text: str, note: str) -> str:
+    """A table's restore input that also rewrites SVCDNS-COMMIT's one rule with ``note`` (what names
+    this restore as svcdns's own): a process that rewrites our chains without it leaves another
+    rule, or none, there."""
+    head, rest = text.split("\n", 1)
+    body, end = rest.rsplit("COMMIT\n", 1)
+    return (f"{head}\n:{COMMIT} - [0:0]\n{body}-A {COMMIT} -m comment --comment \"{note}\" -j RETURN\nCOMMIT\n{end}")
 
 
 def removal_text(table: str, present: Present) -> str | None:

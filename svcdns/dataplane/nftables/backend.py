@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 
 from ...errors import DataplaneError
 from ...model import IPV4, IPV6
@@ -14,8 +15,8 @@ from ..contract import SyncResult
 from ..footprint import Footprint
 from .encode import encode
 from .netlink import NetlinkBatch, delete_table, present
-from .objects import FAMILIES, TABLE
-from .ruleset import Ruleset, build, plan
+from .objects import COMMIT, FAMILIES, TABLE
+from .ruleset import Ruleset, build, plan, stamp
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +24,13 @@ log = logging.getLogger(__name__)
 class NftablesDataplane:
     kind = "nftables"
 
-    def __init__(self, families: tuple[str, ...] = (IPV4, IPV6)) -> None:
+    def __init__(self, families: tuple[str, ...] = (IPV4, IPV6), service_cidrs: Iterable[str] = ()) -> None:
         self.families = families
+        self.service_cidrs = tuple(service_cidrs)  # inside them, an address no Service holds is rejected
         self.current: dict[str, Ruleset | None] = {f: None for f in families}
         self.table: ServiceTable | None = None  # the last table the kernel took
-        self.footprint = Footprint([(FAMILIES[f], TABLE) for f in families])  # after our last commit
+        self.footprint = Footprint([(FAMILIES[f], TABLE) for f in families],  # after our last commit
+                                   [(FAMILIES[f], TABLE, COMMIT) for f in families])  # fmt: skip
         # One socket for every sync and check: closing a netfilter netlink socket right after a
         # commit waits for the kernel to free the transaction (an RCU grace period, ~10 ms); it is
         # dropped only after a failure, when replies of the failed exchange may still be queued on it.
@@ -50,18 +53,21 @@ class NftablesDataplane:
         was_full = False
         keys = changed_keys(self.table, table) if self.table is not None and not full else None
         batch = self._socket()
+        note = self.footprint.note()
         try:
             for family in self.families:
                 current = self.current[family]
                 if keys is None or current is None:
                     was_full = True
-                    desired = build(table, family)
+                    desired = build(table, family, self.service_cidrs)
                     tx = plan(desired, *present(desired.family))
                     udp.update(sync_expectations(self.table, table, None, family))
                 else:
                     desired, tx = current.apply(table, keys)
                     udp.update(sync_expectations(self.table, table, keys, family))
                 self.current[family] = None  # until the kernel took it
+                if len(tx):
+                    stamp(tx, note)
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("dataplane: %s transaction:\n%s", desired.family, tx.text())
                 messages = encode(tx)

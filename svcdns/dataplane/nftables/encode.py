@@ -27,6 +27,7 @@ from .netlink import (
     NFT_CT_MARK,
     NFT_DATA_VERDICT,
     NFT_DYNSET_OP_UPDATE,
+    NFT_FIB_RESULT_ADDRTYPE,
     NFT_GOTO,
     NFT_JUMP,
     NFT_META_L4PROTO,
@@ -42,9 +43,11 @@ from .netlink import (
     NFT_SET_EVAL,
     NFT_SET_MAP,
     NFT_SET_TIMEOUT,
+    NFTA_FIB_F_DADDR,
     NLM_F_APPEND,
     NLM_F_CREATE,
     PROTO_NUMBERS,
+    RTN_LOCAL,
     T_IPV4,
     T_IPV6,
     T_MARK,
@@ -61,13 +64,16 @@ from .netlink import (
 from .objects import (
     TABLE,
     Chain,
+    Comment,
     DnatMap,
     Draw,
     Element,
+    InNet,
     Jump,
     MapValue,
     Masquerade,
     Match,
+    NotLocal,
     Proto,
     Reject,
     Rule,
@@ -106,9 +112,13 @@ def meta_l4proto(dreg: int) -> bytes:
     return expr("meta", be32("NFTA_META_KEY", NFT_META_L4PROTO), be32("NFTA_META_DREG", dreg))
 
 
+def cmp(op: int, data: bytes) -> bytes:
+    """Register 1 compared with ``data`` (op 0: equal, 1: not equal); the rule ends unless it holds."""
+    return expr("cmp", be32("NFTA_CMP_SREG", 1), be32("NFTA_CMP_OP", op), value("NFTA_CMP_DATA", data))
+
+
 def l4proto_is(proto: int) -> bytes:
-    return meta_l4proto(1) + expr("cmp", be32("NFTA_CMP_SREG", 1), be32("NFTA_CMP_OP", 0),
-                                  value("NFTA_CMP_DATA", bytes([proto])))  # fmt: skip
+    return meta_l4proto(1) + cmp(0, bytes([proto]))
 
 
 def lookup(set_name: str, sreg: int, dreg: int | None = None, set_id: int | None = None) -> bytes:
@@ -187,7 +197,7 @@ class Encoder:
                 body = string("NFTA_CHAIN_TABLE", TABLE) + string("NFTA_CHAIN_NAME", name)
                 return [Msg(NFT_MSG_DELCHAIN, 0, body, f"delete chain {name}")]
             case AddRules(chain):
-                return [self._rule(chain.name, *self.rule(r)) for r in chain.body()]
+                return [self._commented(self._rule(chain.name, *self.rule(r)), r) for r in chain.body()]
             case AddSet(decl):
                 return [self.add_set(decl)]
             case FlushSet(name):
@@ -274,6 +284,16 @@ class Encoder:
         )
         return Msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, body, f"add rule to {chain}")
 
+    @staticmethod
+    def _commented(msg: Msg, rule: Rule) -> Msg:
+        """A rule's comment goes in its userdata (libnftnl's TLV: type 0, the length, the text's bytes
+        and a NUL), which ``nft list`` shows as ``comment "..."``."""
+        notes = [s.note.encode()[:127] + b"\0" for s in rule if isinstance(s, Comment)]
+        if not notes:
+            return msg
+        userdata = bytes([0, len(notes[0])]) + notes[0]
+        return Msg(msg.mtype, msg.flags, msg.body + nla("NFTA_RULE_USERDATA", userdata), msg.what)
+
     def rule(self, rule: Rule) -> list[bytes]:
         return [e for s in rule for e in self.statement(s)]
 
@@ -330,6 +350,20 @@ class Encoder:
                                 be32("NFTA_DYNSET_SREG_KEY", 1), be32("NFTA_DYNSET_SREG_DATA", mark),
                                 nla("NFTA_DYNSET_TIMEOUT", struct.pack("!Q", timeout * 1000)))  # fmt: skip
                 return [*exprs, ct_load(NFT_CT_MARK, mark), remember]
+            case InNet(field, network):
+                net = ipaddress.ip_network(network)
+                exprs, _ = self.load((field,))
+                if net.prefixlen < net.max_prefixlen:
+                    exprs.append(expr("bitwise", be32("NFTA_BITWISE_SREG", 1), be32("NFTA_BITWISE_DREG", 1),
+                                      be32("NFTA_BITWISE_LEN", self.alen), value("NFTA_BITWISE_MASK", net.netmask.packed),
+                                      value("NFTA_BITWISE_XOR", bytes(self.alen))))  # fmt: skip
+                return [*exprs, cmp(0, net.network_address.packed)]
+            case NotLocal():
+                fib = expr("fib", be32("NFTA_FIB_DREG", 1), be32("NFTA_FIB_RESULT", NFT_FIB_RESULT_ADDRTYPE),
+                           be32("NFTA_FIB_FLAGS", NFTA_FIB_F_DADDR))  # fmt: skip
+                return [fib, cmp(1, struct.pack("=I", RTN_LOCAL))]
+            case Comment():
+                return []  # userdata, not an expression (_commented)
             case Masquerade():
                 return [expr("masq")]
             case Reject(tcp_reset):

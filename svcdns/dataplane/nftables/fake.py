@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import ipaddress
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,12 +20,15 @@ from dataclasses import dataclass, field
 from ...errors import DataplaneError
 from .objects import (
     Chain,
+    Comment,
     DnatMap,
     Draw,
+    InNet,
     Jump,
     MapValue,
     Masquerade,
     Match,
+    NotLocal,
     Proto,
     Reject,
     Rule,
@@ -74,8 +78,9 @@ def _refused(code: int, what: str) -> DataplaneError:
 
 
 class FakeKernel:
-    def __init__(self) -> None:
+    def __init__(self, local: tuple[str, ...] = ()) -> None:
         self.tables: dict[str, FakeTable] = {}  # family -> svcdns's table
+        self.local = set(local)  # the node's own addresses (fib daddr type local), say the cluster DNS address
 
     def run(self, tx: Transaction) -> None:
         """Apply ``tx`` whole, or raise :class:`DataplaneError` with the errno and change nothing."""
@@ -101,11 +106,14 @@ class FakeKernel:
     def trace(self, packet: Packet, *, routed: bool, draw: Callable[[int], int] = lambda n: 0) -> Trace:
         """Walk a new connection's first packet through the hooks: from a pod through this node
         (``routed``: prerouting, forward, postrouting) or from the node itself (output, postrouting).
-        ``draw(n)`` is what ``numgen random mod n`` gives. Affinity entries it updates stay."""
+        ``draw(n)`` is what ``numgen random mod n`` gives. Affinity entries it updates stay. A routed
+        packet to one of the node's own addresses is delivered after prerouting (input, not forward)."""
         table = self.tables[packet.family]
         hooks = [("nat", "prerouting"), ("filter", "forward")] if routed else [("nat", "output"), ("filter", "output")]
-        state = _Walk(table, packet, draw)
+        state = _Walk(table, packet, draw, self.local)
         for kind, hook in [*hooks, ("nat", "postrouting")]:
+            if routed and hook == "forward" and state.fields["daddr"] in self.local:
+                break  # delivered to the node: input, which svcdns has no chain in
             for fc in sorted((c for c in table.chains.values() if (c.chain.kind, c.chain.hook) == (kind, hook)),
                              key=lambda c: c.chain.priority):  # fmt: skip
                 state.chain(fc.chain.name)
@@ -135,8 +143,8 @@ class Trace:
 class _Walk:
     """One packet's walk: its fields as the rules see them, and what happened to it."""
 
-    def __init__(self, table: FakeTable, p: Packet, draw: Callable[[int], int]) -> None:
-        self.table, self.draw = table, draw
+    def __init__(self, table: FakeTable, p: Packet, draw: Callable[[int], int], local: set[str]) -> None:
+        self.table, self.draw, self.local = table, draw, local
         self.fields: dict[str, object] = {"saddr": p.saddr, "daddr": p.daddr, "l4proto": p.protocol,
                                           "dport": p.dport, "ctmark": 0, "ct-original-daddr": p.daddr}  # fmt: skip
         self.rejected = self.dnat = self.masquerade = False
@@ -193,6 +201,14 @@ class _Walk:
                     self.fields["ctmark"] = mark
                 case Update(name, fields, _):
                     self.table.sets[name].elements[self.key(fields)] = (self.fields["ctmark"],)
+                case InNet(field, network):
+                    if ipaddress.ip_address(str(self.fields[field])) not in ipaddress.ip_network(network):
+                        return None
+                case NotLocal():
+                    if self.fields["daddr"] in self.local:
+                        return None
+                case Comment():
+                    pass
                 case Masquerade():
                     self.masquerade = True
                     return True

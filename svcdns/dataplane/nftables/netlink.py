@@ -15,6 +15,7 @@ import itertools
 import os
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyroute2.netlink.nfnetlink.nftsocket import (  # noqa: F401 (message types: encode takes them from here)
@@ -25,6 +26,7 @@ from pyroute2.netlink.nfnetlink.nftsocket import (  # noqa: F401 (message types:
     NFT_MSG_DELTABLE,
     NFT_MSG_GETCHAIN,
     NFT_MSG_GETGEN,
+    NFT_MSG_GETRULE,
     NFT_MSG_GETSET,
     NFT_MSG_GETTABLE,
     NFT_MSG_NEWCHAIN,
@@ -57,7 +59,8 @@ HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 ELEMENTS_PER_MESSAGE = 500
 BATCH_BEGIN, BATCH_END = 0x10, 0x11
-NLMSG_ERROR = 2
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_DUMP = 0x300
 # nft's datatype numbers (for `nft list` to print our sets legibly; the kernel only checks lengths)
 T_IPV4, T_IPV6, T_PROTO, T_SERVICE, T_MARK = 7, 8, 12, 13, 19
 NFT_DATA_VERDICT = 0xFFFFFF00
@@ -68,6 +71,7 @@ NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PROTO_SPECIFIED = 0x1, 0x2
 NFT_META_L4PROTO = 16
 NFT_CT_MARK, NFT_CT_DST_IP, NFT_CT_DST_IP6 = 3, 20, 22
 NFT_CT_DIR_ORIGINAL = 0
+NFT_FIB_RESULT_ADDRTYPE, NFTA_FIB_F_DADDR, RTN_LOCAL = 3, 2, 2
 LIST_ELEM = 1  # NFTA_LIST_ELEM
 
 
@@ -82,7 +86,8 @@ A = {  # attribute numbers, by pyroute2's names for them (the kernel's)
     **_numbers(nft_set_elem_list_msg.nla_map), **_numbers(nft_set_elem_list_msg.set_elem.nla_map),
     **_numbers(_EXPR.nla_map), **_numbers(nft_data.nfta_data.nla_map), **_numbers(nft_data.nfta_data.verdict.nla_map),
     **{k: v for cls in (_EXPR.nft_payload, _EXPR.nft_meta, _EXPR.nft_cmp, _EXPR.nft_lookup, _EXPR.nft_immediate,
-                        _EXPR.nft_numgen, _EXPR.nft_nat, _EXPR.nft_reject, _EXPR.nft_dynset, _EXPR.nft_ct)
+                        _EXPR.nft_numgen, _EXPR.nft_nat, _EXPR.nft_reject, _EXPR.nft_dynset, _EXPR.nft_ct,
+                        _EXPR.nft_bitwise, _EXPR.nft_fib)
        for k, v in _numbers(cls.nla_map).items()},
 }  # fmt: skip
 
@@ -127,6 +132,10 @@ def verdict(name: str, code: int, chain: str | None = None) -> bytes:
 # ---- messages ----------------------------------------------------------------------------------------------
 
 
+# what footprint() reads: the generation, table handles, and chains' rules as the kernel dumps them
+Footprint = tuple[int, dict[tuple[str, str], "int | None"], dict[tuple[str, str, str], "bytes | None"]]
+
+
 @dataclass(frozen=True)
 class Msg:
     mtype: int
@@ -164,36 +173,61 @@ class NetlinkBatch:
         whether anyone committed since."""
         return self.footprint([])[0]
 
-    def footprint(self, tables: list[tuple[str, str]]) -> tuple[int, dict[tuple[str, str], int | None]]:
-        """The generation and the handle of each ``(family, name)`` table (None: there is none; a
-        table deleted and made again gets a new handle), asked in one send (the kernel answers a
-        buffer of requests one after the other) and read back in one go."""
+    def footprint(self, tables: list[tuple[str, str]], chains: Sequence[tuple[str, str, str]] = ()) -> Footprint:
+        """The generation, the handle of each ``(family, name)`` table (None: there is none; a table
+        deleted and made again gets a new handle), and the rules of each ``(family, table, chain)``
+        as the kernel dumps them (their handles and comments; None: no such chain), asked in one
+        send (the kernel answers a buffer of requests one after the other) and read back in one go."""
         requests = [(NFT_MSG_GETGEN, b"", 0, "NFTA_GEN_ID", "read the nftables generation")]
         requests += [(NFT_MSG_GETTABLE, string("NFTA_TABLE_NAME", name), NFPROTO[family], "NFTA_TABLE_HANDLE",
                       f"read table {family} {name}") for family, name in tables]  # fmt: skip
+        requests += [(NFT_MSG_GETRULE, string("NFTA_RULE_TABLE", table) + string("NFTA_RULE_CHAIN", chain),
+                      NFPROTO[family], "", f"read chain {family} {table} {chain}") for family, table, chain in chains]  # fmt: skip
         found = self._get(requests)
         gen = found[0]
         assert gen is not None  # every kernel answers GETGEN
-        handles = {t: None if h is None else struct.unpack("!Q", h[:8])[0] for t, h in zip(tables, found[1:], strict=True)}
-        return struct.unpack("!I", gen)[0], handles
+        handles = {t: None if h is None else struct.unpack("!Q", h[:8])[0]
+                   for t, h in zip(tables, found[1 : 1 + len(tables)], strict=True)}  # fmt: skip
+        rules = dict(zip(chains, found[1 + len(tables) :], strict=True))
+        return struct.unpack("!I", gen)[0], handles, rules
 
     def _get(self, requests: list[tuple[int, bytes, int, str, str]]) -> list[bytes | None]:
-        """For each plain request (type, body, family, attribute, what it does), its object's
-        attribute (the payload), None for ENOENT."""
+        """For each request (type, body, family, attribute, what it does): its object's attribute
+        (the payload), or, for a dump (no attribute named), the objects' attributes one after the
+        other; None for ENOENT. The plain requests go in one send; a socket runs one dump at a time
+        (another gets EBUSY), so each dump is a round trip of its own."""
+        out: list[bytes | None] = [None] * len(requests)
+        plain = [i for i, r in enumerate(requests) if r[3]]
+        for group in [plain] * bool(plain) + [[i] for i, r in enumerate(requests) if not r[3]]:
+            self._ask([requests[i] for i in group], group, out)
+        return out
+
+    def _ask(self, requests: list[tuple[int, bytes, int, str, str]], slots: list[int], out: list[bytes | None]) -> None:
         seqs: dict[int, tuple[int, str, str]] = {}
         chunks = []
-        for mtype, body, family, attr, what in requests:
+        for slot, (mtype, body, family, attr, what) in zip(slots, requests, strict=True):
             seq = next(self.seq)
-            seqs[seq] = (len(seqs), attr, what)
-            chunks.append(self._header((NFNL_SUBSYS_NFTABLES << 8) | mtype, NLM_F_REQUEST, body, family, seq))
-        out: list[bytes | None] = [None] * len(requests)
+            seqs[seq] = (slot, attr, what)
+            flags = NLM_F_REQUEST | (0 if attr else NLM_F_DUMP)
+            chunks.append(self._header((NFNL_SUBSYS_NFTABLES << 8) | mtype, flags, body, family, seq))
         with converted(requests[0][4]):
             self.sock.send(b"".join(chunks))
         for reply, offset, length, rtype, rseq in self._replies():
             if rseq not in seqs:
                 continue
-            i, attr, what = seqs.pop(rseq)
-            if rtype != NLMSG_ERROR:  # the object: nfgenmsg, then the attributes
+            i, attr, what = seqs[rseq]
+            if rtype == NLMSG_ERROR:
+                code = -struct.unpack_from("=i", reply, offset + 16)[0]
+                if code and code != errno.ENOENT:
+                    raise refused(code, what)
+                del seqs[rseq]
+            elif not attr:  # a dump: every object's attributes (after nfgenmsg, whose res_id is the generation)
+                if rtype == NLMSG_DONE:
+                    out[i] = out[i] or b""
+                    del seqs[rseq]
+                else:
+                    out[i] = (out[i] or b"") + reply[offset + 20 : offset + length]
+            else:  # the object: nfgenmsg, then the attributes
                 attrs = offset + 20
                 while attrs + 4 <= offset + length:
                     alen, atype = struct.unpack_from("=HH", reply, attrs)
@@ -203,12 +237,9 @@ class NetlinkBatch:
                     attrs += max((alen + 3) & ~3, 4)
                 else:
                     raise refused(errno.ENODATA, what)
-            else:
-                code = -struct.unpack_from("=i", reply, offset + 16)[0]
-                if code != errno.ENOENT:
-                    raise refused(code or errno.ENODATA, what)
+                del seqs[rseq]
             if not seqs:
-                return out
+                return
         raise AssertionError("unreachable: _replies() never ends")
 
     def _replies(self):
@@ -270,22 +301,11 @@ def present(family: str) -> tuple[set[str], set[str]]:
             sock.close()
 
 
-def table_handles(tables: list[tuple[str, str]]) -> dict[tuple[str, str], int | None]:
-    """The kernel's handle of each ``(family, name)`` nftables table, None where there is none. A
-    table deleted and made again (``nft flush ruleset``, then anyone's first rule) has a new handle."""
+def footprint(tables: list[tuple[str, str]], chains: Sequence[tuple[str, str, str]] = ()) -> Footprint:
+    """:meth:`NetlinkBatch.footprint` on a socket of its own."""
     batch = NetlinkBatch()
     try:
-        return batch.footprint(tables)[1]
-    finally:
-        batch.close()
-
-
-
-def generation() -> int:
-    """This namespace's nftables generation: the kernel moves it at every commit, svcdns's or anyone's."""
-    batch = NetlinkBatch()
-    try:
-        return batch.generation()
+        return batch.footprint(tables, chains)
     finally:
         batch.close()
 

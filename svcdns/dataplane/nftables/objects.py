@@ -4,6 +4,7 @@ Service adds. Each rule is written once, as statements; its ``nft -f`` text come
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -132,6 +133,36 @@ class Update:
 
 
 @dataclass(frozen=True, slots=True)
+class InNet:
+    """``ip daddr 10.96.0.0/12``: the field's address is inside the network."""
+
+    field: str  # "daddr"
+    network: str  # a CIDR of the table's family
+
+    def text(self, family: str) -> str:
+        return f"{fields_text((self.field,), family)} {self.network}"
+
+
+@dataclass(frozen=True, slots=True)
+class NotLocal:
+    """``fib daddr type != local``: the destination is not an address of this host (the cluster DNS
+    address, which lies inside the service CIDR, is one)."""
+
+    def text(self, family: str) -> str:
+        return "fib daddr type != local"
+
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    """``comment "..."``: the rule's userdata; it matches everything and does nothing."""
+
+    note: str
+
+    def text(self, family: str) -> str:
+        return f'comment "{self.note}"'
+
+
+@dataclass(frozen=True, slots=True)
 class Masquerade:
     def text(self, family: str) -> str:
         return "masquerade"
@@ -147,7 +178,7 @@ class Reject:
         return "reject with tcp reset" if self.tcp_reset else "reject"
 
 
-Statement = Match | Proto | VerdictMap | Jump | DnatMap | SetMark | Update | Masquerade | Reject
+Statement = Match | Proto | VerdictMap | Jump | DnatMap | SetMark | Update | InNet | NotLocal | Comment | Masquerade | Reject
 Rule = tuple[Statement, ...]
 
 
@@ -285,17 +316,40 @@ def chain_name(svc: Service, protocol: str, port: int) -> str:
 
 _DNAT_RULES = tuple((Proto(p), DnatMap(("daddr", "l4proto", "dport", "ctmark"), "endpoints")) for p in PROTOCOLS)
 _REJECT_RULES = ((Match(("daddr",), "vips"), Proto("TCP"), Reject(tcp_reset=True)), (Match(("daddr",), "vips"), Reject()))
-FIXED_CHAINS = (
-    Chain("services", rules=((VerdictMap(("daddr", "l4proto", "dport"), "service-ips"),),)),
-    Chain("nat-prerouting", "prerouting", "nat", -100, ((Jump("services"),), *_DNAT_RULES)),
-    Chain("nat-output", "output", "nat", -100, ((Jump("services"),), *_DNAT_RULES)),
-    Chain("nat-postrouting", "postrouting", "nat", 100, (
-        (Match(("ct-original-daddr",), "vips"), SetMark(0)),  # a new connection's mark back to where it started
-        (Match(("saddr", "daddr"), "hairpin"), Masquerade()),
-    )),
-    Chain("filter-forward", "forward", "filter", -10, _REJECT_RULES),
-    Chain("filter-output", "output", "filter", -10, _REJECT_RULES),
-)  # fmt: skip
+COMMIT = "commit"  # a chain no packet walks: its one rule's comment names svcdns's last commit (footprint.py)
+
+
+def _cidr_rules(cidrs: tuple[str, ...], local: bool) -> tuple[Rule, ...]:
+    """Reject what is still addressed to a service CIDR after the nat hook (an address no Service
+    holds); on the node's own output, not its local addresses (the cluster DNS address)."""
+    out: list[Rule] = []
+    for cidr in cidrs:
+        head: tuple[Statement, ...] = (InNet("daddr", cidr), NotLocal()) if local else (InNet("daddr", cidr),)
+        out += [(*head, Proto("TCP"), Reject(tcp_reset=True)), (*head, Reject())]
+    return tuple(out)
+
+
+@functools.cache
+def fixed_chains(cidrs: tuple[str, ...] = ()) -> tuple[Chain, ...]:
+    """The chains every table has, whatever its Services; ``cidrs``: the family's service CIDRs."""
+    return (
+        Chain("services", rules=((VerdictMap(("daddr", "l4proto", "dport"), "service-ips"),),)),
+        Chain("nat-prerouting", "prerouting", "nat", -100, ((Jump("services"),), *_DNAT_RULES)),
+        Chain("nat-output", "output", "nat", -100, ((Jump("services"),), *_DNAT_RULES)),
+        Chain("nat-postrouting", "postrouting", "nat", 100, (
+            (Match(("ct-original-daddr",), "vips"), SetMark(0)),  # a new connection's mark back to where it started
+            (Match(("saddr", "daddr"), "hairpin"), Masquerade()),
+        )),
+        # a pod's packets to a local address never reach forward: they are delivered (input)
+        Chain("filter-forward", "forward", "filter", -10, _REJECT_RULES + _cidr_rules(cidrs, local=False)),
+        Chain("filter-output", "output", "filter", -10, _REJECT_RULES + _cidr_rules(cidrs, local=True)),
+        Chain(COMMIT),
+    )  # fmt: skip
+
+
+def commit_rule(note: str) -> Chain:
+    """The commit chain holding the one rule that stamps a commit as svcdns's own."""
+    return Chain(COMMIT, rules=((Comment(note),),))
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ reset, ICMP port unreachable); so do packets to a port the Service does not have
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -52,9 +53,9 @@ from ...model import IPV4, IPV6
 from ...table import Key as ServiceKey
 from ...table import ServiceTable
 from .objects import (
+    COMMIT,
     ENDPOINTS,
     FAMILIES,
-    FIXED_CHAINS,
     FIXED_SETS,
     HAIRPIN,
     SERVICE_IPS,
@@ -68,6 +69,8 @@ from .objects import (
     affinity_decl,
     affinity_set,
     chain_name,
+    commit_rule,
+    fixed_chains,
 )
 from .persistent import PersistentMap
 from .transaction import (
@@ -98,10 +101,11 @@ class Ruleset:
     services: PersistentMap[ServiceKey, ServiceObjects] = field(default_factory=PersistentMap)
     vips: PersistentMap[str, int] = field(default_factory=PersistentMap)  # VIP -> Services using it
     hairpin: PersistentMap[str, int] = field(default_factory=PersistentMap)  # endpoint address -> Services
+    cidrs: tuple[str, ...] = ()  # the family's service CIDRs: what no Service holds there is rejected
 
     def chains(self) -> dict[str, Chain]:
         """Every chain: the fixed ones, then the Services' by namespace/name."""
-        out = {c.name: c for c in FIXED_CHAINS}
+        out = {c.name: c for c in fixed_chains(self.cidrs)}
         out.update((c.name, c) for key in sorted(self.services) for c in self.services[key].chains)
         return out
 
@@ -128,7 +132,8 @@ class Ruleset:
         vips, vips_changed = _recount(self.vips, [o.vip for o in old.values()], [o.vip for o in new.values()])
         hairpin, hairpin_changed = _recount(self.hairpin, [a for o in old.values() for a in o.hairpin],
                                             [a for o in new.values() for a in o.hairpin])  # fmt: skip
-        after = Ruleset(self.family, self.services.evolve(new, [k for k in old if k not in new]), vips, hairpin)
+        after = Ruleset(self.family, self.services.evolve(new, [k for k in old if k not in new]), vips, hairpin,
+                        self.cidrs)  # fmt: skip
 
         old_chains = {c.name: c for o in old.values() for c in o.chains}
         new_chains = {c.name: c for o in new.values() for c in o.chains}
@@ -208,8 +213,10 @@ def service_objects(svc, family: str) -> ServiceObjects | None:
     return ServiceObjects(vip_s, tuple(chains), tuple(service_ips), frozenset(hairpin))
 
 
-def build(table: ServiceTable, family: str = IPV4) -> Ruleset:
-    """The desired ruleset of one family for every Service with a VIP of that family."""
+def build(table: ServiceTable, family: str = IPV4, cidrs: Iterable[str] = ()) -> Ruleset:
+    """The desired ruleset of one family for every Service with a VIP of that family; ``cidrs``: the
+    service CIDRs (those of the other family are left out), inside which an address no Service holds
+    is rejected at once."""
     services: dict[ServiceKey, ServiceObjects] = {}
     vips: dict[str, int] = {}
     hairpin: dict[str, int] = {}
@@ -220,7 +227,17 @@ def build(table: ServiceTable, family: str = IPV4) -> Ruleset:
             vips[objs.vip] = vips.get(objs.vip, 0) + 1
             for addr in objs.hairpin:
                 hairpin[addr] = hairpin.get(addr, 0) + 1
-    return Ruleset(FAMILIES[family], PersistentMap(services), PersistentMap(vips), PersistentMap(hairpin))
+    version = 4 if family == IPV4 else 6
+    mine = tuple(str(n) for n in map(ipaddress.ip_network, cidrs) if n.version == version)
+    return Ruleset(FAMILIES[family], PersistentMap(services), PersistentMap(vips), PersistentMap(hairpin), mine)
+
+
+def stamp(tx: Transaction, note: str) -> None:
+    """End ``tx`` by rewriting the commit chain's one rule with ``note`` (what names this commit as
+    svcdns's own): a process that rewrites the table without it leaves another rule, or none, there.
+    A rule without expressions: the kernel does not re-validate the table for it."""
+    tx.add(FlushChain(COMMIT))
+    tx.add(AddRules(commit_rule(note)))
 
 
 def plan(desired: Ruleset, present: set[str] | None = None, present_sets: set[str] | None = None) -> Transaction:
