@@ -224,12 +224,14 @@ SABOTAGE = {
         ("SVCDNS-NO-SUCH-CHAIN", "previous rules stay"),
     ),
     "nftables": (
+        "import dataclasses\n"
         "from svcdns.dataplane.nftables import encode\n"
-        "orig = encode.Encoder._rule\n"
-        "def broken(self, chain, *exprs):\n"
-        "    return orig(self, 'no-such-chain' if chain.startswith('svc-') else chain, *exprs)\n"
-        "encode.Encoder._rule = broken\n",
-        ("No such file or directory", "add rule"),
+        "orig = encode.Encoder._elements\n"
+        "def broken(self, mtype, flags, decl, elements, verb):\n"
+        "    wrong = dataclasses.replace(decl, name='no-such-map') if decl.name == 'counts' else decl\n"
+        "    return orig(self, mtype, flags, wrong, elements, verb)\n"
+        "encode.Encoder._elements = broken\n",
+        ("No such file or directory", "no-such-map elements"),
     ),
 }
 

@@ -12,7 +12,7 @@ from svcdns.dataplane import DataplaneError
 from svcdns.dataplane.nftables.fake import FakeKernel, Packet
 from svcdns.dataplane.nftables.objects import VIPS, chain_name
 from svcdns.dataplane.nftables.ruleset import build, plan, render, stamp
-from svcdns.dataplane.nftables.transaction import AddElements, AddRules, DeleteChain, Transaction
+from svcdns.dataplane.nftables.transaction import AddElements, AddRules, DeleteChain, FlushChain, Transaction
 from svcdns.model import Endpoint, Service, ServicePort
 from svcdns.table import ServiceTable, changed_keys
 
@@ -93,9 +93,11 @@ def test_a_refused_transaction_changes_nothing():
 
 def test_the_fake_refuses_what_the_kernel_refuses():
     fake = loaded(A)
-    web = chain_name(WEB, "TCP", 80)
+    with pytest.raises(DataplaneError) as err:  # still the target of a draws element
+        fake.run(Transaction("ip", [FlushChain("draw-2"), DeleteChain("draw-2")]))
+    assert err.value.errno == errno.EBUSY
     with pytest.raises(DataplaneError) as err:  # still the target of a service-ips element
-        fake.run(Transaction("ip", [DeleteChain(web)]))
+        fake.run(Transaction("ip", [FlushChain(chain_name(STICKY, "TCP", 80)), DeleteChain(chain_name(STICKY, "TCP", 80))]))
     assert err.value.errno == errno.EBUSY
     endpoints = build(A).endpoint_elements()
     key = next(iter(endpoints))

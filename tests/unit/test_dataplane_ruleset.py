@@ -1,5 +1,7 @@
 """The ruleset planner, without root: the whole ruleset as text, and the minimal change per event."""
 
+import dataclasses
+
 from svcdns.dataplane.nftables.encode import encode
 from svcdns.dataplane.nftables.objects import chain_name
 from svcdns.dataplane.nftables.ruleset import build, plan, render
@@ -33,24 +35,23 @@ BASE = {
     "nat-postrouting": ["type nat hook postrouting priority 100; policy accept;",
                         "ct original ip daddr @vips ct mark set 0", "ip saddr . ip daddr @hairpin masquerade"],
     "nat-prerouting": ["type nat hook prerouting priority -100; policy accept;", "jump services", *DNAT],
-    "services": ["ip daddr . meta l4proto . th dport vmap @service-ips"],
+    "services": ["ip daddr . meta l4proto . th dport vmap @service-ips",
+                 "ct mark set ip daddr . meta l4proto . th dport map @counts", "ip daddr @vips ct mark vmap @draws"],
 }  # fmt: skip
 
 
 def test_the_whole_ipv4_ruleset():
-    web_tcp, web_udp = chain_name(WEB, "TCP", 80), chain_name(WEB, "UDP", 53)
-    empty = chain_name(EMPTY, "TCP", 443)
     chains = dict(BASE)
-    chains[web_tcp] = ["ct mark set numgen random mod 2 offset 1"]  # draws 1 or 2: an endpoint's number
-    chains[web_udp] = ["ct mark set numgen random mod 2 offset 1"]
-    chains[empty] = []  # no endpoint: nothing drawn, nothing translated, the filter chains reject
+    chains["draw-2"] = ["ct mark set numgen random mod 2 offset 1"]  # draws 1 or 2: an endpoint's number
     expected = [
         "table ip svcdns {",
         "\tset vips { type ipv4_addr; elements = { 10.96.0.10, 10.96.0.11 } }",
         "\tset hairpin { type ipv4_addr . ipv4_addr; elements = { 10.244.1.2 . 10.244.1.2, 10.244.2.2 . 10.244.2.2 } }",
-        "\tmap service-ips { type ipv4_addr . inet_proto . inet_service : verdict; elements = { "
-        f"10.96.0.10 . tcp . 80 : goto {web_tcp}, 10.96.0.10 . udp . 53 : goto {web_udp}, "
-        f"10.96.0.11 . tcp . 443 : goto {empty} }} }}",
+        "\tmap service-ips { type ipv4_addr . inet_proto . inet_service : verdict; }",  # no sticky port
+        # web's two ports draw among 2; empty's port has none: no count, nothing drawn, the filter chains reject
+        "\tmap counts { type ipv4_addr . inet_proto . inet_service : mark; elements = { "
+        "10.96.0.10 . tcp . 80 : 2, 10.96.0.10 . udp . 53 : 2 } }",
+        "\tmap draws { type mark : verdict; elements = { 2 : goto draw-2 } }",
         "\tmap endpoints { type ipv4_addr . inet_proto . inet_service . mark : ipv4_addr . inet_service; elements = { "
         "10.96.0.10 . tcp . 80 . 1 : 10.244.1.2 . 8080, 10.96.0.10 . tcp . 80 . 2 : 10.244.2.2 . 8080, "
         "10.96.0.10 . udp . 53 . 1 : 10.244.1.2 . 53, 10.96.0.10 . udp . 53 . 2 : 10.244.2.2 . 53 } }",
@@ -92,7 +93,8 @@ def test_serving_terminating_endpoints_take_over_when_none_is_ready():
     svc = WEB.with_endpoints((Endpoint("10.244.5.5", ready=False, serving=True, terminating=True),
                               Endpoint("10.244.6.6", ready=False)))  # fmt: skip
     rs = build(ServiceTable.of([svc]))
-    assert rs.chains()[chain_name(WEB, "TCP", 80)].dnat.targets == (("10.244.5.5", 8080),)
+    assert rs.endpoint_elements() == {("10.96.0.10", "TCP", 80, 1): ("10.244.5.5", 8080),
+                                      ("10.96.0.10", "UDP", 53, 1): ("10.244.5.5", 53)}  # fmt: skip
 
 
 def advance(table, new_table):
@@ -106,19 +108,26 @@ def lines(tx):
 def test_adding_an_endpoint_touches_that_service_only():
     more = TABLE.replace([WEB.with_endpoints(WEB.endpoints + (Endpoint("10.244.4.2"),))])
     rs, tx = advance(TABLE, more)
-    tcp, udp = chain_name(WEB, "TCP", 80), chain_name(WEB, "UDP", 53)
     assert lines(tx) == [
-        f"flush chain ip svcdns {tcp}",
-        f"add rule ip svcdns {tcp} ct mark set numgen random mod 3 offset 1",  # now draws 1..3
-        f"flush chain ip svcdns {udp}",
-        f"add rule ip svcdns {udp} ct mark set numgen random mod 3 offset 1",
+        "add chain ip svcdns draw-3",  # no port drew among 3 yet
+        "add rule ip svcdns draw-3 ct mark set numgen random mod 3 offset 1",
+        "add element ip svcdns draws { 3 : goto draw-3 }",
         "add element ip svcdns hairpin { 10.244.4.2 . 10.244.4.2 }",
         "add element ip svcdns endpoints { 10.96.0.10 . tcp . 80 . 3 : 10.244.4.2 . 8080, "
         "10.96.0.10 . udp . 53 . 3 : 10.244.4.2 . 53 }",
+        "delete element ip svcdns counts { 10.96.0.10 . tcp . 80, 10.96.0.10 . udp . 53 }",
+        "add element ip svcdns counts { 10.96.0.10 . tcp . 80 : 3, 10.96.0.10 . udp . 53 : 3 }",
+        "delete element ip svcdns draws { 2 }",  # no port draws among 2 now
+        "flush chain ip svcdns draw-2",
+        "delete chain ip svcdns draw-2",
     ]
-    # nothing that holds a jump is touched: no new chain, no service-ips element
-    assert not any(" chain " in line and "flush" not in line or "service-ips" in line for line in lines(tx))
-    assert rs.chains()[tcp].dnat.shape == (3, 0)
+    assert rs.counts()[("10.96.0.10", "TCP", 80)] == (3,) and sorted(rs.draws) == [3]
+    again = more.replace([EMPTY.with_endpoints((Endpoint("10.244.9.1"), Endpoint("10.244.9.2"), Endpoint("10.244.9.3")))])
+    _, tx = rs.apply(again, changed_keys(more, again))
+    # the common case: a count that some port has already: data-map elements only, which the kernel
+    # commits without validating anything, and no rule
+    assert all(line.split()[:2] in (["add", "element"], ["delete", "element"]) for line in lines(tx))
+    assert not any("draws" in line or "service-ips" in line for line in lines(tx))
 
 
 def test_a_replaced_endpoint_changes_elements_only():
@@ -146,18 +155,20 @@ def test_apply_returns_a_new_ruleset_and_leaves_the_old_one():
 
 
 def test_removing_a_service_removes_its_elements_before_its_chain():
-    chain = chain_name(EMPTY, "TCP", 443)
-    assert lines(advance(TABLE, TABLE.replace(deletes=[EMPTY.key]))[1]) == [
-        "delete element ip svcdns vips { 10.96.0.11 }",
-        "delete element ip svcdns service-ips { 10.96.0.11 . tcp . 443 }",
-        f"flush chain ip svcdns {chain}",
-        f"delete chain ip svcdns {chain}",
-    ]
+    assert lines(advance(TABLE, TABLE.replace(deletes=[EMPTY.key]))[1]) == ["delete element ip svcdns vips { 10.96.0.11 }"]
+    sticky = Service("sticky", ports=(ServicePort(80),), cluster_ips=("10.96.0.13",), session_affinity="ClientIP",
+                     endpoints=(Endpoint("10.244.1.2"),))  # fmt: skip
+    with_sticky = TABLE.replace([sticky])
+    chain = chain_name(sticky, "TCP", 80)
+    tx = lines(advance(with_sticky, TABLE)[1])
+    assert tx.index("delete element ip svcdns service-ips { 10.96.0.13 . tcp . 80 }") < tx.index(f"delete chain ip svcdns {chain}")
 
 
 def test_a_renamed_service_is_a_delete_and_an_add():
-    renamed = Service("web2", ports=WEB.ports, cluster_ips=WEB.cluster_ips, endpoints=WEB.endpoints)
-    tx = lines(advance(TABLE, TABLE.replace([renamed], [WEB.key]))[1])
+    renamed = Service("web2", ports=WEB.ports, cluster_ips=WEB.cluster_ips, endpoints=WEB.endpoints,
+                      session_affinity="ClientIP")  # fmt: skip
+    was = TABLE.replace([dataclasses.replace(WEB, session_affinity="ClientIP")])
+    tx = lines(advance(was, was.replace([renamed], [WEB.key]))[1])
     added, deleted = f"add chain ip svcdns {chain_name(renamed, 'TCP', 80)}", f"delete chain ip svcdns {chain_name(WEB, 'TCP', 80)}"
     assert tx.index(added) < tx.index(deleted)
 
@@ -192,7 +203,7 @@ def test_the_packed_dnat_rule_reads_back_with_pyroute2():
         exprs = msg.get_attr("NFTA_RULE_EXPRESSIONS")
         return msg, [e.get_attr("NFTA_EXPR_NAME") for e in exprs], [e.get_attr("NFTA_EXPR_DATA") for e in exprs]
 
-    chain = build(TABLE).chains()[chain_name(WEB, "TCP", 80)]
+    chain = build(TABLE).chains()["draw-2"]
     msg, names, data = decode(Encoder("ip").op(AddRules(chain))[0])
     assert msg.get_attr("NFTA_RULE_CHAIN") == chain.name
     assert names == ["numgen", "ct"]  # neither makes the kernel walk the table at commit

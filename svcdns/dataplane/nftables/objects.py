@@ -245,9 +245,11 @@ def _value(value, type_: str) -> str:
 
 VIPS = SetDecl("vips", ("addr",))
 HAIRPIN = SetDecl("hairpin", ("addr", "addr"))  # endpoint . endpoint: a pod reaching its own Service
-SERVICE_IPS = SetDecl("service-ips", ("addr", "inet_proto", "inet_service"), ("verdict",))
+SERVICE_IPS = SetDecl("service-ips", ("addr", "inet_proto", "inet_service"), ("verdict",))  # sticky ports' chains
+COUNTS = SetDecl("counts", ("addr", "inet_proto", "inet_service"), ("mark",))  # a port's number of endpoints
+DRAWS = SetDecl("draws", ("mark",), ("verdict",))  # N -> goto draw-N
 ENDPOINTS = SetDecl("endpoints", ("addr", "inet_proto", "inet_service", "mark"), ("addr", "inet_service"))
-FIXED_SETS = (VIPS, HAIRPIN, SERVICE_IPS, ENDPOINTS)
+FIXED_SETS = (VIPS, HAIRPIN, SERVICE_IPS, COUNTS, DRAWS, ENDPOINTS)
 
 
 # ---- chains ----------------------------------------------------------------------------------------------
@@ -333,7 +335,11 @@ def _cidr_rules(cidrs: tuple[str, ...], local: bool) -> tuple[Rule, ...]:
 def fixed_chains(cidrs: tuple[str, ...] = ()) -> tuple[Chain, ...]:
     """The chains every table has, whatever its Services; ``cidrs``: the family's service CIDRs."""
     return (
-        Chain("services", rules=((VerdictMap(("daddr", "l4proto", "dport"), "service-ips"),),)),
+        Chain("services", rules=(
+            (VerdictMap(("daddr", "l4proto", "dport"), "service-ips"),),  # a sticky port: its own chain
+            (SetMark(MapValue(("daddr", "l4proto", "dport"), "counts")),),  # any other: its number of endpoints
+            (Match(("daddr",), "vips"), VerdictMap(("ctmark",), "draws")),  # -> the draw among that many
+        )),
         Chain("nat-prerouting", "prerouting", "nat", -100, ((Jump("services"),), *_DNAT_RULES)),
         Chain("nat-output", "output", "nat", -100, ((Jump("services"),), *_DNAT_RULES)),
         Chain("nat-postrouting", "postrouting", "nat", 100, (
@@ -347,6 +353,11 @@ def fixed_chains(cidrs: tuple[str, ...] = ()) -> tuple[Chain, ...]:
     )  # fmt: skip
 
 
+def draw_chain(n: int) -> Chain:
+    """``draw-N``: every port with N endpoints and no affinity draws its endpoint's number here."""
+    return Chain(f"draw-{n}", rules=((SetMark(Draw(n)),),))
+
+
 def commit_rule(note: str) -> Chain:
     """The commit chain holding the one rule that stamps a commit as svcdns's own."""
     return Chain(COMMIT, rules=((Comment(note),),))
@@ -354,19 +365,30 @@ def commit_rule(note: str) -> Chain:
 
 @dataclass(frozen=True, slots=True)
 class ServiceObjects:
-    """What one Service contributes to a family's table."""
+    """What one Service contributes to a family's table: per port, its key, its chain's name and
+    its translation. A port without affinity is only elements (its count, its endpoints); a sticky
+    one also has its chain (affinity rules hold a lookup) and a ``service-ips`` element."""
 
     vip: str
-    chains: tuple[Chain, ...]
-    service_ips: tuple[tuple[Key, str], ...]  # ((vip, proto, port), chain name)
+    ports: tuple[tuple[Key, str, Dnat], ...]  # ((vip, proto, port), chain name ("": not sticky), translation)
     hairpin: frozenset[str]  # usable endpoint addresses: 'a . a' elements of the hairpin set
+
+    @property
+    def chains(self) -> tuple[Chain, ...]:
+        return tuple(Chain(name, dnat=d) for _, name, d in self.ports if d.affinity)
+
+    @property
+    def service_ips(self) -> tuple[tuple[Key, str], ...]:
+        return tuple((key, name) for key, name, d in self.ports if d.affinity)
+
+    @property
+    def counts(self) -> tuple[tuple[Key, tuple[int]], ...]:
+        """The ``counts`` elements: a port without affinity with N >= 1 endpoints -> N."""
+        return tuple((key, (len(d.targets),)) for key, _, d in self.ports if not d.affinity and d.targets)
 
     def endpoint_elements(self) -> Iterator[tuple[tuple[str, str, int, int], tuple[str, int]]]:
         """The ``endpoints`` map elements: ((vip, proto, port, number), (address, target port)).
-        Derived from the chains' targets when needed rather than stored: 10 per Service adds up."""
-        chains = {c.name: c for c in self.chains}
-        for key, name in self.service_ips:
-            dnat = chains[name].dnat
-            assert dnat is not None
+        Derived from the targets when needed rather than stored: 10 per Service adds up."""
+        for key, _, dnat in self.ports:
             for n, target in enumerate(dnat.targets, 1):
                 yield (*key, n), target

@@ -3,44 +3,52 @@ the smallest transaction that gets there. Pure: no I/O; :mod:`.encode` turns the
 
 The shape (one table per family, ``ip svcdns`` / ``ip6 svcdns``), chosen for what the kernel costs to
 *program* (DESIGN.md section 7): any transaction that adds a rule holding a jump, a nat, a lookup or
-an immediate, or a verdict-map element, makes the kernel re-validate every chain reachable from the
-base chains (~60 ms at 10k Services); one that adds only rules of ``numgen``/``ct set`` and data-map
-elements skips that walk (~0.2 ms). So endpoint churn touches nothing else:
+an immediate, or a verdict-map element, makes the kernel re-validate what the base chains reach;
+one that adds only data-map elements skips that walk. And every commit walks every chain of every
+table (~14 ms at 100k chains), so a Service is elements, not chains:
 
     set vips            { type ipv4_addr }                         every VIP
     set hairpin         { type ipv4_addr . ipv4_addr }             endpoint . endpoint: pod to its own Service
-    map service-ips     { type ipv4_addr . inet_proto . inet_service : verdict }   VIP.proto.port -> goto svc chain
+    map service-ips     { type ipv4_addr . inet_proto . inet_service : verdict }   sticky port -> goto its chain
+    map counts          { type ipv4_addr . inet_proto . inet_service : mark }      port -> N usable endpoints
+    map draws           { type mark : verdict }                    N -> goto draw-N
     map endpoints       { type ipv4_addr . inet_proto . inet_service . mark : ipv4_addr . inet_service }
                                                                    VIP.proto.port.pick -> endpoint . target port
-    chain services      { ip daddr . meta l4proto . th dport vmap @service-ips }
+    chain services      { ip daddr . meta l4proto . th dport vmap @service-ips
+                          ct mark set ip daddr . meta l4proto . th dport map @counts
+                          ip daddr @vips ct mark vmap @draws }
+    chain draw-N        { ct mark set numgen random mod N offset 1 }   one per N in use
     chain nat-prerouting  { type nat hook prerouting priority dstnat; jump services
                             meta l4proto tcp dnat ip to ip daddr . meta l4proto . th dport . ct mark map @endpoints
                             (the same for udp and sctp) }
     chain nat-output      { type nat hook output priority -100; the same }
     chain nat-postrouting { type nat hook postrouting priority srcnat; ct original ip daddr @vips ct mark set 0
                             ip saddr . ip daddr @hairpin masquerade }
-    chain filter-forward / filter-output { type filter ...; ip daddr @vips reject (tcp: with tcp reset) }
-    chain svc-<hash>-<ns>/<name>/<proto>/<port>   (N usable endpoints)
-                        { ct mark set numgen random mod N offset 1 }
+    chain filter-forward / filter-output { type filter ...; ip daddr @vips reject (tcp: with tcp reset)
+                            ip daddr <service CIDR> [fib daddr type != local] reject (tcp: with tcp reset) }
+    chain commit        { comment "svcdns pid P commit C" }     rewritten by every commit (footprint.py)
 
-A new connection to a VIP:port goes to its Service port chain, which draws its endpoint's number
-(1..N, uniform) into the connection's conntrack mark; back in the base chain one lookup of
-``VIP . proto . port . number`` in the ``endpoints`` map gives the endpoint and the DNAT; postrouting
-sets the mark back to 0, the value a new connection starts with. (A register cannot carry the number
-across rules: this kernel refuses loads from registers a rule did not set itself, and ``meta mark
-set`` would cost the validation walk, ``ct mark set`` does not.) Per packet: two hash lookups and one
-rule, whatever the number of Services or endpoints. Endpoint churn rewrites the Service port's
-one-rule chain (only when N changes) and that port's ``endpoints`` elements. The price: svcdns owns
-the conntrack mark of new connections to VIPs between the dstnat and srcnat hooks (README).
+A new connection to a VIP:port looks up its port's number of endpoints N into the connection's
+conntrack mark, goes to ``draw-N``, which draws its endpoint's number (1..N, uniform) into the mark;
+back in the base chain one lookup of ``VIP . proto . port . number`` in the ``endpoints`` map gives
+the endpoint and the DNAT; postrouting sets the mark back to 0, the value a new connection starts
+with. (A register cannot carry the number across rules: this kernel refuses loads from registers a
+rule did not set itself, and ``meta mark set`` would cost the validation walk, ``ct mark set`` does
+not.) Per packet: four hash lookups and one rule, whatever the number of Services or endpoints.
+Endpoint churn changes a port's ``counts`` and ``endpoints`` elements only; a number of endpoints
+no port had before adds its ``draw-N`` chain and ``draws`` element, whose validation walk reaches a
+handful of chains. The price: svcdns owns the conntrack mark of new connections to VIPs between the
+dstnat and srcnat hooks (README).
 
-ClientIP session affinity adds two rules to a sticky port's chain and a map of its own (client
-address -> number, entries expiring after the timeout): a known client's number replaces the draw,
-and every connection refreshes its client's entry. Those rules hold a lookup, so rewriting a sticky
-chain costs the validation walk; its map is flushed whenever that port's endpoints change, since the
-numbers then name other endpoints.
-A Service port without a usable endpoint gets an empty chain: nothing is drawn, the lookup misses, its
+ClientIP session affinity gives a sticky port a chain of its own (the draw, then two rules and a map
+of its own: client address -> number, entries expiring after the timeout) reached through
+``service-ips``: a known client's number replaces the draw, and every connection refreshes its
+client's entry. Those rules hold a lookup, so rewriting a sticky chain costs the validation walk;
+its map is flushed whenever that port's endpoints change, since the numbers then name other endpoints.
+A Service port without a usable endpoint has no count: nothing is drawn, the lookup misses, its
 packets leave the nat hook still addressed to a VIP and the filter chains reject them at once (TCP
-reset, ICMP port unreachable); so do packets to a port the Service does not have.
+reset, ICMP port unreachable); so do packets to a port the Service does not have, and to an address
+of the service CIDRs that no Service holds (but the node's own, the cluster DNS address).
 """
 
 from __future__ import annotations
@@ -48,12 +56,15 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ...model import IPV4, IPV6
 from ...table import Key as ServiceKey
 from ...table import ServiceTable
 from .objects import (
     COMMIT,
+    COUNTS,
+    DRAWS,
     ENDPOINTS,
     FAMILIES,
     FIXED_SETS,
@@ -70,6 +81,7 @@ from .objects import (
     affinity_set,
     chain_name,
     commit_rule,
+    draw_chain,
     fixed_chains,
 )
 from .persistent import PersistentMap
@@ -101,13 +113,18 @@ class Ruleset:
     services: PersistentMap[ServiceKey, ServiceObjects] = field(default_factory=PersistentMap)
     vips: PersistentMap[str, int] = field(default_factory=PersistentMap)  # VIP -> Services using it
     hairpin: PersistentMap[str, int] = field(default_factory=PersistentMap)  # endpoint address -> Services
+    draws: PersistentMap[int, int] = field(default_factory=PersistentMap)  # N -> ports drawing among N
     cidrs: tuple[str, ...] = ()  # the family's service CIDRs: what no Service holds there is rejected
 
     def chains(self) -> dict[str, Chain]:
-        """Every chain: the fixed ones, then the Services' by namespace/name."""
+        """Every chain: the fixed ones, the draws in use, then the sticky ports' by namespace/name."""
         out = {c.name: c for c in fixed_chains(self.cidrs)}
+        out.update((c.name, c) for c in map(draw_chain, sorted(self.draws)))
         out.update((c.name, c) for key in sorted(self.services) for c in self.services[key].chains)
         return out
+
+    def counts(self) -> dict[Key, tuple[int]]:
+        return dict(sorted(kv for objs in self.services.values() for kv in objs.counts))
 
     def service_ips(self) -> dict[Key, str]:
         return dict(sorted(kv for objs in self.services.values() for kv in objs.service_ips))
@@ -130,14 +147,22 @@ class Ruleset:
             if objs is not None:
                 new[key] = objs
         vips, vips_changed = _recount(self.vips, [o.vip for o in old.values()], [o.vip for o in new.values()])
+        draws, draws_changed = _recount(self.draws, [n for o in old.values() for _, (n,) in o.counts],
+                                        [n for o in new.values() for _, (n,) in o.counts])  # fmt: skip
         hairpin, hairpin_changed = _recount(self.hairpin, [a for o in old.values() for a in o.hairpin],
                                             [a for o in new.values() for a in o.hairpin])  # fmt: skip
         after = Ruleset(self.family, self.services.evolve(new, [k for k in old if k not in new]), vips, hairpin,
-                        self.cidrs)  # fmt: skip
+                        draws, self.cidrs)  # fmt: skip
 
         old_chains = {c.name: c for o in old.values() for c in o.chains}
         new_chains = {c.name: c for o in new.values() for c in o.chains}
         tx = Transaction(self.family)
+        came = sorted(n for n in draws_changed if n in draws)
+        for n in came:  # a number of endpoints no port had: its draw (numgen, ct set: no validation walk)
+            tx.add(AddChain(draw_chain(n)))
+            tx.add(AddRules(draw_chain(n)))
+        if came:  # a verdict element: the kernel validates what the base chains reach, a handful of chains
+            tx.add(AddElements(DRAWS, tuple(((n,), draw_chain(n).name) for n in came)))
         for name, chain in new_chains.items():
             if name not in old_chains:
                 tx.add(AddChain(chain))
@@ -161,8 +186,16 @@ class Ruleset:
         _set_elements(tx, HAIRPIN, hairpin_changed, hairpin, pair=True)
         _map_elements(tx, ENDPOINTS, {k: v for o in old.values() for k, v in o.endpoint_elements()},
                       {k: v for o in new.values() for k, v in o.endpoint_elements()})  # fmt: skip
+        _map_elements(tx, COUNTS, {k: v for o in old.values() for k, v in o.counts},
+                      {k: v for o in new.values() for k, v in o.counts})  # fmt: skip
         _map_elements(tx, SERVICE_IPS, {k: v for o in old.values() for k, v in o.service_ips},
                       {k: v for o in new.values() for k, v in o.service_ips})  # fmt: skip
+        went = sorted(n for n in draws_changed if n not in draws)
+        if went:
+            tx.add(DeleteElements(DRAWS, tuple((n,) for n in went)))
+        for n in went:
+            tx.add(FlushChain(draw_chain(n).name))
+            tx.add(DeleteChain(draw_chain(n).name))
         for name in sorted(set(old_chains) - set(new_chains)):
             tx.add(FlushChain(name))
             tx.add(DeleteChain(name))
@@ -172,10 +205,13 @@ class Ruleset:
         return after, tx
 
 
-def _recount(counts: PersistentMap[str, int], gone: list[str], came: list[str]) -> tuple[PersistentMap[str, int], set[str]]:
+T = TypeVar("T", str, int)
+
+
+def _recount(counts: PersistentMap[T, int], gone: list[T], came: list[T]) -> tuple[PersistentMap[T, int], set[T]]:
     """``counts`` with one use fewer of each of ``gone`` and one more of each of ``came``; and the
     items whose presence changed (counted from 0 to more, or down to 0)."""
-    delta: dict[str, int] = {}
+    delta: dict[T, int] = {}
     for item in gone:
         delta[item] = delta.get(item, 0) - 1
     for item in came:
@@ -202,15 +238,14 @@ def service_objects(svc, family: str) -> ServiceObjects | None:
         return None
     vip_s = str(vip)
     affinity = svc.affinity_seconds
-    chains, service_ips = [], []
+    ports = []
     hairpin: set[str] = set()
     for port in svc.ports:
-        name = chain_name(svc, port.protocol, port.port)
         targets = svc.targets(port, family)
-        chains.append(Chain(name, dnat=Dnat(targets, affinity)))
-        service_ips.append(((vip_s, port.protocol, port.port), name))
+        name = chain_name(svc, port.protocol, port.port) if affinity else ""  # only sticky ports have chains
+        ports.append(((vip_s, port.protocol, port.port), name, Dnat(targets, affinity)))
         hairpin.update(addr for addr, _ in targets)
-    return ServiceObjects(vip_s, tuple(chains), tuple(service_ips), frozenset(hairpin))
+    return ServiceObjects(vip_s, tuple(ports), frozenset(hairpin))
 
 
 def build(table: ServiceTable, family: str = IPV4, cidrs: Iterable[str] = ()) -> Ruleset:
@@ -220,6 +255,7 @@ def build(table: ServiceTable, family: str = IPV4, cidrs: Iterable[str] = ()) ->
     services: dict[ServiceKey, ServiceObjects] = {}
     vips: dict[str, int] = {}
     hairpin: dict[str, int] = {}
+    draws: dict[int, int] = {}
     for svc in table:
         objs = service_objects(svc, family)
         if objs is not None:
@@ -227,9 +263,12 @@ def build(table: ServiceTable, family: str = IPV4, cidrs: Iterable[str] = ()) ->
             vips[objs.vip] = vips.get(objs.vip, 0) + 1
             for addr in objs.hairpin:
                 hairpin[addr] = hairpin.get(addr, 0) + 1
+            for _, (n,) in objs.counts:
+                draws[n] = draws.get(n, 0) + 1
     version = 4 if family == IPV4 else 6
     mine = tuple(str(n) for n in map(ipaddress.ip_network, cidrs) if n.version == version)
-    return Ruleset(FAMILIES[family], PersistentMap(services), PersistentMap(vips), PersistentMap(hairpin), mine)
+    return Ruleset(FAMILIES[family], PersistentMap(services), PersistentMap(vips), PersistentMap(hairpin),
+                   PersistentMap(draws), mine)  # fmt: skip
 
 
 def stamp(tx: Transaction, note: str) -> None:
@@ -280,6 +319,8 @@ def _elements_of(rs: Ruleset) -> list[tuple[SetDecl, list[Element]]]:
         (HAIRPIN, [((a, a), None) for a in sorted(rs.hairpin)]),
         (ENDPOINTS, list(rs.endpoint_elements().items())),
         (SERVICE_IPS, [(k, c) for k, c in rs.service_ips().items()]),
+        (COUNTS, list(rs.counts().items())),
+        (DRAWS, [((n,), draw_chain(n).name) for n in sorted(rs.draws)]),
     ]
 
 
