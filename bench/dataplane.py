@@ -87,12 +87,20 @@ def child(args) -> None:
         cpu.append(time.thread_time() - start)
         current = nxt
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # the same change with the nft CLI: the port's count one more, the new endpoint's element
+    # the same change with the nft CLI: the port's count one more, the new endpoint's element (a
+    # --base checkout of the earlier shape: its chain's draw rewritten instead)
     svc = list(current)[1]
     vip, n = str(svc.cluster_ips[0]), len(svc.endpoints) + 1
+    if "@counts" in subprocess.run(["nft", "list", "chain", "ip", "svcdns", "services"], capture_output=True, text=True).stdout:
+        step = [f"delete element ip svcdns counts {{ {vip} . tcp . 80 }}",
+                f"add element ip svcdns counts {{ {vip} . tcp . 80 : {n} }}"]  # fmt: skip
+    else:
+        from svcdns.dataplane.nftables.objects import chain_name
+
+        chain = chain_name(svc, "TCP", 80)
+        step = [f"flush chain ip svcdns {chain}", f"add rule ip svcdns {chain} ct mark set numgen random mod {n} offset 1"]
     script = "\n".join([
-        f"delete element ip svcdns counts {{ {vip} . tcp . 80 }}",
-        f"add element ip svcdns counts {{ {vip} . tcp . 80 : {n} }}",
+        *step,
         f"add element ip svcdns endpoints {{ {vip} . tcp . 80 . {n} : 10.251.0.1 . 8080 }}",
         "add element ip svcdns hairpin { 10.251.0.1 . 10.251.0.1 }",
     ])  # fmt: skip

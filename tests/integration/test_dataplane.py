@@ -219,7 +219,7 @@ SABOTAGE = {
         "from svcdns.dataplane.iptables import backend as iptables\n"
         "orig = iptables._restore\n"
         "def broken(family, table, text):\n"
-        "    orig(family, table, text.replace('COMMIT', '-A SVCDNS-SERVICES -j SVCDNS-NO-SUCH-CHAIN\\nCOMMIT'))\n"
+        "    orig(family, table, text.replace('\\nCOMMIT\\n', '\\n-A SVCDNS-SERVICES -j SVCDNS-NO-SUCH-CHAIN\\nCOMMIT\\n'))\n"
         "iptables._restore = broken\n",
         ("SVCDNS-NO-SUCH-CHAIN", "previous rules stay"),
     ),
