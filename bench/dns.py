@@ -1,6 +1,13 @@
 """Benchmark svcdns's DNS server against dnsmasq and unbound serving the same names, with dnsperf.
 
     python bench/dns.py [--sizes 1000,10000] [--seconds 10] [--rounds 3] [--baseline DIR]
+    python bench/dns.py --abuse [--seconds 10] [--rounds 1]
+
+``--abuse`` measures instead svcdns's answers per second (1,000 names, 1 worker on core 0, dnsperf
+and the abuser on core 1) while it is under each abuse of issue 12, side by side with the same run
+without abuse: 8 TCP clients that pipeline queries and never read, 700 slowloris connections plus
+300 idle ones from 14 addresses (each opened again when closed), and a flood of 2,000 forwarded
+queries a second to an upstream that never answers.
 
 Needs root; installs Debian's dnsperf, dnsmasq-base and unbound if missing (``examples/setup.sh bench``). Everything runs inside one network
 namespace this script creates (the servers listen on its loopback addresses, never the host's
@@ -44,12 +51,128 @@ n, workers = int(sys.argv[1]), int(sys.argv[2])
 base = 167772160 + 6291456 + 256  # 10.96.1.0
 t = ServiceTable.of([Service(f"s{i}", namespace="bench", ports=(ServicePort(80),),
                              cluster_ips=(f"10.96.{(256 + i) >> 8}.{(256 + i) & 255}",)) for i in range(n)])
-srv = DNSServer([("127.0.0.1", 53)], workers=workers, forward=False)
+dead = sys.argv[3:]  # an upstream that never answers, for the abuse runs
+srv = DNSServer([("127.0.0.1", 53)], workers=workers, forward=bool(dead), upstreams=dead or None)
 srv.start(); srv.update(t)
 print("ready", flush=True)
 stop = threading.Event(); signal.signal(signal.SIGTERM, lambda *a: stop.set()); stop.wait()
 srv.stop()
 """
+
+
+# the abusers of --abuse (from the node namespace's loopback, other addresses than dnsperf's)
+NON_READERS = """
+import socket, struct, threading
+from dnslib import DNSRecord
+q = bytes(DNSRecord.question("s1.bench.svc.cluster.local").pack())
+frame = struct.pack("!H", len(q)) + q
+def hog():
+    while True:
+        try:
+            s = socket.socket(); s.bind(("127.0.0.2", 0)); s.connect(("127.0.0.1", 53))
+            while True:
+                s.send(frame * 64)
+        except OSError:
+            pass
+for _ in range(8):
+    threading.Thread(target=hog, daemon=True).start()
+threading.Event().wait()
+"""
+SLOWLORIS = """
+import resource, selectors, socket, time
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+sel, state, opened = selectors.DefaultSelector(), {}, [0]
+def open_one(kind):
+    s = socket.socket(); s.setblocking(False); s.bind((f"127.0.0.{2 + opened[0] % 14}", 0))
+    try:
+        s.connect(("127.0.0.1", 53))
+    except BlockingIOError:
+        pass
+    state[s] = [kind, time.monotonic() + 0.5, 0]; sel.register(s, selectors.EVENT_READ); opened[0] += 1
+for kind in ["slow"] * 700 + ["idle"] * 300:
+    open_one(kind)
+while True:
+    for key, _ in sel.select(0.05):
+        s = key.fileobj
+        try:
+            gone = not s.recv(64)
+        except BlockingIOError:
+            continue
+        except OSError:
+            gone = True
+        if gone:
+            kind = state.pop(s)[0]; sel.unregister(s); s.close(); open_one(kind)
+    now = time.monotonic()
+    for s, st in state.items():
+        if st[0] == "slow" and now >= st[1]:
+            try:
+                s.send(b"\\x00" if st[2] == 0 else b"x"); st[2] += 1
+            except OSError:
+                pass
+            st[1] = now + 2
+"""
+FLOOD = """
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.5", 0)); s.setblocking(False)
+from dnslib import DNSRecord
+qs = [bytes(DNSRecord.question(f"n{i}.example.org").pack()) for i in range(2000)]
+while True:
+    start = time.monotonic()
+    for q in qs:
+        try:
+            s.sendto(q, ("127.0.0.1", 53))
+        except OSError:
+            pass
+        try:
+            while s.recv(4096):
+                pass
+        except OSError:
+            pass
+    time.sleep(max(0.0, 1 - (time.monotonic() - start)))
+"""
+BLACKHOLE = """
+import socket, threading
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.4", 53))
+t = socket.socket(); t.bind(("127.0.0.4", 53)); t.listen(1)
+threading.Event().wait()
+"""
+ABUSES = [("none", None), ("8 TCP clients that never read", NON_READERS),
+          ("700 slowloris + 300 idle TCP", SLOWLORIS), ("2,000 forwards/s to a dead upstream", FLOOD)]  # fmt: skip
+
+
+def run_abuse(seconds: int, rounds: int, tmp: Path) -> list[tuple[str, dict]]:
+    """svcdns (1 worker, core 0) under each abuse (the abuser and dnsperf on core 1), in turns."""
+    n = 1000
+    pairs = names(n)
+    queries = tmp / "queries-abuse"
+    queries.write_text("".join(f"{name} A\n" for name, _ in pairs))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    pin = ["taskset", "-c", "1"] if (os.cpu_count() or 1) > 1 else []
+    runs: dict[str, list[dict]] = {}
+    with Lab(pods=0, tag="benchabuse") as lab:
+        hole = lab.spawn(lab.node, [sys.executable, "-c", BLACKHOLE], env=env)
+        server = lab.spawn(lab.node, ["taskset", "-c", "0", sys.executable, "-c", SVCDNS, str(n), "1", "127.0.0.4:53"],
+                           env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "abuse.log", "a"))  # fmt: skip
+        try:
+            wait_for(lambda: ready(lab, "127.0.0.1", pairs[-1][0]), 60, 0.2, "svcdns to answer")
+            for _ in range(rounds):
+                for label, script in ABUSES:
+                    abuser = None
+                    if script is not None:
+                        abuser = lab.spawn(lab.node, [*pin, sys.executable, "-c", script], env=env,
+                                           stdout=subprocess.DEVNULL, stderr=open(tmp / "abuse.log", "a"))  # fmt: skip
+                        time.sleep(2)  # the abuse takes hold (the slots fill, the queue of forwards grows)
+                    try:
+                        runs.setdefault(label, []).append(dnsperf(lab, "127.0.0.1", queries, seconds))
+                    finally:
+                        if abuser is not None:
+                            lab.stop(abuser)
+        finally:
+            lab.stop(server)
+            lab.stop(hole)
+    return [(label, {k: statistics.median(r[k] for r in results) for k in ("qps", "latency_ms", "lost")})
+            for label, results in runs.items()]  # fmt: skip
 
 
 def names(n: int) -> list[tuple[str, str]]:
@@ -140,9 +263,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=3, help="turns each server takes (the table gives medians)")
+    ap.add_argument("--rounds", type=int, default=None, help="turns each server takes (the table gives medians; "
+                    "default 3, with --abuse 1)")  # fmt: skip
     ap.add_argument("--baseline", metavar="DIR", default="", help="also the one-worker svcdns of this checkout")
+    ap.add_argument("--abuse", action="store_true", help="svcdns's answers per second under each abuse instead")
     args = ap.parse_args()
+    rounds = args.rounds or (1 if args.abuse else 3)
     if os.geteuid() != 0:
         sys.exit("bench/dns.py: needs root (it builds a network namespace)")
     if not all(shutil.which(tool) for tool in ("dnsperf", "dnsmasq", "unbound")):
@@ -151,10 +277,18 @@ def main() -> None:
             ["bash", str(Path(__file__).resolve().parent.parent / "examples" / "setup.sh"), "bench"], check=True
         )
     with tempfile.TemporaryDirectory(prefix="svcdns-bench-dns-") as tmp:
+        if args.abuse:
+            rows = run_abuse(args.seconds, rounds, Path(tmp))
+            base = dict(rows)["none"]
+            print(f"{'svcdns (1 worker, 1,000 names) under':<38} {'QPS':>9} {'vs none':>8} {'avg latency':>12} {'lost':>6}")
+            for label, r in rows:
+                print(f"{label:<38} {r['qps']:>9.0f} {r['qps'] / base['qps']:>7.2f}x {r['latency_ms']:>9.2f} ms"
+                      f" {r['lost']:>6.0f}")  # fmt: skip
+            return
         print(f"{'zone':>7}  {'server':<30} {'QPS':>9} {'vs dnsmasq':>10} {'avg latency':>12} {'lost':>6}"
               f"  {'core-0 CPU/query':>16} {'capacity':>10}")  # fmt: skip
         for n in (int(x) for x in args.sizes.split(",")):
-            rows = run_size(n, args.seconds, args.rounds, Path(tmp), str(Path(args.baseline).resolve()) if args.baseline else "")
+            rows = run_size(n, args.seconds, rounds, Path(tmp), str(Path(args.baseline).resolve()) if args.baseline else "")
             base = dict(rows)["dnsmasq, core 0"]
             for label, r in rows:
                 pinned = "core 0" in label  # the all-cores row shares core 0 with nothing to compare

@@ -8,6 +8,7 @@ import signal
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..addr import format_hostport, parse_hostport
@@ -16,12 +17,15 @@ from ..errors import SvcdnsError
 from ..registry.contract import Registry, Watch
 from . import config as configuration
 from .lock import AgentLock
+from .zonecache import ZoneCache, cache_path, registry_key
 
 if TYPE_CHECKING:  # the module itself is imported where it is used: it is heavy (multiprocessing, dnslib)
     from ..dns.server import DNSServer
+    from ..dns.sockets import SocketStore
     from ..probe import Prober
     from ..probe.metrics import ProbeMetrics
     from ..registry.etcd.lease import NodeLease
+    from ..table import ServiceTable
 
 log = logging.getLogger(__name__)
 
@@ -90,22 +94,36 @@ def dns_answering(cfg: configuration.Config) -> dict[str, Any]:
             "cluster_dns": cfg.cluster_dns}  # fmt: skip
 
 
-def new_dns(cfg: configuration.Config) -> DNSServer:
+def new_dns(cfg: configuration.Config, store: SocketStore | None = None,
+            on_update: Callable[[ServiceTable], None] | None = None) -> DNSServer:  # fmt: skip
     from ..dns.server import DNSServer  # heavy (multiprocessing, dnslib): only where it is used
 
-    return DNSServer([parse_hostport(a, "dns.listen") for a in cfg.dns_listen_all()],
-                     workers=cfg.dns_workers or None, **dns_answering(cfg))  # fmt: skip
+    managed = (cfg.cluster_dns,) if cfg.cluster_dns_interface and cfg.cluster_dns else ()  # start_dns puts it there
+    return DNSServer([parse_hostport(a, "dns.listen") for a in cfg.dns_listen_all()], store=store, freebind=managed,
+                     on_update=on_update, workers=cfg.dns_workers or None, **dns_answering(cfg))  # fmt: skip
+
+
+def new_zone_cache(cfg: configuration.Config) -> ZoneCache | None:
+    """Where the last known zone is kept for ``cfg``'s registry (None: nowhere, etcd outside systemd)."""
+    path = cache_path(cfg.registry)
+    return ZoneCache(path, registry_key(cfg.registry)) if path is not None else None
 
 
 def start_dns(dns: DNS, cfg: configuration.Config) -> None:
-    if cfg.cluster_dns_interface and cfg.cluster_dns:
-        from ..dataplane.address import ensure_address  # pyroute2: only for the agent
-
-        ensure_address(cfg.cluster_dns, cfg.cluster_dns_interface)
+    """Start answering, then put the cluster DNS address on its interface (the server binds it
+    with IP_FREEBIND): after a restart the sockets answer before pyroute2 has even loaded."""
     try:
         dns.start()
     except OSError as err:
         raise SvcdnsError(f"DNS cannot listen on {', '.join(cfg.dns_listen_all())}: {err.strerror or err}") from None
+    if cfg.cluster_dns_interface and cfg.cluster_dns:
+        from ..dataplane.address import ensure_address  # pyroute2: only for the agent
+
+        try:
+            ensure_address(cfg.cluster_dns, cfg.cluster_dns_interface)
+        except BaseException:
+            dns.stop()
+            raise
 
 
 def new_watch(cfg: configuration.Config) -> tuple[Registry, Watch]:
@@ -154,38 +172,65 @@ class Running:
     def __init__(self, cfg: configuration.Config) -> None:
         from ..agent import Agent
         from ..dataplane import open_dataplane
+        from ..dns.sockets import SocketStore
         from ..notify import Notifier
         from ..status import Metrics, State
 
         self.cfg = cfg
-        self.dns = new_dns(cfg)
-        self.registry, watch = new_watch(cfg)
-        state = State(registry=self.registry.location, health_timeout=max(60.0, 2 * cfg.full_sync_period))
+        # the sockets systemd kept across the restart (taken once per process); where the zone's
+        # source is kept for the next start
+        self.sockets = SocketStore.from_environment()
+        self.zone_cache = new_zone_cache(cfg)
+        self.dns = new_dns(cfg, self.sockets, self._published)
+        # the status servers first: they fail fast and alone when a port is taken
+        state = State(registry="", health_timeout=max(60.0, 2 * cfg.full_sync_period))
         self.metrics = Metrics(dns_stats=lambda: self.dns.stats())  # whichever server runs now
         self.status, self.metrics_server = status_servers(cfg, state, self.metrics)
-        self.agent = Agent(watch, open_dataplane(cfg.dataplane, service_cidrs=cfg.service_cidrs), self.dns, state=state,
-                           metrics=self.metrics, notifier=Notifier(), full_sync_period=cfg.full_sync_period)  # fmt: skip
-        self.metrics.follow(state, self.agent.pending_changes)
-        from ..probe.metrics import ProbeMetrics
-
-        self.probe_metrics = ProbeMetrics(self.metrics.registry)  # once: a reload's prober takes the same
-        self.prober = new_prober(cfg, self.probe_metrics)
-        state.probes = lambda: self.prober.status()  # whichever prober runs now
-        self.lease: NodeLease | None = None
-        self.metrics.node_lease.set_function(lambda: self.lease.remaining() if self.lease else 0.0)
-
-    def start(self) -> None:
         try:
-            self.status.start()  # first: they fail fast and alone when a port is taken
+            self.status.start()
             if self.metrics_server is not None:
                 self.metrics_server.start()
-            start_dns(self.dns, self.cfg)
+            # then DNS, before the registry, the dataplane and the prober are even built: under
+            # systemd its sockets hold the queries that arrived since the last process, and the last
+            # known zone answers them
+            last = self.zone_cache.load() if self.zone_cache is not None else None
+            if last is not None:
+                self.dns.preload(last)  # answers from the first query, until the registry is read
+            start_dns(self.dns, cfg)
         except BaseException:
-            self.status.stop()
-            if self.metrics_server is not None:
-                self.metrics_server.stop()
-            self.agent.watch.close()
+            self._stop_status()
             raise
+        try:
+            self.registry, watch = new_watch(cfg)
+            state.registry = self.registry.location
+            dataplane = open_dataplane(cfg.dataplane, service_cidrs=cfg.service_cidrs)
+            self.agent = Agent(watch, dataplane, self.dns, state=state, metrics=self.metrics,
+                               notifier=Notifier(), full_sync_period=cfg.full_sync_period)  # fmt: skip
+            self.metrics.follow(state, self.agent.pending_changes)
+            from ..probe.metrics import ProbeMetrics
+
+            self.probe_metrics = ProbeMetrics(self.metrics.registry)  # once: a reload's prober takes the same
+            self.prober = new_prober(cfg, self.probe_metrics)
+            state.probes = lambda: self.prober.status()  # whichever prober runs now
+            self.lease: NodeLease | None = None
+            self.metrics.node_lease.set_function(lambda: self.lease.remaining() if self.lease else 0.0)
+        except BaseException:
+            self.dns.stop()
+            self._stop_status()
+            raise
+
+    def _stop_status(self) -> None:
+        self.status.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+
+    def _published(self, table: ServiceTable) -> None:
+        if self.zone_cache is not None:
+            self.zone_cache.offer(table)
+
+    def start(self) -> None:
+        if self.zone_cache is not None:
+            self.zone_cache.start()
         self.prober.start()
         self.lease = hold_lease(self.cfg, self.registry)
         cfg = self.cfg
@@ -199,10 +244,10 @@ class Running:
         self.prober.stop()
         self.agent.watch.close()
         self.registry.close()
-        self.dns.stop()
-        self.status.stop()
-        if self.metrics_server is not None:
-            self.metrics_server.stop()
+        self._stop_status()
+        if self.zone_cache is not None:
+            self.zone_cache.stop()
+        self.dns.stop()  # last: it answers for as long as this process runs
 
     def reconfigure(self, new: configuration.Config) -> None:
         """Take ``new`` in place. DNS keeps answering throughout: the server keeps its sockets and
@@ -221,7 +266,7 @@ class Running:
         if any(f in changed for f in DNS_ANSWER_FIELDS) and not any(f in changed for f in DNS_SOCKET_FIELDS):
             self.dns.reconfigure(agent.applied, **dns_answering(new))
         elif any(f in changed for f in DNS_SOCKET_FIELDS):
-            dns = new_dns(new)
+            dns = new_dns(new, self.sockets, self._published)
             start_dns(dns, new)
             if agent.applied is not None:
                 dns.update(agent.applied)
@@ -248,6 +293,11 @@ class Running:
             agent.replace_watch(watch)
             self.registry, old_registry = registry, self.registry
             old_registry.close()
+            cache, self.zone_cache = self.zone_cache, new_zone_cache(new)
+            if cache is not None:
+                cache.stop()
+            if self.zone_cache is not None:
+                self.zone_cache.start()
             agent.state.registry = registry.location
             log.info("agent: following the registry at %s", registry.location)
         if "dataplane" in changed:

@@ -14,6 +14,7 @@ import threading
 
 from ..addr import parse_hostport
 from ..dns.server import DNSServer
+from ..dns.sockets import SocketStore
 from ..errors import UsageError
 from ..registry import open_registry
 from ..registry.contract import Snapshot
@@ -52,6 +53,7 @@ def cmd_dns(args) -> int:
             allowed_networks=args.allow,
             forward=not args.no_forward,
             workers=args.workers,
+            store=SocketStore.from_environment(),  # under systemd, the sockets outlive a restart
         )
     except ValueError as err:
         raise UsageError(str(err)) from None

@@ -1,4 +1,4 @@
-"""``svcdns install`` and ``svcdns uninstall``: the systemd unit, the example config, the resolved drop-in.
+"""``svcdns install`` and ``svcdns uninstall``: the systemd unit, the example config, the resolved routing.
 
 The files ship inside the package (``svcdns/systemd/``), so a wheel installed with pip has them. The
 unit's ``ExecStart=`` is the ``svcdns`` entry point that runs ``install``: that is the installation the
@@ -24,7 +24,8 @@ from . import config
 UNIT = "etc/systemd/system/svcdns.service"
 REGISTRY_DROPIN = "etc/systemd/system/svcdns.service.d/registry.conf"
 CONF = "etc/svcdns/svcdns.toml"
-RESOLVED_DROPIN = "etc/systemd/resolved.conf.d/svcdns.conf"
+RESOLVED_DROPIN = "etc/systemd/resolved.conf.d/svcdns.conf"  # older installs' global DNS= took every name: removed
+RESOLVED_NETWORK = "etc/systemd/network/50-svcdns.network"  # the zone routed to svcdns0 (cli/resolved.py)
 STATE_DIR = PurePosixPath("/var/lib/svcdns")  # the unit's StateDirectory=, writable already
 HIDDEN = ("/root", "/home", "/run/user", "/tmp", "/var/tmp")  # ProtectHome=yes, PrivateTmp=yes
 PLACEHOLDER = "@SVCDNS@"  # ExecStart's command in the shipped unit
@@ -56,7 +57,8 @@ def register(sub, common) -> None:
     inst.add_argument(
         "--with-resolved",
         action="store_true",
-        help="also route the cluster zone to svcdns through systemd-resolved (/etc/systemd/resolved.conf.d/svcdns.conf)",
+        help="also route the cluster zone and the service CIDRs' reverse zones to svcdns through systemd-resolved "
+        "(and systemd-networkd: /etc/systemd/network/50-svcdns.network)",
     )
     inst.set_defaults(func=cmd_install)
     uninst = sub.add_parser("uninstall", parents=[common], help="remove what install put in place and the rules")
@@ -113,21 +115,28 @@ def registry_dropin(registry: str) -> str | None:
     return f"# written by `svcdns install`: the configured registry, writable under ProtectSystem=strict\n[Service]\nReadWritePaths={quoted}\n"
 
 
-def plan(templates: dict[str, str], entry: str, registry: str, with_resolved: bool) -> Plan:
-    """What ``install`` writes. ``templates``: the shipped files by name; ``registry``: the configured one."""
+def plan(templates: dict[str, str], entry: str, registry: str, with_resolved: bool,
+         cfg: config.Config | None = None) -> Plan:  # fmt: skip
+    """What ``install`` writes. ``templates``: the shipped files by name; ``registry``: the configured
+    one; ``cfg`` the configuration the resolved routing comes from (default: the defaults)."""
     files = [
         File(UNIT, unit_text(templates["svcdns.service"], entry), 0o644),
         # the config may hold an etcd password (and names the TLS key): readable by root alone
         File(CONF, templates["svcdns.toml"], 0o600, replace=False),
     ]
-    remove = []
+    remove = [RESOLVED_DROPIN]
     dropin = registry_dropin(registry)
     if dropin:
         files.append(File(REGISTRY_DROPIN, dropin, 0o644))
     else:
         remove.append(REGISTRY_DROPIN)
     if with_resolved:
-        files.append(File(RESOLVED_DROPIN, templates["resolved-svcdns.conf"], 0o644))
+        from .resolved import network_file
+
+        c = cfg or config.load(os.devnull, env={})  # the defaults
+        text = network_file(templates["svcdns-resolved.network"], interface=c.cluster_dns_interface,
+                            cluster_dns=c.cluster_dns, zone=c.cluster_zone, cidrs=c.service_cidrs)  # fmt: skip
+        files.append(File(RESOLVED_NETWORK, text, 0o644))
     dirs = () if "://" in registry else (registry.lstrip("/"),)
     return Plan(tuple(files), tuple(remove), dirs)
 
@@ -147,7 +156,7 @@ def entry_point() -> str:
 
 def _templates() -> dict[str, str]:
     base = resources.files("svcdns") / "systemd"
-    names = ("svcdns.service", "svcdns.toml", "resolved-svcdns.conf")
+    names = ("svcdns.service", "svcdns.toml", "svcdns-resolved.network")
     try:
         return {name: (base / name).read_text() for name in names}
     except OSError as err:
@@ -171,8 +180,8 @@ def cmd_install(args) -> int:
     check_runnable(entry, str(Path(sys.executable).resolve()), str(PACKAGE_DIR))
     templates = _templates()
     conf = root / CONF
-    registry = config.load(str(conf), env={}).registry if conf.exists() else config.DEFAULT_REGISTRY
-    steps = plan(templates, entry, registry, args.with_resolved)
+    cfg = config.load(str(conf) if conf.exists() else os.devnull, env={})  # no config yet: the defaults
+    steps = plan(templates, entry, cfg.registry, args.with_resolved, cfg)
     for file in steps.files:
         target = root / file.rel
         if target.exists() and not file.replace:
@@ -193,7 +202,8 @@ def cmd_install(args) -> int:
         subprocess.run(["systemctl", "daemon-reload"], check=False)
     print("next: systemctl enable --now svcdns")
     if args.with_resolved:
-        print("then: systemctl restart systemd-resolved")
+        print("then: systemctl enable --now systemd-networkd (it hands the routing to systemd-resolved); "
+              "networkctl reload")
     return 0
 
 
@@ -201,7 +211,7 @@ def cmd_uninstall(args) -> int:
     root = Path(args.root)
     if args.root == "/" and shutil.which("systemctl"):
         subprocess.run(["systemctl", "disable", "--now", "svcdns"], check=False, capture_output=True)
-    for rel in (UNIT, REGISTRY_DROPIN, RESOLVED_DROPIN):
+    for rel in (UNIT, REGISTRY_DROPIN, RESOLVED_DROPIN, RESOLVED_NETWORK):
         if (root / rel).exists():
             (root / rel).unlink()
             print(f"removed {root / rel}")

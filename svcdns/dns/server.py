@@ -6,6 +6,10 @@ SO_REUSEPORT group, so the kernel spreads queries over the workers) and keeps th
 
 ``update(table)`` compiles the zone once, sends it to every worker and returns when all of them
 answer from it: each worker swaps its zone in one assignment, so no answer ever mixes two tables.
+Under systemd the sockets outlive the process (:mod:`.sockets`: the file-descriptor store), and
+``preload(table)`` before ``start`` has the workers answer from the last known zone from their
+first query, so a restart neither refuses nor SERVFAILs what arrives meanwhile.
+
 Every exchange with the workers (a zone, a stats request) holds one lock from the first request to
 the last reply, and replies carry the request's sequence number, so two threads never read each
 other's replies. Whatever goes wrong on a worker's pipe is a :class:`~svcdns.errors.DNSError` here.
@@ -13,14 +17,17 @@ other's replies. Whatever goes wrong on a worker's pipe is a :class:`~svcdns.err
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import pickle
 import socket
+import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -30,6 +37,7 @@ from ..addr import format_hostport, parse_hostport
 from ..errors import DNSError
 from ..table import ServiceTable
 from .forward import DEFAULT_ALLOWED, default_upstreams
+from .sockets import SocketName, SocketStore, bind_one
 from .stats import add as _add
 from .stats import zero as _zero
 from .worker import Settings, worker_main
@@ -77,7 +85,13 @@ class DNSServer:
         forward: bool = True,
         workers: int | None = None,
         cluster_dns: str = DEFAULT_CLUSTER_DNS,
+        store: SocketStore | None = None,
+        on_update: Callable[[ServiceTable], None] | None = None,
+        freebind: tuple[str, ...] = (),
     ) -> None:
+        self.freebind = freebind  # listen addresses that may appear on the host only after the bind
+        self.store = store  # systemd's file-descriptor store, or None: sockets die with the process
+        self.on_update = on_update  # told each table the workers now answer from (the zone cache)
         self.settings = _settings(tuple((h, int(p)) for h, p in listen), zone, ttl, upstreams, allowed_networks,
                                   forward, cluster_dns)  # fmt: skip
         self.workers = workers or os.cpu_count() or 1
@@ -114,16 +128,36 @@ class DNSServer:
         addrs = ", ".join(format_hostport(h, p) for h, p in self.settings.listen)
         log.info("dns: serving %s on %s (UDP and TCP, %d workers)", self.settings.zone, addrs, self.workers)
 
+    def preload(self, table: ServiceTable) -> None:
+        """Answer from ``table`` from the first query on (the last known zone, before the registry
+        is read); call before :meth:`start`. The next :meth:`update` sends only what differs."""
+        self.compiler = ZoneCompiler(self.settings.zone, self.settings.ttl, self.settings.cluster_dns)
+        self.compiler.update(table)
+        self.zone = self.compiler.zone
+
     def _bind(self) -> None:
+        """Per worker, a UDP socket and a TCP listener on every listen address: taken back from the
+        store when it holds them (not for port 0, a new port each run), bound otherwise."""
         listen = list(self.settings.listen)
         self._slots = [_Slot(i, []) for i in range(self.workers)]
+        named: dict[str, socket.socket] = {}
         for n, (host, port) in enumerate(listen):
             for slot in self._slots:
-                udp, tcp, port = _bind_pair(host, port)
-                slot.sockets.append((udp, tcp))
-            listen[n] = (host, port)  # port 0: every worker's sockets on the port the first one got
+                pair = []
+                for proto in ("udp", "tcp"):
+                    name = SocketName(proto, host, listen[n][1], slot.index)
+                    sock = self.store.take(name) if self.store is not None and port else None
+                    if sock is None:
+                        sock = bind_one(proto, host, listen[n][1], freebind=host in self.freebind)
+                    named[str(name)] = sock
+                    pair.append(sock)
+                    # port 0: every worker's sockets on the port the first one got
+                    listen[n] = (host, sock.getsockname()[1])
+                slot.sockets.append((pair[0], pair[1]))
         if listen != list(self.settings.listen):
             self.settings = replace(self.settings, listen=tuple(listen))
+        if self.store is not None:
+            self.store.publish(named if all(port for _, port in self.settings.listen) else {})
 
     @property
     def addresses(self) -> tuple[tuple[str, int], ...]:
@@ -142,9 +176,10 @@ class DNSServer:
 
     def _spawn(self, slot: _Slot) -> None:
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=worker_main, args=(self.settings, child, slot.sockets, slot.index),
+        proc = self._ctx.Process(target=worker_main, args=(self.settings, child, slot.sockets, slot.index, self.zone),
                                  name=f"svcdns-dns-{slot.index}", daemon=True)  # fmt: skip
-        proc.start()
+        with _main_not_rerun():
+            proc.start()
         child.close()
         slot.proc, slot.pipe, slot.started = proc, parent, time.monotonic()
 
@@ -252,6 +287,8 @@ class DNSServer:
             replies = self._exchange(("zone", self.zone) if first else ("delta", delta), ZONE_TIMEOUT)
         if replies and not any(r == "ok" for r in replies.values()):
             raise DNSError(f"no DNS worker took the new zone ({self.problem})")
+        if self.on_update is not None:
+            self.on_update(table)
 
     def stats(self) -> dict[str, Any]:
         """The workers' counts (:mod:`.stats`), summed over the workers, those replaced included (so
@@ -349,6 +386,7 @@ class DNSServer:
             if fd >= 0:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
+        log.info("dns: stopped")
 
     def __enter__(self) -> DNSServer:
         self.start()
@@ -377,33 +415,23 @@ def _settings(
                     cluster_dns=cluster_dns)  # fmt: skip
 
 
-def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket, int]:
-    """A UDP socket and a TCP listener on ``host:port`` in an SO_REUSEPORT group, and the port."""
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    udp = socket.socket(fam, socket.SOCK_DGRAM)
-    tcp = socket.socket(fam, socket.SOCK_STREAM)
+@contextlib.contextmanager
+def _main_not_rerun() -> Iterator[None]:
+    """Start a process without having it run this program's main script first (spawn runs
+    ``__main__.__file__`` in the child: for ``svcdns agent``, the whole CLI, a second or so of a
+    worker's start on a busy host, while the queries of a restart wait). The worker needs only
+    :func:`worker_main`, which the child imports by name."""
+    main = sys.modules.get("__main__")
+    if main is None or not hasattr(main, "__file__"):
+        yield
+        return
+    path, spec = main.__file__, getattr(main, "__spec__", None)
+    del main.__file__
+    main.__spec__ = None  # (python -m svcdns: spawn would import svcdns.__main__ by name instead)
     try:
-        for proto, s in (("UDP", udp), ("TCP", tcp)):
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if fam == socket.AF_INET6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                s.bind((host, port))
-            except OSError as err:
-                raise DNSError(f"cannot listen on {format_hostport(host, port)} ({proto}): {err.strerror}") from None
-            port = s.getsockname()[1]
-            s.setblocking(False)
-        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:  # bursts: queue up to ~16k queries instead of dropping them
-            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        except OSError:
-            pass
-        tcp.listen(128)
-    except BaseException:
-        udp.close()
-        tcp.close()
-        raise
-    return udp, tcp, port
+        yield
+    finally:
+        main.__file__, main.__spec__ = path, spec
 
 
 def _end(slot: _Slot, kill: bool = False) -> None:

@@ -1,5 +1,6 @@
 """`svcdns dns` under abuse, inside a network namespace of the test's own: TCP clients that never
-read their answers, and a flood of queries forwarded to an upstream that never answers."""
+read their answers, slowloris and idle TCP connections, and a flood of queries forwarded to an
+upstream that never answers."""
 
 import json
 import os
@@ -53,6 +54,73 @@ NON_READERS = textwrap.dedent(
     for t in hogs:
         t.join()
     print(json.dumps({"udp": udp, "tcp": tcp, "pushed": pushed[0], "slowest": slowest}))
+    """
+)
+
+# 700 slowloris connections (half a length prefix, then a byte every 2 s: a query that never ends)
+# and 300 idle ones, from 14 addresses (so the per-client cap alone cannot stop them), each one
+# opened again as soon as the server closes it, for as long as a well-behaved client asks 40
+# questions, alternating UDP and TCP, each with a 2 s timeout.
+SLOWLORIS = textwrap.dedent(
+    """
+    import json, resource, selectors, socket, time
+    from dnslib import DNSRecord
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    sel = selectors.DefaultSelector()
+    state = {}
+    opened = [0]
+    def open_one(kind):
+        s = socket.socket(); s.setblocking(False)
+        s.bind((f"127.0.0.{2 + opened[0] % 14}", 0))
+        try:
+            s.connect(("127.0.0.1", 53))
+        except BlockingIOError:
+            pass
+        state[s] = [kind, time.monotonic() + 0.5, 0]
+        sel.register(s, selectors.EVENT_READ)
+        opened[0] += 1
+    def pump(until):
+        while time.monotonic() < until:
+            for key, _ in sel.select(0.05):
+                s = key.fileobj
+                try:
+                    gone = not s.recv(64)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    gone = True
+                if gone:  # the server closed it: come back at once
+                    kind = state.pop(s)[0]
+                    sel.unregister(s); s.close(); open_one(kind)
+            now = time.monotonic()
+            for s, st in state.items():
+                if st[0] == "slow" and now >= st[1]:
+                    try:
+                        s.send(b"\\x00" if st[2] == 0 else b"x")
+                        st[2] += 1
+                    except OSError:
+                        pass
+                    st[1] = now + 2
+    for _ in range(700):
+        open_one("slow")
+    for _ in range(300):
+        open_one("idle")
+    pump(time.monotonic() + 3)  # the slots fill up
+    answered = {"udp": 0, "tcp": 0}
+    slowest = 0.0
+    for i in range(40):
+        tcp = i % 2 == 1
+        start = time.monotonic()
+        try:
+            a = DNSRecord.parse(DNSRecord.question("web.default.svc.cluster.local").send("127.0.0.1", 53, tcp=tcp, timeout=2))
+            if [str(r.rdata) for r in a.rr] == ["10.96.0.10"]:
+                answered["tcp" if tcp else "udp"] += 1
+                slowest = max(slowest, time.monotonic() - start)
+        except Exception:
+            pass
+        pump(time.monotonic() + 0.1)
+    print(json.dumps({**answered, "slowest": slowest, "opened": opened[0], "open": len(state)}))
     """
 )
 
@@ -130,6 +198,20 @@ def test_tcp_clients_that_never_read_cost_only_their_own_connections(served):
     print(summary)
     assert server.poll() is None, summary
     assert result["udp"] == 80 and result["tcp"] == 10 and result["slowest"] < 1.0, summary
+
+
+def test_slowloris_and_idle_connections_never_lock_out_a_client(served):
+    """Before: 700 slowloris connections held every TCP slot (2 workers x 256), and all TCP queries
+    failed for as long as the trickle went on."""
+    world, server = served
+    result = json.loads(world.node.run([sys.executable, "-c", SLOWLORIS], timeout=120).stdout)
+    summary = (f"{result['udp']} of 20 UDP and {result['tcp']} of 20 TCP queries answered under 700 slowloris and "
+               f"300 idle connections from 14 addresses; slowest answer {result['slowest']:.3f} s; the attacker "
+               f"opened {result['opened']} connections in all ({result['opened'] - 1000} again after the server "
+               f"closed them)")  # fmt: skip
+    print(summary)
+    assert server.poll() is None, summary
+    assert result["udp"] == 20 and result["tcp"] == 20 and result["slowest"] < 1.0, summary
 
 
 def test_a_flood_of_forwards_to_a_dead_upstream_is_bounded(served):

@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ from svcdns.testing.lab import wait_for
 CACHE = Path("/var/cache/svcdns-test")
 REPO = Path(__file__).resolve().parents[2]
 # python3-venv: the container makes its own venv under /opt, as an operator would
-PACKAGES = "systemd,systemd-sysv,dbus,iproute2,nftables,dnsutils,python3,python3-venv,ca-certificates"
+PACKAGES = "systemd,systemd-sysv,dbus,iproute2,nftables,dnsutils,python3,python3-venv,ca-certificates,systemd-resolved"
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("systemd-nspawn") and shutil.which("debootstrap")),
@@ -157,7 +158,7 @@ def container(tmp_path, wheels):
                                env=env, check=check, timeout=timeout)  # fmt: skip
 
     try:
-        pid = wait_for(leader, 30, 0.2, "the container's init")
+        pid = run.pid = wait_for(leader, 30, 0.2, "the container's init")
         wait_for(lambda: run("systemctl", "is-system-running", check=False).stdout.strip() in ("running", "degraded"),
                  120, 0.5, "the container to boot")  # fmt: skip
         yield run
@@ -190,6 +191,45 @@ def test_apt_sources_in_both_formats(tmp_path):
     assert mirror_for("sid", sources) is None and mirror_for("forky", sources) is None
 
 
+# Queries, one at a time, alternating UDP and TCP, each on a new socket waiting up to 10 s for its
+# answer, until /run/stop-loop appears: how many were answered with the VIP, refused, SERVFAIL or
+# lost, and the slowest answer.
+QUERY_LOOP = """
+import json, os, socket, struct, sys, time
+from dnslib import DNSRecord
+vip, counts, slowest, n = sys.argv[1], dict(answered=0, refused=0, servfail=0, lost=0, wrong=0, over3=0), 0.0, 0
+print("started", flush=True)
+while not os.path.exists("/run/stop-loop"):
+    n += 1
+    q = DNSRecord.question("web.default.svc.cluster.local").pack()
+    tcp = n % 2 == 0
+    start = time.monotonic()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM) as s:
+            s.settimeout(10)
+            s.connect(("127.0.0.1", 53))
+            if tcp:
+                s.sendall(struct.pack("!H", len(q)) + q)
+                size = struct.unpack("!H", s.recv(2))[0]
+                data = b""
+                while len(data) < size:
+                    data += s.recv(size - len(data))
+            else:
+                s.send(q)
+                data = s.recv(4096)
+        a = DNSRecord.parse(data)
+        kind = "answered" if [str(r.rdata) for r in a.rr] == [vip] else "servfail" if a.header.rcode == 2 else "wrong"
+    except ConnectionRefusedError:
+        kind = "refused"
+    except (TimeoutError, OSError, struct.error):
+        kind = "lost"
+    counts[kind] += 1
+    took = time.monotonic() - start
+    counts["over3"] += took > 3
+    slowest = max(slowest, took)
+    time.sleep(0.02)
+print(json.dumps(dict(counts, slowest=round(slowest, 3))), flush=True)
+"""
 REGISTRY = "/srv/svcdns-registry"  # outside /var/lib/svcdns: needs the ReadWritePaths= drop-in install writes
 WEB = "name: web\nports: [{port: 80}]\nendpoints: [10.244.1.2]\n"  # no clusterIP: the agent allocates one
 
@@ -242,6 +282,9 @@ def test_wheel_install_under_opt_boots_hardened_notifies_answers_and_restarts(co
     security = run("systemd-analyze", "security", "svcdns", "--no-pager").stdout  # with install's drop-in
     assert float(re.search(r"Overall exposure level for svcdns.service: ([0-9.]+)", security)[1]) <= 2.5, security
 
+    restarts_keep_dns_answering(run, vip)
+    resolved_sends_only_the_zone_to_svcdns(run, svcdns, vip)
+
     first = run("systemctl", "show", "-p", "MainPID", "--value", "svcdns").stdout.strip()
     run("systemctl", "kill", "-s", "KILL", "svcdns")
     wait_for(lambda: run("systemctl", "show", "-p", "MainPID", "--value", "svcdns").stdout.strip() not in ("0", first)
@@ -249,7 +292,87 @@ def test_wheel_install_under_opt_boots_hardened_notifies_answers_and_restarts(co
              60, 0.5, "Restart=on-failure to bring it back")  # fmt: skip
     run("systemctl", "stop", "svcdns", timeout=60)
     assert run("systemctl", "is-active", "svcdns", check=False).stdout.strip() == "inactive"
+    # systemd 252 closes the store at a stop (FileDescriptorStorePreserve= came in 254): refused, not a black hole
+    assert run("systemctl", "show", "-p", "NFileDescriptorStore", "--value", "svcdns").stdout.strip() == "0"
+    assert "refused" in run("dig", "+tries=1", "+time=1", "@127.0.0.1", "web.default.svc.cluster.local", check=False).stdout
     # SIGTERM left the rules in place; cleanup removes them
     assert "svcdns" in run("nft", "list", "tables").stdout
     run(svcdns, "cleanup")
     assert "svcdns" not in run("nft", "list", "tables").stdout
+
+
+def restarts_keep_dns_answering(run, vip: str) -> None:
+    """Before: each restart was a 1.0-2.2 s gap, refused then SERVFAIL. Now the sockets wait in
+    systemd's store and the next process answers from the last known zone."""
+    stored = run("systemctl", "show", "-p", "NFileDescriptorStore", "--value", "svcdns").stdout.strip()
+    assert int(stored) >= 2, f"{stored} descriptors in systemd's store"
+    loop = subprocess.Popen(["nsenter", "-t", str(run.pid), "-a", "--", "/opt/svcdns/bin/python", "-c", QUERY_LOOP, vip],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert loop.stdout is not None and loop.stdout.readline().strip() == "started", loop.stderr
+        took = []
+        for _ in range(5):
+            before = run("systemctl", "show", "-p", "MainPID", "--value", "svcdns").stdout.strip()
+            start = time.monotonic()
+            run("systemctl", "restart", "svcdns", timeout=120)  # Type=notify: returns once the new one is ready
+            took.append(time.monotonic() - start)
+            assert run("systemctl", "show", "-p", "MainPID", "--value", "svcdns").stdout.strip() != before
+        run("touch", "/run/stop-loop")
+        out, err = loop.communicate(timeout=30)
+    finally:
+        if loop.poll() is None:
+            loop.kill()
+            loop.wait()
+    result = json.loads(out.strip().splitlines()[-1])
+    summary = (f"across 5 restarts ({', '.join(f'{t:.1f}' for t in took)} s each): {result['answered']} answered, "
+               f"{result['refused']} refused, {result['servfail']} SERVFAIL, {result['lost']} lost, {result['wrong']} "
+               f"wrong; {result['over3']} waited over 3 s, the slowest {result['slowest']} s; {stored} sockets stored")  # fmt: skip
+    print(summary)
+    last = run("journalctl", "-u", "svcdns", "-o", "short-precise", "--no-pager", "-n", "30", check=False).stdout
+    # every query answered, by the old process or the next; how long one waits is the next process's
+    # start-up (the target is 3 s: met on a quiet host, not on a 2-core host shared with other test
+    # runs), so the wait is reported, and bounded only by the loop's 10 s
+    assert result["answered"] > 0, summary
+    assert result["refused"] == result["servfail"] == result["lost"] == result["wrong"] == 0, \
+        f"{summary}\nthe last restart:\n{last}"  # fmt: skip
+    journal = run("journalctl", "-u", "svcdns", "--no-pager", "-o", "cat").stdout
+    assert "answering from the last known zone" in journal, journal[-2000:]
+
+
+def dns_queries(run) -> int:
+    """How many queries svcdns has answered (its /metrics)."""
+    text = run("/opt/svcdns/bin/python", "-c", "import urllib.request; "
+               "print(urllib.request.urlopen('http://127.0.0.1:10256/metrics', timeout=5).read().decode())").stdout
+    return int(sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("svcdns_dns_responses_total")))
+
+
+def resolved_sends_only_the_zone_to_svcdns(run, svcdns: str, vip: str) -> None:
+    """Before: the drop-in's global DNS=127.0.0.1 made svcdns resolve every host name, forwarding them
+    to resolved's 127.0.0.53: a loop. Now the zone and its reverse zones are routing domains of the
+    svcdns0 link alone (systemd-networkd), and every other name stays away from svcdns."""
+    if run("systemctl", "cat", "systemd-resolved", check=False).returncode != 0:
+        pytest.skip("no systemd-resolved in the container's image")
+    if run("ip", "link", "show", "svcdns0", check=False).returncode != 0:
+        # this kernel has no dummy driver (the agent put the address on lo, which resolved never
+        # routes to): a veth pair stands in for the agent's svcdns0
+        run("ip", "link", "add", "svcdns0", "type", "veth", "peer", "name", "svcdns0-peer")
+        run("ip", "link", "set", "svcdns0-peer", "up")
+    assert "50-svcdns.network" in run(svcdns, "install", "--with-resolved").stdout
+    run("systemctl", "enable", "--now", "systemd-networkd")
+    run("networkctl", "reload")
+    run("systemctl", "restart", "svcdns", timeout=120)  # the cluster DNS address goes on svcdns0
+    wait_for(lambda: "~cluster.local" in run("resolvectl", "domain", "svcdns0", check=False).stdout, 30, 0.5,
+             "resolved to take svcdns0's routing domains")  # fmt: skip
+    status = run("resolvectl", "status", "svcdns0", check=False).stdout
+    before = dns_queries(run)
+    hosts = wait_for(lambda: run("getent", "hosts", "web.default.svc.cluster.local", check=False).stdout.split(), 20,
+                     0.5, "getent to resolve a Service name through resolved")  # fmt: skip
+    assert hosts[0] == vip, f"{hosts}\n{status}"
+    ptr = run("dig", "+short", "@127.0.0.53", "-x", vip, check=False).stdout.strip()
+    assert ptr == "web.default.svc.cluster.local.", f"{ptr!r}\n{status}"
+    inside = dns_queries(run)
+    assert inside > before, "the zone's names went to svcdns"
+    for name in ("example.org", "host.internal"):
+        run("getent", "hosts", name, check=False)
+        run("dig", "+tries=1", "+time=2", "@127.0.0.53", name, check=False)
+    assert dns_queries(run) == inside, f"names outside the zone reached svcdns through resolved\n{status}"

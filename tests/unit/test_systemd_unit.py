@@ -88,9 +88,10 @@ def test_plan_writes_the_unit_and_a_private_config_and_resolved_only_on_request(
     assert set(files) == {install.UNIT, install.CONF}
     assert "ExecStart=/opt/svcdns/bin/svcdns agent --config /etc/svcdns/svcdns.toml\n" in files[install.UNIT].text
     assert files[install.CONF].mode == 0o600 and not files[install.CONF].replace
-    assert plan.remove == (install.REGISTRY_DROPIN,)  # a registry moved back home needs no drop-in
+    # a registry moved back home needs no drop-in; an older install's global DNS= took every name
+    assert plan.remove == (install.RESOLVED_DROPIN, install.REGISTRY_DROPIN)
     plan = install.plan(TEMPLATES, "/opt/svcdns/bin/svcdns", "/var/lib/svcdns/registry", with_resolved=True)
-    assert install.RESOLVED_DROPIN in {f.rel for f in plan.files}
+    assert install.RESOLVED_NETWORK in {f.rel for f in plan.files} and install.RESOLVED_DROPIN in plan.remove
 
 
 @pytest.mark.parametrize(
@@ -189,7 +190,7 @@ def test_install_from_a_wheel_in_a_venv_under_opt(wheel, opt_prefix, tmp_path):
     conf = root / install.CONF
     assert conf.read_text() == TEMPLATES["svcdns.toml"]
     assert stat.S_IMODE(conf.stat().st_mode) == 0o600
-    assert not (root / install.RESOLVED_DROPIN).exists()  # only on request
+    assert not (root / install.RESOLVED_NETWORK).exists()  # only on request
     assert not (root / install.REGISTRY_DROPIN).exists()
     assert (root / "var/lib/svcdns/registry").is_dir()
     assert "next: systemctl enable --now svcdns" in out.stdout
@@ -199,7 +200,7 @@ def test_install_from_a_wheel_in_a_venv_under_opt(wheel, opt_prefix, tmp_path):
     out = run("install", "--with-resolved", via=(str(svcdns.parent / "python"), "-m", "svcdns"))
     assert out.returncode == 0, out.stderr
     assert f"ExecStart={svcdns} agent" in (root / install.UNIT).read_text()
-    assert "Domains=~cluster.local" in (root / install.RESOLVED_DROPIN).read_text()
+    assert "Domains=~cluster.local ~96.10.in-addr.arpa" in (root / install.RESOLVED_NETWORK).read_text()
     assert "ReadWritePaths=/srv/reg\n" in (root / install.REGISTRY_DROPIN).read_text()
     assert (root / "srv/reg").is_dir()
     assert 'registry = "/srv/reg"' in conf.read_text()  # the operator's config is kept
@@ -207,7 +208,7 @@ def test_install_from_a_wheel_in_a_venv_under_opt(wheel, opt_prefix, tmp_path):
     out = run("uninstall")
     assert out.returncode == 0, out.stderr
     assert not (root / install.UNIT).exists() and not (root / install.REGISTRY_DROPIN).exists()
-    assert not (root / install.RESOLVED_DROPIN).exists() and conf.exists()
+    assert not (root / install.RESOLVED_NETWORK).exists() and conf.exists()
 
 
 def test_install_from_a_venv_the_unit_cannot_see_is_refused(wheel, tmp_path):
