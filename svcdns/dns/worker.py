@@ -44,6 +44,7 @@ TCP_IDLE = 10.0  # seconds a TCP client may stay silent while fewer than half th
 TCP_IDLE_MIN = 0.5  # ... shrinking to this as the slots fill (RFC 7766 section 6.2.3, as unbound does)
 TCP_MAX_CONNECTIONS = 256  # per worker
 TCP_PER_CLIENT = 64  # connections one client address may hold, per worker
+TCP_DRAIN = 0.5  # seconds a stopping worker still answers the connections it accepted
 TCP_ACCEPTS = 32  # connections taken from a listener's backlog per turn of the loop
 TCP_READ = 1024  # bytes read from one connection per turn of the loop: a client pipelining queries
 # as fast as it can gets ~20 answered per turn (a UDP socket up to 8 batches of 64), not the CPU
@@ -108,6 +109,7 @@ class Worker:
         self.turn = 0  # the rotation of headless answers: each uncached answer takes the next
         self.next_expiry = 0.0
         self.running = True
+        self.draining = 0.0  # once stopping: until when accepted connections are still answered
         # answers computed on the forwarding threads, handed to the loop (the only writer of sockets)
         self.done: deque[tuple[Reply, bytes, float, int]] = deque()
         self.wake_r, self.wake_w = socket.socketpair()
@@ -141,9 +143,24 @@ class Worker:
                 else:
                     self.on_control()
             now = time.monotonic()
+            if self.draining and (not self.conns or now >= self.draining):
+                self.running = False
             if now >= self.next_expiry:
                 self.expire(now)
                 self.next_expiry = now + TCP_IDLE_MIN
+
+    def drain(self) -> None:
+        """Stop: read no more datagrams and accept no more connections (they wait in the sockets,
+        which outlive this process under systemd, for the next one), but answer the connections
+        already accepted for up to TCP_DRAIN seconds: a client that just connected would otherwise
+        see its connection reset."""
+        for udp, tcp in self.sockets:
+            for sock in (udp, tcp):
+                try:
+                    self.sel.unregister(sock)
+                except (KeyError, ValueError):
+                    pass
+        self.draining = time.monotonic() + TCP_DRAIN
 
     def configure(self, settings: Settings) -> None:
         """Answer by ``settings`` from now on, on the same sockets (a reload); forwards in flight
@@ -175,7 +192,7 @@ class Worker:
         elif verb == "stats":
             self.control.send((seq, self.stats()))
         elif verb == "stop":
-            self.running = False
+            self.drain()
 
     def stats(self) -> dict[str, Any]:
         return {**self.counts.snapshot(), **self.forward_counts.snapshot(),
