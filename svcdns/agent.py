@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from .dataplane.contract import Dataplane
 from .dns.contract import DNS
@@ -55,6 +56,8 @@ class Agent:
         min_interval: float = 0.01,
         max_gather: float = 0.5,
         retry: tuple[float, float] = (0.5, 30.0),
+        node_check: Callable[[], list[str]] | None = None,
+        node_check_period: float = 5.0,
     ) -> None:
         self.watch, self.dataplane, self.dns = watch, dataplane, dns
         self.state = state or State()
@@ -81,6 +84,9 @@ class Agent:
         self.syncs = 0
         self.watch_started = False
         self.registry_problem: str | None = None  # the last problem logged, to log changes once
+        self.node_check = node_check  # what stops VIPs from working on this node (dataplane/health.py)
+        self.node_check_period = node_check_period
+        self.last_node_check = -node_check_period
 
     # ---- the loop ---------------------------------------------------------------------------------------
 
@@ -104,6 +110,9 @@ class Agent:
                 self.check_drift(now)
             if now - self.last_loss_check >= self.loss_check_period and self.applied is not None and not self.need_full:
                 self.check_lost(now)
+            if self.node_check is not None and now - self.last_node_check >= self.node_check_period:
+                self.last_node_check = now
+                self.state.vip_problems = self.node_check()
             if self.due(now):
                 self.sync()
                 continue

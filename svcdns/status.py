@@ -4,7 +4,9 @@
 timeout, 503 otherwise (kube-proxy's rule), with a small JSON body saying why. /livez answers 200
 while the agent's loop turns (it ran within the health timeout), whatever the registry or the
 kernel say: a liveness probe restarts a stuck agent, not one waiting out an etcd outage. /readyz
-answers 200 once the first sync is done and DNS is up. /status is what `svcdns status` prints.
+answers 200 once the first sync is done and DNS is up. What stops VIPs from working on the node
+(forwarding off, bridged pods without what they need) is listed in /healthz under ``vips.problems``
+without failing it, as kube-proxy does: the agent works, and restarting it would not change a sysctl. /status is what `svcdns status` prints.
 Every path answers HEAD too (the same status and headers, no body). With ``metrics_listen``,
 /metrics moves to a listener of its own that serves nothing else, so Prometheus can scrape from
 outside without /status (the registry, the errors) becoming public.
@@ -52,6 +54,7 @@ class State:
     registry_problem: str | None = None
     dns_problem: str | None = None
     bad_entries: dict[str, str] = field(default_factory=dict)
+    vip_problems: list[str] = field(default_factory=list)  # what stops VIPs from working on this node
     health_timeout: float = 60.0
     loop_turned: float = field(default_factory=time.monotonic)  # the agent loop's last turn (monotonic)
     probes: Callable[[], dict[str, Any]] | None = None  # the prober's view: counts, failing pods and why
@@ -246,7 +249,8 @@ class StatusServer:
             ok, why = st.healthy()
             body = {"healthy": ok, "reason": why, "lastUpdated": _iso(st.last_sync), "currentTime": _iso(time.time()),
                     "registry": {"location": st.registry, "up": st.registry_problem is None, "problem": st.registry_problem},
-                    "dns": {"up": st.dns_problem is None, "problem": st.dns_problem}}  # fmt: skip
+                    "dns": {"up": st.dns_problem is None, "problem": st.dns_problem},
+                    "vips": {"problems": st.vip_problems}}  # fmt: skip
             reply(200 if ok else 503, json.dumps(body).encode(), "application/json")
         elif path == "/livez":
             ok, why = st.alive()
@@ -262,7 +266,8 @@ class StatusServer:
             body = {"services": st.services, "endpoints": st.endpoints, "revision": st.revision,
                     "lastSync": _iso(st.last_sync), "lastError": st.last_error, "ready": st.ready,
                     "registry": st.registry, "registryProblem": st.registry_problem, "dnsProblem": st.dns_problem,
-                    "invalidEntries": st.bad_entries, "healthy": st.healthy()[0], "startedAt": _iso(st.started),
+                    "invalidEntries": st.bad_entries, "vipProblems": st.vip_problems, "healthy": st.healthy()[0],
+                    "startedAt": _iso(st.started),
                     "nodes": {n: "Ready" if up else "NotReady" for n, up in sorted(st.nodes.items())}}  # fmt: skip
             if st.probes is not None:
                 body["probes"] = st.probes()

@@ -166,6 +166,14 @@ def hold_lease(cfg: configuration.Config, registry: Registry) -> NodeLease | Non
     return registry.hold_node(cfg.node_name, cfg.node_lease_ttl)
 
 
+def node_check(cfg: configuration.Config):
+    """What stops VIPs from working on this node, checked by the agent every few seconds."""
+    from ..dataplane.health import NodeCheck, problems
+
+    ipv6 = any(":" in c for c in cfg.service_cidrs)
+    return NodeCheck(lambda: problems(ipv6=ipv6, masquerades_bridges=cfg.dataplane == "nftables"))
+
+
 class Running:
     """The agent's parts, wired from a configuration; a reload replaces only what it must."""
 
@@ -204,8 +212,8 @@ class Running:
             self.registry, watch = new_watch(cfg)
             state.registry = self.registry.location
             dataplane = open_dataplane(cfg.dataplane, service_cidrs=cfg.service_cidrs)
-            self.agent = Agent(watch, dataplane, self.dns, state=state, metrics=self.metrics,
-                               notifier=Notifier(), full_sync_period=cfg.full_sync_period)  # fmt: skip
+            self.agent = Agent(watch, dataplane, self.dns, state=state, metrics=self.metrics, notifier=Notifier(),
+                               full_sync_period=cfg.full_sync_period, node_check=node_check(cfg))  # fmt: skip
             self.metrics.follow(state, self.agent.pending_changes)
             from ..probe.metrics import ProbeMetrics
 
@@ -310,6 +318,8 @@ class Running:
         elif "service_cidrs" in changed:  # the rule rejecting what no Service holds in them: rewritten fully
             agent.dataplane.service_cidrs = tuple(new.service_cidrs)
             agent.need_full = True
+        if "dataplane" in changed or "service_cidrs" in changed:
+            agent.node_check = node_check(new)
         if any(f in changed for f in PROBER_FIELDS):
             prober, old_prober = new_prober(new, self.probe_metrics), self.prober
             old_prober.stop()  # first: two probers of one node would both write
@@ -381,6 +391,8 @@ def cmd_status(args) -> int:
     print(f"Services:         {st['services']} ({st['endpoints']} endpoints), revision {st['revision']}")
     if st.get("dnsProblem"):
         print(f"DNS:              PROBLEM: {st['dnsProblem']}")
+    for problem in st.get("vipProblems", []):
+        print(f"VIPs:             PROBLEM: {problem}")
     print(f"Last sync:        {st['lastSync'] or 'never'}")
     if st["lastError"]:
         print(f"Last error:       {st['lastError']}")

@@ -6,8 +6,12 @@ creates (named ``svcdns-<tag>-<pid>-...``); nothing is added to the namespace th
 
 Addressing (inside the lab's own namespaces only):
 
-- pod *i* (1-based): ``10.244.<i>.2/24`` and ``fd00:244:<i>::2/64``; the node's side ``.1`` / ``::1``;
-  pods route everything via the node;
+- routed pod *i* (1-based, counting every pod): ``10.244.<i>.2/24`` and ``fd00:244:<i>::2/64`` on a
+  veth pair of its own, the node's side ``.1`` / ``::1``; pods route everything via the node;
+- bridged pod *k* (1-based, counting the bridged pods): ``10.244.0.<k+1>/24`` and
+  ``fd00:244::<k+1>/64`` on a veth whose node side is a port of the bridge ``svbr0`` (the common
+  container set-up), which holds the node's ``10.244.0.1`` / ``fd00:244::1``: the pods' gateway;
+  br_netfilter is off on it unless a test turns it on (``set_br_netfilter``);
 - the node has an uplink ``svd0`` (``10.243.0.1``, ``fd00:243::1``) carrying the default routes, so
   traffic to a VIP (an address on no interface) is routed and meets the DNAT rules, as on a real host.
 
@@ -28,6 +32,11 @@ import time
 from dataclasses import dataclass, field
 
 _counter = itertools.count(1)
+BRIDGE = "svbr0"  # the node's bridge for bridged pods
+
+
+class NoBrNetfilter(RuntimeError):
+    """The host has no br_netfilter module loaded (loading one is host-wide: the lab never does)."""
 
 
 def run(cmd: list[str] | str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -65,6 +74,8 @@ class Pod:
     ns: Netns
     ipv4: ipaddress.IPv4Address
     ipv6: ipaddress.IPv6Address
+    host_if: str = ""  # the node's side of the pod's veth pair (a port of BRIDGE for a bridged pod)
+    bridged: bool = False
 
     def address(self, family: int = 4) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         return self.ipv4 if family == 4 else self.ipv6
@@ -72,9 +83,10 @@ class Pod:
 
 @dataclass
 class Lab:
-    """A node namespace plus pods. ``Lab(pods=2)`` builds nothing until entered."""
+    """A node namespace plus pods. ``Lab(pods=2, bridged=2)`` builds nothing until entered."""
 
     pods: int = 2
+    bridged: int = 0
     tag: str = "lab"
     node: Netns = field(init=False)
     pod_list: list[Pod] = field(init=False, default_factory=list)
@@ -100,6 +112,8 @@ class Lab:
             self.node.run("ip -6 route add default dev svd0")
             for _ in range(self.pods):
                 self.add_pod()
+            for _ in range(self.bridged):
+                self.add_pod(bridged=True)
         except BaseException:
             self.close()
             raise
@@ -126,24 +140,54 @@ class Lab:
         ):
             ns.run(["sysctl", "-qw", f"{key}={value}"])
 
-    def add_pod(self) -> Pod:
+    def add_pod(self, bridged: bool = False) -> Pod:
+        """A routed pod (a veth pair of its own), or with ``bridged`` a pod on the bridge BRIDGE."""
         i = len(self.pod_list) + 1
         ns = self._add_ns(f"{self.prefix}-pod{i}")
-        host_if, pod_if = f"vp{i}", f"veth{i}"
+        host_if, pod_if = (f"vb{i}" if bridged else f"vp{i}"), f"veth{i}"
         self.node.run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", pod_if, "netns", ns.name])
         ns.run(["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0"])
         ns.run(["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"])
-        self.node.run(["ip", "addr", "add", f"10.244.{i}.1/24", "dev", host_if])
-        self.node.run(["ip", "addr", "add", f"fd00:244:{i}::1/64", "dev", host_if, "nodad"])
+        if bridged:
+            self._bridge()
+            k = sum(p.bridged for p in self.pod_list) + 1
+            v4, v6, gw4, gw6 = f"10.244.0.{k + 1}", f"fd00:244::{k + 1:x}", "10.244.0.1", "fd00:244::1"
+            self.node.run(["ip", "link", "set", host_if, "master", BRIDGE])
+        else:
+            v4, v6, gw4, gw6 = f"10.244.{i}.2", f"fd00:244:{i}::2", f"10.244.{i}.1", f"fd00:244:{i}::1"
+            self.node.run(["ip", "addr", "add", f"{gw4}/24", "dev", host_if])
+            self.node.run(["ip", "addr", "add", f"{gw6}/64", "dev", host_if, "nodad"])
         self.node.run(["ip", "link", "set", host_if, "up"])
-        ns.run(["ip", "addr", "add", f"10.244.{i}.2/24", "dev", pod_if])
-        ns.run(["ip", "addr", "add", f"fd00:244:{i}::2/64", "dev", pod_if, "nodad"])
+        ns.run(["ip", "addr", "add", f"{v4}/24", "dev", pod_if])
+        ns.run(["ip", "addr", "add", f"{v6}/64", "dev", pod_if, "nodad"])
         ns.run(["ip", "link", "set", pod_if, "up"])
-        ns.run(["ip", "route", "add", "default", "via", f"10.244.{i}.1"])
-        ns.run(["ip", "-6", "route", "add", "default", "via", f"fd00:244:{i}::1"])
-        pod = Pod(i, ns, ipaddress.IPv4Address(f"10.244.{i}.2"), ipaddress.IPv6Address(f"fd00:244:{i}::2"))
+        ns.run(["ip", "route", "add", "default", "via", gw4])
+        ns.run(["ip", "-6", "route", "add", "default", "via", gw6])
+        pod = Pod(i, ns, ipaddress.IPv4Address(v4), ipaddress.IPv6Address(v6), host_if, bridged)
         self.pod_list.append(pod)
         return pod
+
+    def _bridge(self) -> None:
+        """The node's bridge, made with the first bridged pod; its ports forward at once (no STP)."""
+        if self.node.run(["ip", "link", "show", BRIDGE], check=False).returncode == 0:
+            return
+        self.node.run(["ip", "link", "add", BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0"])
+        self.node.run(["ip", "addr", "add", "10.244.0.1/24", "dev", BRIDGE])
+        self.node.run(["ip", "addr", "add", "fd00:244::1/64", "dev", BRIDGE, "nodad"])
+        self.node.run(["ip", "link", "set", BRIDGE, "up"])
+        try:  # deterministic: off, whatever the module's default (on) where it is loaded
+            self.set_br_netfilter(False)
+        except NoBrNetfilter:
+            pass
+
+    def set_br_netfilter(self, on: bool) -> None:
+        """Whether the node's bridge hands IPv4/IPv6 frames to netfilter (the node namespace's own
+        ``bridge-nf-call-ip*tables``). Needs the br_netfilter module, which only the host can load:
+        NoBrNetfilter when it is not there."""
+        if self.node.run(["test", "-d", "/proc/sys/net/bridge"], check=False).returncode != 0:
+            raise NoBrNetfilter("br_netfilter is not loaded on this machine (no /proc/sys/net/bridge)")
+        for key in ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables"):
+            self.node.run(["sysctl", "-qw", f"{key}={1 if on else 0}"])
 
     # ---- processes ----------------------------------------------------------------------------------------
 

@@ -151,6 +151,21 @@ def test_a_pod_to_its_own_service_is_masqueraded(fake):
     assert not fake.trace(Packet(POD, "10.96.0.14", "TCP", 80), routed=True).masquerade
 
 
+@pytest.mark.parametrize("family", ["IPv4", "IPv6"])
+def test_a_pod_on_a_bridge_to_a_pod_on_a_bridge_is_masqueraded_and_no_one_else(family):
+    """Without br_netfilter the reply would cross the bridge straight back, past the node's
+    conntrack: the node masquerades bridge-to-bridge VIP traffic so the reply comes back to it."""
+    fake = loaded(FLOWS, family)
+    ip, client, vip = ("ip", POD, "10.96.0.10") if family == "IPv4" else ("ip6", "fd00:244:9::9", "fd00:96::a")
+    bridged = fake.trace(Packet(client, vip, "TCP", 80, ip, "bridge", "bridge"), routed=True)
+    assert bridged.dnat and bridged.masquerade
+    for iif, oif in (("veth", "bridge"), ("bridge", "veth"), ("", "")):  # routed pods keep their address
+        t = fake.trace(Packet(client, vip, "TCP", 80, ip, iif, oif), routed=True)
+        assert t.dnat and not t.masquerade, (iif, oif)
+    other = POD if family == "IPv4" else "fd00:244:1::2"  # not a VIP: untouched
+    assert not fake.trace(Packet(client, other, "TCP", 8080, ip, "bridge", "bridge"), routed=True).masquerade
+
+
 def test_a_sticky_client_keeps_its_endpoint(fake):
     first = fake.trace(Packet(POD, "10.96.0.13", "TCP", 80), routed=True, draw=lambda n: 2)
     assert first.dnat == ("10.244.4.2", 8080)

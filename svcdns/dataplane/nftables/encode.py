@@ -30,7 +30,9 @@ from .netlink import (
     NFT_FIB_RESULT_ADDRTYPE,
     NFT_GOTO,
     NFT_JUMP,
+    NFT_META_IIFKIND,
     NFT_META_L4PROTO,
+    NFT_META_OIFKIND,
     NFT_MSG_DELCHAIN,
     NFT_MSG_DELRULE,
     NFT_MSG_DELSET,
@@ -72,6 +74,7 @@ from .objects import (
     Element,
     InNet,
     Jump,
+    Kind,
     MapValue,
     Masquerade,
     Match,
@@ -410,6 +413,11 @@ class Encoder:
                 return []  # userdata, not an expression (_commented)
             case Masquerade():
                 return [expr("masq")]
+            case Kind(direction, kind):
+                key = NFT_META_IIFKIND if direction == "iif" else NFT_META_OIFKIND
+                return [expr("meta", be32("NFTA_META_KEY", key), be32("NFTA_META_DREG", 1)),
+                        expr("cmp", be32("NFTA_CMP_SREG", 1), be32("NFTA_CMP_OP", 0),
+                             value("NFTA_CMP_DATA", kind.encode().ljust(16, b"\0")))]  # fmt: skip
             case Reject(tcp_reset):
                 return [reject(1, 0) if tcp_reset else reject(0, self.unreach_code)]
         raise TypeError(f"not an nftables statement: {s!r}")

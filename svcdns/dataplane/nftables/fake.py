@@ -26,6 +26,7 @@ from .objects import (
     InNet,
     Jump,
     MapValue,
+    Kind,
     Masquerade,
     Match,
     NotLocal,
@@ -131,6 +132,8 @@ class Packet:
     protocol: str = "TCP"
     dport: int = 80
     family: str = "ip"
+    iifkind: str = ""  # the kinds of the interfaces it comes in on and goes out of ("bridge")
+    oifkind: str = ""
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,8 @@ class _Walk:
     def __init__(self, table: FakeTable, p: Packet, draw: Callable[[int], int], local: set[str]) -> None:
         self.table, self.draw, self.local = table, draw, local
         self.fields: dict[str, object] = {"saddr": p.saddr, "daddr": p.daddr, "l4proto": p.protocol,
-                                          "dport": p.dport, "ctmark": 0, "ct-original-daddr": p.daddr}  # fmt: skip
+                                          "dport": p.dport, "ctmark": 0, "ct-original-daddr": p.daddr,
+                                          "iifkind": p.iifkind, "oifkind": p.oifkind}  # fmt: skip
         self.rejected = self.dnat = self.masquerade = False
 
     def key(self, fields: tuple[str, ...]) -> tuple:
@@ -209,6 +213,9 @@ class _Walk:
                         return None
                 case Comment():
                     pass
+                case Kind(direction, kind):
+                    if self.fields[f"{direction}kind"] != kind:
+                        return None
                 case Masquerade():
                     self.masquerade = True
                     return True

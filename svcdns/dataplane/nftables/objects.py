@@ -169,6 +169,18 @@ class Masquerade:
 
 
 @dataclass(frozen=True, slots=True)
+class Kind:
+    """``meta iifkind "bridge"`` / ``meta oifkind "bridge"``: the kind of the interface the packet came
+    in on (``iif``) or goes out of (``oif``)."""
+
+    direction: str  # iif, oif
+    kind: str
+
+    def text(self, family: str) -> str:
+        return f'meta {self.direction}kind "{self.kind}"'
+
+
+@dataclass(frozen=True, slots=True)
 class Reject:
     """``reject with tcp reset`` (TCP) or ``reject`` (ICMP port unreachable)."""
 
@@ -178,7 +190,8 @@ class Reject:
         return "reject with tcp reset" if self.tcp_reset else "reject"
 
 
-Statement = Match | Proto | VerdictMap | Jump | DnatMap | SetMark | Update | InNet | NotLocal | Comment | Masquerade | Reject
+Statement = (Match | Proto | VerdictMap | Jump | DnatMap | SetMark | Update | InNet | NotLocal | Comment | Masquerade
+             | Kind | Reject)
 Rule = tuple[Statement, ...]
 
 
@@ -345,6 +358,11 @@ def fixed_chains(cidrs: tuple[str, ...] = ()) -> tuple[Chain, ...]:
         Chain("nat-postrouting", "postrouting", "nat", 100, (
             (Match(("ct-original-daddr",), "vips"), SetMark(0)),  # a new connection's mark back to where it started
             (Match(("saddr", "daddr"), "hairpin"), Masquerade()),
+            # a pod on a bridge reaching, through a VIP, a pod on a bridge: without br_netfilter the reply
+            # would cross the bridge straight back and miss the DNAT's undoing, so it must come back
+            # through the node (docs/architecture.md, "Pods on a bridge"); with br_netfilter the packet is
+            # bridged, has no input interface at this hook, and keeps its source
+            (Match(("ct-original-daddr",), "vips"), Kind("iif", "bridge"), Kind("oif", "bridge"), Masquerade()),
         )),
         # a pod's packets to a local address never reach forward: they are delivered (input)
         Chain("filter-forward", "forward", "filter", -10, _REJECT_RULES + _cidr_rules(cidrs, local=False)),
