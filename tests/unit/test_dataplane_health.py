@@ -4,6 +4,9 @@ import logging
 
 import pytest
 
+FORWARDING_OFF = ("net.ipv4.ip_forward is 0: this node does not forward its pods' packets, so every VIP times out "
+                  "from a pod (sysctl -w net.ipv4.ip_forward=1)")
+
 from svcdns.dataplane.health import NodeCheck, problems
 
 
@@ -76,7 +79,7 @@ def test_a_problem_is_logged_once_when_it_appears_and_once_when_it_clears(node, 
     assert len(check()) == 1 and len(check()) == 1
     node.sysctl("net/ipv4/ip_forward", 1)
     assert check() == [] and check() == []
-    assert [(r.levelname, r.getMessage()[:42]) for r in caplog.records] == [
-        ("WARNING", "dataplane: VIPs will not work: net.ipv4.ip"),
-        ("INFO", "dataplane: no longer a problem: net.ipv4.ip_fo"),
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", f"dataplane: VIPs will not work: {FORWARDING_OFF}"),
+        ("INFO", "dataplane: no longer a problem: net.ipv4.ip_forward is 0"),
     ]
