@@ -87,6 +87,8 @@ class Agent:
         self.node_check = node_check  # what stops VIPs from working on this node (dataplane/health.py)
         self.node_check_period = node_check_period
         self.last_node_check = -node_check_period
+        self.pod_ips: frozenset[str] = frozenset()  # the registry's pods' addresses ...
+        self.dns_pod_ips: frozenset[str] | None = None  # ... and those the DNS server forwards for
 
     # ---- the loop ---------------------------------------------------------------------------------------
 
@@ -113,6 +115,8 @@ class Agent:
             if self.node_check is not None and now - self.last_node_check >= self.node_check_period:
                 self.last_node_check = now
                 self.state.vip_problems = self.node_check()
+            if self.pod_ips is not self.dns_pod_ips:
+                self.allow_pods()
             if self.due(now):
                 self.sync()
                 continue
@@ -152,6 +156,7 @@ class Agent:
             self.tell_systemd(f"waiting for the registry ({self.watch.problem}); the rules stay as the last run left them")
             return
         self.registry_read = True
+        self.pod_ips = snap.pod_ips
         if snap.table is not self.desired and (self.applied is None or changed_keys(self.desired, snap.table)):
             if not self.pending_since:
                 self.pending_since = time.monotonic()
@@ -173,6 +178,16 @@ class Agent:
         if not self.registry_read:
             return 0
         return len(desired) if applied is None else len(changed_keys(applied, desired))
+
+    def allow_pods(self) -> None:
+        """Tell DNS which addresses are pods (their names outside the zone are forwarded); a failure
+        is retried at the next turn of the loop."""
+        try:
+            self.dns.allow_clients(self.pod_ips)
+        except Exception as err:  # noqa: BLE001 - DNS keeps the previous set meanwhile
+            log.warning("agent: DNS did not take the pods' addresses (%s); retrying", _describe(err))
+            return
+        self.dns_pod_ips = self.pod_ips
 
     def pending(self) -> bool:
         return (

@@ -123,6 +123,13 @@ class Derivation:
         self._deadlines: dict[Key, float] = {}
         self._pods_by_node: defaultdict[str, set[Key]] = defaultdict(set)
         self.down: frozenset[str] = frozenset()  # the nodes whose pods are not serving
+        self._ips: frozenset[str] | None = None  # the pods' addresses, until a pod changes
+
+    def pod_ips(self) -> frozenset[str]:
+        """Every live pod's addresses (DNS forwards for them): one object while no pod changes."""
+        if self._ips is None:
+            self._ips = frozenset(str(ip) for pod in self.pods.values() for ip in pod.ips)
+        return self._ips
 
     def put_service(self, svc: Service) -> None:
         self.index.put(svc)
@@ -139,6 +146,8 @@ class Derivation:
             return set()
         self._forget(old)
         self.pods[pod.key] = pod
+        if old is None or old.ips != pod.ips:
+            self._ips = None
         for k, v in pod.labels:
             self._pods_by_pair[(pod.namespace, k, v)].add(pod.key)
         if pod.node_name:
@@ -150,6 +159,8 @@ class Derivation:
     def remove_pod(self, key: Key) -> set[Key]:
         old = self.pods.pop(key, None)
         self._forget(old)
+        if old is not None and old.ips:
+            self._ips = None
         return self.index.affected(old, None)
 
     def _forget(self, pod: Pod | None) -> None:

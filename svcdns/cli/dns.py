@@ -68,6 +68,7 @@ def cmd_dns(args) -> int:
         while not stop.is_set():
             if snap is not None and snap.synced:  # until the registry is read, the zone answers SERVFAIL
                 server.update(snap.table)
+                server.allow_clients(snap.pod_ips)  # the registry's pods may recurse
                 log.info("dns: answering for %d Services (registry revision %d)", len(snap.table), snap.revision)
             elif snap is not None:
                 log.warning("dns: the registry has not been read yet (%s); the zone answers SERVFAIL", watch.problem)

@@ -20,6 +20,11 @@ class DNS(Protocol):
         """Publish the zone for ``table``; returns once every worker answers from it."""
         ...
 
+    def allow_clients(self, addresses: frozenset[str]) -> None:
+        """Forward names outside the zone for these addresses too (the pods'), besides the allowed
+        networks; replaces the previous set."""
+        ...
+
     def stats(self) -> dict[str, Any]:
         """The workers' counts (dns/stats.py: requests, responses, durations, forwarding, caches), summed (for /metrics)."""
         ...

@@ -106,6 +106,7 @@ class DNSServer:
         self._retired: dict[str, Any] = _zero()  # the counts of workers that were replaced
         self.zone: Zone | None = None
         self.compiler: ZoneCompiler | None = None
+        self.clients: frozenset[str] = frozenset()  # the pods' addresses, forwarded for (allow_clients)
 
     # ---- lifecycle ------------------------------------------------------------------------------------
 
@@ -236,6 +237,8 @@ class DNSServer:
                         result = self._ask(slot, "zone", self.zone, ZONE_TIMEOUT)
                         if result != "ok":
                             raise DNSError(f"DNS worker {slot.index} did not take the zone")
+                    if self.clients and self._ask(slot, "clients", (self.clients, ()), ZONE_TIMEOUT) != "ok":
+                        raise DNSError(f"DNS worker {slot.index} did not take the pods' addresses")
                     slot.live = True
                 log.info("dns: DNS worker %d replaced (pid %s)", slot.index, slot.proc.pid if slot.proc else "?")
                 return
@@ -289,6 +292,19 @@ class DNSServer:
             raise DNSError(f"no DNS worker took the new zone ({self.problem})")
         if self.on_update is not None:
             self.on_update(table)
+
+    def allow_clients(self, addresses: frozenset[str]) -> None:
+        """Forward for ``addresses`` (the pods') besides the allowed networks; the workers receive
+        what changed since the last call. A worker that fails is replaced, and its replacement
+        starts from this set."""
+        with self._lock:
+            added, gone = addresses - self.clients, self.clients - addresses
+            self.clients = addresses
+            if not added and not gone:
+                return
+            replies = self._exchange(("clients", (added, gone)), ZONE_TIMEOUT)
+        if replies and not any(r == "ok" for r in replies.values()):
+            raise DNSError(f"no DNS worker took the pods' addresses ({self.problem})")
 
     def stats(self) -> dict[str, Any]:
         """The workers' counts (:mod:`.stats`), summed over the workers, those replaced included (so

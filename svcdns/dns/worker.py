@@ -50,6 +50,7 @@ TCP_READ = 1024  # bytes read from one connection per turn of the loop: a client
 # as fast as it can gets ~20 answered per turn (a UDP socket up to 8 batches of 64), not the CPU
 TCP_OUTPUT_MAX = 256 << 10  # answer bytes queued for a client that does not read: then it is dropped
 MAX_FORWARDS = 512  # forwarded queries outstanding per worker: beyond, SERVFAIL at once
+FORWARD_PATIENCE = 4.0  # seconds a forward may wait for a thread: then SERVFAIL, no upstream asked
 CACHE_ENTRIES = 50_000  # answers kept per worker (dropped at each zone change)
 
 Reply = Callable[[bytes], None]
@@ -97,6 +98,7 @@ class Worker:
         self.recurse: dict[str, bool] = {}  # client address -> may recurse
         self.counts = Counts()
         self.forward_counts = Forwards()  # kept across reloads: each new Forwarder adds to them
+        self.allowed = Allowed(())
         self.configure(settings)
         self.sel = selectors.DefaultSelector()
         self.conns: dict[int, _Conn] = {}
@@ -166,7 +168,7 @@ class Worker:
         """Answer by ``settings`` from now on, on the same sockets (a reload); forwards in flight
         finish on the forwarder they started with."""
         self.settings = settings
-        self.allowed = Allowed(settings.allowed_networks)
+        self.allowed = Allowed(settings.allowed_networks, self.allowed.addresses)  # a reload keeps the pods
         self.forwarder = (Forwarder(list(settings.upstreams), counts=self.forward_counts)
                           if settings.forward and settings.upstreams else None)  # fmt: skip
         if self.forwarder is not None and self.pool is None:
@@ -188,6 +190,13 @@ class Worker:
             self.zone = apply_delta(self.zone, arg) if verb == "delta" else arg
             for cache in (*self.udp_cache, *self.tcp_cache):
                 cache.clear()
+            self.control.send((seq, "ok"))
+        elif verb == "clients":  # pods came or went: (addresses added, addresses gone)
+            added, gone = arg
+            self.allowed.discard(gone)
+            self.allowed.add(added)
+            self.recurse.clear()
+            self.udp_clients.clear()  # it maps a client to the answer cache of its old standing
             self.control.send((seq, "ok"))
         elif verb == "stats":
             self.control.send((seq, self.stats()))
@@ -252,7 +261,11 @@ class Worker:
             self.count(k, SERVFAIL, start)
             return
 
+        queued = time.monotonic()
+
         def job() -> bytes:
+            if time.monotonic() - queued > FORWARD_PATIENCE:  # its client gave up: drain the backlog fast
+                return response(q, SERVFAIL, aa=False, ra=True)
             out = forwarder.resolve(bytes(data), q)
             if out is None:
                 return response(q, SERVFAIL, aa=False, ra=True)

@@ -29,6 +29,7 @@ class Snapshot:
     # etcd: every node run by an agent -> whether its node lease is alive (a dead node's pods are
     # not serving); empty with the file registry
     nodes: Mapping[str, bool] = field(default_factory=dict)
+    pod_ips: frozenset[str] = frozenset()  # every pod's addresses: DNS forwards for them
 
     @property
     def services(self) -> Mapping[tuple[str, str], Service]:

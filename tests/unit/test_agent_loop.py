@@ -58,6 +58,9 @@ class Recorder:
     def update(self, table):
         self.log.append(("names", tuple(sorted(s.name for s in table))))
 
+    def allow_clients(self, addresses):
+        self.pods = addresses  # (not in the log: its order is the rules' and the names')
+
 
 def run_until(agent, cond, timeout=5.0):
     stop = threading.Event()

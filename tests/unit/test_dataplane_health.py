@@ -4,10 +4,10 @@ import logging
 
 import pytest
 
+from svcdns.dataplane.health import NodeCheck, problems
+
 FORWARDING_OFF = ("net.ipv4.ip_forward is 0: this node does not forward its pods' packets, so every VIP times out "
                   "from a pod (sysctl -w net.ipv4.ip_forward=1)")
-
-from svcdns.dataplane.health import NodeCheck, problems
 
 
 @pytest.fixture

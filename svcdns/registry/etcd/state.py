@@ -293,7 +293,8 @@ class EtcdState:
     def current(self) -> Snapshot:
         errors = {self.keys.source(k): e.error for k, e in self.entries.items() if e.error}
         errors.update((self.keys.pod(k).decode(errors="replace"), e.error) for k, e in self.pods.items() if e.error)
-        return Snapshot(self.revision, self.table, errors, self.synced, self.node_states())
+        return Snapshot(self.revision, self.table, errors, self.synced, nodes=self.node_states(),
+                        pod_ips=self.derivation.pod_ips())
 
     # ---- VIPs -------------------------------------------------------------------------------------------
 

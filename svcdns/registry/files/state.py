@@ -173,7 +173,7 @@ class FileState(VipKeeper):
         for by_source in self.key_errors.values():
             for source, message in by_source.items():
                 errors.setdefault(source, message)
-        return Snapshot(self.revision, self.table, errors, self.synced)
+        return Snapshot(self.revision, self.table, errors, self.synced, pod_ips=self.derivation.pod_ips())
 
     def _resolve(self, affected: set[Key] | None) -> bool:
         """Recompute the Services of ``affected`` keys (None: all) and allocate their VIPs."""
