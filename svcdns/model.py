@@ -454,3 +454,10 @@ def _check_dns_name(field_name: str, value: Any) -> str:
     if not name or len(name) > 253 or not all(_DNS_NAME_LABEL.fullmatch(label) for label in labels):
         raise ValidationError(field_name, value, "must be a DNS name such as example.org (labels of 1-63 characters)")
     return name
+
+
+# The cluster DNS address as a Service, as Kubernetes names it: the zone answers its names and
+# `service list` shows it, for the cluster_dns the agent serves (it is never a registry record: the
+# agent itself answers there, no DNAT rule must catch it). A registry Service of that name wins.
+CLUSTER_DNS_SERVICE = Service("kube-dns", "kube-system", ports=(ServicePort(53, "UDP", name="dns"),
+                              ServicePort(53, "TCP", name="dns-tcp")))  # fmt: skip

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from ..errors import NotFound, UsageError, shorten
 from ..model import (
     AFFINITY_CLIENT_IP,
+    CLUSTER_DNS_SERVICE,
     AFFINITY_NONE,
     CLUSTER_IP,
     EXTERNAL_NAME,
@@ -42,6 +43,7 @@ from ..model import (
 )
 from ..registry import Registry, open_registry
 from ..registry.documents import dump, endpoint_document, to_document
+from . import config as configuration
 from .config import registry_location, registry_password
 
 T = TypeVar("T")
@@ -248,8 +250,10 @@ def cmd_service_get(args) -> int:
 def cmd_service_list(args) -> int:
     reg = registry_of(args)
     snap = reg.snapshot()
+    kube_dns = cluster_dns_service(args)
+    listed = [*snap.table, *([kube_dns] if kube_dns is not None and kube_dns.key not in snap.table else [])]
     services = sorted(
-        (s for s in snap.table if args.all_namespaces or s.namespace == args.namespace), key=lambda s: s.key
+        (s for s in listed if args.all_namespaces or s.namespace == args.namespace), key=lambda s: s.key
     )
     errors = sorted(snap.errors.items())
     if args.output != "table":
@@ -266,11 +270,22 @@ def cmd_service_list(args) -> int:
         print(f"No Services in {where} ({reg.location}).", file=sys.stderr)
         return 0
     rows = [["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORTS", "ENDPOINTS"]]
-    rows += [[s.namespace, s.name, s.type, _vips_text(s), _ports_text(s), _endpoints_text(s)] for s in services]
+    rows += [[s.namespace, s.name, s.type, _vips_text(s), _ports_text(s),
+              "this node's agent" if s is kube_dns else _endpoints_text(s)] for s in services]  # fmt: skip
     for source, message in errors:
         rows.append(["ERROR", source, "-", "-", "-", message])
     print_rows(rows)
     return 0
+
+
+def cluster_dns_service(args) -> Service | None:
+    """``kube-dns`` in ``kube-system`` at the cluster DNS address the agent serves (by the same
+    configuration: file, environment, ``--service-cidr``); None where there is none."""
+    try:
+        cfg = configuration.load(None, {"service_cidrs": getattr(args, "service_cidr", None)})
+    except UsageError:
+        return None  # the agent would not start on it either; the registry's own Services still list
+    return CLUSTER_DNS_SERVICE.with_cluster_ips([parse_ip("cluster_dns", cfg.cluster_dns)]) if cfg.cluster_dns else None
 
 
 def cmd_service_rm(args) -> int:

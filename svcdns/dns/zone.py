@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SRV, TXT, A, DNSHeader, DNSQuestion, DNSRecord
 from immutables import Map
 
-from ..model import CLUSTER_IP, EXTERNAL_NAME, HEADLESS, IPAddress, Service, ServicePort
+from ..model import CLUSTER_DNS_SERVICE, CLUSTER_IP, EXTERNAL_NAME, HEADLESS, IPAddress, Service, ServicePort
 from ..table import ServiceTable, changed_keys
 from .wire import (
     CLASS_IN,
@@ -278,9 +278,6 @@ def apex_fragment(origin: str, ttl: int, cluster_dns: IPAddress) -> Fragment:
     return _compile(b)
 
 
-# what the cluster DNS address answers as (its VIP is the configured cluster_dns)
-CLUSTER_DNS_SERVICE = Service("kube-dns", "kube-system", ports=(ServicePort(53, "UDP", name="dns"),
-                              ServicePort(53, "TCP", name="dns-tcp")))  # fmt: skip
 
 
 @dataclass(frozen=True)

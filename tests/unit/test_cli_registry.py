@@ -95,6 +95,23 @@ def test_list_namespaces_and_error_rows(svcdns):
     assert doc["errors"][0]["source"] == "broken.yaml"
 
 
+def test_kube_dns_is_listed_at_the_cluster_dns_address_until_the_registry_has_its_own(svcdns):
+    """Issue 14: the cluster DNS address appears as kube-dns in kube-system, as Kubernetes names it."""
+    _, out, _ = svcdns("service", "list", "-A")
+    row = next(line.split() for line in out.splitlines() if "kube-dns" in line)
+    assert row[:5] == ["kube-system", "kube-dns", "ClusterIP", "10.96.0.10", "dns:53/udp,dns-tcp:53/tcp"], out
+    _, out, _ = svcdns("service", "list", "-n", "kube-system", "-o", "json")
+    (doc,) = json.loads(out)["items"]
+    assert doc["clusterIP"] == "10.96.0.10" and [p["name"] for p in doc["ports"]] == ["dns", "dns-tcp"]
+    _, out, _ = svcdns("service", "list")  # default namespace: not there
+    assert "kube-dns" not in out
+    _, out, _ = svcdns("service", "list", "-A", "--service-cidr", "10.100.0.0/16")
+    assert "10.100.0.10" in out  # the 10th address of the first service CIDR, as the agent serves
+    svcdns("service", "add", "kube-dns", "-n", "kube-system", "--vip", "10.96.0.10", "--port", "53/udp")
+    _, out, _ = svcdns("service", "list", "-n", "kube-system", "-o", "json")
+    assert [p["protocol"] for p in json.loads(out)["items"][0]["ports"]] == ["UDP"]  # the registry's own wins
+
+
 def test_get_missing_exits_1_and_rm_frees(svcdns):
     code, _, err = svcdns("service", "get", "nope")
     assert code == 1 and "default/nope not found" in err
