@@ -27,8 +27,8 @@ from typing import Any, TypeVar
 from ..errors import NotFound, UsageError, shorten
 from ..model import (
     AFFINITY_CLIENT_IP,
-    CLUSTER_DNS_SERVICE,
     AFFINITY_NONE,
+    CLUSTER_DNS_SERVICE,
     CLUSTER_IP,
     EXTERNAL_NAME,
     HEADLESS,

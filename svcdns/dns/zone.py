@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SRV, TXT, A, DNSHeader, DNSQuestion, DNSRecord
 from immutables import Map
 
-from ..model import CLUSTER_DNS_SERVICE, CLUSTER_IP, EXTERNAL_NAME, HEADLESS, IPAddress, Service, ServicePort
+from ..model import CLUSTER_DNS_SERVICE, CLUSTER_IP, EXTERNAL_NAME, HEADLESS, IPAddress, Service
 from ..table import ServiceTable, changed_keys
 from .wire import (
     CLASS_IN,
