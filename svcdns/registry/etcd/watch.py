@@ -61,6 +61,7 @@ class EtcdWatch(WatchBase):
         self._expiry: asyncio.TimerHandle | None = None  # the rebuild at the next pod's deadline
         self._last_errors: dict[str, str] = {}
         self._last_nodes: dict[str, bool] = {}
+        self._last_pod_ips: frozenset[str] = frozenset()
         self._needs_snapshot = True
         self._stream: EventStream | None = None
 
@@ -79,6 +80,7 @@ class EtcdWatch(WatchBase):
             snap = self.registry.snapshot()
             self._needs_snapshot = False
             self._last_errors, self._last_nodes = dict(snap.errors), dict(snap.nodes)
+            self._last_pod_ips = snap.pod_ips
         except RegistryUnavailable as err:
             self._trouble(f"{err}; keeping the last known Services")
             snap = self._state.current()
@@ -208,8 +210,11 @@ class EtcdWatch(WatchBase):
 
     def _emit(self, changed: bool) -> None:
         snap = self._state.current()
-        if changed or snap.errors != self._last_errors or snap.nodes != self._last_nodes:
+        # pod_ips is one object while no pod's address changes: identity, not a 100k-element compare
+        if (changed or snap.errors != self._last_errors or snap.nodes != self._last_nodes
+                or snap.pod_ips is not self._last_pod_ips):
             self._last_errors, self._last_nodes = dict(snap.errors), dict(snap.nodes)
+            self._last_pod_ips = snap.pod_ips
             self._queue.put(snap)
 
 

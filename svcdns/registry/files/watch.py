@@ -73,6 +73,7 @@ class FileWatcher(WatchBase):
         self._last_rescan = 0.0
         self._started = False
         self._last_errors: dict[str, str] = {}
+        self._last_pod_ips: frozenset[str] = frozenset()
         self.delete_grace = delete_grace
         self._deleted: dict[str, float] = {}  # file -> when its deletion was seen
 
@@ -204,8 +205,10 @@ class FileWatcher(WatchBase):
     def _news(self, changed: bool) -> Snapshot | None:
         """The current snapshot if the table or the set of errors changed since the last one given."""
         snap = self.registry.current()
-        if changed or snap.errors != self._last_errors:
+        # pod_ips is one object while no pod's address changes: identity, not a 100k-element compare
+        if changed or snap.errors != self._last_errors or snap.pod_ips is not self._last_pod_ips:
             self._last_errors = dict(snap.errors)
+            self._last_pod_ips = snap.pod_ips
             return snap
         return None
 
