@@ -279,6 +279,7 @@ class Running:
             if agent.applied is not None:
                 dns.update(agent.applied)
             self.dns, agent.dns, old_dns = dns, dns, self.dns
+            agent.dns_pod_ips = None  # the new server learns the pods' addresses at the loop's next turn
             old_dns.stop()
         if "health_listen" in changed or "metrics_listen" in changed:  # make before break, each
             status, metrics_server = status_servers(new, agent.state, self.metrics)
