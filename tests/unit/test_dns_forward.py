@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
@@ -104,15 +106,15 @@ def test_when_every_upstream_is_down_each_is_still_tried(upstreams):
 def ask_from(server: DNSServer, source: str, name: str) -> DNSRecord:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((source, 0))
-        s.settimeout(3)
+        s.settimeout(5)  # a first forward waits for the dead upstream's 2 s
         s.sendto(DNSRecord.question(name).pack(), server.addresses[0])
         return DNSRecord.parse(s.recv(4096))
 
 
 def test_the_registry_pods_get_forwarded_answers_and_other_clients_refused(upstreams):
-    live = upstreams()
+    dead, live = upstreams(dead=True), upstreams()  # the first upstream configured does not answer
     pod, stranger = "127.0.0.5", "127.0.0.6"  # loopback addresses, outside the allowed networks given
-    with DNSServer([("127.0.0.1", 0)], workers=2, upstreams=[live.address],
+    with DNSServer([("127.0.0.1", 0)], workers=2, upstreams=[dead.address, live.address],
                    allowed_networks=["192.0.2.0/24"]) as server:  # fmt: skip
         server.update(ServiceTable())
         assert ask_from(server, pod, "example.org").header.rcode == 5  # REFUSED: not a pod yet
@@ -121,5 +123,21 @@ def test_the_registry_pods_get_forwarded_answers_and_other_clients_refused(upstr
             reply = ask_from(server, pod, "example.org")
             assert reply.header.rcode == 0 and [str(r.rdata) for r in reply.rr] == ["192.0.2.1"]
             assert ask_from(server, stranger, "example.org").header.rcode == 5
+        assert dead.received() <= 2  # once per worker, then skipped
         server.allow_clients(frozenset({"10.244.0.2"}))  # the pod went
         assert all(ask_from(server, pod, "example.org").header.rcode == 5 for _ in range(4))
+
+
+def test_a_replaced_worker_still_forwards_for_the_pods(upstreams):
+    live = upstreams()
+    with DNSServer([("127.0.0.1", 0)], workers=1, upstreams=[live.address], allowed_networks=["192.0.2.0/24"]) as server:
+        server.update(ServiceTable())
+        server.allow_clients(frozenset({"127.0.0.5"}))
+        (victim,) = server.pids()
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while (victim in server.pids() or server.problem is not None) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.pids() and victim not in server.pids() and server.problem is None, "not replaced in 10 s"
+        assert ask_from(server, "127.0.0.5", "example.org").header.rcode == 0  # the replacement knows the pods
+        assert ask_from(server, "127.0.0.6", "example.org").header.rcode == 5
