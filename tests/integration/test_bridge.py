@@ -69,7 +69,7 @@ spec: {{containers: [{{name: client}}]}}
 """
 
 # connect to a Service by its name, as an application does (getaddrinfo through resolv.conf)
-CONNECT = "import socket, sys; s = socket.create_connection((sys.argv[1], 80), timeout=3); print(s.recv(100).decode().strip())"
+CONNECT = "import socket, sys; s = socket.create_connection((sys.argv[1], 80), timeout=float(sys.argv[2])); print(s.recv(100).decode().strip())"
 
 
 @pytest.fixture
@@ -102,8 +102,8 @@ def node(make_lab, cli, tmp_path):
                              "--dns-workers", "1"], env=cli.env, stdout=subprocess.DEVNULL)  # fmt: skip
         wait_for(lambda: http("/readyz").startswith("ok"), 60, what="the agent to be ready")
 
-    def connect(pod, target="web"):
-        out = pod.ns.run([sys.executable, "-c", CONNECT, target], check=False, timeout=20)
+    def connect(pod, target="web", timeout=3.0):
+        out = pod.ns.run([sys.executable, "-c", CONNECT, target, str(timeout)], check=False, timeout=20)
         return out.stdout.strip() or out.stderr.strip()[-200:]
 
     def dig(pod, *args):
@@ -115,18 +115,22 @@ def node(make_lab, cli, tmp_path):
         shutil.rmtree(d, ignore_errors=True)
 
 
+def resolves(node, pod, vip):
+    """``pod`` resolves the names a pod uses through its resolv.conf, with glibc and with dig."""
+    for name, want in (("web", vip), ("web.default", vip), ("kube-dns.kube-system", "10.96.0.10")):
+        out = pod.ns.run(["getent", "hosts", name], check=False)
+        assert out.stdout.split()[:1] == [want], f"{pod.ns.name}: getent hosts {name}: {out.stdout!r} {out.stderr!r}"
+        assert node.dig(pod, "+short", "+search", name).split() == [want], f"{pod.ns.name}: dig {name}"
+    srv = node.dig(pod, "+short", "+search", "_http._tcp.web", "SRV").split()
+    assert srv == ["0", "100", "80", "web.default.svc.cluster.local."], f"{pod.ns.name}: {srv}"
+
+
 def test_routed_and_bridged_pods_resolve_connect_and_recurse_and_healthz_says_what_stops_vips(node):
     routed, _, bridged_a, bridged_b, stranger = node.pod_list
     node.start_agent()
-    vip = node.cli("service", "get", "web", "-o", "json")
-    vip = json.loads(vip)["clusterIP"]
+    vip = json.loads(node.cli("service", "get", "web", "-o", "json"))["clusterIP"]
     for pod in (routed, bridged_a):
-        for name, want in (("web", vip), ("web.default", vip), ("kube-dns.kube-system", "10.96.0.10")):
-            out = pod.ns.run(["getent", "hosts", name], check=False)
-            assert out.stdout.split()[:1] == [want], f"{pod.ns.name}: getent hosts {name}: {out.stdout!r} {out.stderr!r}"
-            assert node.dig(pod, "+short", "+search", name).split() == [want], f"{pod.ns.name}: dig {name}"
-        srv = node.dig(pod, "+short", "+search", "_http._tcp.web", "SRV").split()
-        assert srv == ["0", "100", "80", "web.default.svc.cluster.local."], srv
+        resolves(node, pod, vip)
         # a routed pod and a pod on the same bridge as the endpoint (the reply must come back through the node)
         assert node.connect(pod) == str(bridged_b.ipv4), f"{pod.ns.name} -> web:80"
     assert node.connect(bridged_b) == str(bridged_b.ipv4)  # a pod reaching its own Service
@@ -158,6 +162,7 @@ def test_with_br_netfilter_bridged_pods_keep_their_address_and_hairpin_needs_the
         pytest.skip(f"{err}: the lab never loads a kernel module (host-wide)")
     _, _, bridged_a, bridged_b, _ = node.pod_list
     node.start_agent()
+    resolves(node, bridged_a, json.loads(node.cli("service", "get", "web", "-o", "json"))["clusterIP"])
     assert node.connect(bridged_a) == str(bridged_b.ipv4)  # bridged, through the node's conntrack
     # the endpoint saw the client's own address (no masquerade): conntrack holds the un-NATed reply
     entries = node.node.run(["conntrack", "-L", "-p", "tcp", "--orig-src", str(bridged_a.ipv4)], check=False).stdout
@@ -167,7 +172,7 @@ def test_with_br_netfilter_bridged_pods_keep_their_address_and_hairpin_needs_the
                         what="/healthz to name the ports without hairpin")  # fmt: skip
     assert any(p.startswith("bridge svbr0: hairpin mode is off on port(s)") and bridged_b.host_if in p
                for p in problems), problems  # fmt: skip
-    assert "timed out" in node.connect(bridged_b)
+    assert "timed out" in node.connect(bridged_b, timeout=1.5)
     for pod in node.pod_list[2:]:
         node.node.run(["bridge", "link", "set", "dev", pod.host_if, "hairpin", "on"])  # as the kubelet does
     assert node.connect(bridged_b) == str(bridged_b.ipv4)
