@@ -89,6 +89,7 @@ class Agent:
         self.last_node_check = -node_check_period
         self.pod_ips: frozenset[str] = frozenset()  # the registry's pods' addresses ...
         self.dns_pod_ips: frozenset[str] | None = None  # ... and those the DNS server forwards for
+        self.next_pods_attempt = 0.0
 
     # ---- the loop ---------------------------------------------------------------------------------------
 
@@ -115,8 +116,8 @@ class Agent:
             if self.node_check is not None and now - self.last_node_check >= self.node_check_period:
                 self.last_node_check = now
                 self.state.vip_problems = self.node_check()
-            if self.pod_ips is not self.dns_pod_ips:
-                self.allow_pods()
+            if self.pod_ips is not self.dns_pod_ips and now >= self.next_pods_attempt:
+                self.allow_pods(now)
             if self.due(now):
                 self.sync()
                 continue
@@ -179,13 +180,14 @@ class Agent:
             return 0
         return len(desired) if applied is None else len(changed_keys(applied, desired))
 
-    def allow_pods(self) -> None:
+    def allow_pods(self, now: float) -> None:
         """Tell DNS which addresses are pods (their names outside the zone are forwarded); a failure
-        is retried at the next turn of the loop."""
+        is retried a second later."""
         try:
             self.dns.allow_clients(self.pod_ips)
         except Exception as err:  # noqa: BLE001 - DNS keeps the previous set meanwhile
-            log.warning("agent: DNS did not take the pods' addresses (%s); retrying", _describe(err))
+            log.warning("agent: DNS did not take the pods' addresses (%s); retrying in 1 s", _describe(err))
+            self.next_pods_attempt = now + 1.0
             return
         self.dns_pod_ips = self.pod_ips
 

@@ -292,3 +292,24 @@ def test_pending_changes_count_what_the_kernel_does_not_have_yet_and_the_loop_be
     run_until(agent, lambda: agent.syncs >= 1)
     assert agent.pending_changes() == 0 and agent.state.loop_turned > before
     assert agent.state.alive()[0]
+
+
+def test_the_pods_addresses_reach_dns_even_when_only_pods_changed_and_a_failure_is_retried():
+    log = []
+    table = ServiceTable.of([svc("a", 1)])
+    watch = FakeWatch(table)
+    watch.snaps += [Snapshot(2, table, pod_ips=frozenset({"10.244.0.2"})),
+                    Snapshot(3, table, pod_ips=frozenset({"10.244.0.2", "10.244.0.3"}))]  # fmt: skip
+    dns = Recorder(log)
+    calls = []
+
+    def allow_clients(addresses):
+        calls.append(addresses)
+        if len(calls) == 2:
+            raise SvcdnsError("a worker is being replaced")
+        dns.pods = addresses
+
+    dns.allow_clients = allow_clients
+    agent = Agent(watch, Recorder(log), dns, min_interval=0)
+    run_until(agent, lambda: getattr(dns, "pods", None) == {"10.244.0.2", "10.244.0.3"})
+    assert log.count(("names", ("a",))) == 1  # the table did not change: no sync for the pods
