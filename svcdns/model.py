@@ -312,11 +312,13 @@ class Service:
     # (svcdns.endpoints); the documents refuse explicit endpoints beside it
     selector: Labels = ()
     publish_not_ready_addresses: bool = False
+    labels: Labels = ()  # metadata.labels: what `service list -l` selects on
 
     def __post_init__(self) -> None:
         check_label("name", self.name)
         check_label("namespace", self.namespace)
         object.__setattr__(self, "selector", labels_of(self.selector, "selector"))
+        object.__setattr__(self, "labels", labels_of(self.labels, "labels"))
         _check_bool("publishNotReadyAddresses", self.publish_not_ready_addresses)
         if self.type not in SERVICE_TYPES:
             raise ValidationError("type", self.type, f"must be one of {', '.join(SERVICE_TYPES)}")

@@ -39,7 +39,7 @@ from ..registry.manifests import (
     parse_manifest,
     references,
 )
-from .registry import registry_of, valid
+from .objects import registry_of, valid
 
 log = logging.getLogger(__name__)
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -270,7 +270,7 @@ def cmd_delete(args) -> int:
                     print(f"svcdns: error: {ref.origin}: {err}", file=sys.stderr)
                     code = max(code, err.exit_code)
                 continue
-            print(f'{ref.resource} "{ref.name}" deleted')
+            print(f"{ref.resource}/{ref.name} deleted")
     return code
 
 

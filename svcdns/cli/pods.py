@@ -4,8 +4,8 @@ svcdns pod add web-0 10.244.1.5 [fd00:244::5] -l app=web,tier=front [--hostname 
                [--node n1] [--port http:8080/tcp] [--not-ready] [--netns /run/netns/web-0]  # creates or replaces
 svcdns pod rm web-0 [--grace 30] [--ignore-not-found]   # --grace: terminating, then gone after 30 s
 svcdns pod label web-0 tier=back app-                   # set and remove labels
-svcdns pod get web-0 [-o json|yaml]
-svcdns pod list [-l app=web] [-A] [-o json|yaml|wide]
+svcdns pod get web-0 [-o wide|name|json|yaml]
+svcdns pod list [-l app=web] [-A] [-o wide|name|json|yaml] [-w]
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from ..errors import NotFound, UsageError
 from ..model import PROTOCOLS, check_label_key, check_label_value, labels_of, matches, parse_selector
 from ..pod import ContainerPort, Pod, Probe
 from ..registry.documents import dump, pod_document
-from .registry import print_rows, registry_of, valid
+from ..registry import Snapshot
+from .follow import POD_INTERVAL, follow, watched_pods
+from .objects import registry_of, valid
+from .output import done, output_parser, print_names, print_rows, watch_parser
 
 
 def register(sub, common: argparse.ArgumentParser) -> None:
@@ -43,7 +46,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     rm.add_argument("name")
     rm.add_argument("--grace", type=float, default=0, metavar="SECONDS",
                     help="terminating for this long (open connections kept, no new ones while others serve)")  # fmt: skip
-    rm.add_argument("--ignore-not-found", action="store_true")
+    rm.add_argument("--ignore-not-found", action="store_true", help="exit 0, saying nothing, if it is not there")
     rm.set_defaults(func=cmd_pod_rm)
 
     label = pod_sub.add_parser("label", parents=[common], help="set (k=v) and remove (k-) labels")
@@ -51,15 +54,14 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     label.add_argument("changes", nargs="+", metavar="K=V|K-")
     label.set_defaults(func=cmd_pod_label)
 
-    get = pod_sub.add_parser("get", parents=[common], help="show one pod")
+    get = pod_sub.add_parser("get", parents=[common, output_parser()], help="show one pod")
     get.add_argument("name")
-    get.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     get.set_defaults(func=cmd_pod_get)
 
-    lst = pod_sub.add_parser("list", aliases=["ls"], parents=[common], help="list pods and bad pod files")
-    lst.add_argument("-l", "--selector", default="", metavar="K=V,...")
-    lst.add_argument("-A", "--all-namespaces", action="store_true")
-    lst.add_argument("-o", "--output", choices=("table", "wide", "json", "yaml"), default="table")
+    lst = pod_sub.add_parser("list", aliases=["ls"], parents=[common, output_parser(), watch_parser()],
+                             help="list pods and bad pod files")  # fmt: skip
+    lst.add_argument("-l", "--selector", default="", metavar="K=V,...", help="only pods with these labels")
+    lst.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
     lst.set_defaults(func=cmd_pod_list)
 
 
@@ -86,8 +88,16 @@ def cmd_pod_add(args) -> int:
             netns=args.netns,
         )
     )
-    created = registry_of(args).put_pod(pod)
-    print(f"pod/{pod.name} {'created' if created else 'replaced'}")
+    reg = registry_of(args)
+    try:
+        old: Pod | None = reg.get_pod(pod.namespace, pod.name)
+    except NotFound:
+        old = None
+    if old == pod:
+        done(f"pod/{pod.name} unchanged")
+        return 0
+    created = reg.put_pod(pod)
+    done(f"pod/{pod.name} {'created' if created else 'configured'}")
     return 0
 
 
@@ -106,7 +116,7 @@ def cmd_pod_rm(args) -> int:
         if args.ignore_not_found:
             return 0
         raise
-    print(f"pod/{args.name} deleted")
+    done(f"pod/{args.name} deleted")
     return 0
 
 
@@ -140,8 +150,14 @@ def _status(pod: Pod) -> str:
 
 def cmd_pod_get(args) -> int:
     pod = registry_of(args).get_pod(args.namespace, args.name)
-    if args.output != "table":
+    if args.output in ("json", "yaml"):
         sys.stdout.write(dump(pod_document(pod), args.output))
+        return 0
+    if args.output == "name":
+        print_names("pod", [pod.name])
+        return 0
+    if args.output == "wide":
+        print_rows([POD_HEADER + POD_WIDE, _pod_row(pod, wide=True)])
         return 0
     print(f"Name:       {pod.name}\nNamespace:  {pod.namespace}\nStatus:     {_status(pod)}")
     print(f"IPs:        {', '.join(map(str, pod.ips)) or '<none>'}")
@@ -173,27 +189,52 @@ def _reason(pod: Pod) -> str:
     return "-" if pod.ready or pod.terminating else pod.reason or ("not probed yet" if pod.readiness_probes else "-")
 
 
+POD_HEADER = ["NAMESPACE", "NAME", "STATUS", "IP", "REASON"]
+POD_WIDE = ["NODE", "LABELS"]
+
+
+def _pod_row(p: Pod, wide: bool) -> list[str]:
+    row = [p.namespace, p.name, _status(p), ",".join(map(str, p.ips)) or "<none>", _reason(p)]
+    return row + ([p.node_name or "-", ",".join(f"{k}={v}" for k, v in p.labels) or "-"] if wide else [])
+
+
 def cmd_pod_list(args) -> int:
     reg = registry_of(args)
     selector = valid(lambda: parse_selector(args.selector, "-l"))
-    pods = [p for p in reg.list_pods(None if args.all_namespaces else args.namespace)
-            if not selector or matches(selector, p.labels)]  # fmt: skip
-    errors = sorted(reg.pod_errors().items())
+    wide = args.output == "wide"
+
+    def chosen(pods: list[Pod]) -> list[Pod]:
+        return [p for p in pods if (args.all_namespaces or p.namespace == args.namespace)
+                and (not selector or matches(selector, p.labels))]  # fmt: skip
+
+    def rows(pods: list[Pod], errors: dict[str, str]) -> dict:
+        out: dict = {p.key: _pod_row(p, wide) for p in chosen(pods)}
+        out.update({("ERROR", src): ["ERROR", src, "-", msg, "-"] + (["-", "-"] if wide else []) for src, msg in sorted(errors.items())})
+        return out
+
+    if args.watch:
+        if args.output not in ("table", "wide"):
+            raise UsageError(f"--watch: prints tables; -o {args.output} is not watchable (use -o table or wide)")
+
+        def view(snap: Snapshot) -> dict:
+            pods, errors = watched_pods(reg)
+            return rows([pods[k] for k in sorted(pods)], errors)
+
+        return follow(reg, POD_HEADER + (POD_WIDE if wide else []), view, args.output_watch_events, POD_INTERVAL)
+    pods = chosen(reg.list_pods(None if args.all_namespaces else args.namespace))
+    errors = dict(reg.pod_errors())
     if args.output in ("json", "yaml"):
-        doc = {"items": [pod_document(p) for p in pods], "errors": [{"source": s, "error": m} for s, m in errors]}
+        doc = {"items": [pod_document(p) for p in pods], "errors": [{"source": s, "error": m} for s, m in sorted(errors.items())]}
         sys.stdout.write(dump(doc, args.output))
         return 0
-    if not pods and not errors:
+    if args.output == "name":
+        print_names("pod", [p.name for p in pods])
+        return 0
+    table = rows(pods, errors)
+    if not table:
         print(f"No pods ({reg.location}).", file=sys.stderr)
         return 0
-    head = ["NAMESPACE", "NAME", "STATUS", "IP", "REASON"]
-    wide = args.output == "wide"
-    rows = [head + (["NODE", "LABELS"] if wide else [])]
-    for p in pods:
-        row = [p.namespace, p.name, _status(p), ",".join(map(str, p.ips)) or "<none>", _reason(p)]
-        rows.append(row + ([p.node_name or "-", ",".join(f"{k}={v}" for k, v in p.labels) or "-"] if wide else []))
-    rows += [["ERROR", src, "-", msg, "-"] + (["-", "-"] if wide else []) for src, msg in errors]
-    print_rows(rows)
+    print_rows([POD_HEADER + (POD_WIDE if wide else []), *table.values()])
     return 0
 
 

@@ -4,27 +4,28 @@ svcdns service add web --port http:80:8080/tcp --port dns:53/udp     # prints th
 svcdns service add db --headless --port 5432/tcp
 svcdns service add ext --external-name example.org
 svcdns service add fixed --vip 10.96.0.50 --port 80/tcp
-svcdns service add web --selector app=web --port http:80:http   # endpoints from its pods; a named targetPort
-svcdns service get web [-o json|yaml]
-svcdns service list [-n NS | -A] [-o json|yaml]
-svcdns service rm web
-svcdns endpoint add web 10.0.1.5 [--hostname web-0] [--not-ready] [--terminating]
-svcdns endpoint rm web 10.0.1.5
-svcdns endpoint list web [-o json|yaml]      # explicit or derived, with target ports and pods
+svcdns service add web --selector app=web --port http:80:http -l tier=front   # endpoints from its pods
+svcdns service get web [-o wide|name|json|yaml]
+svcdns service describe web                  # + endpoints, pods, and what the running agent serves
+svcdns service list [-n NS | -A] [-l tier=front] [-o wide|name|json|yaml] [-w]
+svcdns service rm web [--ignore-not-found]
+svcdns endpoint add web 10.0.1.5 [--hostname web-0] [--ready|--not-ready] [--terminating]   # only what is given
+svcdns endpoint rm web 10.0.1.5 [--ignore-not-found]
+svcdns endpoint list web [-o wide|name|json|yaml]      # explicit or derived, with target ports and pods
+
+Writes print one line saying what they did, as kubectl does (``service/web created`` on stderr,
+since ``service add`` prints the VIP on stdout for scripts; ``service/web deleted``;
+``endpoint 10.0.1.5 of service/web configured``).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
-from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
-from typing import Any, TypeVar
 
-from ..errors import NotFound, UsageError, shorten
+from ..errors import NotFound, UsageError
 from ..model import (
     AFFINITY_CLIENT_IP,
     AFFINITY_NONE,
@@ -36,17 +37,27 @@ from ..model import (
     IPV6,
     Endpoint,
     Service,
-    ValidationError,
+    matches,
     parse_ip,
     parse_port_spec,
     parse_selector,
 )
-from ..registry import Registry, open_registry
-from ..registry.documents import dump, endpoint_document, to_document
+from ..registry import Snapshot
+from ..registry.documents import endpoint_document, to_document
 from . import config as configuration
-from .config import registry_location, registry_password
-
-T = TypeVar("T")
+from .describe import cmd_service_describe, print_service
+from .follow import follow
+from .objects import (
+    ENDPOINT_HEADER,
+    SERVICE_HEADER,
+    SERVICE_WIDE,
+    endpoint_row,
+    registry_of,
+    service_row,
+    valid,
+    vips_text,
+)
+from .output import done, output_parser, print_names, print_rows, watch_parser, write_doc
 
 _FAMILIES = {"ipv4": (IPV4,), "ipv6": (IPV6,), "dual": (IPV4, IPV6), "dual-ipv6": (IPV6, IPV4)}
 
@@ -60,8 +71,9 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         help="service CIDR for new VIPs (repeat for dual-stack); default: the ones the registry recorded, "
         "$SVCDNS_SERVICE_CIDRS (comma-separated), or 10.96.0.0/12",
     )
-    out = argparse.ArgumentParser(add_help=False)
-    out.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table", help="output format")
+    out = output_parser()
+    gone = argparse.ArgumentParser(add_help=False)
+    gone.add_argument("--ignore-not-found", action="store_true", help="exit 0, saying nothing, if it is not there")
 
     svc = sub.add_parser("service", help="add, show, list and remove Services", aliases=["svc"])
     svc_sub = svc.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -81,91 +93,54 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     add.add_argument("--endpoint", action="append", default=[], metavar="IP", help="a ready endpoint (repeatable)")
     add.add_argument("--selector", default="", metavar="K=V,...", help="take the endpoints from the pods with these labels")
     add.add_argument("--publish-not-ready-addresses", action="store_true", help="with --selector: every pod is ready")
+    add.add_argument("-l", "--labels", default="", metavar="K=V,...", help="the Service's own labels (service list -l)")
     add.set_defaults(func=cmd_service_add)
 
     get = svc_sub.add_parser("get", parents=[common, cidr, out], help="show one Service")
     get.add_argument("name")
     get.set_defaults(func=cmd_service_get)
 
-    lst = svc_sub.add_parser("list", aliases=["ls"], parents=[common, cidr, out], help="list Services and bad files")
+    describe = svc_sub.add_parser("describe", parents=[common, cidr],
+                                  help="a Service, its endpoints and pods, and what the running agent serves")  # fmt: skip
+    describe.add_argument("name")
+    describe.add_argument("--health-listen", metavar="ADDR:PORT",
+                          help="the agent's health address (default: the configured health_listen)")  # fmt: skip
+    describe.set_defaults(func=cmd_service_describe)
+
+    lst = svc_sub.add_parser("list", aliases=["ls"], parents=[common, cidr, out, watch_parser()],
+                             help="list Services and bad files")  # fmt: skip
     lst.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    lst.add_argument("-l", "--selector", default="", metavar="K=V,...", help="only Services with these labels")
     lst.set_defaults(func=cmd_service_list)
 
-    rm = svc_sub.add_parser("rm", aliases=["delete"], parents=[common], help="remove a Service (frees its VIP)")
+    rm = svc_sub.add_parser("rm", aliases=["delete"], parents=[common, gone], help="remove a Service (frees its VIP)")
     rm.add_argument("name")
     rm.set_defaults(func=cmd_service_rm)
 
     ep = sub.add_parser("endpoint", help="add and remove a Service's endpoints", aliases=["ep"])
     ep_sub = ep.add_subparsers(dest="action", metavar="ACTION", required=True)
-    ep_add = ep_sub.add_parser("add", parents=[common], help="add (or update) an endpoint")
+    ep_add = ep_sub.add_parser("add", parents=[common],
+                               help="add an endpoint, or change what is given of an existing one")  # fmt: skip
     ep_add.add_argument("service")
     ep_add.add_argument("address")
-    ep_add.add_argument("--hostname", default="", help="DNS name of this endpoint (<hostname>.<svc>.<ns>.svc.<zone>)")
-    ep_add.add_argument("--not-ready", action="store_true", help="receives no new traffic")
-    ep_add.add_argument("--terminating", action="store_true", help="being shut down (serving until it goes)")
-    ep_add.add_argument("--not-serving", action="store_true", help="with --terminating: no longer serving either")
+    ep_add.add_argument("--hostname", default=None, help="DNS name of this endpoint (<hostname>.<svc>.<ns>.svc.<zone>)")
+    ready = ep_add.add_mutually_exclusive_group()
+    ready.add_argument("--ready", dest="ready", action="store_true", default=None, help="gets new traffic (the default)")
+    ready.add_argument("--not-ready", dest="ready", action="store_false", help="receives no new traffic")
+    ep_add.add_argument("--terminating", action=argparse.BooleanOptionalAction, default=None,
+                        help="being shut down (serving until it goes; not ready)")  # fmt: skip
+    serving = ep_add.add_mutually_exclusive_group()
+    serving.add_argument("--serving", dest="serving", action="store_true", default=None, help=argparse.SUPPRESS)
+    serving.add_argument("--not-serving", dest="serving", action="store_false",
+                         help="with --terminating: no longer serving either")  # fmt: skip
     ep_add.set_defaults(func=cmd_endpoint_add)
-    ep_rm = ep_sub.add_parser("rm", aliases=["delete"], parents=[common], help="remove an endpoint")
+    ep_rm = ep_sub.add_parser("rm", aliases=["delete"], parents=[common, gone], help="remove an endpoint")
     ep_rm.add_argument("service")
     ep_rm.add_argument("address")
     ep_rm.set_defaults(func=cmd_endpoint_rm)
     ep_list = ep_sub.add_parser("list", aliases=["ls"], parents=[common, out], help="a Service's endpoints")
     ep_list.add_argument("service")
     ep_list.set_defaults(func=cmd_endpoint_list)
-
-
-# ---- helpers ---------------------------------------------------------------------------------------------
-
-
-def registry_of(args: argparse.Namespace) -> Registry:
-    if not args.verbose:
-        # the CLI shows bad files as ERROR rows of `service list` (and errors of the Service asked
-        # for as the command's error); log lines about other files would only be noise here
-        logging.getLogger("svcdns.registry").setLevel(logging.CRITICAL)
-    cidrs = getattr(args, "service_cidr", None)
-    if not cidrs and os.environ.get("SVCDNS_SERVICE_CIDRS"):
-        cidrs = [c for c in os.environ["SVCDNS_SERVICE_CIDRS"].split(",") if c.strip()]
-    location = registry_location(args.registry)
-    return open_registry(location, cidrs, password=registry_password(location))
-
-
-def valid(build: Callable[[], T]) -> T:
-    """Run a model constructor; a ValidationError becomes a UsageError (exit 2) naming field and value."""
-    try:
-        return build()
-    except ValidationError as err:
-        raise UsageError(f"invalid {err.field or 'value'} {shorten(err.value)}: {err.reason}") from None
-
-
-def _ready_endpoint(address: str) -> Endpoint:
-    return Endpoint(parse_ip("address", address))
-
-
-def _ports_text(svc: Service) -> str:
-    return ",".join(str(p) for p in svc.ports) or "-"
-
-
-def _vips_text(svc: Service) -> str:
-    if svc.type == HEADLESS:
-        return "None"
-    if svc.type == EXTERNAL_NAME:
-        return svc.external_name
-    return ",".join(map(str, svc.cluster_ips)) or "<pending>"
-
-
-def _endpoints_text(svc: Service) -> str:
-    ready = sum(1 for e in svc.endpoints if e.ready)
-    return f"{ready}/{len(svc.endpoints)} ready"
-
-
-def print_rows(rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-
-
-def _dump(doc: Any, fmt: str) -> None:
-    sys.stdout.write(dump(doc, fmt))
 
 
 # ---- service ---------------------------------------------------------------------------------------------
@@ -182,8 +157,9 @@ def cmd_service_add(args) -> int:
         raise UsageError(f"--affinity-timeout {args.affinity_timeout}: only with --session-affinity ClientIP")
     if kind == CLUSTER_IP and not ports:
         raise UsageError("a ClusterIP Service needs at least one --port, e.g. --port http:80:8080/tcp")
-    endpoints = tuple(valid(partial(_ready_endpoint, a)) for a in args.endpoint)
+    endpoints = tuple(valid(partial(Endpoint, a)) for a in args.endpoint)
     selector = valid(lambda: parse_selector(args.selector, "--selector"))
+    labels = valid(lambda: parse_selector(args.labels, "--labels"))
     if selector and endpoints:
         raise UsageError("--endpoint: a Service with --selector gets its endpoints from its pods (svcdns pod add)")
     if args.publish_not_ready_addresses and not selector:
@@ -202,79 +178,74 @@ def cmd_service_add(args) -> int:
             endpoints=endpoints,
             selector=selector,
             publish_not_ready_addresses=args.publish_not_ready_addresses,
+            labels=labels,
         )
     )
     created = valid(lambda: registry_of(args).create(svc))
-    print(_vips_text(created))
+    print(vips_text(created))  # stdout: the VIP, for scripts (VIP=$(svcdns service add ...))
+    print(f"service/{svc.name} created", file=sys.stderr)
     return 0
 
 
 def cmd_service_get(args) -> int:
     svc = registry_of(args).get(args.namespace, args.name)
-    if args.output != "table":
-        _dump(to_document(svc), args.output)
-        return 0
-    print(f"Name:              {svc.name}")
-    print(f"Namespace:         {svc.namespace}")
-    print(f"Type:              {svc.type}")
-    if svc.type == EXTERNAL_NAME:
-        print(f"External name:     {svc.external_name}")
+    if args.output in ("json", "yaml"):
+        write_doc(to_document(svc), args.output)
+    elif args.output == "name":
+        print_names("service", [svc.name])
+    elif args.output == "wide":
+        print_rows([SERVICE_HEADER + SERVICE_WIDE, service_row(svc, wide=True)])
     else:
-        print(f"VIPs:              {_vips_text(svc)}")
-    for i, p in enumerate(svc.ports):
-        head = "Ports:" if i == 0 else ""
-        print(f"{head:<19}{p.name or '<unnamed>'} {p.port}/{p.protocol} -> {p.target_port}")
-    affinity = svc.session_affinity
-    if affinity == AFFINITY_CLIENT_IP:
-        affinity += f" ({svc.affinity_timeout}s)"
-    print(f"Session affinity:  {affinity}")
-    if not svc.endpoints:
-        print("Endpoints:         <none>")
-        return 0
-    print("Endpoints:")
-    rows = [["  ADDRESS", "READY", "SERVING", "TERMINATING", "HOSTNAME"]]
-    for e in svc.endpoints:
-        rows.append(
-            [
-                f"  {e.address}",
-                str(e.ready).lower(),
-                str(e.serving).lower(),
-                str(e.terminating).lower(),
-                e.hostname or "-",
-            ]
-        )
-    print_rows(rows)
+        print_service(svc)
     return 0
 
 
 def cmd_service_list(args) -> int:
     reg = registry_of(args)
-    snap = reg.snapshot()
+    selector = valid(lambda: parse_selector(args.selector, "-l"))
+    wide = args.output == "wide"
+
     kube_dns = cluster_dns_service(args)
-    listed = [*snap.table, *([kube_dns] if kube_dns is not None and kube_dns.key not in snap.table else [])]
-    services = sorted(
-        (s for s in listed if args.all_namespaces or s.namespace == args.namespace), key=lambda s: s.key
-    )
-    errors = sorted(snap.errors.items())
-    if args.output != "table":
-        _dump(
-            {
-                "items": [to_document(s) for s in services],
-                "errors": [{"source": src, "error": msg} for src, msg in errors],
-            },
-            args.output,
-        )
+
+    def chosen(snap: Snapshot) -> list[Service]:
+        # kube-dns is this node's agent, not a registry record; a registry Service of that name wins
+        listed = [*snap.table, *([kube_dns] if kube_dns is not None and kube_dns.key not in snap.table else [])]
+        return sorted((s for s in listed if (args.all_namespaces or s.namespace == args.namespace)
+                       and (not selector or matches(selector, s.labels))), key=lambda s: s.key)  # fmt: skip
+
+    def row(s: Service) -> list[str]:
+        out = service_row(s, wide)
+        if s is kube_dns:
+            out[5] = "this node's agent"
+        return out
+
+    def rows(snap: Snapshot) -> dict:
+        out: dict = {s.key: row(s) for s in chosen(snap)}
+        out.update({("ERROR", src): ["ERROR", src, "-", "-", "-", msg] + (["-", "-"] if wide else [])
+                    for src, msg in sorted(snap.errors.items())})  # fmt: skip
+        return out
+
+    header = SERVICE_HEADER + (SERVICE_WIDE if wide else [])
+    if args.watch:
+        if args.output not in ("table", "wide"):
+            raise UsageError(f"--watch: prints tables; -o {args.output} is not watchable (use -o table or wide)")
+        return follow(reg, header, rows, args.output_watch_events)
+    snap = reg.snapshot()
+    services = chosen(snap)
+    if args.output in ("json", "yaml"):
+        write_doc({"items": [to_document(s) for s in services],
+                   "errors": [{"source": src, "error": msg} for src, msg in sorted(snap.errors.items())]}, args.output)  # fmt: skip
         return 0
-    if not services and not errors:
+    if args.output == "name":
+        print_names("service", [s.name for s in services])
+        return 0
+    table = rows(snap)
+    if not table:
         where = "any namespace" if args.all_namespaces else f"namespace {args.namespace}"
-        print(f"No Services in {where} ({reg.location}).", file=sys.stderr)
+        print(f"No Services in {where}{' with labels ' + args.selector if selector else ''} ({reg.location}).",
+              file=sys.stderr)  # fmt: skip
         return 0
-    rows = [["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORTS", "ENDPOINTS"]]
-    rows += [[s.namespace, s.name, s.type, _vips_text(s), _ports_text(s),
-              "this node's agent" if s is kube_dns else _endpoints_text(s)] for s in services]  # fmt: skip
-    for source, message in errors:
-        rows.append(["ERROR", source, "-", "-", "-", message])
-    print_rows(rows)
+    print_rows([header, *table.values()])
     return 0
 
 
@@ -289,32 +260,59 @@ def cluster_dns_service(args) -> Service | None:
 
 
 def cmd_service_rm(args) -> int:
-    registry_of(args).delete(args.namespace, args.name)
-    print(f"Service {args.namespace}/{args.name} removed")
+    try:
+        registry_of(args).delete(args.namespace, args.name)
+    except NotFound:
+        if args.ignore_not_found:
+            return 0
+        raise
+    done(f"service/{args.name} deleted")
     return 0
 
 
 # ---- endpoint --------------------------------------------------------------------------------------------
 
 
-def cmd_endpoint_add(args) -> int:
-    if args.not_serving and not args.terminating:
+def changed_endpoint(old: Endpoint | None, args: argparse.Namespace) -> Endpoint:
+    """The endpoint ``endpoint add`` asks for: a new one from the flags and the defaults (ready), or
+    ``old`` with only what was given changed."""
+    terminating = args.terminating if args.terminating is not None else bool(old and old.terminating)
+    if args.ready is not None:
+        ready = args.ready
+    elif args.terminating:
+        ready = False  # a terminating endpoint is not ready (EndpointSlice: ready = serving and not terminating)
+    else:
+        ready = old.ready if old else not terminating
+    if ready and terminating:
+        raise UsageError(f"--ready: endpoint {args.address} is terminating; add --no-terminating to make it ready")
+    if args.serving is not None:
+        serving = args.serving
+    elif ready:
+        serving = True
+    elif old and (args.ready is None or terminating):
+        serving = bool(old.serving)  # not-ready -> still serving only while terminating
+    else:
+        serving = terminating
+    if ready and not serving:
         raise UsageError("--not-serving: only with --terminating (a ready endpoint is serving)")
-    ready = not (args.not_ready or args.terminating)
-    endpoint = valid(
-        lambda: Endpoint(
-            address=args.address,
-            ready=ready,
-            serving=False if args.not_serving else (True if args.terminating else ready),
-            terminating=args.terminating,
-            hostname=args.hostname,
-        )
-    )
+    hostname = args.hostname if args.hostname is not None else (old.hostname if old else "")
+    if old is None:
+        return valid(lambda: Endpoint(args.address, ready=ready, serving=serving, terminating=terminating,
+                                      hostname=hostname))  # fmt: skip
+    return valid(lambda: replace(old, ready=ready, serving=serving, terminating=terminating, hostname=hostname))
+
+
+def cmd_endpoint_add(args) -> int:
+    address = valid(lambda: parse_ip("address", args.address))
+    outcome: list[str] = []
 
     def change(svc: Service) -> Service:
         _explicit(svc)
         eps = list(svc.endpoints)
-        same = [i for i, e in enumerate(eps) if e.address == endpoint.address]
+        same = [i for i, e in enumerate(eps) if e.address == address]
+        old = eps[same[0]] if same else None
+        endpoint = changed_endpoint(old, args)
+        outcome[:] = ["unchanged" if endpoint == old else "configured" if old else "added"]
         if same:
             eps[same[0]] = endpoint  # an update keeps its place
         else:
@@ -322,6 +320,7 @@ def cmd_endpoint_add(args) -> int:
         return valid(lambda: svc.with_endpoints(eps))
 
     valid(lambda: registry_of(args).update(args.namespace, args.service, change))
+    done(f"endpoint {address} of service/{args.service} {outcome[0]}")
     return 0
 
 
@@ -331,10 +330,16 @@ def cmd_endpoint_rm(args) -> int:
     def change(svc: Service) -> Service:
         _explicit(svc)
         if not any(e.address == address for e in svc.endpoints):
-            raise NotFound(f"Service {svc.ref} has no endpoint {address}")
+            raise NotFound(f"endpoint {address} of service {svc.ref} not found")
         return replace(svc, endpoints=tuple(e for e in svc.endpoints if e.address != address))
 
-    registry_of(args).update(args.namespace, args.service, change)
+    try:
+        registry_of(args).update(args.namespace, args.service, change)
+    except NotFound:
+        if args.ignore_not_found:
+            return 0
+        raise
+    done(f"endpoint {address} of service/{args.service} removed")
     return 0
 
 
@@ -347,20 +352,19 @@ def _explicit(svc: Service) -> None:
 
 def cmd_endpoint_list(args) -> int:
     svc = registry_of(args).get(args.namespace, args.service)
-    if args.output != "table":
-        _dump({"service": svc.ref, "derived": bool(svc.selector),
-               "endpoints": [endpoint_document(e) for e in svc.endpoints]}, args.output)  # fmt: skip
+    if args.output in ("json", "yaml"):
+        write_doc({"service": svc.ref, "derived": bool(svc.selector),
+                   "endpoints": [endpoint_document(e) for e in svc.endpoints]}, args.output)  # fmt: skip
+        return 0
+    if args.output == "name":  # the addresses, one a line: what `endpoint rm` takes
+        for e in svc.endpoints:
+            print(e.address)
         return 0
     if not svc.endpoints:
         print(f"Service {svc.ref} has no endpoints.", file=sys.stderr)
         return 0
-    rows = [["ADDRESS", "PORTS", "READY", "SERVING", "TERMINATING", "HOSTNAME", "POD"]]
-    for e in svc.endpoints:
-        ports = ",".join(f"{p.name + ':' if p.name else ''}{e.target_port(p)}/{p.protocol.lower()}" for p in svc.ports)
-        flags = [str(f).lower() for f in (e.ready, e.serving, e.terminating)]
-        rows.append([str(e.address), ports or "-", *flags, e.hostname or "-", e.pod or "-"])
-    print_rows(rows)
+    print_rows([ENDPOINT_HEADER, *(endpoint_row(svc, e) for e in svc.endpoints)])
     return 0
 
 
-__all__ = ["print_rows", "register", "registry_of", "valid"]
+__all__ = ["changed_endpoint", "register"]

@@ -67,6 +67,7 @@ SERVICE_FIELDS = (
     "selector",
     "publishNotReadyAddresses",
     "endpoints",
+    "labels",
 )
 PORT_FIELDS = ("name", "protocol", "port", "targetPort")
 ENDPOINT_FIELDS = ("address", "ready", "serving", "terminating", "hostname", "ports", "targetRef")
@@ -270,7 +271,15 @@ def _service(data: Any) -> Service:
         endpoints=tuple(endpoints),
         selector=labels_of(selector, "selector"),
         publish_not_ready_addresses=data.get("publishNotReadyAddresses", False),
+        labels=labels_of(_labels(data), "labels"),
     )
+
+
+def _labels(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    labels = data.get("labels") or {}
+    if not isinstance(labels, Mapping):
+        raise ValidationError("labels", labels, "must be a mapping of label to value, e.g. {app: web}")
+    return labels
 
 
 def _container_port(data: Any) -> ContainerPort:
@@ -360,6 +369,8 @@ def to_document(svc: Service, *, with_vips: bool = True) -> dict[str, Any]:
     """The document form of ``svc``; ``with_vips`` False leaves out its VIPs (a service file records
     only requested VIPs; allocated ones live in the allocation store)."""
     out: dict[str, Any] = {"name": svc.name, "namespace": svc.namespace, "type": svc.type}
+    if svc.labels:
+        out["labels"] = dict(svc.labels)
     if svc.type == CLUSTER_IP:
         if svc.cluster_ips and with_vips:
             out["clusterIP"] = str(svc.cluster_ips[0])

@@ -367,6 +367,7 @@ def _service(head: _Head, doc: Mapping[str, Any], strict: bool) -> tuple[Service
         "type": kind,
         "ports": ports,
         "selector": spec.get("selector") or {},
+        "labels": _mapping(origin, doc, "metadata").get("labels") or {},
     }
     for key in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy", "externalName", "sessionAffinity",
                 "publishNotReadyAddresses"):  # fmt: skip
@@ -377,7 +378,11 @@ def _service(head: _Head, doc: Mapping[str, Any], strict: bool) -> tuple[Service
     try:
         return from_document(document), warning
     except DocumentError as err:
-        raise _codec_error(origin, err, lambda f: _SERVICE_PATHS.get(f) or f"spec.{f}") from None
+        raise _codec_error(origin, err, _service_path) from None
+
+
+def _service_path(field: str) -> str:
+    return f"metadata.{field}" if field.startswith("labels") else _SERVICE_PATHS.get(field) or f"spec.{field}"
 
 
 def _pod(head: _Head, doc: Mapping[str, Any]) -> Pod:

@@ -75,8 +75,8 @@ def test_endpoint_slices_of_a_service_without_selector_and_delete(svcdns):
     code, out, _ = svcdns("endpoint", "list", "my-service", "-o", "json")
     assert [(e["address"], e["ports"]["http"]) for e in json.loads(out)["endpoints"]] == [("10.4.5.6", 9376), ("10.1.2.3", 9376)]
     code, out, err = svcdns("delete", "-f", str(docs / "without-selector.yaml"))
-    assert code == 0 and out.splitlines() == ['service "my-service" deleted',
-                                              'endpointslice.discovery.k8s.io "my-service-1" deleted']  # fmt: skip
+    assert code == 0 and out.splitlines() == ['service/my-service deleted',
+                                              'endpointslice.discovery.k8s.io/my-service-1 deleted']  # fmt: skip
     code, _, err = svcdns("delete", "-f", str(docs / "without-selector.yaml"))
     assert code == 1 and "not found" in err
     assert svcdns("delete", "-f", str(docs / "without-selector.yaml"), "--ignore-not-found")[0] == 0

@@ -68,12 +68,12 @@ def test_endpoints_add_update_remove(svcdns):
         {"address": "10.0.1.6", "ready": False, "serving": False, "terminating": False},
         {"address": "10.0.1.7", "ready": False, "serving": True, "terminating": True},
     ]
-    svcdns("endpoint", "add", "web", "10.0.1.6")  # now ready: updated in place
+    svcdns("endpoint", "add", "web", "10.0.1.6", "--ready")  # now ready: updated in place
     eps = json.loads(svcdns("service", "get", "web", "-o", "json")[1])["endpoints"]
     assert [e["ready"] for e in eps] == [True, True, False]
     assert svcdns("endpoint", "rm", "web", "10.0.1.5")[0] == 0
     code, _, err = svcdns("endpoint", "rm", "web", "10.0.1.5")
-    assert code == 1 and "no endpoint 10.0.1.5" in err
+    assert code == 1 and "endpoint 10.0.1.5 of service default/web not found" in err
     code, _, err = svcdns("endpoint", "add", "web", "fd00::5")
     assert code == 2 and "IPv6 but the Service has only IPv4" in err
     code, _, err = svcdns("endpoint", "add", "nope", "10.0.0.1")
