@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import os
+import select
 import sys
 from typing import NoReturn
 
@@ -100,12 +101,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _stdout_closed() -> bool:
     """Whether our own stdout is the pipe whose reader went away (then exit quietly, with stdout
-    pointed at /dev/null so the interpreter's final flush does not complain)."""
+    pointed at /dev/null so the interpreter's final flush does not complain). The write that failed
+    may have emptied the buffer already, so the pipe itself is asked too: its write end polls
+    POLLERR once no reader is left."""
     try:
         sys.stdout.flush()
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poller.poll(0))
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return True
+        gone, fd = True, sys.stdout.fileno()
     except (OSError, ValueError):
         return False
-    return False
+    if gone:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return gone

@@ -19,8 +19,8 @@ from functools import partial
 from ..errors import NotFound, UsageError
 from ..model import PROTOCOLS, check_label_key, check_label_value, labels_of, matches, parse_selector
 from ..pod import ContainerPort, Pod, Probe
-from ..registry.documents import dump, pod_document
 from ..registry import Snapshot
+from ..registry.documents import dump, pod_document
 from .follow import POD_INTERVAL, follow, watched_pods
 from .objects import registry_of, valid
 from .output import done, output_parser, print_names, print_rows, watch_parser
