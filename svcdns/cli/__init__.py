@@ -18,6 +18,7 @@ from typing import NoReturn
 from .. import __version__, logs
 from ..errors import SvcdnsError
 from .config import DEFAULT_REGISTRY
+from .examples import add_examples
 
 # modules with a ``register(subparsers, common)`` function, in the order their commands are listed
 COMMAND_MODULES = [
@@ -30,6 +31,7 @@ COMMAND_MODULES = [
     "svcdns.cli.agent",
     "svcdns.cli.install",
     "svcdns.cli.resolvconf",
+    "svcdns.cli.manual",
 ]
 
 
@@ -74,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = common_parser()
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub, common)
+    add_examples(parser)
+    parser.set_defaults(root_parser=parser)  # for the commands generated from it (completion, man)
     return parser
 
 

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import SvcdnsError, UsageError
 from . import config
+from .manual import MAN_PAGE, man_page
 
 UNIT = "etc/systemd/system/svcdns.service"
 REGISTRY_DROPIN = "etc/systemd/system/svcdns.service.d/registry.conf"
@@ -198,6 +199,8 @@ def cmd_install(args) -> int:
             print(f"removed {root / rel}")
     for rel in steps.dirs:
         (root / rel).mkdir(parents=True, exist_ok=True)
+    _write(root / MAN_PAGE, man_page(args.root_parser), 0o644)  # the unit's Documentation=man:svcdns(8)
+    print(f"installed {root / MAN_PAGE}")
     if args.root == "/" and shutil.which("systemctl"):
         subprocess.run(["systemctl", "daemon-reload"], check=False)
     print("next: systemctl enable --now svcdns")
@@ -211,7 +214,7 @@ def cmd_uninstall(args) -> int:
     root = Path(args.root)
     if args.root == "/" and shutil.which("systemctl"):
         subprocess.run(["systemctl", "disable", "--now", "svcdns"], check=False, capture_output=True)
-    for rel in (UNIT, REGISTRY_DROPIN, RESOLVED_DROPIN, RESOLVED_NETWORK):
+    for rel in (UNIT, REGISTRY_DROPIN, RESOLVED_DROPIN, RESOLVED_NETWORK, MAN_PAGE):
         if (root / rel).exists():
             (root / rel).unlink()
             print(f"removed {root / rel}")

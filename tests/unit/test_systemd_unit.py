@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from svcdns.cli import install
+from svcdns.cli import build_parser
+from svcdns.cli.manual import MAN_PAGE, man_page
 from svcdns.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,7 +26,11 @@ TEMPLATES = {p.name: p.read_text() for p in SHIPPED.iterdir()}
 def test_unit_verifies(tmp_path):
     unit = tmp_path / "svcdns.service"
     unit.write_text(install.unit_text(UNIT.read_text(), shutil.which("true")))
-    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    # verify runs `man` for Documentation=man:svcdns(8): give it the page `svcdns install` writes
+    (tmp_path / "man" / "man8").mkdir(parents=True)
+    (tmp_path / "man" / "man8" / "svcdns.8").write_text(man_page(build_parser()))
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MANPATH": str(tmp_path / "man")})  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "svcdns.service" not in proc.stderr  # no warning about our unit
 
@@ -51,7 +57,7 @@ def test_unit_is_notify_hardened_and_restarts():
                  "SystemCallFilter=@system-service", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
                  "ProtectProc=invisible", "PrivateMounts=yes", "UMask=0077"):  # fmt: skip
         assert line in text
-    assert "Documentation=" not in text  # nothing installs a document it could name yet
+    assert "Documentation=man:svcdns(8)" in text  # svcdns install writes that page (svcdns.cli.manual)
 
 
 @pytest.mark.parametrize(
@@ -194,6 +200,8 @@ def test_install_from_a_wheel_in_a_venv_under_opt(wheel, opt_prefix, tmp_path):
     assert not (root / install.REGISTRY_DROPIN).exists()
     assert (root / "var/lib/svcdns/registry").is_dir()
     assert "next: systemctl enable --now svcdns" in out.stdout
+    man = (root / MAN_PAGE).read_text()  # what the unit's Documentation=man:svcdns(8) names
+    assert man.startswith('.TH SVCDNS "8"') and "svcdns service describe" in man
 
     # `python -m svcdns install` names the venv's svcdns command, not __main__.py
     conf.write_text(conf.read_text().replace('registry = "/var/lib/svcdns/registry"', 'registry = "/srv/reg"'))
@@ -209,6 +217,7 @@ def test_install_from_a_wheel_in_a_venv_under_opt(wheel, opt_prefix, tmp_path):
     assert out.returncode == 0, out.stderr
     assert not (root / install.UNIT).exists() and not (root / install.REGISTRY_DROPIN).exists()
     assert not (root / install.RESOLVED_NETWORK).exists() and conf.exists()
+    assert not (root / MAN_PAGE).exists()
 
 
 def test_install_from_a_venv_the_unit_cannot_see_is_refused(wheel, tmp_path):
