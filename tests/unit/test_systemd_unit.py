@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from svcdns.cli import install
-from svcdns.cli import build_parser
+from svcdns.cli import build_parser, install
 from svcdns.cli.manual import MAN_PAGE, man_page
 from svcdns.errors import UsageError
 
