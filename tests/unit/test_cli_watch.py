@@ -9,9 +9,11 @@ import sys
 import threading
 import time
 
+import pytest
 from svcdns.cli import main
 from svcdns.model import Endpoint, Service, ServicePort
 from svcdns.pod import Pod
+from svcdns.registry import open_registry
 from svcdns.registry.files import FileRegistry
 
 DEADLINE = 15.0
@@ -80,8 +82,15 @@ def test_service_list_watch_prints_a_line_per_change(svcdns, monkeypatch):
     assert changes == [["ADDED", "default", "web"], ["MODIFIED", "default", "web"], ["DELETED", "default", "old"]]
 
 
-def test_pod_list_watch_sees_pods_no_service_selects(svcdns, monkeypatch):
-    reg = FileRegistry(svcdns.root)
+@pytest.mark.parametrize("backend", ["files", "etcd"])
+def test_pod_list_watch_sees_pods_no_service_selects(svcdns, monkeypatch, backend, request):
+    if backend == "etcd":
+        url = request.getfixturevalue("etcd_url")
+        monkeypatch.setenv("SVCDNS_REGISTRY", url)
+        reg = open_registry(url)
+        request.addfinalizer(reg.close)
+    else:
+        reg = FileRegistry(svcdns.root)
     steps = [
         (lambda: reg.put_pod(Pod("web-0", labels={"app": "web"}, ips=("10.244.0.5",))),
          lambda ls: any("web-0" in x and "Ready" in x for x in ls)),
