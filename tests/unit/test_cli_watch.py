@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+
 from svcdns.cli import main
 from svcdns.model import Endpoint, Service, ServicePort
 from svcdns.pod import Pod
