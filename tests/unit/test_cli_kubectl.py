@@ -78,7 +78,7 @@ def test_output_name_and_wide(svcdns):
     get = svcdns("service", "get", "web", "-o", "wide")[1].splitlines()
     assert len(get) == 2 and get[1].split() == web
     pod = svcdns("pod", "get", "web-0", "-o", "wide")[1].splitlines()[1].split()
-    assert pod == ["default", "web-0", "Ready", "10.244.0.5", "n1", "app=web"]
+    assert pod == ["default", "web-0", "Ready", "10.244.0.5", "-", "n1", "app=web"]
 
 
 def test_service_list_selects_on_the_services_own_labels(svcdns):

@@ -101,10 +101,10 @@ def test_pod_list_watch_sees_pods_no_service_selects(svcdns, monkeypatch, backen
     ]
     code, lines, missed = watching(monkeypatch, ["pod", "list", "-w"], steps)
     assert code == 0 and not missed, lines
-    assert lines[0].split() == ["NAMESPACE", "NAME", "STATUS", "IP"]
-    assert [x.split() for x in lines[1:]] == [["default", "web-0", "Ready", "10.244.0.5"],
-                                              ["default", "web-0", "NotReady", "10.244.0.5"],
-                                              ["default", "web-0", "NotReady", "10.244.0.5"]]  # fmt: skip
+    assert lines[0].split() == ["NAMESPACE", "NAME", "STATUS", "IP", "REASON"]
+    assert [x.split() for x in lines[1:]] == [["default", "web-0", "Ready", "10.244.0.5", "-"],
+                                              ["default", "web-0", "NotReady", "10.244.0.5", "-"],
+                                              ["default", "web-0", "NotReady", "10.244.0.5", "-"]]  # fmt: skip
 
 
 def test_watch_refuses_formats_it_cannot_follow(svcdns):
