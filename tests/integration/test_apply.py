@@ -17,8 +17,8 @@ def test_apply_of_the_tutorial_gives_working_vips_and_names(make_lab, cli):
     lab = make_lab(pods=4)
     api_pods, db_pod = lab.pod_list[:3], lab.pod_list[3]
     assert [str(p.ipv4) for p in lab.pod_list] == ["10.244.1.2", "10.244.2.2", "10.244.3.2", "10.244.4.2"]  # the annotations
-    for pod in api_pods:
-        lab.serve(pod, 8080, "tcp")
+    for pod in api_pods:  # HTTP: the manifest's readinessProbe (httpGet /healthz on port http) must pass
+        lab.serve(pod, 8080, "http")
     lab.serve(db_pod, 5432, "tcp")
     out = cli("apply", "-f", str(TUTORIAL))
     assert "service/api created" in out and "service/db created" in out and out.count("pod/") == 4
@@ -28,13 +28,23 @@ def test_apply_of_the_tutorial_gives_working_vips_and_names(make_lab, cli):
     def dig(ns, name):
         return ns.run(["dig", "+short", "+time=1", "+tries=2", f"@{DNS}", name], check=False).stdout.strip()
 
+    def pages(ns, vip, count):
+        """The pods that answered ``count`` HTTP requests to ``vip``:80 (the page names its pod)."""
+        seen = set()
+        for _ in range(count):
+            out = ns.run(["curl", "-s", "--max-time", "2", f"http://{vip}/"], check=False).stdout.split()
+            seen.update(out[-1:])
+        return seen
+
     def ask(ns, vip, port, count):
         return set(ns.run([*PY, "svcdns.testing.podserver", "--client", vip, str(port), "--count", str(count)],
                           check=False, env=cli.env).stdout.split())  # fmt: skip
 
     api_vip = cli("service", "get", "api", "-o", "json").split('"clusterIP": "')[1].split('"')[0]
     wait_for(lambda: dig(lab.node, "api.default.svc.cluster.local") == api_vip, 60, what="the api name from the node")
-    wait_for(lambda: ask(lab.node, api_vip, 80, 30) == {str(p.ipv4) for p in api_pods}, 15, what="all three api pods behind the VIP")
+    # the three pods become ready only once their probes pass (Kubernetes: not ready until the first success)
+    wait_for(lambda: pages(lab.node, api_vip, 30) == {str(p.ipv4) for p in api_pods}, 30,
+             what="all three api pods behind the VIP, their readiness probes passed")  # fmt: skip
 
     # an API pod finds the database by its Service's name and reaches it at that VIP
     api = api_pods[0].ns

@@ -93,3 +93,20 @@ def test_apply_a_directory_and_stdin_and_strict(svcdns, monkeypatch):
     code, out, err = svcdns("apply", "-f", "-", "--strict")
     assert code == 2 and "<stdin>: document 1 (ConfigMap/api-config): kind" in err and out == ""
     assert svcdns("apply", "-f", str(svcdns.tmp / "nope.yaml"))[2].endswith("no such file or directory\n")
+
+
+def test_applying_again_keeps_what_the_prober_recorded(svcdns):
+    from dataclasses import replace
+
+    from svcdns.registry.files import FileRegistry
+
+    code, _, err = svcdns("apply", "-f", TUTORIAL)
+    assert code == 0, err
+    reg = FileRegistry(svcdns.root)
+    probed = [p for p in reg.list_pods() if p.readiness_probes]
+    assert probed, "the tutorial's api pods carry readinessProbes"
+    for pod in probed:  # what the agent's prober writes once the probes pass
+        reg.update_pod(pod.namespace, pod.name, lambda p: replace(p, ready=True, reason=""))
+    code, out, _ = svcdns("apply", "-f", TUTORIAL)
+    assert code == 0 and set(line.split()[1] for line in out.splitlines()) == {"unchanged"}, out
+    assert all(FileRegistry(svcdns.root).get_pod(p.namespace, p.name).ready for p in probed)
