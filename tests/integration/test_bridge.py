@@ -13,7 +13,6 @@ import json
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -22,27 +21,6 @@ from svcdns.testing.lab import NoBrNetfilter, wait_for
 
 PY = [sys.executable, "-m"]
 
-# the fake upstream resolver, on the node's loopback: example.org A 192.0.2.1, NXDOMAIN otherwise
-STUB = textwrap.dedent(
-    """
-    import time
-    from dnslib import RR, QTYPE, A
-    from dnslib.server import BaseResolver, DNSServer
-    class Stub(BaseResolver):
-        def resolve(self, request, handler):
-            reply = request.reply()
-            if str(request.q.qname).lower() == "example.org." and request.q.qtype == QTYPE.A:
-                reply.add_answer(RR("example.org.", QTYPE.A, rdata=A("192.0.2.1"), ttl=60))
-            else:
-                reply.header.rcode = 3
-            return reply
-    for tcp in (False, True):
-        DNSServer(Stub(), address="127.0.0.2", port=53, tcp=tcp).start_thread()
-    print("listening", flush=True)
-    while True:
-        time.sleep(3600)
-    """
-)
 
 MANIFEST = """
 apiVersion: v1
@@ -81,7 +59,7 @@ def node(make_lab, cli, tmp_path):
         lab.add_pod(bridged=True)
     routed, _, bridged_a, bridged_b, stranger = lab.pod_list
     lab.serve(bridged_b, 8080)
-    stub = lab.spawn(lab.node, [sys.executable, "-c", STUB], env=cli.env)
+    stub = lab.spawn(lab.node, [sys.executable, "-m", "svcdns.testing.upstream"], env=cli.env)
     assert b"listening" in stub.stdout.readline()
     config = tmp_path / "svcdns.toml"
     config.write_text('[dns]\nupstreams = ["127.0.0.2:53"]\n')

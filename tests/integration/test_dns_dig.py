@@ -14,27 +14,6 @@ import pytest
 
 from svcdns.testing.lab import wait_for
 
-STUB = textwrap.dedent(
-    """
-    import time
-    from dnslib import RR, QTYPE, A
-    from dnslib.server import BaseResolver, DNSServer
-    class Stub(BaseResolver):
-        def resolve(self, request, handler):
-            reply = request.reply()
-            if str(request.q.qname).lower() == "example.org." and request.q.qtype == QTYPE.A:
-                reply.add_answer(RR("example.org.", QTYPE.A, rdata=A("192.0.2.1"), ttl=60))
-            else:
-                reply.header.rcode = 3
-            return reply
-    for tcp in (False, True):
-        DNSServer(Stub(), address="127.0.0.2", port=53, tcp=tcp).start_thread()
-    print("listening", flush=True)
-    while True:
-        time.sleep(3600)
-    """
-)
-
 
 @pytest.fixture
 def dns(make_lab, cli):
@@ -50,7 +29,7 @@ def dns(make_lab, cli):
     doc = {"name": "big", "type": "Headless", "ports": [{"port": 80}],
            "endpoints": [f"10.245.{i // 250}.{i % 250 + 1}" for i in range(200)]}  # fmt: skip
     (registry / "default" / "big.json").write_text(json.dumps(doc))
-    stub = world.spawn(world.node, [sys.executable, "-c", STUB], env=env)
+    stub = world.spawn(world.node, [sys.executable, "-m", "svcdns.testing.upstream"], env=env)
     assert b"listening" in stub.stdout.readline()
     server = world.spawn(
         world.node,
