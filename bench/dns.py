@@ -78,40 +78,6 @@ for _ in range(8):
     threading.Thread(target=hog, daemon=True).start()
 threading.Event().wait()
 """
-SLOWLORIS = """
-import resource, selectors, socket, time
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
-sel, state, opened = selectors.DefaultSelector(), {}, [0]
-def open_one(kind):
-    s = socket.socket(); s.setblocking(False); s.bind((f"127.0.0.{2 + opened[0] % 14}", 0))
-    try:
-        s.connect(("127.0.0.1", 53))
-    except BlockingIOError:
-        pass
-    state[s] = [kind, time.monotonic() + 0.5, 0]; sel.register(s, selectors.EVENT_READ); opened[0] += 1
-for kind in ["slow"] * 700 + ["idle"] * 300:
-    open_one(kind)
-while True:
-    for key, _ in sel.select(0.05):
-        s = key.fileobj
-        try:
-            gone = not s.recv(64)
-        except BlockingIOError:
-            continue
-        except OSError:
-            gone = True
-        if gone:
-            kind = state.pop(s)[0]; sel.unregister(s); s.close(); open_one(kind)
-    now = time.monotonic()
-    for s, st in state.items():
-        if st[0] == "slow" and now >= st[1]:
-            try:
-                s.send(b"\\x00" if st[2] == 0 else b"x"); st[2] += 1
-            except OSError:
-                pass
-            st[1] = now + 2
-"""
 FLOOD = """
 import socket, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.5", 0)); s.setblocking(False)
@@ -137,8 +103,9 @@ u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.4", 53))
 t = socket.socket(); t.bind(("127.0.0.4", 53)); t.listen(1)
 threading.Event().wait()
 """
-ABUSES = [("none", None), ("8 TCP clients that never read", NON_READERS),
-          ("700 slowloris + 300 idle TCP", SLOWLORIS), ("2,000 forwards/s to a dead upstream", FLOOD)]  # fmt: skip
+ABUSES = [("none", None), ("8 TCP clients that never read", ["-c", NON_READERS]),
+          ("700 slowloris + 300 idle TCP", ["-m", "svcdns.testing.abuse"]),
+          ("2,000 forwards/s to a dead upstream", ["-c", FLOOD])]  # the abuser's python arguments
 
 
 def run_abuse(seconds: int, rounds: int, tmp: Path) -> list[tuple[str, dict]]:
@@ -160,7 +127,7 @@ def run_abuse(seconds: int, rounds: int, tmp: Path) -> list[tuple[str, dict]]:
                 for label, script in ABUSES:
                     abuser = None
                     if script is not None:
-                        abuser = lab.spawn(lab.node, [*pin, sys.executable, "-c", script], env=env,
+                        abuser = lab.spawn(lab.node, [*pin, sys.executable, *script], env=env,
                                            stdout=subprocess.DEVNULL, stderr=open(tmp / "abuse.log", "a"))  # fmt: skip
                         time.sleep(2)  # the abuse takes hold (the slots fill, the queue of forwards grows)
                     try:

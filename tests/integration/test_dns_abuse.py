@@ -63,49 +63,11 @@ NON_READERS = textwrap.dedent(
 # questions, alternating UDP and TCP, each with a 2 s timeout.
 SLOWLORIS = textwrap.dedent(
     """
-    import json, resource, selectors, socket, time
+    import json, time
     from dnslib import DNSRecord
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
-    sel = selectors.DefaultSelector()
-    state = {}
-    opened = [0]
-    def open_one(kind):
-        s = socket.socket(); s.setblocking(False)
-        s.bind((f"127.0.0.{2 + opened[0] % 14}", 0))
-        try:
-            s.connect(("127.0.0.1", 53))
-        except BlockingIOError:
-            pass
-        state[s] = [kind, time.monotonic() + 0.5, 0]
-        sel.register(s, selectors.EVENT_READ)
-        opened[0] += 1
-    def pump(until):
-        while time.monotonic() < until:
-            for key, _ in sel.select(0.05):
-                s = key.fileobj
-                try:
-                    gone = not s.recv(64)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    gone = True
-                if gone:  # the server closed it: come back at once
-                    kind = state.pop(s)[0]
-                    sel.unregister(s); s.close(); open_one(kind)
-            now = time.monotonic()
-            for s, st in state.items():
-                if st[0] == "slow" and now >= st[1]:
-                    try:
-                        s.send(b"\\x00" if st[2] == 0 else b"x")
-                        st[2] += 1
-                    except OSError:
-                        pass
-                    st[1] = now + 2
-    for _ in range(700):
-        open_one("slow")
-    for _ in range(300):
-        open_one("idle")
+    from svcdns.testing.abuse import start as attack
+    attacker = attack(700, 300)
+    pump = attacker.pump
     pump(time.monotonic() + 3)  # the slots fill up
     answered = {"udp": 0, "tcp": 0}
     slowest = 0.0
@@ -120,7 +82,7 @@ SLOWLORIS = textwrap.dedent(
         except Exception:
             pass
         pump(time.monotonic() + 0.1)
-    print(json.dumps({**answered, "slowest": slowest, "opened": opened[0], "open": len(state)}))
+    print(json.dumps({**answered, "slowest": slowest, "opened": attacker.opened, "open": len(attacker.state)}))
     """
 )
 
