@@ -1,7 +1,8 @@
 """Pods to endpoints: what Kubernetes' EndpointSlice controller does, as a pure function and an index.
 
 ``derive(service, pods)`` gives a Service with a selector its endpoints from the pods of its
-namespace whose labels match: ``serving`` = the pod is ready, ``terminating`` = it is being
+namespace whose labels match: ``serving`` = the pod is ready (a probed pod: its record and its
+prober's status both say so, :func:`svcdns.pod.readiness`), ``terminating`` = it is being
 deleted, ``ready`` = serving and not terminating (always, with ``publishNotReadyAddresses``). A pod
 whose node is down (etcd: its agent's node lease expired, :mod:`svcdns.registry.etcd.state`) is not
 serving, whatever its record says: the record is kept, so the pod returns with its node. A pod
@@ -16,7 +17,8 @@ its replacement) give one endpoint: the readier one's, then the first by name.
 adds the pods, indexed by label pair too, so that a pod's change touches only the Services that
 select its old or its new labels, and deriving a Service reads only the pods of its rarest label:
 one pod change at 10k Services costs what its Services cost, not what the registry holds; a node
-going down or coming back touches only the Services that select that node's pods. Both
+going down or coming back touches only the Services that select that node's pods, and a status
+change (:meth:`Derivation.set_status`) only those selecting its pod, as a pod change would. Both
 registries keep one and apply it when they build their table, so downstream a selector Service is
 just a Service with endpoints.
 """
@@ -24,23 +26,29 @@ just a Service with endpoints.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import replace
 
 from .model import EXTERNAL_NAME, Endpoint, Labels, Service, family_of, matches
-from .pod import Pod
+from .pod import Pod, PodStatus, readiness
 
 Key = tuple[str, str]
+StatusOf = Callable[[Pod], PodStatus | None]
 
 
 def selects(svc: Service, pod: Pod) -> bool:
     return pod.namespace == svc.namespace and bool(pod.ips) and matches(svc.selector, pod.labels)
 
 
-def derive(svc: Service, pods: Iterable[Pod], down: AbstractSet[str] = frozenset()) -> tuple[Endpoint, ...]:
+def _no_status(pod: Pod) -> PodStatus | None:
+    return None
+
+
+def derive(svc: Service, pods: Iterable[Pod], down: AbstractSet[str] = frozenset(),
+           status_of: StatusOf = _no_status) -> tuple[Endpoint, ...]:  # fmt: skip
     """The endpoints of ``svc`` (which has a selector) from ``pods``, sorted by address; the pods
-    of the nodes in ``down`` are not serving."""
+    of the nodes in ``down`` are not serving; a probed pod's readiness takes ``status_of(pod)``."""
     if svc.type == EXTERNAL_NAME:
         return ()  # a CNAME has no endpoints, whatever it selects (Kubernetes ignores the selector)
     out = []
@@ -55,7 +63,8 @@ def derive(svc: Service, pods: Iterable[Pod], down: AbstractSet[str] = frozenset
                     break
                 ports.append((port.name, number))
         else:
-            serving = pod.ready and pod.node_name not in down
+            ready_pod = readiness(pod, status_of(pod))[0] if pod.readiness_probes else pod.ready
+            serving = ready_pod and pod.node_name not in down
             ready = svc.publish_not_ready_addresses or (serving and not pod.terminating)
             hostname = pod.hostname if pod.subdomain == svc.name else ""
             for ip in pod.ips:
@@ -116,7 +125,11 @@ class Derivation:
     ``expire(now)`` deletes those whose deadline passed since (``next_deadline()`` says when to call it).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, per_node: bool = False) -> None:
+        """``per_node``: a status counts only when written for the pod's own node (etcd, where each
+        node's agent writes under its node); else every status is the pod's (files: one host)."""
+        self.per_node = per_node
+        self.statuses: dict[tuple[str, str, str], PodStatus] = {}  # (node or "", ns, name) -> status
         self.pods: dict[Key, Pod] = {}
         self.index = SelectorIndex()
         self._pods_by_pair: defaultdict[tuple[str, str, str], set[Key]] = defaultdict(set)  # (ns, k, v)
@@ -190,6 +203,27 @@ class Derivation:
                 out |= self.index.services_for(pod.namespace, pod.labels)
         return out
 
+    def status_of(self, pod: Pod) -> PodStatus | None:
+        """The status that counts for ``pod`` (its node's, with ``per_node``)."""
+        return self.statuses.get((pod.node_name if self.per_node else "", pod.namespace, pod.name))
+
+    def set_status(self, node: str, key: Key, status: PodStatus | None) -> set[Key]:
+        """Take a pod's status as written for ``node`` ("" without ``per_node``; None: deleted);
+        return the keys of the Services to derive again: those selecting the pod, if it exists, the
+        status is the one that counts for it, and its readiness changed."""
+        skey = (node if self.per_node else "", *key)
+        old = self.statuses.get(skey)
+        if status is None:
+            self.statuses.pop(skey, None)
+        else:
+            self.statuses[skey] = status
+        pod = self.pods.get(key)
+        if pod is None or not pod.readiness_probes or skey[0] != (pod.node_name if self.per_node else ""):
+            return set()
+        if readiness(pod, old)[0] == readiness(pod, status)[0]:
+            return set()
+        return self.index.services_for(pod.namespace, pod.labels)
+
     def pods_on(self, node: str) -> int:
         """How many live pods name ``node``."""
         return len(self._pods_by_node.get(node, ()))
@@ -216,7 +250,7 @@ class Derivation:
         single-stack Service takes only its family's addresses), else ``svc`` itself."""
         if not svc.selector:
             return svc
-        return replace(svc, endpoints=derive(svc, self.selected(svc), self.down))
+        return replace(svc, endpoints=derive(svc, self.selected(svc), self.down, self.status_of))
 
 
 __all__ = ["Derivation", "SelectorIndex", "derive", "selects"]

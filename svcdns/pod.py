@@ -2,17 +2,21 @@
 trimmed to what Services need). The label grammar it shares with Service selectors is in
 :mod:`svcdns.model`.
 
-A Pod is frozen and validated on construction, like a Service. ``ready`` is its Ready condition
-(true unless its writer or a readiness probe says otherwise); ``terminating`` says it is being
+A Pod is frozen and validated on construction, like a Service. It is spec, written by users and
+``svcdns apply``; its prober's verdict is status, kept apart (:class:`PodStatus`). ``ready`` is what
+its writer says (``pod add --not-ready``: false); ``terminating`` says it is being
 deleted: it gets no new connections unless nothing else serves, and its open ones are kept until it
 goes. ``deletion_deadline`` (Kubernetes' ``deletionTimestamp``, Unix seconds) is when it goes:
 ``svcdns pod rm --grace 30`` writes it, and from then on every reader treats the record as gone
 (:func:`Pod.gone`), whether or not anyone has deleted it yet.
 
 ``readiness_probes`` (Kubernetes' ``readinessProbe``, one per container that has one) are run by the
-agent of the pod's node (:mod:`svcdns.probe`), which writes ``ready`` (every probe passes) and
-``reason`` (why not) when they change. ``netns`` names the pod's network namespace: exec probes run
-there.
+agent of the pod's node (:mod:`svcdns.probe`), which writes the pod's :class:`PodStatus` (``ready``:
+every probe passes, ``reason``: why not) when it changes, never the record. A probed pod is ready
+when its record's ``ready`` and its status's both hold (:func:`readiness`): no status yet is not ready,
+as in Kubernetes (not ready until the first success), and ``ready: false`` in the record keeps it out
+whatever its probes say (an operator's hold, like a readiness gate). ``netns`` names the pod's
+network namespace: exec probes run there.
 """
 
 from __future__ import annotations
@@ -156,7 +160,6 @@ class Pod:
     deletion_deadline: float = 0.0  # Unix time it goes at; 0: not being deleted
     readiness_probes: tuple[Probe, ...] = ()  # one per container that has one; ready when all pass
     netns: str = ""  # its network namespace (a path such as /run/netns/web-0): where exec probes run
-    reason: str = ""  # why it is not ready, as its prober last recorded
 
     def __post_init__(self) -> None:
         check_label("name", self.name)
@@ -195,8 +198,6 @@ class Pod:
         if not isinstance(netns, str) or (netns and (not netns.startswith("/") or len(netns) > 4096 or any(
                 c in netns for c in "\0\n"))):  # fmt: skip
             raise ValidationError("netns", netns, "must be an absolute path to a network namespace, e.g. /run/netns/web-0")
-        if not isinstance(self.reason, str):
-            raise ValidationError("reason", self.reason, "must be text")
 
     @property
     def key(self) -> tuple[str, str]:
@@ -227,4 +228,39 @@ class Pod:
         return named
 
 
-__all__ = ["ContainerPort", "Pod", "Probe"]
+MAX_REASON = 1024  # characters of a status's reason kept (a probe's output is never stored)
+
+
+@dataclass(frozen=True, slots=True)
+class PodStatus:
+    """A probed pod's verdict as its prober last wrote it: every probe passes (``ready``), or why not
+    (``reason``: ``connection refused``, ``HTTP 503``; "" before any probe failed). Status, not
+    spec: kept apart from the pod's record (:mod:`svcdns.registry`), written only when it changes."""
+
+    ready: bool
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ready, bool):
+            raise ValidationError("ready", self.ready, "must be true or false")
+        if not isinstance(self.reason, str):
+            raise ValidationError("reason", self.reason, "must be text")
+        object.__setattr__(self, "reason", "" if self.ready else self.reason[:MAX_REASON])
+
+
+NOT_PROBED = "not probed yet"
+
+
+def readiness(pod: Pod, status: PodStatus | None) -> tuple[bool, str]:
+    """Whether ``pod`` is ready, and why not: an unprobed pod as its record says; a probed one when
+    its record says ready and its status does (no status yet: not ready, "not probed yet")."""
+    if not pod.ready:
+        return False, ""
+    if not pod.readiness_probes:
+        return True, ""
+    if status is None:
+        return False, NOT_PROBED
+    return status.ready, status.reason
+
+
+__all__ = ["NOT_PROBED", "ContainerPort", "Pod", "PodStatus", "Probe", "readiness"]

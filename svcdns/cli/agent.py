@@ -46,6 +46,8 @@ def register(sub, common) -> None:
     agent.add_argument("--node-name", help="this node's name: the agent probes its pods (default: the host name)")
     agent.add_argument("--node-lease-ttl", type=int, metavar="SECONDS",
                        help="etcd: this node's lease TTL; its pods stay ready this long after the agent dies (default 15)")
+    agent.add_argument("--no-probe-exec", action="store_true", default=None,
+                       help="exec readiness probes fail on this node instead of running (probe_exec = false)")
     agent.add_argument("--dns-workers", type=int, metavar="N", help="DNS worker processes (default: one per core)")
     agent.add_argument("--no-forward", action="store_true", default=None, help="REFUSED for names outside the zone")
     agent.set_defaults(func=cmd_agent)
@@ -73,6 +75,7 @@ def load_config(args) -> configuration.Config:
         "dns.listen": args.dns_listen,
         "dns.workers": args.dns_workers,
         "dns.forward": False if args.no_forward else None,
+        "probe_exec": False if getattr(args, "no_probe_exec", None) else None,
     }
     return configuration.load(args.config, flags)
 
@@ -83,7 +86,7 @@ DNS_SOCKET_FIELDS = ("dns_listen", "dns_workers", "cluster_dns", "cluster_dns_in
 DNS_ANSWER_FIELDS = ("cluster_zone", "dns_upstreams", "dns_allowed_networks", "dns_forward", "dns_ttl",
                      "service_cidrs", "pod_cidrs", "cluster_dns")  # fmt: skip
 REGISTRY_FIELDS = ("registry", "registry_password", "service_cidrs")
-PROBER_FIELDS = ("registry", "registry_password", "node_name")
+PROBER_FIELDS = ("registry", "registry_password", "node_name", "probe_exec")
 SECRET_FIELDS = ("registry", "registry_password")  # a reload's log names them, never shows them
 LEASE_FIELDS = (*REGISTRY_FIELDS, "node_name", "node_lease_ttl")
 
@@ -141,7 +144,8 @@ def new_prober(cfg: configuration.Config, metrics: ProbeMetrics | None = None) -
     from ..registry import open_registry
 
     registry = open_registry(cfg.registry, list(cfg.service_cidrs), password=cfg.registry_password)
-    return Prober(registry, cfg.node_name, every_node=registry.kind == "files", metrics=metrics)
+    return Prober(registry, cfg.node_name, every_node=registry.kind == "files", metrics=metrics,
+                  exec_probes=cfg.probe_exec)  # fmt: skip
 
 
 def status_servers(cfg: configuration.Config, state, metrics) -> tuple[Any, Any]:
@@ -239,8 +243,9 @@ class Running:
     def start(self) -> None:
         if self.zone_cache is not None:
             self.zone_cache.start()
-        self.prober.start()
         self.lease = hold_lease(self.cfg, self.registry)
+        self.prober.use_lease(self.lease)  # etcd: the statuses go on the node's lease
+        self.prober.start()
         cfg = self.cfg
         log.info("agent: registry %s, dataplane %s, DNS on %s, health on %s%s", self.registry.location, cfg.dataplane,
                  ", ".join(cfg.dns_listen_all()), cfg.health_listen,
@@ -324,10 +329,12 @@ class Running:
         if any(f in changed for f in PROBER_FIELDS):
             prober, old_prober = new_prober(new, self.probe_metrics), self.prober
             old_prober.stop()  # first: two probers of one node would both write
+            prober.use_lease(self.lease)
             prober.start()
             self.prober = prober
         if any(f in changed for f in LEASE_FIELDS):
             self.lease = hold_lease(new, self.registry)
+            self.prober.use_lease(self.lease)
         agent.full_sync_period = new.full_sync_period
         agent.state.health_timeout = max(60.0, 2 * new.full_sync_period)
         self.cfg = new

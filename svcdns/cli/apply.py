@@ -231,10 +231,8 @@ def _apply_pod(reg: Registry, obj: PodObject) -> tuple[str, Undo | None]:
         old = reg.get_pod(*pod.key)
     except NotFound:
         old = None
-    if old is not None and old.readiness_probes and pod.readiness_probes:
-        # a probed pod's Ready condition and its reason are its prober's (status, not spec: kubectl
-        # apply never resets a pod's status either); applying the manifest again keeps them
-        pod = replace(pod, ready=old.ready, reason=old.reason)
+    # the record is spec: a probed pod's readiness is its prober's status, kept apart, which applying
+    # the manifest again never touches (kubectl apply never resets a pod's status either)
     if old == pod:
         return "unchanged", None
     reg.put_pod(pod)

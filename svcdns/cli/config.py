@@ -13,6 +13,7 @@
     metrics_listen = ""                       # "": /metrics on health_listen; else there, and only /metrics
     node_name = ""                            # "": the host name; the agent probes this node's pods
     node_lease_ttl = 15                       # etcd: seconds a dead agent's node keeps its pods ready
+    probe_exec = true                         # false: exec readiness probes fail, never run on this node
 
     [dns]
     listen = ["127.0.0.1:53"]
@@ -69,6 +70,7 @@ class Config:
     metrics_listen: str = ""  # "": /metrics is served on health_listen
     node_name: str = ""  # "": the host name, as the kubelet's --hostname-override
     node_lease_ttl: int = 15  # etcd: the node lease's TTL (refreshed every TTL/3)
+    probe_exec: bool = True  # False: exec probes (a command the registry's writers chose, run as root) fail
     dns_listen: tuple[str, ...] = ("127.0.0.1:53",)
     dns_upstreams: tuple[str, ...] = ()
     dns_allowed_networks: tuple[str, ...] = ()
@@ -106,6 +108,7 @@ _KEYS = {
     "metrics_listen": ("metrics_listen", str),
     "node_name": ("node_name", str),
     "node_lease_ttl": ("node_lease_ttl", int),
+    "probe_exec": ("probe_exec", bool),
     "dns.listen": ("dns_listen", list),
     "dns.upstreams": ("dns_upstreams", list),
     "dns.allowed_networks": ("dns_allowed_networks", list),

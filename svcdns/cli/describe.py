@@ -20,6 +20,7 @@ from dnslib import QTYPE, DNSRecord
 from ..addr import format_hostport, parse_hostport
 from ..errors import UsageError
 from ..model import AFFINITY_CLIENT_IP, CLUSTER_IP, EXTERNAL_NAME, IPV6, Service, family_of, matches
+from ..pod import readiness
 from . import config as configuration
 from .objects import ENDPOINT_HEADER, endpoint_row, registry_of, vips_text
 from .output import labels_text, print_rows
@@ -59,14 +60,17 @@ def cmd_service_describe(args) -> int:
     print_service(svc)
     if svc.selector:
         pods = [p for p in reg.list_pods(svc.namespace) if matches(svc.selector, p.labels)]
+        statuses = reg.pod_statuses(svc.namespace) if any(p.readiness_probes for p in pods) else {}
         serving = {e.pod for e in svc.endpoints}
         print("Pods:" + ("              <none match the selector>" if not pods else ""))
         if pods:
-            rows = [["  NAME", "STATUS", "IP", "ENDPOINT"]]
+            rows = [["  NAME", "STATUS", "IP", "ENDPOINT", "REASON"]]
             for p in pods:
-                status = "Terminating" if p.terminating else "Ready" if p.ready else "NotReady"
+                ready, reason = readiness(p, statuses.get(p.key))
+                status = "Terminating" if p.terminating else "Ready" if ready else "NotReady"
                 why = "yes" if p.name in serving else "no (no address)" if not p.ips else "no (lacks a named port)"
-                rows.append([f"  {p.name}", status, ",".join(map(str, p.ips)) or "<none>", why])
+                reason = "-" if ready or p.terminating else reason or ("not ready in its record" if not p.ready else "-")
+                rows.append([f"  {p.name}", status, ",".join(map(str, p.ips)) or "<none>", why, reason])
             print_rows(rows)
     try:
         cfg = configuration.load(None, {"health_listen": args.health_listen})

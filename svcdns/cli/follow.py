@@ -11,10 +11,10 @@ also compared at every ``interval`` wake-up, from the pods the watch already hol
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
-from ..pod import Pod
+from ..pod import Pod, PodStatus
 from ..registry import Registry, Snapshot
 from .output import format_row, widths_of
 
@@ -32,6 +32,24 @@ def watched_pods(reg: Registry) -> tuple[dict[Any, Pod], dict[str, str]]:
 
     async def copy() -> tuple[dict[Any, Pod], dict[str, str]]:
         return dict(state.derivation.pods), dict(reg.pod_errors())
+
+    return reg.client.run(copy())  # type: ignore[attr-defined]
+
+
+def watched_statuses(reg: Registry, pods: Iterable[Pod]) -> dict[Any, PodStatus]:
+    """The status that counts for each of ``pods`` as ``reg``'s running watch holds it (as
+    :func:`watched_pods`, copied on etcd's loop)."""
+    state = getattr(reg, "state", None)
+    derivation = reg.derivation if state is None else state.derivation  # type: ignore[attr-defined]
+
+    def pick() -> dict[Any, PodStatus]:
+        return {p.key: s for p in pods if (s := derivation.status_of(p)) is not None}
+
+    if state is None:
+        return pick()
+
+    async def copy() -> dict[Any, PodStatus]:
+        return pick()
 
     return reg.client.run(copy())  # type: ignore[attr-defined]
 

@@ -13,15 +13,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from functools import partial
 
 from ..errors import NotFound, UsageError
 from ..model import PROTOCOLS, check_label_key, check_label_value, labels_of, matches, parse_selector
-from ..pod import ContainerPort, Pod, Probe
+from ..pod import ContainerPort, Pod, PodStatus, Probe, readiness
 from ..registry import Snapshot
 from ..registry.documents import dump, pod_document
-from .follow import POD_INTERVAL, follow, watched_pods
+from ..table import Key
+from .follow import POD_INTERVAL, follow, watched_pods, watched_statuses
 from .objects import registry_of, valid
 from .output import done, output_parser, print_names, print_rows, watch_parser
 
@@ -144,12 +146,17 @@ def cmd_pod_label(args) -> int:
     return 0
 
 
-def _status(pod: Pod) -> str:
-    return "Terminating" if pod.terminating else "Ready" if pod.ready else "NotReady"
+def _status(pod: Pod, status: PodStatus | None) -> str:
+    return "Terminating" if pod.terminating else "Ready" if readiness(pod, status)[0] else "NotReady"
+
+
+def _status_of(reg, pod: Pod) -> PodStatus | None:
+    return reg.pod_statuses(pod.namespace).get(pod.key) if pod.readiness_probes else None
 
 
 def cmd_pod_get(args) -> int:
-    pod = registry_of(args).get_pod(args.namespace, args.name)
+    reg = registry_of(args)
+    pod = reg.get_pod(args.namespace, args.name)
     if args.output in ("json", "yaml"):
         sys.stdout.write(dump(pod_document(pod), args.output))
         return 0
@@ -157,9 +164,10 @@ def cmd_pod_get(args) -> int:
         print_names("pod", [pod.name])
         return 0
     if args.output == "wide":
-        print_rows([POD_HEADER + POD_WIDE, _pod_row(pod, wide=True)])
+        print_rows([POD_HEADER + POD_WIDE, _pod_row(pod, _status_of(reg, pod), wide=True)])
         return 0
-    print(f"Name:       {pod.name}\nNamespace:  {pod.namespace}\nStatus:     {_status(pod)}")
+    status = _status_of(reg, pod)
+    print(f"Name:       {pod.name}\nNamespace:  {pod.namespace}\nStatus:     {_status(pod, status)}")
     print(f"IPs:        {', '.join(map(str, pod.ips)) or '<none>'}")
     print(f"Labels:     {','.join(f'{k}={v}' for k, v in pod.labels) or '<none>'}")
     for head, value in (("Hostname:", pod.hostname), ("Subdomain:", pod.subdomain), ("Node:", pod.node_name)):
@@ -167,7 +175,7 @@ def cmd_pod_get(args) -> int:
             print(f"{head:<12}{value}")
     for i, p in enumerate(pod.ports):
         print(f"{'Ports:' if i == 0 else '':<12}{p.name or '<unnamed>'} {p.container_port}/{p.protocol}")
-    for head, value in (("Netns:", pod.netns), ("Reason:", "" if pod.ready else pod.reason)):
+    for head, value in (("Netns:", pod.netns), ("Reason:", "" if (why := _reason(pod, status)) == "-" else why)):
         if value:
             print(f"{head:<12}{value}")
     for i, probe in enumerate(pod.readiness_probes):
@@ -185,16 +193,20 @@ def _describe(probe: Probe) -> str:
             f"#success={probe.success_threshold} #failure={probe.failure_threshold}")  # fmt: skip
 
 
-def _reason(pod: Pod) -> str:
-    return "-" if pod.ready or pod.terminating else pod.reason or ("not probed yet" if pod.readiness_probes else "-")
+def _reason(pod: Pod, status: PodStatus | None) -> str:
+    """Why a pod is not ready: its prober's reason (or that it was not probed yet), its record's say."""
+    ready, reason = readiness(pod, status)
+    if ready or pod.terminating:
+        return "-"
+    return reason or ("not ready in its record" if not pod.ready else "-")
 
 
 POD_HEADER = ["NAMESPACE", "NAME", "STATUS", "IP", "REASON"]
 POD_WIDE = ["NODE", "LABELS"]
 
 
-def _pod_row(p: Pod, wide: bool) -> list[str]:
-    row = [p.namespace, p.name, _status(p), ",".join(map(str, p.ips)) or "<none>", _reason(p)]
+def _pod_row(p: Pod, status: PodStatus | None, wide: bool) -> list[str]:
+    row = [p.namespace, p.name, _status(p, status), ",".join(map(str, p.ips)) or "<none>", _reason(p, status)]
     return row + ([p.node_name or "-", ",".join(f"{k}={v}" for k, v in p.labels) or "-"] if wide else [])
 
 
@@ -207,8 +219,8 @@ def cmd_pod_list(args) -> int:
         return [p for p in pods if (args.all_namespaces or p.namespace == args.namespace)
                 and (not selector or matches(selector, p.labels))]  # fmt: skip
 
-    def rows(pods: list[Pod], errors: dict[str, str]) -> dict:
-        out: dict = {p.key: _pod_row(p, wide) for p in chosen(pods)}
+    def rows(pods: list[Pod], errors: dict[str, str], statuses: Mapping[Key, PodStatus]) -> dict:
+        out: dict = {p.key: _pod_row(p, statuses.get(p.key), wide) for p in chosen(pods)}
         out.update({("ERROR", src): ["ERROR", src, "-", msg, "-"] + (["-", "-"] if wide else []) for src, msg in sorted(errors.items())})
         return out
 
@@ -218,7 +230,8 @@ def cmd_pod_list(args) -> int:
 
         def view(snap: Snapshot) -> dict:
             pods, errors = watched_pods(reg)
-            return rows([pods[k] for k in sorted(pods)], errors)
+            listed = [pods[k] for k in sorted(pods)]
+            return rows(listed, errors, watched_statuses(reg, listed))
 
         return follow(reg, POD_HEADER + (POD_WIDE if wide else []), view, args.output_watch_events, POD_INTERVAL)
     pods = chosen(reg.list_pods(None if args.all_namespaces else args.namespace))
@@ -230,7 +243,9 @@ def cmd_pod_list(args) -> int:
     if args.output == "name":
         print_names("pod", [p.name for p in pods])
         return 0
-    table = rows(pods, errors)
+    probed = any(p.readiness_probes for p in pods)
+    statuses = reg.pod_statuses(None if args.all_namespaces else args.namespace) if probed else {}
+    table = rows(pods, errors, statuses)
     if not table:
         print(f"No pods ({reg.location}).", file=sys.stderr)
         return 0

@@ -1,13 +1,19 @@
 """The prober: one thread with an asyncio loop that runs the due readiness probes of this node's pods
-and writes a pod's ``ready`` (every one of its probes passes) and ``reason`` through the registry
-only when its verdict differs from the record: never per probe.
+and writes a pod's status (:class:`~svcdns.pod.PodStatus`: ``ready`` when every one of its probes
+passes, and ``reason``) through the registry only when its verdict changes: never per probe, and
+never into the pod's record (spec, which users and ``svcdns apply`` write).
 
 It lists the pods every ``refresh`` seconds, or less often when a listing costs more than
 :data:`LIST_SHARE` of a core (a new pod is not ready until its first success anyway, so it loses
-nothing but time by waiting for the next listing); probes go on while it lists. At most ``max_concurrent`` probes run at once;
-a probe holds its slot for at most its ``timeoutSeconds``. Registry reads and writes run one at a
-time, in order, on one worker thread, so a listing never undoes a write it raced with and a slow
-registry never delays a probe.
+nothing but time by waiting for the next listing); probes go on while it lists. Each listing also
+hands the registry every verdict (it writes only those that differ from what it stores: a status
+removed behind the prober's back, or lost with a node lease, comes back) and drops the statuses of
+the pods it no longer probes. The first listing reads the statuses already stored, so a restarted
+agent resumes them instead of taking every pod out of its Services. At most ``max_concurrent``
+probes run at once; a probe holds its slot for at most its ``timeoutSeconds``. Registry reads and
+writes run one at a time, in order, on one worker thread, so a listing never undoes a write it
+raced with and a slow registry never delays a probe; the verdicts that change while a write is under
+way go in the next one, together (a thousand pods failing at once cost a few writes, not a thousand).
 """
 
 from __future__ import annotations
@@ -21,10 +27,8 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
-
-from ..errors import NotFound, SvcdnsError
-from ..pod import Pod, Probe
+from ..errors import SvcdnsError
+from ..pod import NOT_PROBED, Pod, PodStatus, Probe
 from ..registry.contract import Registry
 from .checks import check
 from .metrics import ProbeMetrics
@@ -34,27 +38,34 @@ from .state import Key, ProbeKey, ProbeState, observe, reconcile, verdict
 log = logging.getLogger(__name__)
 
 TICK = 0.01  # probes due within this are started together
+EXEC_DISABLED = "exec probes are disabled on this node (probe_exec = false)"
+UNPROBED = PodStatus(False)
 LIST_SHARE = 0.05  # listings take at most this share of a core: at 10k pods they come less often than `refresh`
 
 class Prober:
     def __init__(self, registry: Registry, node_name: str, *, every_node: bool = False, max_concurrent: int = 200,
                  refresh: float = 5.0, run_check: Callable[[Pod, Probe], Awaitable[Result]] = check,
                  clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
-                 metrics: ProbeMetrics | None = None) -> None:  # fmt: skip
+                 metrics: ProbeMetrics | None = None, exec_probes: bool = True) -> None:  # fmt: skip
         """Probe the pods whose ``nodeName`` is ``node_name`` (every probed pod when ``every_node``:
-        the file registry serves one host)."""
+        the file registry serves one host). Without ``exec_probes`` an exec probe fails, never runs
+        (the configuration's ``probe_exec = false``)."""
+        self.exec_probes = exec_probes
         self.registry, self.node_name, self.every_node = registry, node_name, every_node
         self.max_concurrent, self.refresh = max_concurrent, refresh
         self._check, self._clock, self._rng = run_check, clock, rng or random.Random()
         self.metrics = metrics
         self.states: dict[ProbeKey, ProbeState] = {}
         self._pods: dict[Key, Pod] = {}
-        self._recorded: dict[Key, tuple[bool, str]] = {}  # (ready, reason) each record holds, as last read or written
-        self._writing: set[Key] = set()
+        self._verdicts: dict[Key, PodStatus] = {}  # each probed pod's, once probed (or resumed at start)
+        self._written: dict[Key, PodStatus] = {}  # the verdicts the registry has taken
+        self._pending: dict[Key, PodStatus] = {}  # verdicts to write, in the next batch
+        self._writer: asyncio.Task | None = None
+        self._resumed = False  # the stored statuses were read (first listing)
         self._due: list[tuple[float, ProbeKey]] = []  # a heap; an entry whose state moved on is skipped
         # for /status, read by other threads: replaced, never changed in place
-        self.failing: dict[Key, str] = {}  # the pods whose record says not ready, with the reason
-        self.counts = (0, 0)  # probed pods ready, not ready (as recorded)
+        self.failing: dict[Key, str] = {}  # the probed pods not ready, with the reason
+        self.counts = (0, 0)  # probed pods ready, not ready (as their verdicts say)
         self._list_cost = 0.0  # CPU seconds the last listing took
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -68,7 +79,15 @@ class Prober:
         """What /status shows: the counts, and each not-ready pod with its reason."""
         ready, not_ready = self.counts
         return {"node": "(every node)" if self.every_node else self.node_name, "ready": ready, "notReady": not_ready,
-                "failing": {f"{ns}/{name}": reason or "not probed yet" for (ns, name), reason in sorted(self.failing.items())}}  # fmt: skip
+                "failing": {f"{ns}/{name}": reason or NOT_PROBED for (ns, name), reason in sorted(self.failing.items())}}  # fmt: skip
+
+    def use_lease(self, lease: object) -> None:
+        """Write the statuses on ``lease`` (etcd: the node lease the agent holds on its own registry
+        client); all of them again at the next listing, since a new lease holds none."""
+        attach = getattr(self.registry, "write_statuses_on", None)
+        if attach is not None:
+            attach(lease)
+        self._written = {}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._main, name="svcdns-prober", daemon=True)
@@ -120,25 +139,48 @@ class Prober:
             log.info("prober: stopped")
 
     async def _list(self, io: ThreadPoolExecutor) -> None:
-        def timed() -> list[Pod]:
+        def timed() -> tuple[list[Pod], dict[Key, PodStatus] | None]:
             started = time.thread_time()
             try:
-                return self.registry.list_pods()
+                pods = self.registry.list_pods()
+                return pods, None if self._resumed else dict(self.registry.pod_statuses())
             finally:
                 self._list_cost = time.thread_time() - started
 
         try:
-            pods = await asyncio.get_running_loop().run_in_executor(io, timed)
+            pods, stored = await asyncio.get_running_loop().run_in_executor(io, timed)
         except SvcdnsError as err:  # an outage: keep probing what we know, write when it is back
             log.warning("prober: cannot list the pods: %s", err)
             return
         mine = [p for p in pods if self.mine(p)]
-        self.states = reconcile(self.states, mine, self._clock(), self._rng.random)
+        keys = {p.key for p in mine}
+        if stored is not None:
+            self._resumed = True
+            self._verdicts = {k: s for k, s in stored.items() if k in keys}
+        self._verdicts = {k: v for k, v in self._verdicts.items() if k in keys}
+        resumed = {k: v.ready for k, v in self._verdicts.items()}
+        self.states = reconcile(self.states, mine, self._clock(), self._rng.random, resumed)
         self._pods = {p.key: p for p in mine}
-        self._recorded = {p.key: (p.ready, p.reason) for p in mine}
         self._due = [(s.due, k) for k, s in self.states.items()]
         heapq.heapify(self._due)
         self._published()
+        verdicts = dict(self._verdicts)
+        unwritten = {k for k, v in verdicts.items() if self._written.get(k) != v}  # on their way already
+
+        def reconcile_statuses() -> set[Key]:
+            pruned = self.registry.prune_pod_statuses(keys)
+            if pruned:
+                log.info("prober: %d statuses of pods no longer probed here deleted", pruned)
+            return self.registry.set_pod_statuses(verdicts)
+
+        try:
+            fixed = await asyncio.get_running_loop().run_in_executor(io, reconcile_statuses)
+        except SvcdnsError as err:
+            log.warning("prober: cannot write the pods' statuses: %s", err)
+            return
+        if fixed - unwritten:
+            log.info("prober: %d pod statuses written again (missing or changed behind the prober's back)", len(fixed - unwritten))
+        self._written = verdicts
 
     async def _probe(self, key: ProbeKey, state: ProbeState, slots: asyncio.Semaphore, io: ThreadPoolExecutor) -> None:
         pod_key = (key[0], key[1])
@@ -148,7 +190,9 @@ class Prober:
                 return
             started = self._clock()
             try:
-                if self._check is check:  # every kind keeps its own timeout
+                if state.probe.kind == "exec" and not self.exec_probes:
+                    result = Result(False, EXEC_DISABLED)
+                elif self._check is check:  # every kind keeps its own timeout
                     result = await check(pod, state.probe)
                 else:  # one given by the caller may not: bound it
                     async with asyncio.timeout(state.probe.timeout + 0.5):
@@ -166,51 +210,50 @@ class Prober:
         self.states[key] = new
         heapq.heappush(self._due, (new.due, key))
         ready, reason = verdict([self.states[(*pod_key, i)] for i in range(len(pod.readiness_probes))])
-        recorded_ready, recorded_reason = self._recorded.get(pod_key, (not ready, ""))
-        # a reason is recorded with a not-ready verdict; "" (a probe that has not failed yet) keeps the last one
-        if (ready == recorded_ready and (ready or not reason or reason == recorded_reason)) or pod_key in self._writing:
-            return
-        self._writing.add(pod_key)
-        try:
-            await self._write(pod_key, ready, reason or recorded_reason, new.failures, io)
-        finally:
-            self._writing.discard(pod_key)
+        last = self._verdicts.get(pod_key)
+        # a reason goes with a not-ready verdict; "" (a probe that has not failed yet) keeps the last one
+        status = PodStatus(ready, reason or (last.reason if last is not None and not ready else ""))
+        if (status == last and self._written.get(pod_key) == status) or (last is None and status == UNPROBED):
+            return  # nothing new (no verdict yet and no failure: as "not probed yet" says already)
+        was_ready = last is not None and last.ready
+        self._verdicts[pod_key] = status
+        if status != last:
+            self._published(pod_key)
+            if ready:
+                log.info("prober: pod %s/%s is ready", *pod_key)
+            elif was_ready:
+                log.warning("prober: pod %s/%s is not ready: %d probes failed, the last: %s", *pod_key, new.failures, status.reason)
+            else:
+                log.info("prober: pod %s/%s is not ready: %s", *pod_key, status.reason or NOT_PROBED)
+        self._pending[pod_key] = status
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write(io))
 
-    async def _write(self, key: Key, ready: bool, reason: str, failures: int, io: ThreadPoolExecutor) -> None:
-        reason = "" if ready else reason
-
-        def write() -> None:
-            self.registry.update_pod(*key, lambda p: replace(p, ready=ready, reason=reason))
-
-        try:
-            await asyncio.get_running_loop().run_in_executor(io, write)
-        except NotFound:
-            return
-        except SvcdnsError as err:
-            log.warning("prober: pod %s/%s: cannot record it %s: %s", *key, "ready" if ready else "not ready", err)
-            return
-        was_ready = self._recorded.get(key, (False, ""))[0]
-        self._recorded[key] = (ready, reason)
-        self._published(key)
-        if ready:
-            log.info("prober: pod %s/%s is ready", *key)
-        elif was_ready:
-            log.warning("prober: pod %s/%s is not ready: %d probes failed, the last: %s", *key, failures, reason)
-        else:
-            log.info("prober: pod %s/%s is not ready: %s", *key, reason)
+    async def _write(self, io: ThreadPoolExecutor) -> None:
+        """Write the pending verdicts, in batches, until none is left."""
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            try:
+                await asyncio.get_running_loop().run_in_executor(io, self.registry.set_pod_statuses, batch)
+            except SvcdnsError as err:  # the next probe of each tries again
+                log.warning("prober: cannot write %d pod statuses: %s", len(batch), err)
+                return
+            self._written.update(batch)
 
     def _published(self, changed: Key | None = None) -> None:
-        """The recorded verdicts as /status and the gauges show them: all of them after a listing,
-        else the one ``changed`` (a copy of the failing pods only when that pod is or was one)."""
+        """The verdicts as /status and the gauges show them (a pod not probed yet is not ready): all of
+        them after a listing, else the one ``changed`` (a copy of the failing pods only when that pod
+        is or was one)."""
         if changed is None:
-            self.failing = {k: reason for k, (ready, reason) in self._recorded.items() if not ready}
+            self.failing = {k: (v.reason if (v := self._verdicts.get(k)) else "") for k in self._pods
+                            if k not in self._verdicts or not self._verdicts[k].ready}  # fmt: skip
         else:
-            ready, reason = self._recorded[changed]
-            if not ready:
-                self.failing = {**self.failing, changed: reason}
+            status = self._verdicts[changed]
+            if not status.ready:
+                self.failing = {**self.failing, changed: status.reason}
             elif changed in self.failing:
                 self.failing = {k: v for k, v in self.failing.items() if k != changed}
-        self.counts = (len(self._recorded) - len(self.failing), len(self.failing))
+        self.counts = (len(self._pods) - len(self.failing), len(self.failing))
         if self.metrics is not None:
             self.metrics.verdicts(*self.counts)
 

@@ -40,7 +40,7 @@ class ProbeState:
 
 def first(probe: Probe, now: float, spread: float, ready: bool = False) -> ProbeState:
     """A pod's state when its prober first sees it: its first probe ``spread`` (in [0, 1)) of the way
-    into its first period, after the initial delay. ``ready`` carries the verdict its record holds
+    into its first period, after the initial delay. ``ready`` carries the verdict its status holds
     (an agent that restarts resumes it instead of taking every pod out of its Services)."""
     return ProbeState(probe=probe, due=now + probe.initial_delay + spread * probe.period, ready=ready)
 
@@ -58,10 +58,13 @@ def observe(state: ProbeState, ok: bool, reason: str, started: float, jitter: fl
 
 
 def reconcile(
-    states: Mapping[ProbeKey, ProbeState], pods: Iterable[Pod], now: float, draw: Callable[[], float]
+    states: Mapping[ProbeKey, ProbeState], pods: Iterable[Pod], now: float, draw: Callable[[], float],
+    resumed: Mapping[Key, bool] | None = None,
 ) -> dict[ProbeKey, ProbeState]:
-    """The states for ``pods`` (those to probe): a new probe starts as :func:`first` (from its pod
-    record's readiness), a probe that changed starts again keeping its verdict, a gone one is forgotten."""
+    """The states for ``pods`` (those to probe): a new probe starts as :func:`first` (ready if
+    ``resumed`` says so: the status found at start), a probe that changed starts again keeping its
+    verdict, a gone one is forgotten."""
+    resumed = resumed or {}
     out: dict[ProbeKey, ProbeState] = {}
     for pod in pods:
         for i, probe in enumerate(pod.readiness_probes):
@@ -70,7 +73,7 @@ def reconcile(
             if old is not None and old.probe == probe:
                 out[key] = old
             else:
-                out[key] = first(probe, now, draw(), ready=old.ready if old is not None else pod.ready)
+                out[key] = first(probe, now, draw(), ready=old.ready if old is not None else resumed.get(pod.key, False))
     return out
 
 

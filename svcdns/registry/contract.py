@@ -9,12 +9,12 @@ version, an outage keeps everything.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from ..model import Service
-from ..pod import Pod
+from ..pod import Pod, PodStatus
 from ..table import ServiceTable
 
 
@@ -131,6 +131,24 @@ class Registry(Protocol):
     def update_pod(self, namespace: str, name: str, change: Callable[[Pod], Pod]) -> Pod: ...
 
     def delete_pod(self, namespace: str, name: str) -> None: ...
+
+    # pods' statuses: a probed pod's verdict, written by its node's prober apart from its record (spec),
+    # only when it changes; the endpoints take it (svcdns.pod.readiness) and a watch follows it as it
+    # follows pods. Files: one status file beside the VIP allocations; etcd: a key per pod under its
+    # node, on the node's lease.
+
+    def pod_statuses(self, namespace: str | None = None) -> Mapping[tuple[str, str], PodStatus]:
+        """The status that counts for each pod (of ``namespace``) not gone; a pod without one has none."""
+        ...
+
+    def set_pod_statuses(self, changes: Mapping[tuple[str, str], PodStatus | None]) -> set[tuple[str, str]]:
+        """Write pods' statuses (None: delete), only those that differ from what is stored; the keys
+        written. etcd: this node's, on its lease (SvcdnsError while none is held)."""
+        ...
+
+    def prune_pod_statuses(self, keep: Collection[tuple[str, str]]) -> int:
+        """Delete the statuses this writer keeps (files: all; etcd: its node's) of pods not in ``keep``."""
+        ...
 
 
 __all__ = ["Registry", "Snapshot", "Watch", "WatchBase"]

@@ -88,7 +88,7 @@ POD_FIELDS = (
     "readinessProbe",
     "readinessProbes",
     "netns",
-    "reason",
+    "reason",  # written into records by svcdns before pod statuses: accepted, ignored
 )
 CONTAINER_PORT_FIELDS = ("containerPort", "name", "protocol")
 
@@ -323,12 +323,11 @@ def _pod(data: Any) -> Pod:
         subdomain=data.get("subdomain", "") or "",
         node_name=data.get("nodeName", "") or "",
         ports=tuple(ports),
-        ready=data.get("ready", not probes),  # a probed pod is not ready until its probes pass
+        ready=data.get("ready", True),  # a probed pod is also not ready until its status says so
         terminating=data.get("terminating", False),
         deletion_deadline=_timestamp("deletionTimestamp", data.get("deletionTimestamp")),
         readiness_probes=probes,
         netns=data.get("netns", "") or "",
-        reason=data.get("reason", "") or "",
     )
 
 
@@ -420,8 +419,6 @@ def pod_document(pod: Pod) -> dict[str, Any]:
     out.update(probes_document(pod.readiness_probes))
     if pod.netns:
         out["netns"] = pod.netns
-    if pod.reason and not pod.ready:
-        out["reason"] = pod.reason
     return out
 
 

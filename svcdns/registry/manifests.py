@@ -9,8 +9,9 @@ Service too; svcdns opens no node port and no load balancer); ``strict`` refuses
 
 A pod manifest has no address before it runs: its addresses are the annotation
 ``svcdns.io/pod-ips: "10.244.1.5,fd00::5"`` or, in a manifest taken from a running cluster,
-``status.podIPs`` / ``status.podIP``. ``status.conditions`` Ready=False makes it not ready. Each
-container's ``readinessProbe`` is kept (the pod is ready when every one passes, as in Kubernetes);
+``status.podIPs`` / ``status.podIP``. ``status.conditions`` Ready=False makes a pod without probes
+not ready. Each container's ``readinessProbe`` is kept (the pod is ready when every one passes, as in
+Kubernetes: its readiness is then its prober's status, and a manifest's Ready condition is ignored);
 the annotation ``svcdns.io/netns: /run/netns/web-0`` names the pod's network namespace, where its
 exec probes run.
 
@@ -422,9 +423,10 @@ def _pod(head: _Head, doc: Mapping[str, Any]) -> Pod:
         if not ips and status.get("podIP"):
             ips, ips_path = [status["podIP"]], "status.podIP"
     netns = (meta.get("annotations") or {}).get(NETNS_ANNOTATION) if isinstance(meta.get("annotations"), Mapping) else None
-    ready = not probes  # a probed pod is not ready until its probes pass
+    ready = True
     for cond in _list_of(origin, status, "conditions", "status.conditions"):
-        if isinstance(cond, Mapping) and cond.get("type") == "Ready":
+        # a probed pod's Ready condition is its prober's status (a dumped pod's is stale): not spec
+        if isinstance(cond, Mapping) and cond.get("type") == "Ready" and not probes:
             ready = cond.get("status") in ("True", True)
     document = {
         "name": head.name,

@@ -95,9 +95,8 @@ def test_apply_a_directory_and_stdin_and_strict(svcdns, monkeypatch):
     assert svcdns("apply", "-f", str(svcdns.tmp / "nope.yaml"))[2].endswith("no such file or directory\n")
 
 
-def test_applying_again_keeps_what_the_prober_recorded(svcdns):
-    from dataclasses import replace
-
+def test_applying_again_writes_spec_only_and_keeps_the_probers_status(svcdns):
+    from svcdns.pod import PodStatus, readiness
     from svcdns.registry.files import FileRegistry
 
     code, _, err = svcdns("apply", "-f", TUTORIAL)
@@ -105,8 +104,22 @@ def test_applying_again_keeps_what_the_prober_recorded(svcdns):
     reg = FileRegistry(svcdns.root)
     probed = [p for p in reg.list_pods() if p.readiness_probes]
     assert probed, "the tutorial's api pods carry readinessProbes"
-    for pod in probed:  # what the agent's prober writes once the probes pass
-        reg.update_pod(pod.namespace, pod.name, lambda p: replace(p, ready=True, reason=""))
+    records = {p.key: (svcdns.root / f"pods/{p.namespace}/{p.name}.yaml").read_bytes() for p in probed}
+    # what the agent's prober writes once the probes pass: the statuses, never the records
+    reg.set_pod_statuses({p.key: PodStatus(True) for p in probed})
     code, out, _ = svcdns("apply", "-f", TUTORIAL)
     assert code == 0 and set(line.split()[1] for line in out.splitlines()) == {"unchanged"}, out
-    assert all(FileRegistry(svcdns.root).get_pod(p.namespace, p.name).ready for p in probed)
+    again = FileRegistry(svcdns.root)
+    statuses = again.pod_statuses()
+    assert all(readiness(again.get_pod(*p.key), statuses.get(p.key))[0] for p in probed)
+    # a changed manifest replaces the record (spec), and the pod stays ready: its status is untouched
+    changed = Path(TUTORIAL).read_text().replace("path: /healthz", "path: /ready")
+    assert changed != Path(TUTORIAL).read_text(), "the tutorial's probes get /healthz"
+    (svcdns.tmp / "changed.yaml").write_text(changed)
+    code, out, err = svcdns("apply", "-f", str(svcdns.tmp / "changed.yaml"))
+    assert code == 0 and "configured" in out, (out, err)
+    assert any((svcdns.root / f"pods/{k[0]}/{k[1]}.yaml").read_bytes() != v for k, v in records.items())
+    after = FileRegistry(svcdns.root)
+    assert after.pod_statuses() == statuses
+    assert "reason" not in "".join(
+        (svcdns.root / f"pods/{k[0]}/{k[1]}.yaml").read_text() for k in records)

@@ -4,7 +4,7 @@ netns; bad fields named with the pod, the field and the value."""
 import pytest
 
 from svcdns.model import ValidationError
-from svcdns.pod import ContainerPort, Pod, Probe
+from svcdns.pod import ContainerPort, Pod, PodStatus, Probe, readiness
 from svcdns.registry.documents import DocumentError, decode_pod, encode_pod
 from svcdns.registry.manifests import ManifestInvalid, parse_manifest
 
@@ -22,7 +22,7 @@ def record(extra):
 def test_exec_and_grpc_records_round_trip_and_keep_the_single_probe_form():
     web = record("netns: /run/netns/web-0\nreadinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 2}\n")
     assert web.readiness_probes == (Probe("exec", command=("cat", "/tmp/ready"), period=2),)
-    assert web.netns == "/run/netns/web-0" and not web.ready
+    assert web.netns == "/run/netns/web-0" and readiness(web, None) == (False, "not probed yet")
     text = encode_pod(web)
     assert "readinessProbe:" in text and "readinessProbes" not in text
     assert decode_pod(text.encode()) == web
@@ -40,9 +40,10 @@ def test_several_probes_one_per_container_round_trip():
     assert decode_pod(encode_pod(web).encode()) == web
 
 
-def test_a_failing_pods_reason_is_kept_in_its_record():
-    web = record("ready: false\nreason: HTTP 503\nreadinessProbe: {httpGet: {port: http}}\n")
-    assert web.reason == "HTTP 503" and decode_pod(encode_pod(web).encode()) == web
+def test_a_reason_in_a_record_is_status_written_by_an_older_svcdns_and_ignored():
+    web = record("reason: HTTP 503\nreadinessProbe: {httpGet: {port: http}}\n")
+    assert "reason" not in encode_pod(web) and decode_pod(encode_pod(web).encode()) == web
+    assert readiness(web, PodStatus(False, "HTTP 503")) == (False, "HTTP 503")
 
 
 @pytest.mark.parametrize(
@@ -95,7 +96,8 @@ def test_a_manifest_gives_one_probe_per_container_and_the_netns():
     pod = parse_manifest(MANIFEST.encode(), "web.yaml").objects[0].pod
     assert pod.readiness_probes == (Probe("httpGet", "http", path="/ready", period=5, container="app"),
                                     Probe("grpc", 9090, container="metrics"))  # fmt: skip
-    assert pod.netns == "/run/netns/web-0" and not pod.ready  # not ready until its probes pass
+    # the record is spec (ready unless held); the pod is not ready until its status says its probes pass
+    assert pod.netns == "/run/netns/web-0" and pod.ready and not readiness(pod, None)[0]
 
 
 @pytest.mark.parametrize(
@@ -124,9 +126,14 @@ def test_pod_add_netns_and_pod_list_shows_why_a_pod_is_not_ready(svcdns):
     assert decode_pod((svcdns.root / "pods/default/web-0.yaml").read_bytes()).netns == "/run/netns/web-0"
     code, _, err = svcdns("pod", "add", "web-1", "10.244.1.6", "--netns", "web-1")
     assert code == 2 and "netns" in err and "web-1" in err and "absolute path" in err
-    # what the prober writes when web-0's probe fails
-    failing = record("ready: false\nreason: HTTP 503\nreadinessProbe: {httpGet: {port: http}}\n")
-    (svcdns.root / "pods/default/web-0.yaml").write_text(encode_pod(failing))
+    from svcdns.registry.files import FileRegistry
+
+    probed = record("readinessProbe: {httpGet: {port: http}}\n")
+    (svcdns.root / "pods/default/web-0.yaml").write_text(encode_pod(probed))
+    assert svcdns("pod", "list")[1].splitlines()[1].split(None, 4)[2:] == ["NotReady", "10.244.1.5", "not probed yet"]
+    # what the prober writes when web-0's probe fails: its status, beside the record
+    FileRegistry(svcdns.root).set_pod_statuses({("default", "web-0"): PodStatus(False, "HTTP 503")})
+    assert decode_pod((svcdns.root / "pods/default/web-0.yaml").read_bytes()) == probed
     lines = svcdns("pod", "list")[1].splitlines()
     assert lines[0].split() == ["NAMESPACE", "NAME", "STATUS", "IP", "REASON"]
     assert lines[1].split(None, 4) == ["default", "web-0", "NotReady", "10.244.1.5", "HTTP 503"]

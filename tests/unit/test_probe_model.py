@@ -3,7 +3,7 @@ that name the pod's source, the field and the value."""
 
 import pytest
 
-from svcdns.pod import Probe
+from svcdns.pod import PodStatus, Probe, readiness
 from svcdns.registry.documents import DocumentError, decode_pod, encode_pod
 
 POD = """
@@ -21,7 +21,9 @@ def pod(probe_yaml):
 def test_tcp_socket_with_the_defaults_and_not_ready_until_probed():
     web = pod("  tcpSocket: {port: 8080}\n")
     assert web.readiness_probes[0] == Probe("tcpSocket", 8080)
-    assert not web.ready  # a probed pod starts not ready, as in Kubernetes
+    # a probed pod is not ready until its status says so, as in Kubernetes; its record is spec
+    assert web.ready and readiness(web, None) == (False, "not probed yet")
+    assert readiness(web, PodStatus(True)) == (True, "") and readiness(web, PodStatus(False, "HTTP 503"))[1] == "HTTP 503"
     assert decode_pod(encode_pod(web).encode()) == web
 
 

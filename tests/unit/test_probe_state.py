@@ -103,13 +103,13 @@ def test_jitter_only_shortens_an_interval_and_spreads_it():
 
 
 def test_reconcile_keeps_state_restarts_on_a_changed_probe_and_forgets_the_gone():
-    a = Pod("a", ips=("10.0.0.1",), ready=False, readiness_probes=(DEFAULT,))
-    b = Pod("b", ips=("10.0.0.2",), ready=True, readiness_probes=(DEFAULT,))
+    a = Pod("a", ips=("10.0.0.1",), readiness_probes=(DEFAULT,))
+    b = Pod("b", ips=("10.0.0.2",), readiness_probes=(DEFAULT,))
     plain = Pod("c", ips=("10.0.0.3",))
-    states = reconcile({}, [a, b, plain], 0.0, lambda: 0.5)
+    states = reconcile({}, [a, b, plain], 0.0, lambda: 0.5, resumed={b.key: True})
     ka, kb = (*a.key, 0), (*b.key, 0)
     assert set(states) == {ka, kb}
-    assert not states[ka].ready and states[kb].ready  # b's record says ready: a restart resumes it
+    assert not states[ka].ready and states[kb].ready  # b's stored status says ready: a restart resumes it
     assert states[ka].due == 5.0
     ready_a = observe(states[ka], True, "", 5.0, 0.0)
     states = reconcile({**states, ka: ready_a}, [a, b], 6.0, lambda: 0.5)

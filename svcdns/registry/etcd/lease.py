@@ -16,6 +16,11 @@ Keys removed behind the agent's back (``etcdctl del``) while its lease lives are
 next refresh, as the registry's watch sees them (``seen``); a liveness key holding another lease is
 another agent running with the same node name: reported, not fought over.
 
+The node's pod statuses (its prober's verdicts, :mod:`.keys`) are attached to the lease too, so a dead
+node's statuses vanish with it. The lease keeps the book of them (``book``: what the prober last
+wrote, whichever client wrote it) and writes them all again, before the liveness key, with a new
+lease: other hosts never see the node back with its statuses missing.
+
 A stopped agent does not revoke its lease: a restart within the TTL causes no blip; a stop longer
 than the TTL makes its pods not ready everywhere, until the next start grants a new lease.
 """
@@ -25,17 +30,20 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from ...errors import SvcdnsError
 from .client import Compare, Op
+from ...table import Key
 from .keys import Keys, node_record
 
 log = logging.getLogger(__name__)
 
 RETRY = 1.0  # seconds between tries while etcd cannot be reached (or the TTL/3 if shorter)
+TXN_OPS = 100  # keys per transaction when writing the statuses again (etcd allows 128 by default)
 
 
 class LeaseClient(Protocol):
@@ -63,6 +71,35 @@ class NodeLease:
         self.expires = 0.0  # by our clock: when the lease ends at the earliest
         self.problem: str | None = None
         self.task: concurrent.futures.Future[Any] | None = None  # run() on the registry's loop
+        # the node's pod statuses (status key values) as last booked; those not yet in etcd for this
+        # lease; written from the prober's thread, read from this loop's
+        self._statuses: dict[Key, bytes] = {}
+        self._unsynced: set[Key] = set()
+        self._book_lock = threading.Lock()
+
+    def book(self, values: Mapping[Key, bytes | None]) -> set[Key]:
+        """Take the pods' status values (None: deleted); the keys to write now (changed, or not yet
+        written under this lease). The writer calls :meth:`synced` once they are written."""
+        with self._book_lock:
+            out = {k for k, v in values.items() if self._statuses.get(k) != v or k in self._unsynced}
+            for key in out:
+                value = values[key]
+                if value is None:
+                    self._statuses.pop(key, None)
+                else:
+                    self._statuses[key] = value
+            self._unsynced |= out
+            return out
+
+    def synced(self, keys: Iterable[Key], lease_id: int) -> None:
+        """``keys`` were written under ``lease_id`` (if it is still the lease, they are in etcd)."""
+        with self._book_lock:
+            if lease_id == self.lease_id:
+                self._unsynced.difference_update(keys)
+
+    def booked(self) -> dict[Key, bytes]:
+        with self._book_lock:
+            return dict(self._statuses)
 
     def release(self) -> None:
         """Stop refreshing, without revoking: a restart within the TTL keeps the node's pods ready."""
@@ -129,8 +166,16 @@ class NodeLease:
             self.written = False
 
     async def _write(self) -> None:
-        """The node record and the liveness key on the lease, in one transaction (one revision: no
-        agent ever sees the one without the other from this write)."""
+        """The node's statuses on the lease, then the node record and the liveness key in one
+        transaction (one revision: no agent ever sees the one without the other from this write)."""
+        statuses = self.booked()
+        items = [Op(self.keys.status(self.node, k), v, lease=self.lease_id) for k, v in sorted(statuses.items())]
+        for i in range(0, len(items), TXN_OPS):
+            await self.client.txn([], items[i : i + TXN_OPS])
+        if statuses:
+            with self._book_lock:
+                self._unsynced.difference_update(k for k, v in statuses.items() if self._statuses.get(k) == v)
+            log.info("lease: node %s's %d pod statuses written on lease %x", self.node, len(statuses), self.lease_id)
         await self.client.txn([], [
             Op(self.keys.node(self.node), node_record(self.node, self.ttl)),
             Op(self.keys.lease(self.node), str(self.lease_id).encode(), lease=self.lease_id),

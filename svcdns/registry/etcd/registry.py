@@ -16,18 +16,19 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
 from typing import Any
 
 from ...errors import NotFound, SvcdnsError, UsageError
 from ...ipam import DEFAULT_SERVICE_CIDRS, Allocator, VIPConflict
 from ...model import IPAddress, Service
-from ...pod import Pod
+from ...pod import Pod, PodStatus
 from ...table import Key, ServiceTable
 from ..contract import Snapshot
 from ..documents import DocumentError, decode, decode_pod, encode, encode_pod
 from .client import Compare, EtcdClient, Op
-from .lease import NodeLease
+from .keys import status_of, status_value
+from .lease import TXN_OPS, NodeLease
 from .nodes import NodeStatus, node_statuses, read_leases, remove_node
 from .state import EtcdState, Keys
 from .url import parse_url, redact
@@ -49,6 +50,7 @@ class EtcdRegistry:
         self.state = EtcdState(self.keys)
         self.client = EtcdClient(self.options)
         self._cidrs_arg = list(service_cidrs) if service_cidrs else None
+        self._status_lease: NodeLease | None = None  # the node lease statuses are written on
 
     def __repr__(self) -> str:
         return f"EtcdRegistry({self.location!r})"
@@ -360,6 +362,56 @@ class EtcdRegistry:
             raise SvcdnsError(f"could not delete pod {namespace}/{name}: too much contention in {self.location}")
 
         self.client.run(delete())
+
+    # ---- pods' statuses: the prober's verdicts, per node, on the node's lease (keys.py) -----------------------
+
+    def pod_statuses(self, namespace: str | None = None) -> dict[Key, PodStatus]:
+        """The status of each pod (of ``namespace``) not gone, as its own node last wrote it."""
+        pods = self.list_pods(namespace)
+        _, kvs = self.client.run(self.client.range(self.keys.statuses))
+        found: dict[tuple[str, str, str], PodStatus] = {}
+        for kv in kvs:
+            parsed = self.keys.parse(kv.key)
+            if parsed is not None and parsed[0] == "status" and (status := status_of(kv.value)) is not None:
+                assert isinstance(parsed[1], tuple) and len(parsed[1]) == 3
+                found[parsed[1]] = status
+        return {p.key: s for p in pods if (s := found.get((p.node_name, p.namespace, p.name))) is not None}
+
+    def write_statuses_on(self, lease: NodeLease | None) -> None:
+        """Write the statuses of ``lease``'s node on it (the agent's lease, held by its own registry)."""
+        self._status_lease = lease
+
+    def set_pod_statuses(self, changes: Mapping[Key, PodStatus | None]) -> set[Key]:
+        """Write the given statuses of this node's pods (None: delete) on its lease, only those that
+        differ from what was written under it; the keys written. Before the lease is first written,
+        they are only booked: the lease writes them with its keys."""
+        lease = self._status_lease
+        if lease is None:
+            raise SvcdnsError("no node lease to write pod statuses on: only a node's agent writes them")
+        values = {k: status_value(s) if s is not None else None for k, s in changes.items()}
+        keys = lease.book(values)
+        if not keys:
+            return keys
+        lease_id = lease.lease_id if lease.written else 0
+        if not lease_id:  # booked (and unsynced): the lease's next write takes them, or the next call
+            return set()
+        ops = [Op(self.keys.status(lease.node, k), v, lease=lease_id) if (v := values[k]) is not None
+               else Op(self.keys.status(lease.node, k)) for k in sorted(keys)]  # fmt: skip
+
+        async def write() -> None:
+            for i in range(0, len(ops), TXN_OPS):
+                await self.client.txn([], ops[i : i + TXN_OPS])
+
+        self.client.run(write())
+        lease.synced(keys, lease_id)
+        return keys
+
+    def prune_pod_statuses(self, keep: Collection[Key]) -> int:
+        """Delete this node's statuses of the pods not in ``keep`` (those it probes); how many."""
+        lease = self._status_lease
+        if lease is None:
+            return 0
+        return len(self.set_pod_statuses({k: None for k in lease.booked() if k not in keep}))
 
     async def collect_gone(self) -> None:
         """Delete the pod keys whose grace period ended (compare-and-delete: whoever sees it first)."""

@@ -26,7 +26,7 @@ from ...pod import Pod
 from ...table import Key, ServiceTable
 from ..contract import Snapshot
 from ..documents import DocumentError, decode, decode_pod
-from .keys import Keys, lease_of
+from .keys import Keys, lease_of, status_of
 
 T = TypeVar("T", Service, Pod)  # what an etcd value decodes to
 
@@ -76,8 +76,9 @@ class EtcdState:
         self.rebuilt: set[Key] = set()  # the keys the last rebuild recomputed
         self._seen: set[Key] | None = None  # during a full read: the Services read so far
         self.pods: dict[Key, PodEntry] = {}
-        self.derivation = Derivation()
+        self.derivation = Derivation(per_node=True)
         self._seen_pods: set[Key] = set()
+        self._seen_statuses: set[tuple[str, str, str]] = set()
         self._bounds: Allocator | None = None
         self.nodes: set[str] = set()  # the node records
         self.live: dict[str, int] = {}  # node -> the lease ID its liveness key holds
@@ -94,6 +95,7 @@ class EtcdState:
         self.dirty = None
         self._seen = set()
         self._seen_pods = set()
+        self._seen_statuses = set()
         self._seen_nodes, self._seen_live = set(), set()
         self.vips.clear()
 
@@ -105,6 +107,8 @@ class EtcdState:
         for key in set(self.pods) - self._seen_pods:
             del self.pods[key]
             self.derivation.remove_pod(key)
+        for node, ns, name in set(self.derivation.statuses) - self._seen_statuses:
+            self.derivation.set_status(node, (ns, name), None)
         seen_nodes, self._seen_nodes = self._seen_nodes or set(), None
         self.nodes &= seen_nodes
         for name in set(self.live) - self._seen_live:
@@ -126,8 +130,15 @@ class EtcdState:
             self._touch_holder(old_holder)
             self._touch_holder(self.vips[what])
         elif kind == "pod":
-            assert isinstance(what, tuple)
+            assert isinstance(what, tuple) and len(what) == 2
             self._apply_pod(what, raw_key, value, mod)
+        elif kind == "status":
+            assert isinstance(what, tuple) and len(what) == 3
+            self._seen_statuses.add(what)
+            status = status_of(value)
+            if status is None:
+                log.warning("etcd: %s is not {\"ready\": true|false, \"reason\": ...}; ignored", raw_key.decode(errors="replace"))
+            self._touch_all(self.derivation.set_status(what[0], (what[1], what[2]), status))
         elif kind == "node":
             assert isinstance(what, str)
             self.nodes.add(what)
@@ -140,7 +151,7 @@ class EtcdState:
             self._seen_live.add(what)
             self._liveness_changed()
         else:
-            assert isinstance(what, tuple)
+            assert isinstance(what, tuple) and len(what) == 2
             self._apply_service(what, raw_key, value, mod)
 
     def _apply_pod(self, key: Key, raw_key: bytes, value: bytes, mod: int) -> None:
@@ -206,14 +217,17 @@ class EtcdState:
             assert isinstance(what, (ipaddress.IPv4Address, ipaddress.IPv6Address))
             self._touch_holder(self.vips.pop(what, None))
         elif kind == "service":
-            assert isinstance(what, tuple)
+            assert isinstance(what, tuple) and len(what) == 2
             self.entries.pop(what, None)
             self.derivation.remove_service(what)
             self._touch(what)
         elif kind == "pod":
-            assert isinstance(what, tuple)
+            assert isinstance(what, tuple) and len(what) == 2
             self.pods.pop(what, None)
             self._touch_all(self.derivation.remove_pod(what))
+        elif kind == "status":
+            assert isinstance(what, tuple) and len(what) == 3
+            self._touch_all(self.derivation.set_status(what[0], (what[1], what[2]), None))
         elif kind == "node":
             assert isinstance(what, str)
             self.nodes.discard(what)

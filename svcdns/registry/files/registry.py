@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 
 from ...errors import NotFound, SvcdnsError, UsageError
 from ...ipam import VIPConflict
 from ...model import Service
-from ...pod import Pod
+from ...pod import Pod, PodStatus
 from ...table import Key
 from ..documents import encode, encode_pod
 from .pods import POD_DIR, PodEntry, is_pod_file, key_of
@@ -210,6 +210,44 @@ class FileRegistry(FileState):
                 with contextlib.suppress(FileNotFoundError):
                     (self.root / rel).unlink()
                 del self.pods.entries[rel]
+            self._write_statuses({key: None})  # its status goes with it
+
+    # ---- pods' statuses: the prober's verdicts, in the status file (:mod:`.status`) ----------------------------
+
+    def pod_statuses(self, namespace: str | None = None) -> dict[Key, PodStatus]:
+        """The statuses of the pods (of ``namespace``) not gone, as the status file holds them now."""
+        pods = self.list_pods(namespace)
+        self._sync_statuses()
+        return {p.key: s for p in pods if (s := self.derivation.status_of(p)) is not None}
+
+    def set_pod_statuses(self, changes: Mapping[Key, PodStatus | None]) -> set[Key]:
+        """Write the given statuses (None: delete), under the lock, and only those that differ from
+        the file's; the keys written."""
+        self.check_root()
+        return self._write_statuses(changes)
+
+    def prune_pod_statuses(self, keep: Collection[Key]) -> int:
+        """Delete the statuses of the pods not in ``keep`` (every pod the prober probes); how many."""
+        self.check_root()
+        with self._locked():
+            self.status.load()
+            return len(self._write_statuses({k: None for k in self.status.statuses if k not in keep}))
+
+    def _write_statuses(self, changes: Mapping[Key, PodStatus | None]) -> set[Key]:
+        with self._locked():
+            self.status.load()
+            held = self.status.statuses
+            written = {k for k, s in changes.items() if held.get(k) != s}
+            if not written:
+                return written
+            self.status.statuses = {**held, **{k: s for k, s in changes.items() if s is not None}}
+            for key in written:
+                if changes[key] is None:
+                    self.status.statuses.pop(key, None)
+            self.status.save()
+            for key in written:  # this object's view too (the CLI reads after it writes)
+                self.derivation.set_status("", key, changes[key])
+            return written
 
     def _find(self, key: Key) -> str:
         """The file that defines ``key``: the canonical path if it does, else found by a scan."""

@@ -3,7 +3,9 @@
 Files may sit anywhere under the directory (:mod:`.tree` says which names count); the CLI writes
 ``<ns>/<name>.yaml``. Pods live in ``pods/<ns>/<name>.yaml`` (:mod:`.pods`); the endpoints of a
 Service with a selector are derived from them when the table is built (:mod:`svcdns.endpoints`),
-and only the Services a pod change touches are built again. A file is read only when complete (the
+and only the Services a pod change touches are built again. A probed pod's readiness also takes its
+status, from the status file beside the VIP allocations (:mod:`.status`): a status change rebuilds
+only the Services selecting its pod. A file is read only when complete (the
 watch reacts to close-after-write and rename-in, never to partial writes).
 
 What a bad file does: it is reported (a log line, and an error row in ``svcdns service list``) and
@@ -34,6 +36,7 @@ from ...table import Key
 from ..contract import Snapshot
 from ..documents import DocumentError, decode
 from .pods import PodFiles, is_pod_file, key_of
+from .status import StatusFile
 from .tree import canonical, precedence, read, walk
 from .vips import FileEntry, VipKeeper, holder_of
 
@@ -51,6 +54,7 @@ class FileState(VipKeeper):
         self.synced = False  # read in full at least once
         self.pods = PodFiles(self.root)
         self.derivation = Derivation()
+        self.status = StatusFile(self.root)
 
     def __repr__(self) -> str:
         return f"FileRegistry({str(self.root)!r})"
@@ -114,6 +118,7 @@ class FileState(VipKeeper):
         for rel in set(self.pods.entries) - seen:
             del self.pods.entries[rel]
         self._sync_pods({key_of(rel) for rel in self.pods.entries} | set(self.derivation.pods))
+        self._sync_statuses()
         self._resolve(None)
         self.synced = True
         return self.current()
@@ -145,6 +150,22 @@ class FileState(VipKeeper):
             pod = self.pods.pod(key)
             out |= self.derivation.put_pod(pod, now) if pod is not None else self.derivation.remove_pod(key)
         return out
+
+    def _sync_statuses(self) -> set[Key]:
+        """Bring the status file (if it changed) into the derivation; the Services to build again."""
+        if not self.status.load():
+            return set()
+        now, out = self.status.statuses, set()
+        held = {(ns, name): s for (_, ns, name), s in self.derivation.statuses.items()}
+        for key in set(held) | set(now):
+            if held.get(key) != now.get(key):
+                out |= self.derivation.set_status("", key, now.get(key))
+        return out
+
+    def refresh_status(self) -> bool:
+        """Re-read the status file (after a watch event); True if the table changed."""
+        affected = self._sync_statuses()
+        return bool(affected) and self._resolve(affected)
 
     def next_deadline(self) -> float | None:
         """When the next terminating pod goes (Unix time): the watch calls ``expire`` then."""

@@ -8,7 +8,9 @@ Service being deleted. A queue overflow, or the periodic safety
 rescan, re-reads everything and converges to the same state. If the registry directory itself
 disappears, everything already known is kept (the agent keeps its rules and answers), the problem is
 reported in ``problem``, and the watch resumes with a full rescan when the directory is back. The
-watch also wakes up when a terminating pod's grace period ends, so that it goes on time.
+watch also wakes up when a terminating pod's grace period ends, so that it goes on time, and follows
+the status file in the hidden state directory (:mod:`.status`: the probed pods' verdicts), whose
+changes rebuild only the Services selecting the pods whose readiness changed.
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ from inotify_simple import INotify
 from inotify_simple import flags as F
 
 from ..contract import Snapshot, WatchBase
+from .status import STATUS_FILE
+from .store import STATE_DIR
 from .tree import is_service_file
 
 log = logging.getLogger(__name__)
 
+_STATE_MASK = F.CLOSE_WRITE | F.MOVED_TO | F.DELETE | F.DELETE_SELF | F.MOVE_SELF | F.ONLYDIR
 _DIR_MASK = F.CLOSE_WRITE | F.MOVED_TO | F.MOVED_FROM | F.DELETE | F.CREATE | F.DELETE_SELF | F.MOVE_SELF | F.ONLYDIR
 
 
@@ -43,6 +48,8 @@ class Watched(Protocol):
     def snapshot(self) -> Snapshot: ...
 
     def refresh(self, rels: Iterable[str]) -> bool: ...
+
+    def refresh_status(self) -> bool: ...
 
     def files_under(self, rel_dir: str) -> list[str]: ...
 
@@ -70,6 +77,7 @@ class FileWatcher(WatchBase):
         self.problem: str | None = None
         self._inotify: INotify | None = None
         self._dirs: dict[int, str] = {}  # watch descriptor -> relative directory ("" for the root)
+        self._state_wd: int | None = None  # the hidden state directory's, where the status file is
         self._last_rescan = 0.0
         self._started = False
         self._last_errors: dict[str, str] = {}
@@ -84,6 +92,7 @@ class FileWatcher(WatchBase):
             self._inotify.close()
             self._inotify = None
         self._dirs.clear()
+        self._state_wd = None
 
     def start(self) -> Snapshot:
         """Set up the watches, then read everything (in that order, so no change falls in between)."""
@@ -151,6 +160,7 @@ class FileWatcher(WatchBase):
         self._inotify = INotify()
         try:
             self._watch_tree("")
+            self._watch_state()
         except OSError as err:
             self.close()
             self._lost(f"cannot watch {root}: {err.strerror}; keeping the last known Services")
@@ -162,6 +172,15 @@ class FileWatcher(WatchBase):
         if self.problem != message:
             log.error("registry: %s", message)
         self.problem = message
+
+    def _watch_state(self) -> bool:
+        """Watch the hidden state directory if it exists (else its creation in the root is seen)."""
+        assert self._inotify is not None
+        try:
+            self._state_wd = self._inotify.add_watch(self.registry.root / STATE_DIR, _STATE_MASK)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return True
 
     def _watch_tree(self, rel_dir: str) -> list[str]:
         """Watch ``rel_dir`` and its subdirectories; return the service files found in them."""
@@ -214,11 +233,20 @@ class FileWatcher(WatchBase):
 
     def _handle(self, events: Iterable[Any]) -> Snapshot | None:
         changed: list[str] = []
-        rescan = False
+        rescan = status = False
         for ev in events:
             if ev.mask & F.Q_OVERFLOW:
                 log.warning("registry: inotify queue overflowed; rescanning %s", self.registry.root)
                 rescan = True
+                continue
+            if self._state_wd is not None and ev.wd == self._state_wd:
+                if ev.mask & (F.IGNORED | F.DELETE_SELF | F.MOVE_SELF):
+                    self._state_wd, status = None, True
+                elif ev.name == STATUS_FILE:
+                    status = True
+                continue
+            if ev.mask & F.ISDIR and ev.name == STATE_DIR and self._dirs.get(ev.wd) == "" and ev.mask & (F.CREATE | F.MOVED_TO):
+                status = self._watch_state() or status
                 continue
             rel_dir = self._dirs.get(ev.wd)
             if ev.mask & F.IGNORED:
@@ -255,7 +283,8 @@ class FileWatcher(WatchBase):
             return None
         if rescan:
             return self._rescan(force_snapshot=False)
-        return self._news(bool(changed) and self.registry.refresh(dict.fromkeys(changed)))
+        files = bool(changed) and self.registry.refresh(dict.fromkeys(changed))
+        return self._news((status and self.registry.refresh_status()) or files)
 
 
 __all__ = ["FileWatcher", "Watched"]
