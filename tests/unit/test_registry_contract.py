@@ -167,3 +167,49 @@ def test_concurrent_cli_writers_all_land(registry):
     assert not failures
     got = registry.open().get("default", "web")
     assert len(got.endpoints) == n
+
+
+def test_pod_statuses_are_kept_apart_from_the_records_and_watched_like_pods(registry):
+    from svcdns.model import parse_selector
+    from svcdns.pod import Pod, PodStatus, Probe
+    from svcdns.testing.lab import wait_for
+
+    reg = registry.open()
+    reg.create(Service("web", selector=parse_selector("app=web"), ports=(ServicePort(80),)))
+    pod = Pod("web-0", labels=parse_selector("app=web"), ips=("10.244.1.5",), node_name="n1",
+              readiness_probes=(Probe("tcpSocket", 8080),))  # fmt: skip
+    reg.put_pod(pod)
+    writer, lease = registry.open(), None  # the prober's registry: with etcd, on the node's lease
+    if writer.kind == "etcd":
+        lease = registry.open().hold_node("n1", 5)
+        writer.write_statuses_on(lease)
+        wait_for(lambda: lease.written, 5, what="n1's lease")
+    watcher = registry.open().watch()
+    key = pod.key
+
+    def serving():
+        snap = watcher.poll(0.1)
+        svc = (snap or watcher.registry.current()).table.get("default", "web")  # type: ignore[attr-defined]
+        return [e.serving for e in svc.endpoints] if svc else None
+
+    try:
+        watcher.start()
+        assert serving() == [False] and reg.pod_statuses() == {}  # no status yet: not ready
+        assert writer.set_pod_statuses({key: PodStatus(True)}) == {key}
+        assert writer.set_pod_statuses({key: PodStatus(True)}) == set()  # only on change
+        wait_for(lambda: serving() == [True], 5, what="web-0 serving")
+        assert reg.get_pod(*key) == pod and reg.pod_statuses() == {key: PodStatus(True)}
+        reg.put_pod(pod)  # applied again: spec only, the status stays
+        assert reg.pod_statuses() == {key: PodStatus(True)}
+        writer.set_pod_statuses({key: PodStatus(False, "HTTP 503")})
+        wait_for(lambda: serving() == [False], 5, what="web-0 not serving")
+        assert reg.pod_statuses() == {key: PodStatus(False, "HTTP 503")}
+        reg.delete_pod(*key)
+        writer.prune_pod_statuses(set())  # what the prober does at its next listing
+        assert reg.pod_statuses() == {}
+        reg.put_pod(pod)  # back: its old status is gone with it
+        assert reg.pod_statuses() == {}
+    finally:
+        watcher.close()
+        if lease is not None:
+            lease.release()

@@ -87,3 +87,48 @@ def test_a_lease_lost_behind_the_agents_back_is_taken_again(etcd_nodes):
 def test_nodes_exist_only_with_etcd(svcdns):
     code, _, err = svcdns("node", "list")
     assert code == 2 and "nodes exist only with an etcd registry" in err
+
+
+def test_a_nodes_pod_statuses_live_on_its_lease_and_are_written_again_with_a_new_one(etcd_url):
+    from svcdns.pod import PodStatus, Probe
+
+    writer = open_registry(etcd_url)
+    writer.create(Service("web", selector=parse_selector("app=web"), ports=(ServicePort(80),)))
+    probed = Pod("w1", labels=parse_selector("app=web"), ips=("10.244.1.2",), node_name="n1",
+                 readiness_probes=(Probe("tcpSocket", 8080),))  # fmt: skip
+    writer.put_pod(probed)
+    watch = open_registry(etcd_url).watch()
+    watch.start()
+    prober = open_registry(etcd_url)  # the prober's client; the lease is held on the agent's
+    lease = writer.hold_node("n1", 2)
+    prober.write_statuses_on(lease)
+    key = ("default", "w1")
+    status_key = writer.keys.status("n1", key)
+    try:
+        wait_for(lambda: lease.written, 5, what="n1's lease")
+        assert serving(watch) == []  # probed, no status yet: not ready
+        assert prober.set_pod_statuses({key: PodStatus(True)}) == {key}
+        assert prober.set_pod_statuses({key: PodStatus(True)}) == set()  # written only on change
+        wait_for(lambda: serving(watch) == ["w1"], 5, what="w1 serving once its status says ready")
+        kv = writer.client.run(writer.client.get(status_key))
+        assert json.loads(kv.value) == {"ready": True}
+        assert writer.get_pod(*key) == probed  # the record is untouched
+        assert writer.pod_statuses() == {key: PodStatus(True)}
+        first = lease.lease_id
+        writer.client.run(writer.client._call(lambda c: c.revoke_lease(first)))  # the lease lost: its keys go
+        wait_for(lambda: lease.lease_id not in (0, first) and lease.written, 3, what="a new lease")
+        assert writer.client.run(writer.client.get(status_key)) is not None  # written again with it
+        wait_for(lambda: serving(watch) == ["w1"], 3, what="w1 serving on the new lease")
+        assert prober.prune_pod_statuses(set()) == 1  # no longer probed here: deleted
+        assert writer.client.run(writer.client.get(status_key)) is None
+        wait_for(lambda: serving(watch) == [], 3, what="w1 not serving without a status")
+        prober.set_pod_statuses({key: PodStatus(False, "HTTP 503")})
+        assert writer.pod_statuses() == {key: PodStatus(False, "HTTP 503")}
+        lease.release()  # the agent killed: the statuses expire with its lease
+        wait_for(lambda: writer.client.run(writer.client.get(status_key)) is None, 5, what="the status to expire")
+    finally:
+        lease.release()
+        watch.close()
+        watch.registry.close()
+        prober.close()
+        writer.close()
