@@ -9,7 +9,7 @@ process of its own, so its figures are its own:
 
 - CPU: user+sys of the prober's process over two periods, as a share of one core;
 - peak RSS (VmHWM) of that process;
-- detection: ``--kill`` listeners are closed at random; the delay until each pod's record says not
+- detection: ``--kill`` listeners are closed at random; the delay until each pod's status says not
   ready, p50 / p99, against the bound failureThreshold x periodSeconds + timeoutSeconds + 1 s;
 - baseline, side by side: a bare asyncio loop making the same connections (and GETs) at the same
   rate, with no state machine, registry or metrics: the floor of the I/O itself.
@@ -156,17 +156,23 @@ def write_pods(root: Path, n: int, kind: str) -> None:
     folder.mkdir(parents=True)
     for i in range(n):
         action = {"tcpSocket": {"port": BASE_PORT + i}} if kind == "tcp" else {"httpGet": {"port": BASE_PORT + i, "path": "/"}}
-        # recorded ready, as after an agent restart: the prober resumes the verdict, so the run measures
-        # the steady state (from not ready, 10k pods mean 10k record writes before the window)
-        doc = {"name": f"p{i}", "podIPs": [ADDRESS], "ready": True, "readinessProbe": {**action, "periodSeconds": PERIOD}}
+        doc = {"name": f"p{i}", "podIPs": [ADDRESS], "readinessProbe": {**action, "periodSeconds": PERIOD}}
         (folder / f"p{i}.json").write_text(json.dumps(doc))
+    # their statuses stored ready, as after an agent restart: the prober resumes the verdicts, so the run
+    # measures the steady state (from not ready, 10k pods mean 10k verdict changes before the window)
+    from svcdns.pod import PodStatus
+    from svcdns.registry.files import FileRegistry
+
+    FileRegistry(root).set_pod_statuses({("default", f"p{i}"): PodStatus(True) for i in range(n)})
 
 
-def ready_of(root: Path, i: int) -> bool:
-    from svcdns.registry.documents import decode_pod
+def not_ready(root: Path) -> set[int]:
+    """The pods whose stored status says not ready (the status file, read once)."""
+    from svcdns.registry.files.status import StatusFile
 
-    path = root / "pods" / "default" / f"p{i}.json"
-    return decode_pod(path.read_bytes(), str(path)).ready
+    statuses = StatusFile(root)
+    statuses.load()
+    return {int(name[1:]) for (_, name), s in statuses.statuses.items() if not s.ready}
 
 
 def child(ns: str, args: list[str], **kw) -> subprocess.Popen:
@@ -198,7 +204,7 @@ def measure(ns: str, n: int, kind: str, kill: int, baseline: bool) -> dict:
         prober = child(ns, ["--probe", str(root)])
         assert prober.stdout is not None and prober.stdout.readline().strip() == "started"
         time.sleep(PERIOD + 2)  # listed, and every pod probed once
-        if not all(p.ready for p in open_registry(str(root), []).list_pods()):
+        if not_ready(root) or len(open_registry(str(root), []).pod_statuses()) != n:
             raise RuntimeError(f"{n} {kind}: a pod failed its probes before any listener was closed")
         victims = random.sample(range(n), kill)
         cpu0, sys0, count0, w0 = cpu_seconds(prober.pid), cpu_seconds(prober.pid, slice(12, 13)), accepted(targets), time.monotonic()
@@ -213,8 +219,9 @@ def measure(ns: str, n: int, kind: str, kill: int, baseline: bool) -> dict:
                 row["cpu"] = (cpu_seconds(prober.pid) - cpu0) / took
                 row["sys"] = (cpu_seconds(prober.pid, slice(12, 13)) - sys0) / took
                 row["rate"] = (accepted(targets) - count0) / took
+            failing = not_ready(root)
             for v in victims:
-                if v not in seen and not ready_of(root, v):
+                if v not in seen and v in failing:
                     seen[v] = time.monotonic() - closed
             time.sleep(0.05)
         if "cpu" not in row:

@@ -120,3 +120,35 @@ def test_a_killed_agents_pods_leave_the_other_hosts_vip_and_dns_and_return_with_
     wait_for(lambda: dig(a, headless) == [A_POD, B_POD], 30, what="B's pod back in A's headless answer")
     wait_for(lambda: set(ask(a, vip, 20)) == {A_POD, B_POD}, 15, what="host A's VIP to reach B's pod again")
     assert nodes(svcdns, a)["b"] == ("Ready", 1)
+
+
+PROBED = MANIFEST.replace("containers: [{name: c, image: none}]",
+                          "containers: [{name: c, image: none, readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}}]")
+
+
+def pod_rows(svcdns, lab):
+    """What `svcdns pod list` says: name -> (STATUS, REASON)."""
+    lines = svcdns(lab, "pod", "list").splitlines()
+    start = lines[0].index("REASON")
+    return {line.split()[1]: (line.split()[2], line[start:].strip()) for line in lines[1:]}
+
+
+def test_probed_pods_statuses_live_on_their_nodes_lease_and_come_back_with_its_agent(hosts):
+    a, b, svcdns, agents, restart_b = hosts
+    assert PROBED != MANIFEST
+    svcdns(a, "apply", "-f", "-", input=PROBED)
+    headless = "web-h.default.svc.cluster.local"
+    # each pod's own agent probes it and writes its status under its node: host A follows both
+    wait_for(lambda: dig(a, headless) == [A_POD, B_POD], 20, what="both probed pods in host A's headless answer")
+    assert pod_rows(svcdns, a) == {"a-0": ("Ready", "-"), "b-0": ("Ready", "-")}
+
+    b.stop(agents.pop("b"), signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for(lambda: dig(a, headless) == [A_POD], TTL + 5, interval=0.05, what="B's pod to leave A's headless answer")
+    assert time.monotonic() - killed <= TTL + 1
+    # its status went with its node's lease: not ready, not probed (the record is kept, untouched)
+    wait_for(lambda: pod_rows(svcdns, a)["b-0"] == ("NotReady", "not probed yet"), 5, what="b-0's status gone")
+
+    restart_b()  # a new lease: B's prober probes again and writes the status on it
+    wait_for(lambda: dig(a, headless) == [A_POD, B_POD], 30, what="B's probed pod back in A's headless answer")
+    assert pod_rows(svcdns, a)["b-0"] == ("Ready", "-")

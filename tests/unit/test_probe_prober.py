@@ -188,3 +188,33 @@ def test_exec_probes_disabled_on_the_node_fail_naming_the_option():
         assert ran == []
     finally:
         prober.stop()
+
+
+def test_probe_exec_is_a_config_key_a_flag_and_a_bad_value_is_named(tmp_path):
+    import pytest
+
+    from svcdns.cli import config
+    from svcdns.errors import UsageError
+
+    assert config.load(None, {}, env={}).probe_exec is True
+    conf = tmp_path / "svcdns.toml"
+    conf.write_text("probe_exec = false\n")
+    assert config.load(str(conf), {}, env={}).probe_exec is False
+    assert config.load(None, {"probe_exec": False}, env={}).probe_exec is False  # --no-probe-exec
+    conf.write_text('probe_exec = "no"\n')
+    with pytest.raises(UsageError, match="probe_exec = 'no': expected true or false"):
+        config.load(str(conf), {}, env={})
+
+
+def test_the_agents_no_probe_exec_flag_sets_probe_exec_false():
+    import argparse
+
+    from svcdns.cli import agent
+
+    parser = argparse.ArgumentParser()
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--registry")
+    agent.register(parser.add_subparsers(), common)
+    args = parser.parse_args(["agent", "--no-probe-exec", "--registry", "/srv/registry"])
+    assert agent.load_config(args).probe_exec is False
+    assert agent.load_config(parser.parse_args(["agent", "--registry", "/srv/registry"])).probe_exec is True
