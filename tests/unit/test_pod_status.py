@@ -110,8 +110,8 @@ def test_a_corrupt_status_file_is_a_warning_and_read_as_empty(tmp_path, caplog):
     path = tmp_path / ".svcdns" / "status.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text('{"version": 1, "pods": {"default/web-0": {"ready": "yes"}}}')
-    with caplog.at_level(logging.WARNING):
-        assert FileRegistry(tmp_path).pod_statuses() == {}
+    caplog.set_level(logging.WARNING, logger="svcdns.registry.files.status")
+    assert FileRegistry(tmp_path).pod_statuses() == {}
     (record,) = [r for r in caplog.records if "status.json" in r.getMessage()]
     assert record.levelno == logging.WARNING and "not ready until probed again" in record.getMessage()
     assert reg.set_pod_statuses({KEY: PodStatus(True)}) == {KEY}  # the next write replaces it

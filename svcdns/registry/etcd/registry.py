@@ -27,10 +27,10 @@ from ...table import Key, ServiceTable
 from ..contract import Snapshot
 from ..documents import DocumentError, decode, decode_pod, encode, encode_pod
 from .client import Compare, EtcdClient, Op
-from .keys import status_of, status_value
-from .lease import TXN_OPS, NodeLease
+from .lease import NodeLease
 from .nodes import NodeStatus, node_statuses, read_leases, remove_node
 from .state import EtcdState, Keys
+from .statuses import read_statuses, write_statuses
 from .url import parse_url, redact
 from .watch import EtcdWatch
 
@@ -368,13 +368,7 @@ class EtcdRegistry:
     def pod_statuses(self, namespace: str | None = None) -> dict[Key, PodStatus]:
         """The status of each pod (of ``namespace``) not gone, as its own node last wrote it."""
         pods = self.list_pods(namespace)
-        _, kvs = self.client.run(self.client.range(self.keys.statuses))
-        found: dict[tuple[str, str, str], PodStatus] = {}
-        for kv in kvs:
-            parsed = self.keys.parse(kv.key)
-            if parsed is not None and parsed[0] == "status" and (status := status_of(kv.value)) is not None:
-                assert isinstance(parsed[1], tuple) and len(parsed[1]) == 3
-                found[parsed[1]] = status
+        found = self.client.run(read_statuses(self.client, self.keys))
         return {p.key: s for p in pods if (s := found.get((p.node_name, p.namespace, p.name))) is not None}
 
     def write_statuses_on(self, lease: NodeLease | None) -> None:
@@ -382,29 +376,11 @@ class EtcdRegistry:
         self._status_lease = lease
 
     def set_pod_statuses(self, changes: Mapping[Key, PodStatus | None]) -> set[Key]:
-        """Write the given statuses of this node's pods (None: delete) on its lease, only those that
-        differ from what was written under it; the keys written. Before the lease is first written,
-        they are only booked: the lease writes them with its keys."""
-        lease = self._status_lease
-        if lease is None:
+        """Write this node's pods' statuses (None: delete) on its lease, only those that differ from
+        what was written under it; the keys written."""
+        if self._status_lease is None:
             raise SvcdnsError("no node lease to write pod statuses on: only a node's agent writes them")
-        values = {k: status_value(s) if s is not None else None for k, s in changes.items()}
-        keys = lease.book(values)
-        if not keys:
-            return keys
-        lease_id = lease.lease_id if lease.written else 0
-        if not lease_id:  # booked (and unsynced): the lease's next write takes them, or the next call
-            return set()
-        ops = [Op(self.keys.status(lease.node, k), v, lease=lease_id) if (v := values[k]) is not None
-               else Op(self.keys.status(lease.node, k)) for k in sorted(keys)]  # fmt: skip
-
-        async def write() -> None:
-            for i in range(0, len(ops), TXN_OPS):
-                await self.client.txn([], ops[i : i + TXN_OPS])
-
-        self.client.run(write())
-        lease.synced(keys, lease_id)
-        return keys
+        return self.client.run(write_statuses(self.client, self.keys, self._status_lease, changes))
 
     def prune_pod_statuses(self, keep: Collection[Key]) -> int:
         """Delete this node's statuses of the pods not in ``keep`` (those it probes); how many."""
