@@ -54,6 +54,13 @@ def test_describe_shows_endpoints_pods_and_what_the_agent_serves(svcdns, agent):
     svcdns("pod", "add", "web-1", "10.244.0.6", "-l", "app=web", "--port", "http:8080", "--not-ready")
     svcdns("pod", "add", "web-2", "10.244.0.7", "-l", "app=web")  # no port named http: no endpoint
     svcdns("pod", "add", "db-0", "10.244.0.8", "-l", "app=db")
+    from svcdns.pod import PodStatus
+    from svcdns.registry.files import FileRegistry
+
+    (svcdns.root / "pods/default/web-3.yaml").write_text(
+        "labels: {app: web}\npodIPs: [10.244.0.9]\nports: [{containerPort: 8080, name: http}]\n"
+        "readinessProbe: {httpGet: {port: http}}\n")  # fmt: skip
+    FileRegistry(svcdns.root).set_pod_statuses({("default", "web-3"): PodStatus(False, "HTTP 503")})
     code, out, err = svcdns("service", "describe", "web")
     assert code == 0, err
     lines = out.splitlines()
@@ -62,9 +69,11 @@ def test_describe_shows_endpoints_pods_and_what_the_agent_serves(svcdns, agent):
     rows = {line.split()[0]: line.split() for line in lines if line.startswith("  ")}
     assert rows["10.244.0.5"] == ["10.244.0.5", "http:8080/tcp", "true", "true", "false", "-", "web-0"]
     assert rows["10.244.0.6"][2:4] == ["false", "false"]
-    assert rows["web-0"] == ["web-0", "Ready", "10.244.0.5", "yes"]
-    assert rows["web-1"] == ["web-1", "NotReady", "10.244.0.6", "yes"]
+    assert rows["web-0"] == ["web-0", "Ready", "10.244.0.5", "yes", "-"]
+    assert rows["web-1"][:4] == ["web-1", "NotReady", "10.244.0.6", "yes"]
+    assert " ".join(rows["web-1"][4:]) == "not ready in its record"
     assert rows["web-2"][:4] == ["web-2", "Ready", "10.244.0.7", "no"] and "db-0" not in rows
+    assert rows["web-3"] == ["web-3", "NotReady", "10.244.0.9", "yes", "HTTP", "503"]  # its prober's status
     agent_line = next(line for line in lines if line.startswith("Agent:"))
     assert ": healthy, last sync " in agent_line
     assert "web.default.svc.cluster.local: not published" in out

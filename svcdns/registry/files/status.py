@@ -18,7 +18,7 @@ import logging
 import os
 from pathlib import Path
 
-from ...model import ValidationError
+from ...model import ValidationError, check_label
 from ...pod import PodStatus
 from ...table import Key
 from .store import STATE_DIR, atomic_write
@@ -71,7 +71,15 @@ class StatusFile:
         self._problem = problem
 
     def save(self) -> None:
-        lines = [f"{json.dumps(f'{ns}/{name}')}: {json.dumps(_document(s))}" for (ns, name), s in sorted(self.statuses.items())]
+        # keys are checked labels (no quoting needed) and statuses repeat: one encoding per distinct
+        # status, so that rewriting 10k pods' file after one change costs ~10 ms, not ~0.3 s
+        docs: dict[PodStatus, str] = {}
+        lines = []
+        for (ns, name), status in sorted(self.statuses.items()):
+            doc = docs.get(status)
+            if doc is None:
+                doc = docs[status] = json.dumps(_document(status))
+            lines.append(f'"{ns}/{name}": {doc}')
         text = f'{{"version": {STATUS_VERSION}, "pods": {{' + ("\n" + ",\n".join(lines) + "\n" if lines else "") + "}}\n"
         atomic_write(self.path, text.encode())
         st = os.stat(self.path)
@@ -89,8 +97,10 @@ def _parse(data: bytes) -> dict[Key, PodStatus]:
     out: dict[Key, PodStatus] = {}
     for ref, doc in raw["pods"].items():
         ns, _, name = ref.partition("/")
-        if not ns or not name or not isinstance(doc, dict):
-            raise ValueError(f"pod {ref!r}: expected a namespace/name and a mapping")
+        if not isinstance(doc, dict):
+            raise ValueError(f"pod {ref!r}: expected a mapping")
+        check_label("namespace", ns)
+        check_label("name", name)
         out[(ns, name)] = PodStatus(doc["ready"], doc.get("reason", ""))
     return out
 
