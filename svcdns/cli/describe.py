@@ -69,7 +69,7 @@ def cmd_service_describe(args) -> int:
                 ready, reason = readiness(p, statuses.get(p.key))
                 status = "Terminating" if p.terminating else "Ready" if ready else "NotReady"
                 why = "yes" if p.name in serving else "no (no address)" if not p.ips else "no (lacks a named port)"
-                reason = "-" if ready or p.terminating else reason or ("not ready in its record" if not p.ready else "-")
+                reason = "-" if ready or p.terminating else reason or ("not ready in its record" if not p.ready and p.readiness_probes else "-")
                 rows.append([f"  {p.name}", status, ",".join(map(str, p.ips)) or "<none>", why, reason])
             print_rows(rows)
     try:

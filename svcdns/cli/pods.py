@@ -198,7 +198,8 @@ def _reason(pod: Pod, status: PodStatus | None) -> str:
     ready, reason = readiness(pod, status)
     if ready or pod.terminating:
         return "-"
-    return reason or ("not ready in its record" if not pod.ready else "-")
+    # a probed pod held out by its record says so: its probes may pass
+    return reason or ("not ready in its record" if not pod.ready and pod.readiness_probes else "-")
 
 
 POD_HEADER = ["NAMESPACE", "NAME", "STATUS", "IP", "REASON"]
