@@ -172,11 +172,9 @@ def error_from_header(data: bytes, rcode: int) -> bytes | None:
 
 
 def name_to_wire(name: str) -> bytes:
-    out = bytearray()
-    for label in name.rstrip(".").split(".") if name.strip(".") else []:
-        raw = label.encode("ascii")
-        out += bytes([len(raw)]) + raw
-    return bytes(out + b"\x00")
+    if not name.strip("."):
+        return b"\x00"
+    return b"".join([bytes((len(label),)) + label for label in name.rstrip(".").encode("ascii").split(b".")]) + b"\x00"
 
 
 def rr(owner: bytes, rtype: int, ttl: int, rdata: bytes) -> bytes:

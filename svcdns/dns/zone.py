@@ -28,11 +28,12 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SRV, TXT, A, DNSHeader, DNSQuestion, DNSRecord
+from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SRV, TXT, A, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 from immutables import Map
 
 from ..model import CLUSTER_DNS_SERVICE, CLUSTER_IP, EXTERNAL_NAME, HEADLESS, IPAddress, Service
 from ..table import ServiceTable, changed_keys
+from .pack import pack_sections
 from .wire import (
     CLASS_IN,
     TYPE_A,
@@ -188,10 +189,9 @@ class _Builder:
 
 
 def _body(name: str, rtype: int, answers: list[RR], additional: Sequence[RR] = ()) -> Body:
-    if not additional and answers and all(a.rtype == rtype for a in answers):
-        fast = _owned_body(name, rtype, answers)
-        if fast is not None:
-            return fast
+    fast = pack_sections(DNSLabel(name).label, answers, additional)
+    if fast is not None:
+        return fast
     msg = DNSRecord(DNSHeader(id=0, qr=1, aa=1), q=DNSQuestion(name, rtype))
     for a in answers:
         msg.add_answer(a)
@@ -208,25 +208,6 @@ def _body(name: str, rtype: int, answers: list[RR], additional: Sequence[RR] = (
             cut = skip_name(packed, cut)
             cut += 10 + struct.unpack_from("!H", packed, cut + 8)[0]
     return packed[start:], (len(answers), 0, len(additional)), cut - start
-
-
-def _owned_body(name: str, rtype: int, answers: list[RR]) -> Body | None:
-    """The bytes dnslib would pack for the commonest bodies, without building a message: A and AAAA
-    records of the question's own name (a pointer to it, then the address), and one PTR whose target
-    shares no label with the reverse name (nothing to compress). None for anything else. Packing
-    through dnslib was most of a zone's compile time (the start, and each change)."""
-    if rtype in (TYPE_A, TYPE_AAAA):
-        out = b"".join(QNAME + struct.pack("!HHIH", rtype, CLASS_IN, a.ttl, len(a.rdata.data)) + bytes(a.rdata.data)
-                       for a in answers)  # fmt: skip
-    elif rtype == TYPE_PTR and len(answers) == 1:
-        target = str(answers[0].rdata.label)
-        if target.rstrip(".").rsplit(".", 1)[-1] == name.rstrip(".").rsplit(".", 1)[-1]:
-            return None
-        rdata = name_to_wire(target)
-        out = QNAME + struct.pack("!HHIH", rtype, CLASS_IN, answers[0].ttl, len(rdata)) + rdata
-    else:
-        return None
-    return out, (len(answers), 0, 0), len(out)
 
 
 @dataclass(frozen=True)
@@ -276,8 +257,6 @@ def apex_fragment(origin: str, ttl: int, cluster_dns: IPAddress) -> Fragment:
     b.service(CLUSTER_DNS_SERVICE.with_cluster_ips([cluster_dns]))
     b.ptrs.clear()  # reverse names are the Services' PTR sets, which ZoneCompiler assembles across them
     return _compile(b)
-
-
 
 
 @dataclass(frozen=True)
