@@ -257,3 +257,32 @@ def test_external_names_are_chased_only_for_clients_that_may_recurse():
     out, rcode, cacheable = answer_cacheable(ZONE, q, ra=False)
     assert cacheable is True and [str(r.rdata) for r in DNSRecord.parse(out).rr] == ["example.org."]
 
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["ClusterIP", "Headless", "ExternalName", "gone"]),
+                          st.integers(0, 4), st.integers(0, 3)), min_size=1, max_size=25))  # fmt: skip
+def test_random_walks_of_changes_keep_the_incremental_zone_equal_to_a_fresh_compile(steps):
+    """Services appear, change kind and endpoints (sharing addresses: one PTR set for several), alias
+    each other's names and vanish; after each step the compiler's zone and a worker's (the deltas
+    applied) equal a fresh compile of the same table."""
+    from svcdns.dns.zone import ZoneCompiler, apply_delta
+
+    compiler, worker, table = ZoneCompiler(), None, ServiceTable()
+    for i, (n, kind, eps, target) in enumerate(steps):
+        key = ("default", f"s{n}")
+        if kind == "gone":
+            table = table.replace(deletes=[key])
+        elif kind == "ExternalName":
+            svc = Service(f"s{n}", type=kind, external_name=f"s{target}.default.svc.cluster.local")
+            table = table.replace([svc])
+        else:
+            endpoints = tuple(Endpoint(f"10.244.0.{k + target}") for k in range(eps))
+            svc = Service(f"s{n}", type=kind, ports=(ServicePort(80, name="http"),), endpoints=endpoints,
+                          cluster_ips=(f"10.96.0.{n + 1}",) if kind == "ClusterIP" else ())  # fmt: skip
+            table = table.replace([svc])
+        delta = compiler.update(table, serial=42)
+        worker = compiler.zone if i == 0 else apply_delta(worker, delta)
+        fresh = compile_zone(table, serial=42)
+        for zone in (compiler.zone, worker):
+            assert zone.entries == fresh.entries and zone.cnames == fresh.cnames and zone.names == fresh.names
