@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import signal
@@ -344,6 +345,7 @@ def cmd_agent(args) -> int:
     if not args.verbose:
         logging.getLogger().setLevel(logging.INFO)
     cfg = load_config(args)
+    gc.disable()  # until the first full sync, which enables it (svcdns.agent.Agent.sync says why)
     stop, reload = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -313,3 +313,22 @@ def test_the_pods_addresses_reach_dns_even_when_only_pods_changed_and_a_failure_
     agent = Agent(watch, Recorder(log), dns, min_interval=0)
     run_until(agent, lambda: getattr(dns, "pods", None) == {"10.244.0.2", "10.244.0.3"})
     assert log.count(("names", ("a",))) == 1  # the table did not change: no sync for the pods
+
+
+def test_the_collector_paused_for_the_start_is_back_after_the_first_sync_with_the_tables_frozen():
+    """cmd_agent pauses the cyclic collector while the first table is built; the first full sync
+    enables it again, with everything built until then frozen out of its generations."""
+    import gc
+
+    log = []
+    watch = FakeWatch(ServiceTable.of([svc("web")]))
+    agent = Agent(watch, Recorder(log), Recorder(log), min_interval=0)
+    gc.disable()
+    try:
+        frozen = gc.get_freeze_count()
+        agent.take(watch.start())
+        assert agent.sync()
+        assert gc.isenabled() and gc.get_freeze_count() > frozen
+    finally:
+        gc.unfreeze()
+        gc.enable()
