@@ -239,13 +239,13 @@ def service_objects(svc, family: str) -> ServiceObjects | None:
     vip_s = str(vip)
     affinity = svc.affinity_seconds
     ports = []
-    hairpin: set[str] = set()
+    hairpin: dict[str, None] = {}
     for port in svc.ports:
         targets = svc.targets(port, family)
         name = chain_name(svc, port.protocol, port.port) if affinity else ""  # only sticky ports have chains
         ports.append(((vip_s, port.protocol, port.port), name, Dnat(targets, affinity)))
-        hairpin.update(addr for addr, _ in targets)
-    return ServiceObjects(vip_s, tuple(ports), frozenset(hairpin))
+        hairpin.update(dict.fromkeys(addr for addr, _ in targets))
+    return ServiceObjects(vip_s, tuple(ports), tuple(hairpin))
 
 
 def build(table: ServiceTable, family: str = IPV4, cidrs: Iterable[str] = ()) -> Ruleset:
