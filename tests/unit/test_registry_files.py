@@ -9,6 +9,7 @@ from svcdns.errors import NotFound, UsageError
 from svcdns.model import Endpoint, Service, ServicePort
 from svcdns.registry import open_registry
 from svcdns.registry.documents import MAX_DOCUMENT_BYTES
+from svcdns.registry.files.store import AllocationStore
 
 
 def write(root, rel, text):
@@ -106,12 +107,10 @@ def test_vips_are_stable_across_readers_and_released_on_delete(tmp_path):
     second = open_registry(str(tmp_path)).snapshot().table
     assert first.get("default", "a").cluster_ips == second.get("default", "a").cluster_ips
     assert first.get("default", "a").cluster_ips != first.get("default", "b").cluster_ips
-    store = json.loads((tmp_path / ".svcdns" / "allocations.json").read_text())
-    assert set(store["services"]) == {"default/a", "default/b"}
+    assert set(AllocationStore.load(tmp_path).services) == {"default/a", "default/b"}
     (tmp_path / "a.yaml").unlink()
     open_registry(str(tmp_path)).snapshot()
-    store = json.loads((tmp_path / ".svcdns" / "allocations.json").read_text())
-    assert set(store["services"]) == {"default/b"}
+    assert set(AllocationStore.load(tmp_path).services) == {"default/b"}
 
 
 def test_a_renamed_file_keeps_its_vip(tmp_path):
@@ -256,5 +255,4 @@ def test_changes_applied_one_file_at_a_time_give_what_a_full_read_gives(tmp_path
         got = reg.current()
         assert dict(got.table.services) == dict(fresh.table.services), step
         assert got.errors == fresh.errors, step
-        store = json.loads((tmp_path / ".svcdns" / "allocations.json").read_text())
-        assert set(store["services"]) == {f"{ns}/{n}" for ns, n in fresh.table.services}, step
+        assert set(AllocationStore.load(tmp_path).services) == {f"{ns}/{n}" for ns, n in fresh.table.services}, step
