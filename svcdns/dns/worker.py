@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import pickle
 import selectors
+import signal
 import socket
 import struct
 import time
@@ -504,6 +505,11 @@ def worker_main(settings: Settings, control: Connection, sockets: list[tuple[soc
     """The worker process's entry point: answer on ``sockets`` (from ``zone`` if given, so that the
     queries waiting in them get answers, not SERVFAIL) until told to stop or orphaned."""
     logs.setup(logging.INFO, fmt=f"%(levelname)s svcdns.dns[{index}]: %(message)s")  # the journal's priorities too
+    # A worker ends when its agent says so, or when the agent is gone (its pipe closes). A Ctrl-C in
+    # a terminal or a SIGTERM to the process group reaches the workers too: dying at once, they were
+    # "replaced" with an ERROR while the agent itself was stopping, and stopped answering before it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     worker = Worker(settings, control, sockets)
     if zone is not None:
         worker.zone = zone

@@ -79,14 +79,27 @@ def test_a_killed_worker_is_replaced_with_the_current_zone_and_counted():
         before = server.stats()["queries"]["NOERROR"]
         for n, victim in enumerate(server.pids(), start=1):
             os.kill(victim, signal.SIGKILL)
-            wait_until(lambda v=victim: server.problem is not None or v not in server.pids(), 1, "the death noticed")
-            took = wait_until(lambda: server.problem is None, 1, f"worker {victim} replaced")
+            wait_until(lambda v=victim: server.problem is not None or v not in server.pids(), 10, "the death noticed")
+            took = wait_until(lambda: server.problem is None, 10, f"worker {victim} replaced")
             assert victim not in server.pids() and len(server.pids()) == 2, f"replaced in {took:.2f} s"
             assert all(ask(server) == ["10.96.0.10"] for _ in range(20)), "the replacement answers from the zone"
             stats = server.stats()
             assert stats["worker_restarts"] == n and stats["workers_answering"] == 2
         # counts never go back when a worker is replaced (Prometheus counters)
         assert server.stats()["queries"]["NOERROR"] >= before
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_process_group_leaves_the_workers_to_their_agent(server, sig):
+    """kill -TERM -PGID, or Ctrl-C in the agent's terminal, reaches every worker too: they keep
+    answering until the agent stops them, instead of dying and being replaced with an ERROR."""
+    pids = server.pids()
+    for pid in pids:
+        os.kill(pid, sig)
+    assert all(ask(server) == ["10.96.0.10"] for _ in range(20))
+    for pid in pids:
+        os.kill(pid, 0)  # still there (ProcessLookupError otherwise)
+    assert server.pids() == pids and server.stats()["worker_restarts"] == 0
 
 
 def test_a_worker_killed_during_updates_never_fails_them():
