@@ -84,6 +84,10 @@ class EtcdServer:
                 continue
             log = open(self.data_root / f"m{k}.log", "ab")
             cmd = self.netns.exec_args(self._cmd(k)) if self.netns else self._cmd(k)
+            # killed with the test run that started it, even when that run is killed and never gets to
+            # stop it (the signal comes when the *thread* that started it ends: start from one that
+            # outlives the server)
+            cmd = ["setpriv", "--pdeathsig", "KILL", "--", *cmd]
             self._procs[k] = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
             log.close()
         self.wait_ready(i)
