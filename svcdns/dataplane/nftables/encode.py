@@ -294,6 +294,35 @@ class Encoder:
                 parts.append(_PORT.pack)
             else:
                 parts.append(_MARK.pack)
+        # unrolled for the arities the table has (a loop over zip was half a full sync's encoding);
+        # unpacking still refuses a value of the wrong arity, as zip(strict=True) does
+        if len(parts) == 1:
+            (p0,) = parts
+            return lambda v: p0(*v)
+        if len(parts) == 2:
+            p0, p1 = parts
+
+            def two(v: tuple) -> bytes:
+                a, b = v
+                return p0(a) + p1(b)
+
+            return two
+        if len(parts) == 3:
+            p0, p1, p2 = parts
+
+            def three(v: tuple) -> bytes:
+                a, b, c = v
+                return p0(a) + p1(b) + p2(c)
+
+            return three
+        if len(parts) == 4:
+            p0, p1, p2, p3 = parts
+
+            def four(v: tuple) -> bytes:
+                a, b, c, d = v
+                return p0(a) + p1(b) + p2(c) + p3(d)
+
+            return four
         return lambda values: b"".join([f(v) for f, v in zip(parts, values, strict=True)])
 
     def _fixed_elements(self, decl: SetDecl, items: list[Element]) -> list[bytes] | None:
