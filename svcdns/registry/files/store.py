@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,14 +44,18 @@ STORE_VERSION = 1
 COMPACT_AT = 1000  # log lines past which (and past half the store) the next write rewrites the store
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: bytes | Iterable[bytes], mode: int = 0o644) -> None:
     """Write ``path`` so that readers see either the old or the new content: a temp file in the same
-    directory (hidden, so watchers ignore it), fsync, rename over, fsync the directory."""
+    directory (hidden, so watchers ignore it), fsync, rename over, fsync the directory. ``data`` may
+    be the content's pieces, written one after the other (a large file is never joined in memory)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                f.write(data)
+            else:
+                f.writelines(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
