@@ -1,6 +1,6 @@
 """Benchmark endpoints derived from pods: 10k Services each selecting 10 pods (100k pods).
 
-    python bench/pods.py [--services 10000] [--pods-per-service 10] [--changes 300] [--no-kernel]
+    python bench/pods.py [--services 10000] [--pods-per-service 10] [--changes 300] [--no-kernel] [--gc-freeze]
 
 Two rows measured side by side in one run, each in a fresh child process (so its peak RSS is its
 own): 10k Services with selectors and 100k pods, and the baseline, 10k selector-less Services with
@@ -17,6 +17,10 @@ else ``--no-kernel`` is implied). Per row:
   keys, the nftables delta planned, encoded and committed over netlink; and the same change up to
   the Snapshot only (the registry's part);
 - the peak RSS of that child, which held the registry state and the dataplane.
+
+``--gc-freeze`` calls ``gc.freeze()`` after the full read, which the agent does not do today: the
+cyclic collector then no longer walks the 100k pods' objects, the tail of a change's latency with
+100k pods (a full read's 2-3 million objects make each older-generation collection cost ms).
 
 Each change turns a pod (endpoint) not ready and the next turns it ready again, so every change
 changes the kernel; the last one is checked in the kernel (``nft get element``).
@@ -92,7 +96,9 @@ def _change(keys: Keys, c: int, n: int, per: int, selector: bool) -> tuple[int, 
     return i, j, ready, keys.service((_ns(i), f"svc-{i}")), _service(i, False, per, -1 if ready else j)
 
 
-def child(n: int, per: int, changes: int, selector: bool, kernel: bool) -> dict:
+def child(n: int, per: int, changes: int, selector: bool, kernel: bool, freeze: bool) -> dict:
+    import gc
+
     from svcdns.table import changed_keys
 
     keys = Keys("/b")
@@ -108,6 +114,8 @@ def child(n: int, per: int, changes: int, selector: bool, kernel: bool) -> dict:
     snap = state.current()
     full = time.perf_counter() - start
     del values
+    if freeze:
+        gc.freeze()
     assert snap.table.endpoint_count() == n * per, snap.table.endpoint_count()
     dp, sync = None, 0.0
     if kernel:
@@ -151,9 +159,10 @@ def _pcts(samples: list[float]) -> tuple[float, float]:
     return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))]
 
 
-def measure(n: int, per: int, changes: int, selector: bool, kernel: bool) -> dict:
+def measure(n: int, per: int, changes: int, selector: bool, kernel: bool, freeze: bool) -> dict:
     argv = [sys.executable, __file__, CHILD, "--services", str(n), "--pods-per-service", str(per),
-            "--changes", str(changes), *(["--selector"] if selector else []), *([] if kernel else ["--no-kernel"])]  # fmt: skip
+            "--changes", str(changes), *(["--selector"] if selector else []), *([] if kernel else ["--no-kernel"]),
+            *(["--gc-freeze"] if freeze else [])]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=HERE)
     if not kernel:
         out = subprocess.run(argv, capture_output=True, text=True, check=True, env=env).stdout
@@ -170,13 +179,14 @@ def main() -> None:
     ap.add_argument("--pods-per-service", type=int, default=10)
     ap.add_argument("--changes", type=int, default=300)
     ap.add_argument("--no-kernel", action="store_true", help="the registry's part only (no root needed)")
+    ap.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after the full read (see above)")
     ap.add_argument(CHILD, action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--selector", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     n, per = args.services, args.pods_per_service
     kernel = not args.no_kernel
     if args.child:
-        print(json.dumps(child(n, per, args.changes, args.selector, kernel)))
+        print(json.dumps(child(n, per, args.changes, args.selector, kernel, args.gc_freeze)))
         return
     if kernel and os.geteuid() != 0:
         print("bench/pods.py: not root, so no network namespace: the registry's part only (--no-kernel)")
@@ -185,13 +195,14 @@ def main() -> None:
              "peak RSS")]  # fmt: skip
     for label, selector in ((f"{n:,} selector Services, {n * per:,} pods", True),
                             (f"{n:,} Services, {n * per:,} explicit endpoints (baseline)", False)):  # fmt: skip
-        r = measure(n, per, args.changes, selector, kernel)
+        r = measure(n, per, args.changes, selector, kernel, args.gc_freeze)
         whole = r["whole"] or (0.0, 0.0)
         rows.append((label, f"{r['full']:.2f} s", f"{r['sync']:.2f} s" if kernel else "-",
                      f"{whole[0] * 1e3:.2f} ms" if kernel else "-", f"{whole[1] * 1e3:.2f} ms" if kernel else "-",
                      f"{r['registry'][0] * 1e3:.2f} ms", f"{r['registry'][1] * 1e3:.2f} ms", f"{r['rss']:.0f} MiB"))  # fmt: skip
     widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
-    print(f"one change: a pod's (an endpoint's) readiness flipped, {args.changes} changes; nftables in a lab namespace")
+    print(f"one change: a pod's (an endpoint's) readiness flipped, {args.changes} changes"
+          f"{'; nftables in a lab namespace' if kernel else ''}{'; gc.freeze() after the full read' if args.gc_freeze else ''}")
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
-from dataclasses import replace
 
 from .model import EXTERNAL_NAME, Endpoint, Labels, Service, family_of, matches
 from .pod import Pod, PodStatus, readiness
@@ -63,6 +62,7 @@ def derive(svc: Service, pods: Iterable[Pod], down: AbstractSet[str] = frozenset
                     break
                 ports.append((port.name, number))
         else:
+            named = tuple(sorted(ports))
             ready_pod = readiness(pod, status_of(pod))[0] if pod.readiness_probes else pod.ready
             serving = ready_pod and pod.node_name not in down
             ready = svc.publish_not_ready_addresses or (serving and not pod.terminating)
@@ -70,8 +70,8 @@ def derive(svc: Service, pods: Iterable[Pod], down: AbstractSet[str] = frozenset
             for ip in pod.ips:
                 if svc.ip_families and family_of(ip) not in svc.ip_families:
                     continue  # a single-stack Service takes its family's address of a dual-stack pod
-                out.append(Endpoint(ip, ready=ready, serving=serving, terminating=pod.terminating,
-                                    hostname=hostname, ports=tuple(ports), pod=pod.name))  # fmt: skip
+                # the pod's fields were validated when it was: nothing is checked twice
+                out.append(Endpoint.of_pod(ip, ready, serving, pod.terminating, hostname, named, pod.name))
     out.sort(key=lambda e: (e.address.version, e.address, not e.ready, not e.serving, e.terminating, e.pod))
     return tuple(e for i, e in enumerate(out) if i == 0 or out[i - 1].address != e.address)
 
@@ -250,7 +250,7 @@ class Derivation:
         single-stack Service takes only its family's addresses), else ``svc`` itself."""
         if not svc.selector:
             return svc
-        return replace(svc, endpoints=derive(svc, self.selected(svc), self.down, self.status_of))
+        return svc.with_endpoints(derive(svc, self.selected(svc), self.down, self.status_of))
 
 
 __all__ = ["Derivation", "SelectorIndex", "derive", "selects"]

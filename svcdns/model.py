@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import MAX_VALUE, UsageError, shorten
@@ -86,6 +87,17 @@ def parse_ip(field_name: str, value: Any) -> IPAddress:
     if not isinstance(value, str):
         raise ValidationError(field_name, value, "must be an IPv4 or IPv6 address")
     try:
+        # a dotted quad takes the C parser, which accepts what ipaddress does (four decimal octets,
+        # no leading zeros) at a tenth of its cost: every pod and endpoint address comes through here
+        packed = socket.inet_pton(socket.AF_INET, value)
+    except (OSError, ValueError):
+        pass
+    else:
+        first = packed[0]
+        if first == 127 or 224 <= first <= 239 or packed == b"\0\0\0\0":
+            raise ValidationError(field_name, value, "must be a unicast address (not unspecified, multicast or loopback)")
+        return ipaddress.IPv4Address(packed)
+    try:
         ip = ipaddress.ip_address(value.strip())
     except ValueError:
         raise ValidationError(field_name, value, "must be an IPv4 or IPv6 address") from None
@@ -104,7 +116,23 @@ _LABEL_PART = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 _PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
+# label keys and values found valid, so that the same ones (a Service's selector and each of its
+# pods' labels, read again at every change) are not matched again; cleared when full
+_VALID_KEYS: set[str] = set()
+_VALID_VALUES: set[str] = set()
+_VALID_PORT_NAMES: set[str] = set()
+_MEMO_MAX = 1 << 16
+
+
+def _memo(known: set[str], text: str) -> None:
+    if len(known) >= _MEMO_MAX:
+        known.clear()
+    known.add(text)
+
+
 def check_label_key(field: str, key: object) -> str:
+    if type(key) is str and key in _VALID_KEYS:
+        return key
     if not isinstance(key, str) or not key:
         raise ValidationError(field, key, "a label key must be a non-empty string")
     prefix, _, name = key.rpartition("/")
@@ -113,13 +141,19 @@ def check_label_key(field: str, key: object) -> str:
     if not name or not _LABEL_PART.fullmatch(name):
         raise ValidationError(field, key, "a label name must be 1-63 characters [A-Za-z0-9-_.], "
                                           "starting and ending with a letter or digit")  # fmt: skip
+    if type(key) is str:
+        _memo(_VALID_KEYS, key)
     return key
 
 
 def check_label_value(field: str, value: object) -> str:
+    if type(value) is str and value in _VALID_VALUES:
+        return value
     if not isinstance(value, str) or not _LABEL_PART.fullmatch(value):
         raise ValidationError(field, value, "a label value must be at most 63 characters [A-Za-z0-9-_.], "
                                             "starting and ending with a letter or digit (or empty)")  # fmt: skip
+    if type(value) is str:
+        _memo(_VALID_VALUES, value)
     return value
 
 
@@ -203,6 +237,8 @@ class ServicePort:
 
 def check_port_name(field_name: str, value: Any) -> str:
     """A port name (IANA_SVC_NAME), as Service ports, container ports and named targetPorts use."""
+    if type(value) is str and value in _VALID_PORT_NAMES:
+        return value
     if not isinstance(value, str) or not _PORT_NAME.fullmatch(value) or "--" in value or not any(c.isalpha() for c in value):
         raise ValidationError(
             field_name,
@@ -210,6 +246,7 @@ def check_port_name(field_name: str, value: Any) -> str:
             "a port name must be 1-15 lower-case letters, digits or '-', with at least one letter, "
             "starting and ending with a letter or digit, and no '--'",
         )
+    _memo(_VALID_PORT_NAMES, value)
     return value
 
 
@@ -279,6 +316,17 @@ class Endpoint:
             ports.append((name, check_port_number(f"ports.{name}", number)))
         object.__setattr__(self, "ports", tuple(sorted(ports)))
 
+    @classmethod
+    def of_pod(cls, address: IPAddress, ready: bool, serving: bool, terminating: bool, hostname: str,
+               ports: tuple[tuple[str, int], ...], pod: str) -> Endpoint:  # fmt: skip
+        """An endpoint derived from a Pod, whose address, hostname, name and port numbers were
+        validated when the Pod was; the flags are booleans, the ports already sorted: nothing to check again."""
+        out = object.__new__(cls)
+        for name, value in (("address", address), ("ready", ready), ("serving", serving), ("terminating", terminating),
+                            ("hostname", hostname), ("ports", ports), ("pod", pod)):  # fmt: skip
+            object.__setattr__(out, name, value)
+        return out
+
     @property
     def family(self) -> str:
         return family_of(self.address)
@@ -335,6 +383,22 @@ class Service:
                 raise ValidationError(f"ports[{i}].port", p.port, f"duplicate port {p.port}/{p.protocol.lower()}")
             seen_names.add(p.name)
             seen_ports.add((p.port, p.protocol))
+        self._check_vips()
+        if self.type == CLUSTER_IP and not ports:
+            raise ValidationError("ports", [], "a ClusterIP Service needs at least one port")
+        if self.session_affinity not in (AFFINITY_NONE, AFFINITY_CLIENT_IP):
+            raise ValidationError("sessionAffinity", self.session_affinity, "must be None or ClientIP")
+        timeout = self.affinity_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= MAX_AFFINITY_TIMEOUT:
+            raise ValidationError(
+                "sessionAffinityTimeoutSeconds",
+                timeout,
+                f"must be a whole number of seconds from 1 to {MAX_AFFINITY_TIMEOUT}",
+            )
+        self._check_endpoints()
+
+    def _check_vips(self) -> None:
+        """The VIPs and families, against each other and the type (normalised in place)."""
         ips = tuple(parse_ip(f"clusterIPs[{i}]", ip) for i, ip in enumerate(self.cluster_ips))
         object.__setattr__(self, "cluster_ips", ips)
         families = tuple(self.ip_families)
@@ -361,29 +425,29 @@ class Service:
             raise ValidationError("externalName", self.external_name, "is only valid with type ExternalName")
         if self.type == HEADLESS and ips:
             raise ValidationError("clusterIP", str(ips[0]), "a Headless Service has no VIP")
-        if self.type == CLUSTER_IP and not ports:
-            raise ValidationError("ports", [], "a ClusterIP Service needs at least one port")
-        if self.session_affinity not in (AFFINITY_NONE, AFFINITY_CLIENT_IP):
-            raise ValidationError("sessionAffinity", self.session_affinity, "must be None or ClientIP")
-        timeout = self.affinity_timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= MAX_AFFINITY_TIMEOUT:
-            raise ValidationError(
-                "sessionAffinityTimeoutSeconds",
-                timeout,
-                f"must be a whole number of seconds from 1 to {MAX_AFFINITY_TIMEOUT}",
-            )
+
+    def _check_endpoints(self) -> None:
+        """The endpoints against each other and the ports and families (the tuple normalised in place)."""
         endpoints = tuple(self.endpoints)
         object.__setattr__(self, "endpoints", endpoints)
         seen_addr: set[IPAddress] = set()
+        names = {p.name for p in self.ports}
         for i, ep in enumerate(endpoints):
             if ep.address in seen_addr:
                 raise ValidationError(f"endpoints[{i}].address", str(ep.address), "duplicate endpoint address")
             seen_addr.add(ep.address)
-            names = {p.name for p in ports}
             for pname, _ in ep.ports:
                 if pname not in names:
                     raise ValidationError(f"endpoints[{i}].ports", pname, "names no port of this Service")
         self.check_endpoint_families()
+
+    def _evolve(self, **changes: Any) -> Service:
+        """A copy with ``changes``, none of its other fields checked again (they were on construction):
+        the caller checks what the changes can break."""
+        out = object.__new__(Service)
+        for name in _SERVICE_FIELDS:
+            object.__setattr__(out, name, changes[name] if name in changes else getattr(self, name))
+        return out
 
     # ---- derived views ---------------------------------------------------------------------------------
 
@@ -442,11 +506,19 @@ class Service:
                 )
 
     def with_cluster_ips(self, ips: Iterable[IPAddress]) -> Service:
-        ips = tuple(ips)
-        return replace(self, cluster_ips=ips, ip_families=tuple(family_of(ip) for ip in ips))
+        ips = tuple(parse_ip(f"clusterIPs[{i}]", ip) for i, ip in enumerate(ips))
+        out = self._evolve(cluster_ips=ips, ip_families=tuple(family_of(ip) for ip in ips))
+        out._check_vips()
+        out.check_endpoint_families()
+        return out
 
     def with_endpoints(self, endpoints: Iterable[Endpoint]) -> Service:
-        return replace(self, endpoints=tuple(endpoints))
+        out = self._evolve(endpoints=tuple(endpoints))
+        out._check_endpoints()
+        return out
+
+_SERVICE_FIELDS = tuple(f.name for f in fields(Service))
+
 
 def _check_dns_name(field_name: str, value: Any) -> str:
     if not isinstance(value, str):

@@ -18,7 +18,7 @@ Python's int-string limit, ports in ASCII digits.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -166,10 +166,13 @@ def _validated(build: Callable[[Any], Any], doc: Any, source: str) -> Any:
         raise DocumentError(source, "", None, f"has a field of the wrong type: {_one_line(err)[:MAX_VALUE]}") from None
 
 
-def _check_keys(data: Mapping[Any, Any], allowed: Iterable[str]) -> None:
-    allowed = tuple(allowed)
+_KNOWN: dict[tuple[str, ...], frozenset[str]] = {}  # each field list as a set, made once
+
+
+def _check_keys(data: Mapping[Any, Any], allowed: tuple[str, ...]) -> None:
+    known = _KNOWN.get(allowed) or _KNOWN.setdefault(allowed, frozenset(allowed))
     for key in data:
-        if key not in allowed:
+        if type(key) is not str or key not in known:
             raise ValidationError(str(key)[:MAX_VALUE], data[key], f"unknown field; known fields: {', '.join(allowed)}")
 
 

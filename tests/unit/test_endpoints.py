@@ -152,3 +152,20 @@ def test_a_pod_past_its_deadline_is_gone():
     assert d.next_deadline() == 100.0 and d.expire(99) == set()
     assert d.expire(100) == {("default", "web")} and d.apply(web()).endpoints == () and d.next_deadline() is None
     assert d.put_pod(dying, now=101) == set()  # read again after its deadline: still gone
+
+
+def test_a_derived_endpoint_equals_the_one_a_user_would_write():
+    """Derivation builds endpoints without checking the pod's fields again: they must be the same
+    values, sorted ports included, as the validating constructor makes."""
+    from svcdns.model import Endpoint
+
+    svc = Service("web", selector=parse_selector("app=web"), ip_families=("IPv4",),
+                  ports=(ServicePort(443, name="https", target_port_name="tls"),
+                         ServicePort(80, name="http", target_port_name="web")))  # fmt: skip
+    p = pod("web-0", hostname="web-0", subdomain="web", terminating=True,
+            ports=(ContainerPort(8080, "web"), ContainerPort(8443, "tls")))  # fmt: skip
+    (got,) = derive(svc, [p])
+    want = Endpoint("10.244.1.2", ready=False, serving=True, terminating=True, hostname="web-0",
+                    ports={"https": 8443, "http": 8080}, pod="web-0")  # fmt: skip
+    assert got == want and hash(got) == hash(want) and got.ports == (("http", 8080), ("https", 8443))
+    assert Derivation().apply(svc).endpoints == ()

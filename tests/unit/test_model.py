@@ -246,3 +246,68 @@ def test_a_name_with_a_trailing_newline_is_refused():
         Service("web\n", type="Headless")
     with pytest.raises(ValidationError):
         Service("web", type="Headless", selector=(("app", "web\n"),))
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("010.1.1.1", "must be an IPv4 or IPv6 address"),  # a leading zero (octal to some parsers)
+        ("10.1.1", "must be an IPv4 or IPv6 address"),
+        ("10.1.1.256", "must be an IPv4 or IPv6 address"),
+        ("0x0a.1.1.1", "must be an IPv4 or IPv6 address"),
+        ("10.0.0.1\x00", "must be an IPv4 or IPv6 address"),
+        ("127.0.0.5", "must be a unicast address"),
+        ("224.0.0.1", "must be a unicast address"),
+        ("239.255.255.255", "must be a unicast address"),
+        ("0.0.0.0", "must be a unicast address"),
+        ("::1", "must be a unicast address"),
+    ],
+)
+def test_an_address_the_fast_parser_refuses_is_refused_naming_field_and_value(text, says):
+    with pytest.raises(ValidationError, match=says) as err:
+        Endpoint(text)
+    assert (err.value.field, err.value.value) == ("address", text)
+
+
+@pytest.mark.parametrize("text", ["10.0.0.1", " 10.0.0.1 ", "223.255.255.255", "240.0.0.1", "fd00::5", "128.0.0.1"])
+def test_addresses_parse_as_ipaddress_does(text):
+    assert Endpoint(text).address == ipaddress.ip_address(text.strip())
+    assert type(Endpoint(text).address) is type(ipaddress.ip_address(text.strip()))
+
+
+def test_a_label_or_port_name_once_valid_does_not_make_a_bad_one_valid():
+    from svcdns.model import check_port_name, labels_of
+
+    assert labels_of({"app": "web"}) == labels_of({"app": "web"}) == (("app", "web"),)
+    with pytest.raises(ValidationError) as err:
+        labels_of({"app": "web!"})
+    assert (err.value.field, err.value.value) == ("labels.app", "web!")
+    assert check_port_name("name", "http") == check_port_name("name", "http")
+    with pytest.raises(ValidationError):
+        check_port_name("name", "http--x")
+
+
+def test_with_endpoints_and_with_cluster_ips_check_what_they_change():
+    svc = Service("web", ports=(ServicePort(80, name="http"),), cluster_ips=("10.96.0.5",))
+    ok = svc.with_endpoints([Endpoint("10.0.0.1"), Endpoint("10.0.0.2")])
+    assert ok == Service("web", ports=svc.ports, cluster_ips=svc.cluster_ips, endpoints=ok.endpoints)
+    with pytest.raises(ValidationError) as err:
+        svc.with_endpoints([Endpoint("10.0.0.1"), Endpoint("10.0.0.1")])
+    assert (err.value.field, err.value.value) == ("endpoints[1].address", "10.0.0.1")
+    with pytest.raises(ValidationError) as err:
+        svc.with_endpoints([Endpoint("fd00::1")])
+    assert err.value.field == "endpoints[0].address"
+    with pytest.raises(ValidationError) as err:
+        svc.with_endpoints([Endpoint("10.0.0.1", ports={"grpc": 9000})])
+    assert (err.value.field, err.value.value) == ("endpoints[0].ports", "grpc")
+    v6 = Service("web", ports=svc.ports).with_cluster_ips([ipaddress.ip_address("fd00:96::5")])
+    assert v6.ip_families == ("IPv6",) and v6 == Service("web", ports=svc.ports, cluster_ips=("fd00:96::5",))
+    with pytest.raises(ValidationError) as err:
+        ok.with_cluster_ips([ipaddress.ip_address("fd00:96::5")])  # its endpoints are IPv4
+    assert err.value.field == "endpoints[0].address"
+    with pytest.raises(ValidationError) as err:
+        Service("h", type="Headless").with_cluster_ips([ipaddress.ip_address("10.96.0.9")])
+    assert (err.value.field, err.value.value) == ("clusterIP", "10.96.0.9")
+    with pytest.raises(ValidationError) as err:
+        svc.with_cluster_ips(["10.96.0.5", "10.96.0.6"])
+    assert err.value.field == "ipFamilies"  # as construction says it: the families derived from the VIPs repeat

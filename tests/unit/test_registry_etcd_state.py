@@ -128,3 +128,23 @@ def test_an_entry_with_an_address_inside_the_service_cidrs_is_reported_and_the_l
         "service CIDR 10.100.0.0/16, where only VIPs live; an endpoint must lie outside it"
     )
     assert "'podIPs[0]': value '10.100.3.3': is inside the service CIDR 10.100.0.0/16" in errors["/svcdns/pods/default/web-0"]
+
+
+def test_a_bad_pod_value_is_reported_until_it_is_fixed_or_deleted():
+    """current() reads the refused pods from their own set (not every pod entry): the report must
+    still follow each pod's latest value, through a full read that drops it too."""
+    key = KEYS.pod(("default", "web-0"))
+    good = json.dumps({"name": "web-0", "podIPs": ["10.244.1.5"]}).encode()
+    bad = json.dumps({"name": "web-0", "podIPs": ["10.244.1.500"]}).encode()
+    state = state_with((key, bad))
+    assert "'podIPs[0]': value '10.244.1.500'" in state.current().errors["/svcdns/pods/default/web-0"]
+    state.apply_put(key, good, 5)
+    assert not state.current().errors
+    state.apply_put(key, bad, 6)
+    assert list(state.current().errors) == ["/svcdns/pods/default/web-0"]
+    state.apply_delete(key, 7)
+    assert not state.current().errors
+    state.apply_put(key, bad, 8)
+    state.begin_full_read(9)
+    state.end_full_read()
+    assert not state.current().errors

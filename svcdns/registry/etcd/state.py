@@ -76,6 +76,7 @@ class EtcdState:
         self.rebuilt: set[Key] = set()  # the keys the last rebuild recomputed
         self._seen: set[Key] | None = None  # during a full read: the Services read so far
         self.pods: dict[Key, PodEntry] = {}
+        self._bad_pods: set[Key] = set()  # the pods whose value was refused: current() reads these, not 100k entries
         self.derivation = Derivation(per_node=True)
         self._seen_pods: set[Key] = set()
         self._seen_statuses: set[tuple[str, str, str]] = set()
@@ -104,6 +105,7 @@ class EtcdState:
         for key in set(self.entries) - seen:
             del self.entries[key]
             self.derivation.remove_service(key)
+        self._bad_pods &= self._seen_pods
         for key in set(self.pods) - self._seen_pods:
             del self.pods[key]
             self.derivation.remove_pod(key)
@@ -162,8 +164,10 @@ class EtcdState:
         except DocumentError as err:
             _report(err, old.error if old else None, bool(old and old.pod))
             self.pods[key] = PodEntry(mod, old.pod if old else None, str(err))
+            self._bad_pods.add(key)
             return
         self.pods[key] = PodEntry(mod, pod)
+        self._bad_pods.discard(key)
         self._touch_all(self.derivation.put_pod(pod, time.time()))
 
     def replaced(self, cluster_id: int, revision: int) -> str | None:
@@ -224,6 +228,7 @@ class EtcdState:
         elif kind == "pod":
             assert isinstance(what, tuple) and len(what) == 2
             self.pods.pop(what, None)
+            self._bad_pods.discard(what)
             self._touch_all(self.derivation.remove_pod(what))
         elif kind == "status":
             assert isinstance(what, tuple) and len(what) == 3
@@ -306,7 +311,9 @@ class EtcdState:
 
     def current(self) -> Snapshot:
         errors = {self.keys.source(k): e.error for k, e in self.entries.items() if e.error}
-        errors.update((self.keys.pod(k).decode(errors="replace"), e.error) for k, e in self.pods.items() if e.error)
+        for k in sorted(self._bad_pods):
+            if (entry := self.pods.get(k)) is not None and entry.error:
+                errors[self.keys.pod(k).decode(errors="replace")] = entry.error
         return Snapshot(self.revision, self.table, errors, self.synced, nodes=self.node_states(),
                         pod_ips=self.derivation.pod_ips())
 
