@@ -123,3 +123,21 @@ def test_applying_again_writes_spec_only_and_keeps_the_probers_status(svcdns):
     assert after.pod_statuses() == statuses
     assert "reason" not in "".join(
         (svcdns.root / f"pods/{k[0]}/{k[1]}.yaml").read_text() for k in records)
+
+
+def test_a_load_balancer_service_is_served_as_cluster_ip_with_a_warning_and_strict_refuses_it(svcdns):
+    manifest = svcdns.tmp / "lb.yaml"
+    manifest.write_text("""apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]
+""")
+    code, out, err = svcdns("apply", "-f", str(manifest), "--strict")
+    assert code == 2 and out == "" and "spec.type: 'LoadBalancer'" in err and "lb.yaml: document 1 (Service/web)" in err, err
+    assert ("default", "web") not in vips(svcdns)  # nothing of the file applied
+    code, out, err = svcdns("apply", "-f", str(manifest))
+    assert code == 0 and out == "service/web created\n" and "type LoadBalancer served as ClusterIP" in err, (out, err)
+    assert json.loads(svcdns("service", "get", "web", "-o", "json")[1])["type"] == "ClusterIP"

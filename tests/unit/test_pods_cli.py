@@ -65,3 +65,22 @@ def test_explicit_endpoint_changes_are_refused_on_a_selector_service(svcdns):
     svcdns("service", "add", "web", "--selector", "app=web", "--port", "80")
     code, _, err = svcdns("endpoint", "add", "web", "10.0.0.1")
     assert code == 2 and "selector" in err and "svcdns pod" in err
+
+
+def test_a_dual_stack_pod_with_hostname_and_subdomain_in_endpoint_list_yaml(svcdns):
+    """The issue's `pod add web-0 10.244.1.5 fd00:244::5 --hostname web-0 --subdomain web`: a
+    headless Service named like the subdomain gives both addresses that hostname, each naming the
+    pod (EndpointSlice's targetRef); a Service of another name gives no hostname."""
+    svcdns("service", "add", "web", "--headless", "--ip-family", "dual", "--selector", "app=web", "--port", "80")
+    svcdns("service", "add", "other", "--headless", "--selector", "app=web", "--port", "80")
+    code, _, err = svcdns("pod", "add", "web-0", "10.244.1.5", "fd00:244::5", "-l", "app=web",
+                          "--hostname", "web-0", "--subdomain", "web")  # fmt: skip
+    assert code == 0, err
+    pod = json.loads(svcdns("pod", "get", "web-0", "-o", "json")[1])
+    assert (pod["hostname"], pod["subdomain"], pod["podIPs"]) == ("web-0", "web", ["10.244.1.5", "fd00:244::5"])
+    code, out, _ = svcdns("endpoint", "list", "web", "-o", "yaml")
+    got = [(e["address"], e.get("hostname"), e["targetRef"]) for e in yaml.safe_load(out)["endpoints"]]
+    assert got == [("10.244.1.5", "web-0", {"kind": "Pod", "name": "web-0"}),
+                   ("fd00:244::5", "web-0", {"kind": "Pod", "name": "web-0"})]  # fmt: skip
+    other = yaml.safe_load(svcdns("endpoint", "list", "other", "-o", "yaml")[1])["endpoints"]
+    assert [(e["address"], e.get("hostname")) for e in other] == [("10.244.1.5", None), ("fd00:244::5", None)]
