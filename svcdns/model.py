@@ -6,6 +6,11 @@ through :mod:`svcdns.registry.documents`, the one codec between documents and th
 
 Every validation failure raises :class:`ValidationError`, which names the field, the value, and what
 would be valid.
+
+Checks are not repeated where nothing they check changed, since a full read builds 100k pods and
+their endpoints: ``with_endpoints`` / ``with_cluster_ips`` check only the endpoints, resp. the VIPs
+(and what they must agree with), ``Endpoint.of_pod`` takes a validated pod's values as they are, and
+the label keys and values and port names once found valid are remembered (a bounded set).
 """
 
 from __future__ import annotations
