@@ -1,6 +1,8 @@
 """Pods to endpoints (EndpointSlice semantics) as a table, and the selector index."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from svcdns.endpoints import Derivation, SelectorIndex, derive
 from svcdns.model import Service, ServicePort, ValidationError, labels_of, parse_selector
@@ -169,3 +171,15 @@ def test_a_derived_endpoint_equals_the_one_a_user_would_write():
                     ports={"https": 8443, "http": 8080}, pod="web-0")  # fmt: skip
     assert got == want and hash(got) == hash(want) and got.ports == (("http", 8080), ("https", 8443))
     assert Derivation().apply(svc).endpoints == ()
+
+
+_KEYS = st.sampled_from(["app", "tier", "example.com/team", "v"])
+_VALUES = st.sampled_from(["", "web", "db", "1"])
+
+
+@given(st.dictionaries(_KEYS, _VALUES, max_size=4), st.dictionaries(_KEYS, _VALUES, max_size=4))
+def test_matches_is_every_selector_pair_among_the_labels(selector, labels):
+    from svcdns.model import matches
+
+    want = bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+    assert matches(labels_of(selector), labels_of(labels)) is want
