@@ -148,3 +148,17 @@ def test_a_bad_pod_value_is_reported_until_it_is_fixed_or_deleted():
     state.begin_full_read(9)
     state.end_full_read()
     assert not state.current().errors
+
+
+def test_a_bad_service_value_is_reported_until_it_is_fixed_or_deleted():
+    key, raw = ("default", "web"), KEYS.service(("default", "web"))
+    vip = (KEYS.vip(ipaddress.ip_address("10.96.0.5")), b"default/web")
+    state = state_with((raw, doc("web", clusterIP="10.96.0.5", ports=[{"port": 0}])), vip)
+    assert "ports[0].port" in state.current().errors["/svcdns/services/default/web"]
+    state.apply_put(raw, doc("web", clusterIP="10.96.0.5"), 5)
+    state.rebuild()
+    assert not state.current().errors and state.table.get(*key)
+    state.refuse(key, "/svcdns/services/default/web: no VIP left")  # what the registry's adopt() records
+    assert state.current().errors == {"/svcdns/services/default/web": "/svcdns/services/default/web: no VIP left"}
+    state.apply_delete(raw, 6)
+    assert not state.current().errors

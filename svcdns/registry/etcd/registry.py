@@ -135,7 +135,7 @@ class EtcdRegistry:
             try:
                 ips = alloc.assign(svc.ref, (), svc.ip_families)
             except SvcdnsError as err:
-                entry.error = f"{self.keys.source(key)}: {err}"
+                self.state.refuse(key, f"{self.keys.source(key)}: {err}")
                 log.error("registry: %s", entry.error)
                 continue
             adopted = svc.with_cluster_ips(ips)

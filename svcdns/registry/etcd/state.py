@@ -67,6 +67,7 @@ class EtcdState:
         self.keys = keys
         self.cidrs: list[str] | None = None  # from the config key, once read
         self.entries: dict[Key, Entry] = {}
+        self._bad: set[Key] = set()  # the entries with an error: current() reads these, not every entry
         self.vips: dict[IPAddress, str] = {}
         self.table = ServiceTable()
         self.revision = 0
@@ -102,6 +103,7 @@ class EtcdState:
 
     def end_full_read(self) -> None:
         seen, self._seen = self._seen or set(), None
+        self._bad &= seen
         for key in set(self.entries) - seen:
             del self.entries[key]
             self.derivation.remove_service(key)
@@ -207,8 +209,10 @@ class EtcdState:
         except DocumentError as err:
             _report(err, old.error if old else None, bool(old and old.service))
             self.entries[key] = Entry(mod, old.service if old else None, str(err))
+            self._bad.add(key)
             return
         self.entries[key] = Entry(mod, svc)
+        self._bad.discard(key)
         self.derivation.put_service(svc)
 
     def apply_delete(self, raw_key: bytes, mod: int = 0) -> None:
@@ -223,6 +227,7 @@ class EtcdState:
         elif kind == "service":
             assert isinstance(what, tuple) and len(what) == 2
             self.entries.pop(what, None)
+            self._bad.discard(what)
             self.derivation.remove_service(what)
             self._touch(what)
         elif kind == "pod":
@@ -305,15 +310,25 @@ class EtcdState:
             return None  # gone, never good, or waiting to be adopted
         conflict = next((ip for ip in svc.cluster_ips if self.vips.get(ip, svc.ref) != svc.ref), None)
         if conflict is not None:
-            entry.error = f"{self.keys.source(key)}: clusterIP {conflict} is held by Service {self.vips[conflict][:MAX_VALUE]}"
+            self.refuse(key, f"{self.keys.source(key)}: clusterIP {conflict} is held by Service {self.vips[conflict][:MAX_VALUE]}")
             return self.table.get(*key)
         return svc
 
+    def refuse(self, key: Key, message: str) -> None:
+        """Record why the entry of ``key`` is not in force; reported until its next value."""
+        entry = self.entries.get(key)
+        if entry is not None:
+            entry.error = message
+            self._bad.add(key)
+
     def current(self) -> Snapshot:
-        errors = {self.keys.source(k): e.error for k, e in self.entries.items() if e.error}
+        errors = {}
+        for k in sorted(self._bad):
+            if (entry := self.entries.get(k)) is not None and entry.error:
+                errors[self.keys.source(k)] = entry.error
         for k in sorted(self._bad_pods):
-            if (entry := self.pods.get(k)) is not None and entry.error:
-                errors[self.keys.pod(k).decode(errors="replace")] = entry.error
+            if (pod_entry := self.pods.get(k)) is not None and pod_entry.error:
+                errors[self.keys.pod(k).decode(errors="replace")] = pod_entry.error
         return Snapshot(self.revision, self.table, errors, self.synced, nodes=self.node_states(),
                         pod_ips=self.derivation.pod_ips())
 
