@@ -1,6 +1,6 @@
 """Benchmark endpoints derived from pods: 10k Services each selecting 10 pods (100k pods).
 
-    python bench/pods.py [--services 10000] [--pods-per-service 10] [--changes 300] [--no-kernel] [--gc-freeze]
+    python bench/pods.py [--services 10000] [--pods-per-service 10] [--changes 300] [--no-kernel] [--plain-gc]
 
 Two rows measured side by side in one run, each in a fresh child process (so its peak RSS is its
 own): 10k Services with selectors and 100k pods, and the baseline, 10k selector-less Services with
@@ -19,9 +19,10 @@ else ``--no-kernel`` is implied). Per row:
   registry's part);
 - the peak RSS of that child, which held the registry state and the dataplane.
 
-``--gc-freeze`` calls ``gc.freeze()`` after the full read, which the agent does not do today: the
-cyclic collector then no longer walks the 100k pods' objects, whose older-generation collections
-are the tail of a change's latency with 100k pods (measured in-process: p99 5.3 -> 1.7 ms).
+The cyclic collector is handled as the agent does (svcdns.agent.Agent.sync): paused for the full
+read and the first sync, then a collection and ``gc.freeze()``, so that its older-generation passes
+no longer walk the 100k pods' objects (they were the tail of a change: in-process, p99 5.3 -> 1.7
+ms). ``--plain-gc`` leaves Python's default instead, to see what that saves.
 
 Each change turns a pod (endpoint) not ready and the next turns it ready again, so every change
 changes the kernel; the last one is checked in the kernel (``nft get element``).
@@ -97,7 +98,7 @@ def _change(keys: Keys, c: int, n: int, per: int, selector: bool) -> tuple[int, 
     return i, j, ready, keys.service((_ns(i), f"svc-{i}")), _service(i, False, per, -1 if ready else j)
 
 
-def child(n: int, per: int, changes: int, selector: bool, kernel: bool, freeze: bool) -> dict:
+def child(n: int, per: int, changes: int, selector: bool, kernel: bool, plain_gc: bool) -> dict:
     import gc
 
     from svcdns.table import changed_keys
@@ -106,6 +107,8 @@ def child(n: int, per: int, changes: int, selector: bool, kernel: bool, freeze: 
     state = EtcdState(keys)
     values = _values(n, per, selector)
     plan = [_change(keys, c, n, per, selector) for c in range(changes)]
+    if not plain_gc:
+        gc.disable()  # as cmd_agent does until the first full sync
     start = time.perf_counter()
     state.begin_full_read()
     for key, value in values:
@@ -115,8 +118,6 @@ def child(n: int, per: int, changes: int, selector: bool, kernel: bool, freeze: 
     snap = state.current()
     full = time.perf_counter() - start
     del values
-    if freeze:
-        gc.freeze()
     assert snap.table.endpoint_count() == n * per, snap.table.endpoint_count()
     dp, sync = None, 0.0
     if kernel:
@@ -124,6 +125,10 @@ def child(n: int, per: int, changes: int, selector: bool, kernel: bool, freeze: 
 
         dp = open_dataplane(families=("IPv4",))
         sync = dp.sync(snap.table).duration
+    if not plain_gc:  # what the agent's first full sync does then
+        gc.collect()
+        gc.freeze()
+        gc.enable()
     applied = snap.table
     registry, whole = [], []
     for c, (i, j, ready, key, value) in enumerate(plan):
@@ -160,10 +165,10 @@ def _pcts(samples: list[float]) -> tuple[float, float]:
     return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))]
 
 
-def measure(n: int, per: int, changes: int, selector: bool, kernel: bool, freeze: bool) -> dict:
+def measure(n: int, per: int, changes: int, selector: bool, kernel: bool, plain_gc: bool) -> dict:
     argv = [sys.executable, __file__, CHILD, "--services", str(n), "--pods-per-service", str(per),
             "--changes", str(changes), *(["--selector"] if selector else []), *([] if kernel else ["--no-kernel"]),
-            *(["--gc-freeze"] if freeze else [])]  # fmt: skip
+            *(["--plain-gc"] if plain_gc else [])]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=HERE)
     if not kernel:
         out = subprocess.run(argv, capture_output=True, text=True, check=True, env=env).stdout
@@ -180,14 +185,14 @@ def main() -> None:
     ap.add_argument("--pods-per-service", type=int, default=10)
     ap.add_argument("--changes", type=int, default=300)
     ap.add_argument("--no-kernel", action="store_true", help="the registry's part only (no root needed)")
-    ap.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after the full read (see above)")
+    ap.add_argument("--plain-gc", action="store_true", help="Python's default collector, not the agent's handling (see above)")
     ap.add_argument(CHILD, action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--selector", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     n, per = args.services, args.pods_per_service
     kernel = not args.no_kernel
     if args.child:
-        print(json.dumps(child(n, per, args.changes, args.selector, kernel, args.gc_freeze)))
+        print(json.dumps(child(n, per, args.changes, args.selector, kernel, args.plain_gc)))
         return
     if kernel and os.geteuid() != 0:
         print("bench/pods.py: not root, so no network namespace: the registry's part only (--no-kernel)")
@@ -196,14 +201,14 @@ def main() -> None:
              "peak RSS")]  # fmt: skip
     for label, selector in ((f"{n:,} selector Services, {n * per:,} pods", True),
                             (f"{n:,} Services, {n * per:,} explicit endpoints (baseline)", False)):  # fmt: skip
-        r = measure(n, per, args.changes, selector, kernel, args.gc_freeze)
+        r = measure(n, per, args.changes, selector, kernel, args.plain_gc)
         whole = r["whole"] or (0.0, 0.0)
         rows.append((label, f"{r['full']:.2f} s", f"{r['sync']:.2f} s" if kernel else "-",
                      f"{whole[0] * 1e3:.2f} ms" if kernel else "-", f"{whole[1] * 1e3:.2f} ms" if kernel else "-",
                      f"{r['registry'][0] * 1e3:.2f} ms", f"{r['registry'][1] * 1e3:.2f} ms", f"{r['rss']:.0f} MiB"))  # fmt: skip
     widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
     print(f"one change: a pod's (an endpoint's) readiness flipped, {args.changes} changes"
-          f"{'; nftables in a lab namespace' if kernel else ''}{'; gc.freeze() after the full read' if args.gc_freeze else ''}")
+          f"{'; nftables in a lab namespace' if kernel else ''}{'; plain gc' if args.plain_gc else ''}")
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
