@@ -39,7 +39,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -53,7 +52,12 @@ NS = "bench"
 POD_NET = "10.250.0.0/16"
 CHANGE_POD, FLIP_POD, VICTIM_POD = "10.250.0.1", "10.250.1.{}", "10.250.2.{}"
 NEW_VIP, FLIP_VIP, VICTIM_VIP = "10.100.{}.{}", "10.101.{}.{}", "10.102.{}.{}"
-POLL = 0.002  # seconds between two checks of one host
+
+
+def poll_interval(hosts: int) -> float:
+    """Seconds between two checks of one host: 2 ms, longer past 20 hosts, so that the poller's
+    own load (on a 2-CPU machine, beside the agents it measures) stays bounded."""
+    return max(0.002, hosts * 0.0001)
 
 
 def vip(pattern: str, k: int) -> str:
@@ -100,7 +104,7 @@ class Poller:
             s.setblocking(False)
             self.listeners.append(s)
         self.alive = set(range(len(hosts)))
-        self.seen: dict[str, list[float]] = {}  # baseline: key -> when each bare watcher saw it
+        self.queries: dict[str, bytes] = {}  # name -> its query, but for the ID
         self.gaps: list[float] = []  # the poller's resolution: last failed check -> first success
 
     def socket(self, i: int, kind: int) -> socket.socket:
@@ -110,19 +114,25 @@ class Poller:
         finally:
             _setns(self.hub)
 
-    async def answer(self, i: int, name: str) -> list[str] | None:
-        """The A records host ``i``'s DNS gives for ``name`` ([] for none), None on no answer."""
-        from dnslib import QTYPE, DNSRecord
-
+    async def answer(self, i: int, name: str, ip: str) -> bool | None:
+        """Whether host ``i``'s DNS answers ``name`` with ``ip`` among its records; None on no answer.
+        The query is packed once per name and the reply only scanned (no parse): the poller must
+        cost less than what it measures."""
         loop, s = asyncio.get_running_loop(), self.dns[i]
-        q = DNSRecord.question(name)
-        await loop.sock_sendall(s, q.pack())
+        if name not in self.queries:
+            from dnslib import DNSRecord
+
+            self.queries[name] = DNSRecord.question(name).pack()[2:]
+        qid = random.getrandbits(16).to_bytes(2, "big")
+        query = qid + self.queries[name]
+        await loop.sock_sendall(s, query)
         try:
             async with asyncio.timeout(0.2):
                 while True:
-                    r = DNSRecord.parse(await loop.sock_recv(s, 4096))
-                    if r.header.id == q.header.id:
-                        return [str(rr.rdata) for rr in r.rr if rr.rtype == QTYPE.A]
+                    reply = await loop.sock_recv(s, 4096)
+                    if reply[:2] == qid:
+                        answers = int.from_bytes(reply[6:8], "big")
+                        return answers > 0 and socket.inet_aton(ip) in reply[len(query) :]
         except (TimeoutError, OSError):
             return None
 
@@ -154,7 +164,7 @@ class Poller:
         finally:
             s.close()
 
-    async def until(self, check, timeout: float, every: float = POLL) -> float | None:
+    async def until(self, check, timeout: float, every: float) -> float | None:
         """The monotonic time ``check()`` first held, None if not within ``timeout``."""
         deadline = last = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -166,8 +176,9 @@ class Poller:
             await asyncio.sleep(every)
         return None
 
-    async def everywhere(self, checks, t0: float, timeout: float, every: float = POLL) -> list[float | None]:
+    async def everywhere(self, checks, t0: float, timeout: float, every: float = 0) -> list[float | None]:
         """Delays from ``t0`` until each check held on each host; ``checks(i)`` gives its checks."""
+        every = every or poll_interval(len(self.hosts))
         tasks = [self.until(c, timeout, every) for i in sorted(self.alive) for c in checks(i)]
         return [None if t is None else t - t0 for t in await asyncio.gather(*tasks)]
 
@@ -177,36 +188,32 @@ class Poller:
                 while True:
                     s.accept()[0].close()
 
-    # ---- the baseline: bare aetcd watchers --------------------------------------------------------------
 
-    def start_baseline(self, count: int) -> None:
-        ready = threading.Event()
-        prefix = self.reg.keys.root
+def serve_watchers(url: str, count: int, out: str) -> None:
+    """The baseline: ``count`` bare aetcd watchers of the registry's prefix, each on a gRPC channel
+    of its own, in this one process; every event's key and arrival time appended to ``out``."""
+    import aetcd
 
-        async def one(host: str, port: int) -> None:
-            import aetcd
+    from svcdns.registry.etcd.keys import Keys
+    from svcdns.registry.etcd.url import parse_url
 
-            client = aetcd.Client(host, port)
-            async for event in await client.watch_prefix(prefix):
-                self.seen.setdefault(event.kv.key.decode(), []).append(time.monotonic())
+    options = parse_url(url)
+    members, prefix = options.endpoints, Keys(options.prefix).root
+    log = open(out, "a", buffering=1)
 
-        def run() -> None:
-            async def main() -> None:
-                members = [m.rsplit(":", 1) for m in self.url.split("//", 1)[1].split("/", 1)[0].split(",")]
-                tasks = [asyncio.create_task(one(members[k % len(members)][0], int(members[k % len(members)][1])))
-                         for k in range(count)]  # fmt: skip
-                await asyncio.sleep(3)  # every watch created
-                ready.set()
-                await asyncio.gather(*tasks)
+    async def one(k: int) -> None:
+        host, port = members[k % len(members)]
+        client = aetcd.Client(host, port)
+        async for event in await client.watch_prefix(prefix):
+            log.write(f"{event.kv.key.decode()} {time.monotonic()}\n")
 
-            asyncio.run(main())
+    async def main() -> None:
+        tasks = [asyncio.create_task(one(k)) for k in range(count)]
+        await asyncio.sleep(3)  # every watch created
+        print("ready", flush=True)
+        await asyncio.gather(*tasks)
 
-        threading.Thread(target=run, daemon=True).start()
-        ready.wait(30)
-
-    def baseline(self, key: bytes, count: int, t0: float) -> float | None:
-        times = self.seen.get(key.decode(), [])
-        return max(times) - t0 if len(times) >= count else None
+    asyncio.run(main())
 
 
 async def serve_poller(url: str, hosts: list[str]) -> None:
@@ -218,7 +225,6 @@ async def serve_poller(url: str, hosts: list[str]) -> None:
     loop = asyncio.get_running_loop()
     for s in p.listeners:
         loop.add_reader(s.fileno(), p.accept)
-    baseline_count = 0
 
     def reply(obj) -> None:
         gaps = [g for g in p.gaps if g >= 0]
@@ -254,14 +260,10 @@ async def serve_poller(url: str, hosts: list[str]) -> None:
                 name, ip = f"v{k}-h.{NS}.svc.cluster.local", VICTIM_POD.format(k + 1)
 
                 async def has(i: int, name=name, ip=ip) -> bool:
-                    return ip in (await p.answer(i, name) or [])
+                    return bool(await p.answer(i, name, ip))
 
                 delays += await p.everywhere(lambda i: [lambda i=i: has(i)], t0, cmd["timeout"], every=0.1)
             reply({"ok": all(d is not None for d in delays), "took": max((d or 0) for d in delays)})
-        elif op == "baseline":
-            baseline_count = cmd["count"]
-            p.start_baseline(baseline_count)
-            reply({"ok": True})
         elif op == "service":  # a new Service, one endpoint
             k = cmd["k"]
             name, ip = f"new{k}", vip(NEW_VIP, k)
@@ -269,7 +271,7 @@ async def serve_poller(url: str, hosts: list[str]) -> None:
                                  "ports": [{"port": 80, "targetPort": 8080}], "endpoints": [CHANGE_POD]})  # fmt: skip
 
             async def in_dns(i: int, name=name, ip=ip) -> bool:
-                return await p.answer(i, f"{name}.{NS}.svc.cluster.local") == [ip]
+                return bool(await p.answer(i, f"{name}.{NS}.svc.cluster.local", ip))
 
             async def in_kernel(i: int, ip=ip) -> bool:
                 return await p.connect(i, ip) == "ok"
@@ -281,21 +283,19 @@ async def serve_poller(url: str, hosts: list[str]) -> None:
             await loop.run_in_executor(None, p.reg.create, svc)
             wrote = time.monotonic() - t0
             delays = await waits
-            await asyncio.sleep(0.3)  # the bare watchers' events are in by now
-            reply({"dns": delays[0::2], "kernel": delays[1::2], "wrote": wrote,
-                   "baseline": p.baseline(p.reg.keys.service((NS, name)), baseline_count, t0)})  # fmt: skip
+            key = p.reg.keys.service((NS, name)).decode()
+            reply({"dns": delays[0::2], "kernel": delays[1::2], "wrote": wrote, "t0": t0, "key": key})
         elif op == "flip":  # pod flip{k}'s record: ready -> cmd["ready"]
             k, ready = cmd["k"], cmd["ready"]
             ip, pod_ip, name = vip(FLIP_VIP, k), FLIP_POD.format(k + 1), f"f{k}-h.{NS}.svc.cluster.local"
 
             async def dns_ok(i: int, name=name, pod_ip=pod_ip, ready=ready) -> bool:
-                got = await p.answer(i, name)
-                return got is not None and (pod_ip in got) == ready
+                got = await p.answer(i, name, pod_ip)
+                return got is not None and got == ready
 
             async def kernel_ok(i: int, ip=ip, ready=ready) -> bool:
                 return await p.connect(i, ip) == ("ok" if ready else "refused")
 
-            before = len(p.seen.get(p.reg.keys.pod((NS, f"flip{k}")).decode(), []))
             t0 = time.monotonic()
             waits = asyncio.ensure_future(
                 p.everywhere(lambda i: [lambda i=i: dns_ok(i), lambda i=i: kernel_ok(i)], t0, cmd["timeout"])
@@ -304,18 +304,15 @@ async def serve_poller(url: str, hosts: list[str]) -> None:
                 None, p.reg.update_pod, NS, f"flip{k}", lambda pod, r=ready: replace(pod, ready=r)
             )
             delays = await waits
-            await asyncio.sleep(0.3)
-            seen = p.seen.get(p.reg.keys.pod((NS, f"flip{k}")).decode(), [])[before:]
-            base = max(seen) - t0 if baseline_count and len(seen) >= baseline_count else None
-            reply({"dns": delays[0::2], "kernel": delays[1::2], "baseline": base})
+            key = p.reg.keys.pod((NS, f"flip{k}")).decode()
+            reply({"dns": delays[0::2], "kernel": delays[1::2], "t0": t0, "key": key})
         elif op == "arm":  # victim k's host is about to be killed: wait for every other host to drop its pod
             k, host = cmd["k"], cmd["host"]
             p.alive.discard(host)
             ip, pod_ip, name = vip(VICTIM_VIP, k), VICTIM_POD.format(k + 1), f"v{k}-h.{NS}.svc.cluster.local"
 
             async def dropped_dns(i: int, name=name, pod_ip=pod_ip) -> bool:
-                got = await p.answer(i, name)
-                return got is not None and pod_ip not in got
+                return await p.answer(i, name, pod_ip) is False
 
             async def dropped_kernel(i: int, ip=ip) -> bool:
                 return await p.connect(i, ip) == "refused"
@@ -435,6 +432,26 @@ class Fleet:
             raise RuntimeError(f"the poller died: {(self.tmp / 'poller.log').read_text()[-2000:]}")
         return json.loads(line)
 
+    def start_watchers(self, count: int) -> None:
+        self.watched = self.tmp / "watchers.log"
+        proc = self.hub.spawn(self.hub.node, [sys.executable, __file__, "--watchers", self.url, str(count), str(self.watched)],
+                              env=self.env, stdout=subprocess.PIPE, stderr=open(self.tmp / "watchers.err", "wb"))  # fmt: skip
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"the bare watchers did not start: {(self.tmp / 'watchers.err').read_text()[-2000:]}")
+
+    def baseline(self, key: str, t0: float, count: int) -> float | None:
+        """When the last of ``count`` bare watchers saw ``key`` change after ``t0``."""
+        deadline = time.monotonic() + 5
+        while True:
+            times = [float(t) for k, t in (line.split() for line in self.watched.read_text().splitlines()) if k == key]
+            times = [t for t in times if t >= t0]
+            if len(times) >= count:
+                return max(times) - t0
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
+
     def start_agents(self) -> None:
         for i, lab in enumerate(self.hosts):
             log = open(self.tmp / f"agent{i}.log", "wb")
@@ -503,7 +520,7 @@ def measure(n: int, args: argparse.Namespace) -> dict:
         time.sleep(2 * args.ttl)  # the start's writes settle; every lease refreshed at least once
         row.update(fleet.idle(args.idle))
         if args.baseline:
-            fleet.ask(op="baseline", count=n)
+            fleet.start_watchers(n)
         timeout = 30
         etcd_pids = [p.pid for p in fleet.etcd._procs.values()]
         m0, e0, gaps, wrote = fleet.metrics(), sum(cpu_seconds(p) for p in etcd_pids), [], []
@@ -517,7 +534,7 @@ def measure(n: int, args: argparse.Namespace) -> dict:
                     r = fleet.ask(op="flip", k=k, ready=kind == "flip_up", timeout=timeout)
                 dns.append(everywhere(r["dns"]))
                 kernel.append(everywhere(r["kernel"]))
-                base.append(r["baseline"])
+                base.append(fleet.baseline(r["key"], r["t0"], n) if args.baseline else None)
                 gaps.append(r["gap"])
                 wrote.extend([r["wrote"]] if "wrote" in r else [])
                 time.sleep(random.uniform(0.1, 0.3))
@@ -553,8 +570,10 @@ def ms(values: list, q: float) -> str:
 
 def report(rows: list[dict], args: argparse.Namespace, refused: list[str]) -> None:
     load = os.getloadavg()
+    polls = ", ".join(f"{poll_interval(r['agents']) * 1000:.0f} ms at {r['agents']}" for r in rows)
     print(f"\nfleet on one 3-member etcd; node_lease_ttl {args.ttl} s (bound for a dead host: {args.ttl + 1} s); "
-          f"{args.changes} changes of each kind; load average {load[0]:.1f} on {os.cpu_count()} CPUs\n")  # fmt: skip
+          f"{args.changes} changes of each kind, each host checked every "
+          f"{polls}; load average {load[0]:.1f} on {os.cpu_count()} CPUs\n")  # fmt: skip
     for line in refused:
         print(line)
     print("| agents | start to ready | change | DNS everywhere p50 / p99 | kernel everywhere p50 / p99 "
@@ -597,14 +616,15 @@ def report(rows: list[dict], args: argparse.Namespace, refused: list[str]) -> No
     if rows:
         r = rows[-1]
         costs = Costs(agents=r["agents"], etcd_floor=r["etcd_floor"], etcd_cpu=r["etcd_cpu"],
-                      keepalives_per_s=max(r["keepalives"], r["keepalive_msgs"]), watchers=int(r["watchers"]))  # fmt: skip
+                      keepalives_per_s=max(r["keepalives"], r["keepalive_msgs"]), watchers=int(r["watchers"]),
+                      change_cpu_ms=r["per_change"]["etcd_cpu_ms"], change_watchers=int(round(r["per_change"]["watch_msgs"])))  # fmt: skip
         print(f"\nlinear estimate from {r['agents']} agents at TTL {args.ttl} s (the default 15 s refreshes "
               f"{15 / args.ttl:.0f}x less often):")  # fmt: skip
         for hosts in (1000, 5000):
             e = estimate(costs, hosts)
             print(f"- {hosts:,} hosts: {e.watchers:,} etcd watchers (one change = {e.watchers:,} watch messages), "
                   f"{e.keepalives_per_s:,.0f} lease refreshes/s ({e.keepalives_per_s * args.ttl / 15:,.0f}/s at 15 s), "
-                  f"etcd idle {e.etcd_idle_cores:.2f} cores")  # fmt: skip
+                  f"etcd idle {e.etcd_idle_cores:.2f} cores, one change {e.change_cpu_ms:.0f} ms of etcd CPU")  # fmt: skip
 
 
 def main() -> int:
@@ -616,8 +636,12 @@ def main() -> int:
     ap.add_argument("--idle", type=float, default=10.0, help="seconds of the idle window")
     ap.add_argument("--no-baseline", dest="baseline", action="store_false")
     ap.add_argument("--poller", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--watchers", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: every namespace and process goes
+    if args.watchers:
+        serve_watchers(args.watchers[0], int(args.watchers[1]), args.watchers[2])
+        return 0
     if args.poller:
         asyncio.run(serve_poller(args.poller[0], args.poller[1:]))
         return 0
@@ -644,7 +668,12 @@ def main() -> int:
                 print(refused[-1], file=sys.stderr, flush=True)
                 continue
         print(f"measuring {n} agents ...", file=sys.stderr, flush=True)
-        rows.append(measure(n, args))
+        try:
+            rows.append(measure(n, args))
+        except (RuntimeError, TimeoutError, OSError) as err:  # the sizes measured so far are still reported
+            refused.append(f"failed: {n} agents: {err}")
+            print(refused[-1], file=sys.stderr, flush=True)
+            break
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     report(rows, args, refused)
     return 0

@@ -58,6 +58,8 @@ class Costs:
     etcd_cpu: float  # the same with ``agents`` agents idle
     keepalives_per_s: float  # lease refreshes etcd served per second, all agents
     watchers: int  # etcd's watchers (etcd_debugging_mvcc_watcher_total), all agents
+    change_cpu_ms: float = 0.0  # etcd's CPU for one change, above idle, sent to ``change_watchers``
+    change_watchers: int = 0  # the watchers that change went to (the agents' and the baseline's)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class Estimate:
     keepalives_per_s: float
     watchers: int
     etcd_idle_cores: float
+    change_cpu_ms: float  # etcd's CPU for one change sent to every host's watcher
 
 
 def estimate(costs: Costs, hosts: int) -> Estimate:
@@ -82,4 +85,5 @@ def estimate(costs: Costs, hosts: int) -> Estimate:
         keepalives_per_s=costs.keepalives_per_s * scale,
         watchers=round(costs.watchers * scale),
         etcd_idle_cores=costs.etcd_floor + per_agent_cpu * scale,
+        change_cpu_ms=costs.change_cpu_ms / costs.change_watchers * hosts if costs.change_watchers else math.nan,
     )

@@ -37,8 +37,10 @@ def test_sizes_that_do_not_fit_in_memory_are_refused():
 
 
 def test_the_estimate_scales_per_agent_costs_above_etcds_own_floor():
-    costs = Costs(agents=100, etcd_floor=0.04, etcd_cpu=0.14, keepalives_per_s=100.0, watchers=100)
+    costs = Costs(agents=100, etcd_floor=0.04, etcd_cpu=0.14, keepalives_per_s=100.0, watchers=100,
+                  change_cpu_ms=8.0, change_watchers=200)  # fmt: skip
     e = estimate(costs, 5000)
+    assert e.change_cpu_ms == pytest.approx(8.0 / 200 * 5000)  # per watcher, one watcher per host
     assert e.watchers == 5000 and e.keepalives_per_s == pytest.approx(5000)
     assert e.etcd_idle_cores == pytest.approx(0.04 + 0.10 * 50)  # the floor is paid once
     with pytest.raises(ValueError, match="agents must be > 0"):
