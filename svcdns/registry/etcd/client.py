@@ -311,6 +311,13 @@ class EtcdClient:
             except _UNAVAILABLE as err:
                 last = err
                 await self.next_member()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # this call itself is being cancelled
+                # gRPC cancels the calls in flight on a channel another task closed (its failover, say a
+                # lease refresh finding no leader): this call did not fail, its connection went; again
+                last = RegistryUnavailable(f"etcd at {self.endpoint}: the connection was closed under the call")
             except aetcd.exceptions.RevisionCompactedError as err:
                 raise RevisionCompacted(f"etcd at {self.endpoint}: {err}") from None
             except aetcd.exceptions.ClientError as err:
