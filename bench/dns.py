@@ -214,7 +214,8 @@ def run_size(n: int, seconds: int, rounds: int, tmp: Path, baseline: str = "") -
             for label, cmd, server in servers:
                 proc = lab.spawn(lab.node, cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{n}.log", "a"))
                 try:
-                    wait_for(lambda server=server: ready(lab, server, probe), 60, 0.2, f"{label} to answer")
+                    # a 100k-Service zone takes tens of seconds to read and compile before the first answer
+                    wait_for(lambda server=server: ready(lab, server, probe), 60 + n // 400, 0.2, f"{label} to answer")
                     runs.setdefault(label, []).append(dnsperf(lab, server, queries, seconds))
                 finally:
                     lab.stop(proc)
