@@ -36,8 +36,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from ...errors import SvcdnsError
-from .client import Compare, Op
 from ...table import Key
+from .client import Compare, Op
 from .keys import Keys, node_record
 
 log = logging.getLogger(__name__)
