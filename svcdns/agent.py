@@ -21,6 +21,11 @@ fakes). A sync treats every failure the same way, whatever raised it (kube-proxy
 false; defer ...``): logged, counted in ``svcdns_sync_errors_total``, retried with backoff as a full
 sync. A failure outside a sync (the watch, a bug) ends ``run`` with the exception, so the process
 exits non-zero and systemd restarts it; the kernel keeps the rules meanwhile.
+
+The explicit endpoints of selector-less Services with a ``readinessProbe`` are probed by this agent
+itself (``endpoint_probes``, the prober): the agent offers it those Services and lays its verdicts
+over the registry's table (:func:`svcdns.probe.endpoints.overlay`) before syncing, a verdict change
+rebuilding only its Service. While there are such Services it looks at the verdicts every 50 ms.
 """
 
 from __future__ import annotations
@@ -29,17 +34,32 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from .dataplane.contract import Dataplane
 from .dns.contract import DNS
 from .errors import SvcdnsError
+from .model import Service
 from .notify import Notifier
+from .probe.endpoints import overlay, probed
 from .registry.contract import Snapshot, Watch
 from .status import Metrics, State
-from .table import ServiceTable, changed_keys
+from .table import Key, ServiceTable, changed_keys
 
 log = logging.getLogger(__name__)
+PROBE_LOOK = 0.05  # while Services have probed endpoints: how often the loop looks at their verdicts
+
+
+class EndpointProbes(Protocol):
+    """What probes the explicit endpoints (:class:`svcdns.probe.Prober`)."""
+
+    @property
+    def endpoint_passing(self) -> Mapping[Key, frozenset[str]]:
+        """Each probed Service's endpoints that pass; replaced, never changed in place."""
+        ...
+
+    def offer_services(self, services: list[Service]) -> None: ...
 
 
 class Agent:
@@ -91,6 +111,10 @@ class Agent:
         self.pod_ips: frozenset[str] = frozenset()  # the registry's pods' addresses ...
         self.dns_pod_ips: frozenset[str] | None = None  # ... and those the DNS server forwards for
         self.next_pods_attempt = 0.0
+        self.endpoint_probes: EndpointProbes | None = None
+        self.source = ServiceTable()  # the registry's table; desired is it with the probes' verdicts laid over
+        self.probed: dict[Key, Service] = {}  # its selector-less Services with a readinessProbe
+        self.passing: Mapping[Key, frozenset[str]] = {}  # the verdicts laid over desired
 
     # ---- the loop ---------------------------------------------------------------------------------------
 
@@ -119,10 +143,12 @@ class Agent:
                 self.state.vip_problems = self.node_check()
             if self.pod_ips is not self.dns_pod_ips and now >= self.next_pods_attempt:
                 self.allow_pods(now)
+            if self.endpoint_probes is not None and self.endpoint_probes.endpoint_passing is not self.passing:
+                self.take_verdicts()
             if self.due(now):
                 self.sync()
                 continue
-            timeout = 0.5
+            timeout = 0.5 if not self.probed else PROBE_LOOK
             if not self.drained:
                 timeout = 0.0  # what a poll returns at once arrived while the sync ran
             elif self.pending() or self.need_full:
@@ -160,19 +186,63 @@ class Agent:
             return
         self.registry_read = True
         self.pod_ips = snap.pod_ips
-        if snap.table is not self.desired and (self.applied is None or changed_keys(self.desired, snap.table)):
-            if not self.pending_since:
-                self.pending_since = time.monotonic()
-                self.state.pending_since = time.time()
-            self.last_change = time.monotonic()
-            self.burst = self.burst or not self.drained
-        self.desired = snap.table
+        self.want(*self.with_verdicts(snap.table))
         self.state.revision = snap.revision
         self.state.bad_entries = dict(snap.errors)
         self.metrics.bad_entries.set(len(snap.errors))
         if snap.nodes != self.state.nodes:
             self.state.nodes = dict(snap.nodes)
             self.metrics.set_nodes(self.state.nodes)
+
+    def want(self, table: ServiceTable, changed: set[Key] | None = None) -> None:
+        """``table`` is what the kernel and DNS should hold now (``changed``: its keys that differ
+        from ``desired``, when known)."""
+        if table is not self.desired and (self.applied is None or (changed_keys(self.desired, table) if changed is None else changed)):
+            if not self.pending_since:
+                self.pending_since = time.monotonic()
+                self.state.pending_since = time.time()
+            self.last_change = time.monotonic()
+            self.burst = self.burst or not self.drained
+        self.desired = table
+
+    def with_verdicts(self, table: ServiceTable) -> tuple[ServiceTable, set[Key] | None]:
+        """The registry's ``table`` with this agent's probe verdicts on its probed endpoints (itself
+        when it has none), and its keys that differ from ``desired`` when they are known; the prober
+        is offered the probed Services when they change."""
+        if self.endpoint_probes is None:
+            return table, None
+        old, self.source = self.source, table
+        changed = changed_keys(old, table)
+        had = bool(self.probed)
+        offer = False
+        for key in changed:
+            svc = table.services.get(key)
+            if svc is not None and probed(svc):
+                self.probed[key] = svc
+                offer = True
+            elif self.probed.pop(key, None) is not None:
+                offer = True
+        if offer:
+            self.endpoint_probes.offer_services(list(self.probed.values()))
+        if not had and not self.probed:  # desired is the last source: changed says what differs
+            return table, changed if old is self.desired else None
+        return overlay(table, self.passing, changed, onto=self.desired), None
+
+    def take_verdicts(self) -> None:
+        """The prober's verdicts changed: rebuild the Services whose did."""
+        assert self.endpoint_probes is not None
+        passing, seen = self.endpoint_probes.endpoint_passing, self.passing
+        self.passing = passing
+        keys = {k for k in self.probed if passing.get(k) != seen.get(k)}
+        if keys and self.registry_read:
+            self.want(overlay(self.source, passing, keys, onto=self.desired))
+
+    def use_probes(self, probes: EndpointProbes) -> None:
+        """Have ``probes`` probe the explicit endpoints (a reload's new prober is offered them again;
+        its verdicts replace the old one's at the next look)."""
+        self.endpoint_probes = probes
+        if self.probed:
+            probes.offer_services(list(self.probed.values()))
 
     def pending_changes(self) -> int:
         """Services changed in the registry and not applied yet (read by /metrics' thread: both

@@ -225,6 +225,7 @@ class Running:
             self.probe_metrics = ProbeMetrics(self.metrics.registry)  # once: a reload's prober takes the same
             self.prober = new_prober(cfg, self.probe_metrics)
             state.probes = lambda: self.prober.status()  # whichever prober runs now
+            self.agent.use_probes(self.prober)  # the explicit endpoints of selector-less Services
             self.lease: NodeLease | None = None
             self.metrics.node_lease.set_function(lambda: self.lease.remaining() if self.lease else 0.0)
         except BaseException:
@@ -331,8 +332,10 @@ class Running:
             prober, old_prober = new_prober(new, self.probe_metrics), self.prober
             old_prober.stop()  # first: two probers of one node would both write
             prober.use_lease(self.lease)
+            prober.resume_endpoints(old_prober)
             prober.start()
             self.prober = prober
+            agent.use_probes(prober)
         if any(f in changed for f in LEASE_FIELDS):
             self.lease = hold_lease(new, self.registry)
             self.prober.use_lease(self.lease)
@@ -416,6 +419,11 @@ def cmd_status(args) -> int:
         print(f"Probed pods:      {probes['ready']} ready, {probes['notReady']} not ready")
     for pod, reason in (probes.get("failing") or {}).items():
         print(f"Not ready:        {pod}: {reason}")
+    endpoints = probes.get("endpoints") or {}
+    if endpoints:
+        print(f"Probed endpoints: {endpoints['ready']} ready, {endpoints['notReady']} not ready (this host's probes)")
+    for endpoint, reason in (endpoints.get("failing") or {}).items():
+        print(f"Not ready:        {endpoint}: {reason}")
     return 0 if st["healthy"] else 1
 
 

@@ -24,6 +24,7 @@ from ..pod import readiness
 from . import config as configuration
 from .objects import ENDPOINT_HEADER, endpoint_row, registry_of, vips_text
 from .output import labels_text, print_rows
+from .pods import _describe as probe_text
 
 TIMEOUT = 1.0  # seconds for the agent's HTTP and DNS answers: it is local
 
@@ -46,6 +47,8 @@ def print_service(svc: Service) -> None:
         affinity += f" ({svc.affinity_timeout}s)"
     print(f"Session affinity:  {affinity}")
     print(f"Selector:          {labels_text(svc.selector)}")
+    if svc.readiness_probe is not None:
+        print(f"Readiness:         {probe_text(svc.readiness_probe)} (every agent probes each endpoint)")
     if not svc.endpoints:
         print("Endpoints:         <none>")
         return
@@ -101,6 +104,12 @@ def agent_view(svc: Service, cfg: configuration.Config, location: str) -> list[s
         lines.append(f"  Registry:        PROBLEM: {st['registryProblem']}")
     if st.get("lastError"):
         lines.append(f"  Last error:      {st['lastError']}")
+    if svc.readiness_probe is not None:
+        failing = ((st.get("probes") or {}).get("endpoints") or {}).get("failing") or {}
+        prefix = f"{svc.ref} "
+        down = {k.removeprefix(prefix): v for k, v in failing.items() if k.startswith(prefix)}
+        lines.append(f"  Probes:          {len(svc.endpoints) - len(down)} of {len(svc.endpoints)} endpoints pass this host's probes")
+        lines.extend(f"  Not ready:       {addr}: {reason}" for addr, reason in sorted(down.items()))
     lines.append(f"  DNS:             {dns_view(svc, cfg)}")
     return lines
 

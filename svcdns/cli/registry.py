@@ -36,6 +36,7 @@ from ..model import (
     IPV4,
     IPV6,
     Endpoint,
+    Probe,
     Service,
     matches,
     parse_ip,
@@ -94,6 +95,9 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     add.add_argument("--selector", default="", metavar="K=V,...", help="take the endpoints from the pods with these labels")
     add.add_argument("--publish-not-ready-addresses", action="store_true", help="with --selector: every pod is ready")
     add.add_argument("-l", "--labels", default="", metavar="K=V,...", help="the Service's own labels (service list -l)")
+    add.add_argument("--probe-tcp", metavar="PORT", help="without --selector: every agent probes each endpoint with a "
+                     "tcpSocket readinessProbe on PORT (a number or a Service port's name: its targetPort)")  # fmt: skip
+    add.add_argument("--probe-period", type=int, default=10, metavar="SECONDS", help="with --probe-tcp (default 10)")
     add.set_defaults(func=cmd_service_add)
 
     get = svc_sub.add_parser("get", parents=[common, cidr, out], help="show one Service")
@@ -164,6 +168,11 @@ def cmd_service_add(args) -> int:
         raise UsageError("--endpoint: a Service with --selector gets its endpoints from its pods (svcdns pod add)")
     if args.publish_not_ready_addresses and not selector:
         raise UsageError("--publish-not-ready-addresses: only with --selector")
+    if args.probe_tcp and selector:
+        raise UsageError("--probe-tcp: a Service with --selector takes no probe: its pods carry their own readinessProbe")
+    port = args.probe_tcp or ""
+    probe = valid(lambda: Probe("tcpSocket", int(port) if port.isdigit() else port, period=args.probe_period,
+                                timeout=min(1, args.probe_period))) if port else None  # fmt: skip
     svc = valid(
         lambda: Service(
             name=args.name,
@@ -179,6 +188,7 @@ def cmd_service_add(args) -> int:
             selector=selector,
             publish_not_ready_addresses=args.publish_not_ready_addresses,
             labels=labels,
+            readiness_probe=probe,
         )
     )
     created = valid(lambda: registry_of(args).create(svc))

@@ -26,6 +26,8 @@ class ProbeMetrics:
                                   buckets=PROBE_BUCKETS, registry=r)  # fmt: skip
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.pods = Gauge("svcdns_probed_pods", "Pods this agent probes, by their verdict", ["ready"], registry=r)
+        self.endpoints = Gauge("svcdns_probed_endpoints", "Explicit endpoints of selector-less Services this agent "
+                               "probes, by its own verdict", ["ready"], registry=r)  # fmt: skip
 
     def observe(self, kind: str, result: Result, seconds: float) -> None:
         outcome = "success" if result.ok else "timeout" if result.timed_out else "failure"
@@ -38,6 +40,10 @@ class ProbeMetrics:
     def verdicts(self, ready: int, not_ready: int) -> None:
         self.pods.labels("true").set(ready)
         self.pods.labels("false").set(not_ready)
+
+    def endpoint_verdicts(self, ready: int, not_ready: int) -> None:
+        self.endpoints.labels("true").set(ready)
+        self.endpoints.labels("false").set(not_ready)
 
 
 __all__ = ["ProbeMetrics"]

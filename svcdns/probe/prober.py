@@ -14,6 +14,12 @@ probes run at once; a probe holds its slot for at most its ``timeoutSeconds``. R
 writes run one at a time, in order, on one worker thread, so a listing never undoes a write it
 raced with and a slow registry never delays a probe; the verdicts that change while a write is under
 way go in the next one, together (a thousand pods failing at once cost a few writes, not a thousand).
+
+It also probes the explicit endpoints of the selector-less Services with a ``readinessProbe``
+(:mod:`.endpoints`), on every host: the agent offers those Services (:meth:`Prober.offer_services`)
+and reads the verdicts back (``endpoint_passing``, replaced on each change), never through the
+registry. They share the concurrency cap, the state machine and the
+metrics with the pods' probes.
 """
 
 from __future__ import annotations
@@ -27,10 +33,13 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+
 from ..errors import SvcdnsError
+from ..model import Service
 from ..pod import NOT_PROBED, Pod, PodStatus, Probe
 from ..registry.contract import Registry
-from .checks import check
+from .checks import check, probe_at
+from .endpoints import EndpointKey, Target, reconcile_targets, targets_of
 from .metrics import ProbeMetrics
 from .result import Result
 from .state import Key, ProbeKey, ProbeState, observe, reconcile, verdict
@@ -46,7 +55,8 @@ class Prober:
     def __init__(self, registry: Registry, node_name: str, *, every_node: bool = False, max_concurrent: int = 200,
                  refresh: float = 5.0, run_check: Callable[[Pod, Probe], Awaitable[Result]] = check,
                  clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
-                 metrics: ProbeMetrics | None = None, exec_probes: bool = True) -> None:  # fmt: skip
+                 metrics: ProbeMetrics | None = None, exec_probes: bool = True,
+                 run_endpoint_check: Callable[[Probe, str, int], Awaitable[Result]] = probe_at) -> None:  # fmt: skip
         """Probe the pods whose ``nodeName`` is ``node_name`` (every probed pod when ``every_node``:
         the file registry serves one host). Without ``exec_probes`` an exec probe fails, never runs
         (the configuration's ``probe_exec = false``)."""
@@ -71,15 +81,44 @@ class Prober:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
+        # explicit endpoints (every host probes them; nothing goes to the registry)
+        self._endpoint_check = run_endpoint_check
+        self._offered: tuple[int, list[Service]] = (0, [])  # set by the agent's thread
+        self._taken = 0  # the offer the loop has reconciled
+        self._targets: dict[EndpointKey, Target] = {}
+        self.endpoint_states: dict[EndpointKey, ProbeState] = {}
+        self._endpoint_due: list[tuple[float, EndpointKey]] = []  # a heap, as _due
+        # for the agent's thread and /status: replaced, never changed in place
+        self.endpoint_passing: dict[Key, frozenset[str]] = {}  # each probed Service's endpoints that pass
+        self.endpoint_failing: dict[EndpointKey, str] = {}
 
     def mine(self, pod: Pod) -> bool:
         return bool(pod.readiness_probes) and (self.every_node or pod.node_name == self.node_name)
 
     def status(self) -> dict[str, object]:
-        """What /status shows: the counts, and each not-ready pod with its reason."""
+        """What /status shows: the counts, and each not-ready pod with its reason; the same for the
+        explicit endpoints this agent probes, when there are any."""
         ready, not_ready = self.counts
-        return {"node": "(every node)" if self.every_node else self.node_name, "ready": ready, "notReady": not_ready,
-                "failing": {f"{ns}/{name}": reason or NOT_PROBED for (ns, name), reason in sorted(self.failing.items())}}  # fmt: skip
+        out: dict[str, object] = {"node": "(every node)" if self.every_node else self.node_name, "ready": ready, "notReady": not_ready,
+                                  "failing": {f"{ns}/{name}": reason or NOT_PROBED for (ns, name), reason in sorted(self.failing.items())}}  # fmt: skip
+        states, failing = self.endpoint_states, self.endpoint_failing
+        if states:
+            out["endpoints"] = {"ready": len(states) - len(failing), "notReady": len(failing),
+                                "failing": {f"{ns}/{name} {addr}": reason or NOT_PROBED
+                                            for (ns, name, addr), reason in sorted(failing.items())}}  # fmt: skip
+        return out
+
+    def resume_endpoints(self, old: Prober) -> None:
+        """Before :meth:`start`: go on from ``old``'s endpoint verdicts (a reload's new prober), so the
+        endpoints do not leave their Services until its first probes."""
+        self._targets, self.endpoint_states = dict(old._targets), dict(old.endpoint_states)
+        self.endpoint_passing, self.endpoint_failing = old.endpoint_passing, old.endpoint_failing
+        self._offered, self._taken = old._offered, old._taken
+
+    def offer_services(self, services: list[Service]) -> None:
+        """The selector-less Services with a readinessProbe, as the agent's registry view has them now
+        (any thread; the prober takes them within a second)."""
+        self._offered = (self._offered[0] + 1, list(services))
 
     def use_lease(self, lease: object) -> None:
         """Write the statuses on ``lease`` (etcd: the node lease the agent holds on its own registry
@@ -110,13 +149,18 @@ class Prober:
         io = ThreadPoolExecutor(1, thread_name_prefix="svcdns-prober-registry")
         slots = asyncio.Semaphore(self.max_concurrent)
         running: dict[ProbeKey, asyncio.Task] = {}
+        running_endpoints: dict[EndpointKey, asyncio.Task] = {}
         next_refresh, listing = 0.0, None
+        self._endpoint_due = [(s.due, k) for k, s in self.endpoint_states.items()]  # resumed ones (a reload)
+        heapq.heapify(self._endpoint_due)
         log.info("prober: probing the pods of node %s", "(every node: file registry)" if self.every_node else self.node_name)
         try:
             while not self._stop.is_set():
                 now = self._clock()
                 if listing is None and now >= next_refresh:  # in the background: probes go on meanwhile
                     listing = asyncio.create_task(self._list(io))
+                if self._offered[0] != self._taken:
+                    self._take_endpoints()
                 if listing is not None and listing.done():
                     listing = None
                     next_refresh = self._clock() + max(self.refresh, self._list_cost / LIST_SHARE)
@@ -129,12 +173,21 @@ class Prober:
                         task = asyncio.create_task(self._probe(key, state, slots, io))
                         running[key] = task
                         task.add_done_callback(functools.partial(_forget, running, key))
-                wake = min(next_refresh if listing is None else now + TICK, self._due[0][0] if self._due else now + 1)
+                while self._endpoint_due and self._endpoint_due[0][0] <= horizon:
+                    due, ep_key = heapq.heappop(self._endpoint_due)
+                    ep_state = self.endpoint_states.get(ep_key)
+                    if ep_state is not None and ep_state.due == due and ep_key not in running_endpoints:
+                        task = asyncio.create_task(self._probe_endpoint(ep_key, ep_state, slots))
+                        running_endpoints[ep_key] = task
+                        task.add_done_callback(functools.partial(_forget, running_endpoints, ep_key))
+                wake = min(next_refresh if listing is None else now + TICK, self._due[0][0] if self._due else now + 1,
+                           self._endpoint_due[0][0] if self._endpoint_due else now + 1)  # fmt: skip
                 await asyncio.sleep(min(1.0, max(TICK, wake - self._clock())))
         finally:
-            for task in running.values():
+            tasks = [*running.values(), *running_endpoints.values()]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*running.values(), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             io.shutdown(wait=True, cancel_futures=True)
             log.info("prober: stopped")
 
@@ -258,7 +311,75 @@ class Prober:
             self.metrics.verdicts(*self.counts)
 
 
-def _forget(running: dict[ProbeKey, asyncio.Task], key: ProbeKey, _task: asyncio.Task) -> None:
+    # ---- explicit endpoints ----------------------------------------------------------------------------
+
+    def _take_endpoints(self) -> None:
+        version, services = self._offered
+        self._taken = version
+        targets = targets_of(services)
+        self.endpoint_states = reconcile_targets(self.endpoint_states, self._targets, targets, self._clock(), self._rng.random)
+        self._targets = targets
+        self._endpoint_due = [(s.due, k) for k, s in self.endpoint_states.items()]
+        heapq.heapify(self._endpoint_due)
+        passing: dict[Key, set[str]] = {}
+        for (ns, name, addr), state in self.endpoint_states.items():
+            entry = passing.setdefault((ns, name), set())
+            if state.ready:
+                entry.add(addr)
+        self.endpoint_failing = {k: s.reason for k, s in self.endpoint_states.items() if not s.ready}
+        new = {k: frozenset(v) for k, v in passing.items()}
+        if new != self.endpoint_passing:
+            self.endpoint_passing = new
+        self._published_endpoints()
+
+    async def _probe_endpoint(self, key: EndpointKey, state: ProbeState, slots: asyncio.Semaphore) -> None:
+        target = self._targets.get(key)
+        if target is None:
+            return
+        async with slots:
+            started = self._clock()
+            try:
+                async with asyncio.timeout(target.probe.timeout + 0.5):  # each kind keeps its own: a fake may not
+                    result = await self._endpoint_check(target.probe, target.host, target.port)
+            except TimeoutError:
+                result = Result(False, f"timeout after {target.probe.timeout} s", timed_out=True)
+            except Exception as err:  # noqa: BLE001 - a bug in a check must not end this endpoint's probing
+                log.error("prober: endpoint %s of %s/%s: the %s probe failed unexpectedly", key[2], key[0], key[1],
+                          target.probe.kind, exc_info=True)  # fmt: skip
+                result = Result(False, f"probe error: {type(err).__name__}")
+            if self.metrics is not None:
+                self.metrics.observe(target.probe.kind, result, self._clock() - started)
+        if self.endpoint_states.get(key) is not state:  # the endpoint left, or its probe changed, meanwhile
+            return
+        new = observe(state, result.ok, result.reason, started, self._rng.random())
+        self.endpoint_states[key] = new
+        heapq.heappush(self._endpoint_due, (new.due, key))
+        ns, name, addr = key
+        if new.ready != state.ready:
+            passing = self.endpoint_passing.get((ns, name), frozenset())
+            passing = passing | {addr} if new.ready else passing - {addr}
+            self.endpoint_passing = {**self.endpoint_passing, (ns, name): passing}
+            if new.ready:
+                log.info("prober: endpoint %s of Service %s/%s is ready", addr, ns, name)
+            else:
+                log.warning("prober: endpoint %s of Service %s/%s is not ready: %d probes failed, the last: %s",
+                            addr, ns, name, new.failures, new.reason)  # fmt: skip
+        reason = "" if new.ready else new.reason or self.endpoint_failing.get(key, "")
+        if new.ready and key in self.endpoint_failing:
+            self.endpoint_failing = {k: v for k, v in self.endpoint_failing.items() if k != key}
+        elif not new.ready and self.endpoint_failing.get(key) != reason:
+            self.endpoint_failing = {**self.endpoint_failing, key: reason}
+        else:
+            return
+        self._published_endpoints()
+
+    def _published_endpoints(self) -> None:
+        if self.metrics is not None:
+            failing = len(self.endpoint_failing)
+            self.metrics.endpoint_verdicts(len(self.endpoint_states) - failing, failing)
+
+
+def _forget(running: dict, key: tuple, _task: asyncio.Task) -> None:
     running.pop(key, None)
 
 

@@ -45,7 +45,7 @@ from ..model import (
     parse_ip,
 )
 from ..pod import ContainerPort, Pod
-from .probes import probes_document, probes_from
+from .probes import probe_document, probe_from, probes_document, probes_from
 
 MAX_DOCUMENT_BYTES = 1 << 20  # 1 MiB: a Service with thousands of endpoints fits; a runaway file does not
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -68,6 +68,7 @@ SERVICE_FIELDS = (
     "publishNotReadyAddresses",
     "endpoints",
     "labels",
+    "readinessProbe",  # selector-less Services only: every agent probes the endpoints (svcdns.probe.endpoints)
 )
 PORT_FIELDS = ("name", "protocol", "port", "targetPort")
 ENDPOINT_FIELDS = ("address", "ready", "serving", "terminating", "hostname", "ports", "targetRef")
@@ -275,6 +276,7 @@ def _service(data: Any) -> Service:
         selector=labels_of(selector, "selector"),
         publish_not_ready_addresses=data.get("publishNotReadyAddresses", False),
         labels=labels_of(_labels(data), "labels"),
+        readiness_probe=probe_from(data["readinessProbe"]) if data.get("readinessProbe") is not None else None,
     )
 
 
@@ -391,6 +393,8 @@ def to_document(svc: Service, *, with_vips: bool = True) -> dict[str, Any]:
             out["publishNotReadyAddresses"] = True
     else:
         out["endpoints"] = [endpoint_document(e) for e in svc.endpoints]
+        if svc.readiness_probe is not None:
+            out["readinessProbe"] = probe_document(svc.readiness_probe)
     return out
 
 

@@ -213,3 +213,16 @@ def test_pod_statuses_are_kept_apart_from_the_records_and_watched_like_pods(regi
         watcher.close()
         if lease is not None:
             lease.release()
+
+
+def test_a_selector_less_services_readiness_probe_is_kept_and_a_bad_one_named(registry):
+    from svcdns.pod import Probe
+
+    probe = Probe("tcpSocket", "http", period=2)
+    registry.open().create(web(endpoints=(Endpoint("10.0.1.5"),), readiness_probe=probe))
+    assert registry.open().get("default", "web").readiness_probe == probe
+    assert registry.open().snapshot().table.get("default", "web").readiness_probe == probe
+    registry.write_raw("default", "sel", {"name": "sel", "ports": [{"port": 81}], "selector": {"app": "x"},
+                                          "readinessProbe": {"tcpSocket": {"port": 81}}})  # fmt: skip
+    error = registry.open().snapshot().errors[registry.source("default", "sel")]
+    assert "readinessProbe" in error and "its pods carry their own" in error
