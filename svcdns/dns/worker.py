@@ -16,6 +16,7 @@ The control pipe carries ``(seq, verb, arg)`` requests; every request but ``stop
 
 from __future__ import annotations
 
+import gc
 import logging
 import pickle
 import selectors
@@ -189,6 +190,11 @@ class Worker:
                 self.configure(settings)
             # one assignment: every answer after this comes from the new zone
             self.zone = apply_delta(self.zone, arg) if verb == "delta" else arg
+            if verb != "delta":
+                # a whole zone is long-lived and holds no cycles: out of the collector's generations,
+                # a gen-2 pass no longer walks its ~100k objects (at 10k Services) while queries wait
+                gc.collect()
+                gc.freeze()
             for cache in (*self.udp_cache, *self.tcp_cache):
                 cache.clear()
             self.control.send((seq, "ok"))
@@ -513,6 +519,8 @@ def worker_main(settings: Settings, control: Connection, sockets: list[tuple[soc
     worker = Worker(settings, control, sockets)
     if zone is not None:
         worker.zone = zone
+    gc.collect()
+    gc.freeze()  # the imports and the zone it starts from (see on_control)
     worker.register()
     control.send((0, "ready"))
     worker.run()
