@@ -21,11 +21,12 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..registry.documents import endpoint_document, from_document, to_document
 from ..registry.files.store import STATE_DIR, atomic_write
-from ..table import Key, ServiceTable
+from ..table import Key, ServiceTable, changed_keys
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ def cache_path(registry: str, env: dict[str, str] | None = None) -> Path | None:
 class ZoneCache:
     def __init__(self, path: Path, registry: str, interval: float = INTERVAL) -> None:
         self.path, self.registry, self.interval = path, registry, interval
-        self._docs: dict[Key, tuple[object, bytes]] = {}  # key -> (the Service, its JSON)
+        self._docs: dict[Key, bytes] = {}  # key -> the Service's JSON, as of self._table
+        self._table: ServiceTable | None = None
         self._pending: ServiceTable | None = None
         self._saved_serial = -1
         self._cond = threading.Condition()
@@ -95,21 +97,26 @@ class ZoneCache:
         """The file for ``table``, in pieces (written one after the other: joining a 10k-Service
         zone's JSON, then encoding it, left the agent 22 MB larger); only Services that changed since
         the last call are encoded again."""
-        docs: dict[Key, tuple[object, bytes]] = {}
-        for svc in table:
-            kept = self._docs.get(svc.key)
-            if kept is None or kept[0] is not svc:
-                doc = to_document(svc)
-                if "selector" in doc:  # the zone needs the endpoints the pods gave, not how to find them
-                    del doc["selector"]
-                    doc.pop("publishNotReadyAddresses", None)
-                    doc["endpoints"] = [endpoint_document(e) for e in svc.endpoints]
-                kept = (svc, json.dumps(doc, separators=(",", ":")).encode())
-            docs[svc.key] = kept
-        self._docs = docs
+        docs = self._docs
+        if self._table is None:
+            keys: Iterable[Key] = list(table.services)
+        else:  # from the table's lineage: what changed since the last save, not every Service
+            keys = changed_keys(self._table, table)
+        for key in keys:
+            svc = table.services.get(key)
+            if svc is None:
+                docs.pop(key, None)
+                continue
+            doc = to_document(svc)
+            if "selector" in doc:  # the zone needs the endpoints the pods gave, not how to find them
+                del doc["selector"]
+                doc.pop("publishNotReadyAddresses", None)
+                doc["endpoints"] = [endpoint_document(e) for e in svc.endpoints]
+            docs[key] = json.dumps(doc, separators=(",", ":")).encode()
+        self._table = table
         head = json.dumps({"version": VERSION, "registry": self.registry, "revision": table.revision})
         pieces = [f'{head[:-1]}, "services": ['.encode()]
-        for i, (_, text) in enumerate(docs.values()):
+        for i, text in enumerate(docs.values()):
             if i:
                 pieces.append(b",")
             pieces.append(text)

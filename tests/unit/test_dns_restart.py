@@ -192,6 +192,21 @@ def test_the_zone_source_round_trips(tmp_path):
     assert oct((tmp_path / "dns-zone.json").stat().st_mode & 0o777) == "0o600"
 
 
+def test_later_saves_encode_what_changed_and_read_back_as_the_latest_table(tmp_path):
+    """A save re-encodes only the Services changed since the last one (from the table's lineage);
+    an update, a delete and an addition all reach the file."""
+    cache = ZoneCache(tmp_path / "dns-zone.json", "/reg")
+    cache.save(TABLE)
+    first, *rest = list(TABLE)
+    changed = TABLE.replace([first.with_endpoints(()), Service("late", ports=(ServicePort(80),),
+                                                                 cluster_ips=("10.96.9.9",))],
+                            deletes=[rest[0].key])  # fmt: skip
+    cache.save(changed)
+    got = ZoneCache(tmp_path / "dns-zone.json", "/reg").load()
+    assert got is not None and {s.key for s in got} == {s.key for s in changed}
+    assert got.get(first.namespace, first.name).endpoints == ()
+
+
 @pytest.mark.parametrize("content", [
     b"{not json", b"[]", json.dumps({"version": 0, "registry": "/reg", "services": []}).encode(),
     json.dumps({"version": 1, "registry": "/reg", "services": [{"name": "Bad_Name"}]}).encode(),
