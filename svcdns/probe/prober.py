@@ -235,28 +235,37 @@ class Prober:
             log.info("prober: %d pod statuses written again (missing or changed behind the prober's back)", len(fixed - unwritten))
         self._written = verdicts
 
+    async def _run(self, run: Callable[[], Awaitable[Result]], probe: Probe, what: str, bound: bool) -> tuple[float, Result]:
+        """One check of a pod's or an endpoint's probe: when it started and its result, never an
+        exception (a timeout, or a bug in a check, is a failing result with its reason); counted."""
+        started = self._clock()
+        try:
+            if bound:
+                async with asyncio.timeout(probe.timeout + 0.5):
+                    result = await run()
+            else:
+                result = await run()
+        except TimeoutError:
+            result = Result(False, f"timeout after {probe.timeout} s", timed_out=True)
+        except Exception as err:  # noqa: BLE001 - a bug in a check must not end this target's probing
+            log.error("prober: %s: the %s probe failed unexpectedly", what, probe.kind, exc_info=True)
+            result = Result(False, f"probe error: {type(err).__name__}")
+        if self.metrics is not None:
+            self.metrics.observe(probe.kind, result, self._clock() - started)
+        return started, result
+
     async def _probe(self, key: ProbeKey, state: ProbeState, slots: asyncio.Semaphore, io: ThreadPoolExecutor) -> None:
         pod_key = (key[0], key[1])
         async with slots:
             pod = self._pods.get(pod_key)
             if pod is None:
                 return
-            started = self._clock()
-            try:
-                if state.probe.kind == "exec" and not self.exec_probes:
-                    result = Result(False, EXEC_DISABLED)
-                elif self._check is check:  # every kind keeps its own timeout
-                    result = await check(pod, state.probe)
-                else:  # one given by the caller may not: bound it
-                    async with asyncio.timeout(state.probe.timeout + 0.5):
-                        result = await self._check(pod, state.probe)
-            except TimeoutError:
-                result = Result(False, f"timeout after {state.probe.timeout} s", timed_out=True)
-            except Exception as err:  # noqa: BLE001 - a bug in a check must not end this pod's probing
-                log.error("prober: pod %s/%s: the %s probe failed unexpectedly", *pod_key, state.probe.kind, exc_info=True)
-                result = Result(False, f"probe error: {type(err).__name__}")
-            if self.metrics is not None:
-                self.metrics.observe(state.probe.kind, result, self._clock() - started)
+            if state.probe.kind == "exec" and not self.exec_probes:
+                run: Callable[[], Awaitable[Result]] = functools.partial(_result, Result(False, EXEC_DISABLED))
+            else:
+                run = functools.partial(self._check, pod, state.probe)
+            # every kind of check keeps its own timeout; one given by the caller may not: bound it
+            started, result = await self._run(run, state.probe, f"pod {pod_key[0]}/{pod_key[1]}", bound=self._check is not check)
         if self.states.get(key) is not state:  # the pod left, or its probe changed, meanwhile
             return
         new = observe(state, result.ok, result.reason, started, self._rng.random())
@@ -337,18 +346,8 @@ class Prober:
         if target is None:
             return
         async with slots:
-            started = self._clock()
-            try:
-                async with asyncio.timeout(target.probe.timeout + 0.5):  # each kind keeps its own: a fake may not
-                    result = await self._endpoint_check(target.probe, target.host, target.port)
-            except TimeoutError:
-                result = Result(False, f"timeout after {target.probe.timeout} s", timed_out=True)
-            except Exception as err:  # noqa: BLE001 - a bug in a check must not end this endpoint's probing
-                log.error("prober: endpoint %s of %s/%s: the %s probe failed unexpectedly", key[2], key[0], key[1],
-                          target.probe.kind, exc_info=True)  # fmt: skip
-                result = Result(False, f"probe error: {type(err).__name__}")
-            if self.metrics is not None:
-                self.metrics.observe(target.probe.kind, result, self._clock() - started)
+            run = functools.partial(self._endpoint_check, target.probe, target.host, target.port)
+            started, result = await self._run(run, target.probe, f"endpoint {key[2]} of {key[0]}/{key[1]}", bound=True)
         if self.endpoint_states.get(key) is not state:  # the endpoint left, or its probe changed, meanwhile
             return
         new = observe(state, result.ok, result.reason, started, self._rng.random())
@@ -381,6 +380,10 @@ class Prober:
 
 def _forget(running: dict, key: tuple, _task: asyncio.Task) -> None:
     running.pop(key, None)
+
+
+async def _result(result: Result) -> Result:
+    return result
 
 
 __all__ = ["Prober"]
