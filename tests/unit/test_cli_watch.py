@@ -58,10 +58,16 @@ def watching(monkeypatch, argv, steps):
         finally:
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
+    # Ctrl-C must raise KeyboardInterrupt whatever this process inherited: a shell starting a job in
+    # the background (`bash .ci/run &`) leaves SIGINT ignored, and the watch then never ended
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     helper = threading.Thread(target=drive)
     helper.start()
-    code = main(argv)
-    helper.join()
+    try:
+        code = main(argv)
+    finally:
+        helper.join()
+        signal.signal(signal.SIGINT, previous)
     return code, out.lines(), missed
 
 
