@@ -80,6 +80,25 @@ def test_new_subdirectories_are_watched(watch):
     assert ("team", "b") not in snap.services and ("default", "c") not in snap.services
 
 
+def test_a_file_renamed_into_a_new_directory_as_the_watch_is_added_is_not_missed(watch):
+    """A writer makes ``default/`` and renames ``db.yaml`` into it at once: the rename may land after
+    the directory's listing and before its watch. Each directory is watched before it is listed."""
+    watch.start()
+    real = watch._inotify.add_watch
+
+    def add_watch(path, mask):  # the writer's rename lands just as the new directory gets its watch
+        if str(path).endswith("default") and (watch.root / "default" / ".db.tmp").exists():
+            os.rename(watch.root / "default" / ".db.tmp", watch.root / "default" / "db.yaml")
+        return real(path, mask)
+
+    watch._inotify.add_watch = add_watch
+    (watch.root / "default").mkdir()
+    (watch.root / "default" / ".db.tmp").write_text("name: db\nports: [{port: 80}]\n")
+    snap = next_snapshot(watch)
+    while ("default", "db") not in snap.services:
+        snap = next_snapshot(watch, timeout=2)
+
+
 def test_a_bad_edit_is_reported_and_the_last_good_version_stays(watch):
     watch.start()
     (watch.root / "a.yaml").write_text(A)

@@ -183,20 +183,29 @@ class FileWatcher(WatchBase):
         return True
 
     def _watch_tree(self, rel_dir: str) -> list[str]:
-        """Watch ``rel_dir`` and its subdirectories; return the service files found in them."""
+        """Watch ``rel_dir`` and its subdirectories; return the service files found in them. Each
+        directory is watched before it is listed: a file renamed into a new directory between the
+        listing and the watch was neither listed nor reported (a writer that makes ``default/`` and
+        puts ``db.yaml`` in it at once had its Service missed until the next rescan)."""
         assert self._inotify is not None
         found: list[str] = []
-        base = self.registry.root / rel_dir if rel_dir else self.registry.root
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        pending = [self.registry.root / rel_dir if rel_dir else self.registry.root]
+        while pending:
+            dirpath = pending.pop()
             rel = os.path.relpath(dirpath, self.registry.root)
             rel = "" if rel == "." else rel
             try:
                 wd = self._inotify.add_watch(dirpath, _DIR_MASK)
-            except FileNotFoundError:
+                entries = list(os.scandir(dirpath))
+            except (FileNotFoundError, NotADirectoryError):
                 continue  # removed while we walked
             self._dirs[wd] = rel
-            found.extend(f"{rel}/{n}" if rel else n for n in filenames if is_service_file(n))
+            for entry in entries:
+                if entry.is_dir():  # a link to a directory is not followed, as os.walk does not
+                    if not entry.name.startswith(".") and not entry.is_symlink():
+                        pending.append(Path(entry.path))
+                elif is_service_file(entry.name):
+                    found.append(f"{rel}/{entry.name}" if rel else entry.name)
         return found
 
     def _apply_deletes(self) -> Snapshot | None:
