@@ -43,14 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from svcdns.testing.lab import Lab, wait_for  # noqa: E402
 
 SVCDNS = """
-import signal, sys, threading
+import ipaddress, signal, sys, threading
 from svcdns.dns.server import DNSServer
 from svcdns.model import Service, ServicePort
 from svcdns.table import ServiceTable
 n, workers = int(sys.argv[1]), int(sys.argv[2])
 base = 167772160 + 6291456 + 256  # 10.96.1.0
 t = ServiceTable.of([Service(f"s{i}", namespace="bench", ports=(ServicePort(80),),
-                             cluster_ips=(f"10.96.{(256 + i) >> 8}.{(256 + i) & 255}",)) for i in range(n)])
+                             cluster_ips=(str(ipaddress.ip_address(base + i)),)) for i in range(n)])
 dead = sys.argv[3:]  # an upstream that never answers, for the abuse runs
 srv = DNSServer([("127.0.0.1", 53)], workers=workers, forward=bool(dead), upstreams=dead or None)
 srv.start(); srv.update(t)
