@@ -58,6 +58,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from immutables import Map
+
 from ...model import IPV4, IPV6
 from ...table import Key as ServiceKey
 from ...table import ServiceTable
@@ -84,7 +86,6 @@ from .objects import (
     draw_chain,
     fixed_chains,
 )
-from .persistent import PersistentMap
 from .transaction import (
     AddChain,
     AddElements,
@@ -110,10 +111,10 @@ class Ruleset:
     kernel there; the dataplane keeps the new one only once the kernel accepted it."""
 
     family: str  # "ip" or "ip6"
-    services: PersistentMap[ServiceKey, ServiceObjects] = field(default_factory=PersistentMap)
-    vips: PersistentMap[str, int] = field(default_factory=PersistentMap)  # VIP -> Services using it
-    hairpin: PersistentMap[str, int] = field(default_factory=PersistentMap)  # endpoint address -> Services
-    draws: PersistentMap[int, int] = field(default_factory=PersistentMap)  # N -> ports drawing among N
+    services: Map[ServiceKey, ServiceObjects] = field(default_factory=Map)
+    vips: Map[str, int] = field(default_factory=Map)  # VIP -> Services using it
+    hairpin: Map[str, int] = field(default_factory=Map)  # endpoint address -> Services
+    draws: Map[int, int] = field(default_factory=Map)  # N -> ports drawing among N
     cidrs: tuple[str, ...] = ()  # the family's service CIDRs: what no Service holds there is rejected
 
     def chains(self) -> dict[str, Chain]:
@@ -151,7 +152,7 @@ class Ruleset:
                                         [n for o in new.values() for _, (n,) in o.counts])  # fmt: skip
         hairpin, hairpin_changed = _recount(self.hairpin, [a for o in old.values() for a in o.hairpin],
                                             [a for o in new.values() for a in o.hairpin])  # fmt: skip
-        after = Ruleset(self.family, self.services.evolve(new, [k for k in old if k not in new]), vips, hairpin,
+        after = Ruleset(self.family, _evolve(self.services, new, [k for k in old if k not in new]), vips, hairpin,
                         draws, self.cidrs)  # fmt: skip
 
         old_chains = {c.name: c for o in old.values() for c in o.chains}
@@ -206,9 +207,11 @@ class Ruleset:
 
 
 T = TypeVar("T", str, int)
+K = TypeVar("K")
+V = TypeVar("V")
 
 
-def _recount(counts: PersistentMap[T, int], gone: list[T], came: list[T]) -> tuple[PersistentMap[T, int], set[T]]:
+def _recount(counts: Map[T, int], gone: list[T], came: list[T]) -> tuple[Map[T, int], set[T]]:
     """``counts`` with one use fewer of each of ``gone`` and one more of each of ``came``; and the
     items whose presence changed (counted from 0 to more, or down to 0)."""
     delta: dict[T, int] = {}
@@ -228,7 +231,18 @@ def _recount(counts: PersistentMap[T, int], gone: list[T], came: list[T]) -> tup
             deletes.append(item)
         if (before > 0) != (now > 0):
             changed.add(item)
-    return counts.evolve(updates, deletes), changed
+    return _evolve(counts, updates, deletes), changed
+
+
+def _evolve(m: Map[K, V], updates: Mapping[K, V], deletes: Iterable[K] = ()) -> Map[K, V]:
+    """``m`` with ``deletes`` removed, then ``updates`` set; ``m`` stays as it was."""
+    with m.mutate() as out:
+        for k in deletes:
+            out.pop(k, None)
+        for k, v in updates.items():
+            out[k] = v
+        new: Map[K, V] = out.finish()
+    return new
 
 
 def service_objects(svc, family: str) -> ServiceObjects | None:
@@ -267,8 +281,7 @@ def build(table: ServiceTable, family: str = IPV4, cidrs: Iterable[str] = ()) ->
                 draws[n] = draws.get(n, 0) + 1
     version = 4 if family == IPV4 else 6
     mine = tuple(str(n) for n in map(ipaddress.ip_network, cidrs) if n.version == version)
-    return Ruleset(FAMILIES[family], PersistentMap(services), PersistentMap(vips), PersistentMap(hairpin),
-                   PersistentMap(draws), mine)  # fmt: skip
+    return Ruleset(FAMILIES[family], Map(services), Map(vips), Map(hairpin), Map(draws), mine)
 
 
 def stamp(tx: Transaction, note: str) -> None:
