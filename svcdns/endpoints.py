@@ -29,7 +29,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 
-from .model import EXTERNAL_NAME, Endpoint, Labels, Service, family_of, matches
+from .labels import Labels, matches
+from .model import EXTERNAL_NAME, Endpoint, Service, family_of
 from .pod import Pod, PodStatus, readiness
 
 Key = tuple[str, str]

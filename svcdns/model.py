@@ -1,9 +1,11 @@
-"""Service, ServicePort, Endpoint, Probe: the trimmed internal types every other module works on (Probe
-is a pod's readiness probe, and a selector-less Service's: both carry one).
+"""Service, ServicePort, Endpoint: the trimmed internal types every other module works on.
 
 They are frozen, normalised on arrival (addresses are ``ipaddress`` objects, protocols upper-case) and
 validated in the constructor. Registry data (YAML/JSON files, etcd values) enters and leaves
-through :mod:`svcdns.registry.documents`, the one codec between documents and these types.
+through :mod:`svcdns.registry.documents`, the one codec between documents and these types. The field
+grammars they share with pods and probes are in :mod:`svcdns.validate` (names, ports, addresses) and
+:mod:`svcdns.labels` (labels and selectors); a readiness probe, which a selector-less Service may
+carry, is :class:`svcdns.probe.spec.Probe`.
 
 Every validation failure raises :class:`ValidationError`, which names the field, the value, and what
 would be valid.
@@ -16,16 +18,22 @@ the label keys and values and port names once found valid are remembered (a boun
 
 from __future__ import annotations
 
-import ipaddress
-import re
-import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import MAX_VALUE, UsageError, shorten
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from .labels import Labels, labels_of
+from .probe.spec import Probe
+from .validate import (
+    IPAddress,
+    ValidationError,
+    check_bool,
+    check_dns_name,
+    check_label,
+    check_port_name,
+    check_port_number,
+    parse_ip,
+)
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 CLUSTER_IP = "ClusterIP"
@@ -40,174 +48,9 @@ DEFAULT_NAMESPACE = "default"
 IPV4 = "IPv4"
 IPV6 = "IPv6"
 
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-# a port name (IANA_SVC_NAME): 1-15 chars, lower-case alphanumerics and '-', at least one letter, no '--'
-_PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
-_DNS_NAME_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
-
-
-class ValidationError(UsageError, ValueError):
-    """A Service, port or endpoint is not valid: ``field`` is where, ``value`` is what was found
-    (shown cut to a sane length), ``reason`` what would be valid. A usage error (exit 2), and a
-    ValueError for callers that treat it as one."""
-
-    def __init__(self, field: str, value: Any, reason: str) -> None:
-        self.reason = reason
-        field = field[:MAX_VALUE]  # a field name can come from the document too (an endpoint's port name)
-        super().__init__(f"{field}: {shorten(value)}: {reason}", field=field, value=value, expected=reason)
-
-    def within(self, prefix: str) -> ValidationError:
-        """The same error, located inside ``prefix`` (e.g. ``ports[1]``)."""
-        return ValidationError(f"{prefix}.{self.field}" if self.field else prefix, self.value, self.reason)
-
-
-def check_label(field_name: str, value: Any) -> str:
-    """An RFC 1123 DNS label: what Service names and namespaces must be."""
-    if not isinstance(value, str):
-        raise ValidationError(field_name, value, "must be a string")
-    if not _LABEL.fullmatch(value):
-        raise ValidationError(
-            field_name,
-            value,
-            "must be an RFC 1123 DNS label: 1-63 lower-case letters, digits or '-', "
-            "starting and ending with a letter or digit",
-        )
-    return value
-
-
-def check_port_number(field_name: str, value: Any) -> int:
-    """A port number, 1-65535; a string of ASCII digits is taken too (``port: "80"``)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 5:
-            value = int(value)
-        else:
-            raise ValidationError(field_name, value, "must be a port number from 1 to 65535")
-    if not 1 <= value <= 65535:
-        raise ValidationError(field_name, value, "must be a port number from 1 to 65535")
-    return value
-
-
-def parse_ip(field_name: str, value: Any) -> IPAddress:
-    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-        return value
-    if not isinstance(value, str):
-        raise ValidationError(field_name, value, "must be an IPv4 or IPv6 address")
-    try:
-        # a dotted quad takes the C parser, which accepts what ipaddress does (four decimal octets,
-        # no leading zeros) at a tenth of its cost: every pod and endpoint address comes through here
-        packed = socket.inet_pton(socket.AF_INET, value)
-    except (OSError, ValueError):
-        pass
-    else:
-        first = packed[0]
-        if first == 127 or 224 <= first <= 239 or packed == b"\0\0\0\0":
-            raise ValidationError(field_name, value, "must be a unicast address (not unspecified, multicast or loopback)")
-        return ipaddress.IPv4Address(packed)
-    try:
-        ip = ipaddress.ip_address(value.strip())
-    except ValueError:
-        raise ValidationError(field_name, value, "must be an IPv4 or IPv6 address") from None
-    if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
-        raise ValidationError(field_name, value, "must be a unicast address (not unspecified, multicast or loopback)")
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        raise ValidationError(field_name, value, "IPv4-mapped IPv6 addresses are not allowed; write the IPv4 address")
-    return ip
-
-
-Labels = tuple[tuple[str, str], ...]  # sorted (key, value) pairs: hashable, comparable, cheap to index
-
-# Kubernetes' label syntax: an optional DNS-subdomain prefix and '/', then a name of at most 63
-# characters; values at most 63 characters, possibly empty; both [A-Za-z0-9] at the ends, -_. inside.
-_LABEL_PART = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-
-
-# label keys and values found valid, so that the same ones (a Service's selector and each of its
-# pods' labels, read again at every change) are not matched again; cleared when full
-_VALID_KEYS: set[str] = set()
-_VALID_VALUES: set[str] = set()
-_VALID_PORT_NAMES: set[str] = set()
-_MEMO_MAX = 1 << 16
-
-
-def _memo(known: set[str], text: str) -> None:
-    if len(known) >= _MEMO_MAX:
-        known.clear()
-    known.add(text)
-
-
-def check_label_key(field: str, key: object) -> str:
-    if type(key) is str and key in _VALID_KEYS:
-        return key
-    if not isinstance(key, str) or not key:
-        raise ValidationError(field, key, "a label key must be a non-empty string")
-    prefix, _, name = key.rpartition("/")
-    if prefix and (len(prefix) > 253 or not _PREFIX.fullmatch(prefix)):
-        raise ValidationError(field, key, "the prefix of a label key must be a DNS subdomain (e.g. example.com/)")
-    if not name or not _LABEL_PART.fullmatch(name):
-        raise ValidationError(field, key, "a label name must be 1-63 characters [A-Za-z0-9-_.], "
-                                          "starting and ending with a letter or digit")  # fmt: skip
-    if type(key) is str:
-        _memo(_VALID_KEYS, key)
-    return key
-
-
-def check_label_value(field: str, value: object) -> str:
-    if type(value) is str and value in _VALID_VALUES:
-        return value
-    if not isinstance(value, str) or not _LABEL_PART.fullmatch(value):
-        raise ValidationError(field, value, "a label value must be at most 63 characters [A-Za-z0-9-_.], "
-                                            "starting and ending with a letter or digit (or empty)")  # fmt: skip
-    if type(value) is str:
-        _memo(_VALID_VALUES, value)
-    return value
-
-
-def labels_of(data: Mapping[str, str] | Iterable[tuple[str, str]], field: str = "labels") -> Labels:
-    """Validated, sorted (key, value) pairs from a mapping or pairs."""
-    pairs = data.items() if isinstance(data, Mapping) else data
-    out: dict[str, str] = {}
-    for key, value in pairs:
-        out[check_label_key(f"{field}.{key}", key)] = check_label_value(f"{field}.{key}", value)
-    return tuple(sorted(out.items()))
-
-
-def parse_selector(text: str, field: str = "selector") -> Labels:
-    """``app=web,tier=front`` (``==`` also accepted): the equality-based selectors of ``-l`` and
-    ``--selector``. An empty text selects nothing on a Service (it has no selector)."""
-    pairs: list[tuple[str, str]] = []
-    for term in (t.strip() for t in text.split(",")):
-        if not term:
-            continue
-        key, sep, value = term.replace("==", "=").partition("=")
-        if not sep or "!" in key:
-            raise ValidationError(field, text, "expected key=value[,key=value...] (equality only), e.g. app=web")
-        if any(k == key.strip() and v != value.strip() for k, v in pairs):
-            raise ValidationError(field, text, f"label {key.strip()!r} is given two values; no object has both")
-        pairs.append((key.strip(), value.strip()))
-    return labels_of(pairs, field)
-
-
-def matches(selector: Labels, labels: Labels) -> bool:
-    """Whether ``labels`` hold every pair of a non-empty ``selector`` (an empty one matches nothing,
-    as a Service without a selector selects no pod)."""
-    if not selector:
-        return False
-    # both are sorted pairs with one value per key: a pair is held iff it is one of the labels
-    # (three calls per pod in a full read: no dict built for each)
-    if len(selector) == 1:
-        return selector[0] in labels
-    return all(pair in labels for pair in selector)
-
 
 def family_of(ip: IPAddress) -> str:
     return IPV4 if ip.version == 4 else IPV6
-
-
-def _check_bool(field_name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValidationError(field_name, value, "must be true or false")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,21 +85,6 @@ class ServicePort:
         else:
             target = f":{self.target_port}" if self.target_port != self.port else ""
         return f"{head}{self.port}{target}/{self.protocol.lower()}"
-
-
-def check_port_name(field_name: str, value: Any) -> str:
-    """A port name (IANA_SVC_NAME), as Service ports, container ports and named targetPorts use."""
-    if type(value) is str and value in _VALID_PORT_NAMES:
-        return value
-    if not isinstance(value, str) or not _PORT_NAME.fullmatch(value) or "--" in value or not any(c.isalpha() for c in value):
-        raise ValidationError(
-            field_name,
-            value,
-            "a port name must be 1-15 lower-case letters, digits or '-', with at least one letter, "
-            "starting and ending with a letter or digit, and no '--'",
-        )
-    _memo(_VALID_PORT_NAMES, value)
-    return value
 
 
 def parse_port_spec(spec: str) -> ServicePort:
@@ -313,11 +141,11 @@ class Endpoint:
         object.__setattr__(self, "address", parse_ip("address", self.address))
         if self.pod:
             check_label("pod", self.pod)
-        _check_bool("ready", self.ready)
-        _check_bool("terminating", self.terminating)
+        check_bool("ready", self.ready)
+        check_bool("terminating", self.terminating)
         if self.serving is None:
             object.__setattr__(self, "serving", self.ready)
-        _check_bool("serving", self.serving)
+        check_bool("serving", self.serving)
         if self.hostname:
             check_label("hostname", self.hostname)
         ports = []
@@ -378,7 +206,7 @@ class Service:
         check_label("namespace", self.namespace)
         object.__setattr__(self, "selector", labels_of(self.selector, "selector"))
         object.__setattr__(self, "labels", labels_of(self.labels, "labels"))
-        _check_bool("publishNotReadyAddresses", self.publish_not_ready_addresses)
+        check_bool("publishNotReadyAddresses", self.publish_not_ready_addresses)
         if self.type not in SERVICE_TYPES:
             raise ValidationError("type", self.type, f"must be one of {', '.join(SERVICE_TYPES)}")
         ports = tuple(self.ports)
@@ -431,7 +259,7 @@ class Service:
         if self.type == EXTERNAL_NAME:
             if not self.external_name:
                 raise ValidationError("externalName", self.external_name, "is required for type ExternalName")
-            object.__setattr__(self, "external_name", _check_dns_name("externalName", self.external_name))
+            object.__setattr__(self, "external_name", check_dns_name("externalName", self.external_name))
             if ips:
                 raise ValidationError("clusterIP", str(ips[0]), "an ExternalName Service has no VIP")
         elif self.external_name:
@@ -530,17 +358,8 @@ class Service:
         out._check_endpoints()
         return out
 
+
 _SERVICE_FIELDS = tuple(f.name for f in fields(Service))
-
-
-def _check_dns_name(field_name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValidationError(field_name, value, "must be a DNS name such as example.org")
-    name = value.rstrip(".").lower()
-    labels = name.split(".")
-    if not name or len(name) > 253 or not all(_DNS_NAME_LABEL.fullmatch(label) for label in labels):
-        raise ValidationError(field_name, value, "must be a DNS name such as example.org (labels of 1-63 characters)")
-    return name
 
 
 # The cluster DNS address as a Service, as Kubernetes names it: the zone answers its names and
@@ -548,89 +367,6 @@ def _check_dns_name(field_name: str, value: Any) -> str:
 # agent itself answers there, no DNAT rule must catch it). A registry Service of that name wins.
 CLUSTER_DNS_SERVICE = Service("kube-dns", "kube-system", ports=(ServicePort(53, "UDP", name="dns"),
                               ServicePort(53, "TCP", name="dns-tcp")))  # fmt: skip
-
-
-# ---- readiness probes: a Pod's (svcdns.pod) and a selector-less Service's (svcdns.probe.endpoints) ----
-
-PROBE_KINDS = ("tcpSocket", "httpGet", "grpc", "exec")
-SCHEMES = ("HTTP", "HTTPS")
-MAX_COMMAND = 64  # exec arguments; each at most 4096 characters
-
-
-@dataclass(frozen=True, slots=True)
-class Probe:
-    """A readiness probe, with Kubernetes' fields and defaults. ``kind`` is ``tcpSocket`` (a connection
-    is accepted), ``httpGet`` (200 <= status < 400), ``grpc`` (the standard health service answers
-    SERVING for ``service``) or ``exec`` (``command`` exits 0). ``port`` is a number or, for
-    tcpSocket and httpGet, one of the pod's port names (grpc takes a number, as in Kubernetes); exec
-    has none. ``container`` names the container whose probe it is (a manifest's
-    ``spec.containers[].name``), to say which one fails. Seconds are whole numbers, as in Kubernetes;
-    the timeout may not exceed the period."""
-
-    kind: str
-    port: int | str = 0
-    path: str = "/"
-    scheme: str = "HTTP"
-    http_headers: tuple[tuple[str, str], ...] = ()
-    command: tuple[str, ...] = ()  # exec
-    service: str = ""  # grpc: the health service's name ("": the server as a whole)
-    initial_delay: int = 0  # initialDelaySeconds
-    period: int = 10  # periodSeconds
-    timeout: int = 1  # timeoutSeconds
-    success_threshold: int = 1
-    failure_threshold: int = 3
-    container: str = ""
-
-    def __post_init__(self) -> None:
-        if self.kind not in PROBE_KINDS:
-            raise ValidationError("readinessProbe", self.kind, f"must have one of {', '.join(PROBE_KINDS)}")
-        where = f"readinessProbe.{self.kind}"
-        port = self.port
-        if self.kind == "exec":
-            self._check_command(where)
-        elif port in (0, "", None):
-            raise ValidationError(f"{where}.port", None, "is required")
-        elif isinstance(port, str) and not (port.isascii() and port.isdigit()):
-            if self.kind == "grpc":
-                raise ValidationError(f"{where}.port", port, "must be a port number from 1 to 65535 (gRPC probes take no port name)")
-            check_port_name(f"{where}.port", port)
-        else:
-            object.__setattr__(self, "port", check_port_number(f"{where}.port", port))
-        if not isinstance(self.path, str) or not self.path.startswith("/") or any(c in self.path for c in " \r\n"):
-            raise ValidationError(f"{where}.path", self.path, "must be a path starting with '/', without spaces")
-        scheme = self.scheme.upper() if isinstance(self.scheme, str) else self.scheme
-        if scheme not in SCHEMES:
-            raise ValidationError(f"{where}.scheme", self.scheme, "must be HTTP or HTTPS")
-        object.__setattr__(self, "scheme", scheme)
-        for i, (name, value) in enumerate(self.http_headers):
-            if not isinstance(name, str) or not _TOKEN.fullmatch(name) or not isinstance(value, str) or any(
-                c in value for c in "\r\n\0"
-            ):
-                raise ValidationError(f"{where}.httpHeaders[{i}]", {"name": name, "value": value},
-                                      "must be {name: a header name, value: text on one line}")  # fmt: skip
-        if not isinstance(self.service, str) or len(self.service) > 255 or any(c in self.service for c in "\r\n\0"):
-            raise ValidationError(f"{where}.service", self.service, "must be a service name on one line (at most 255 characters)")
-        if self.container:
-            check_label("container", self.container)
-        for attr, low in (("initial_delay", 0), ("period", 1), ("timeout", 1), ("success_threshold", 1),
-                          ("failure_threshold", 1)):  # fmt: skip
-            value = getattr(self, attr)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 86400:
-                raise ValidationError(f"readinessProbe.{_FIELD_NAMES[attr]}", value, f"must be a whole number from {low} to 86400")
-        if self.timeout > self.period:
-            raise ValidationError("readinessProbe.timeoutSeconds", self.timeout,
-                                  f"must not exceed periodSeconds ({self.period})")  # fmt: skip
-
-    def _check_command(self, where: str) -> None:
-        command = self.command
-        if isinstance(command, str) or not isinstance(command, (tuple, list)) or not command:
-            raise ValidationError(f"{where}.command", list(command) if isinstance(command, tuple) else command, "must be a non-empty list of arguments, e.g. [cat, /tmp/ready]")
-        if len(command) > MAX_COMMAND or not all(isinstance(a, str) and len(a) <= 4096 and "\0" not in a for a in command):
-            raise ValidationError(f"{where}.command", list(command),
-                                  f"must be at most {MAX_COMMAND} text arguments without NUL")  # fmt: skip
-        if not command[0]:
-            raise ValidationError(f"{where}.command[0]", "", "must name the program to run")
-        object.__setattr__(self, "command", tuple(command))
 
 
 def check_service_probe(svc: Service) -> None:
@@ -654,8 +390,3 @@ def check_service_probe(svc: Service) -> None:
         names = ", ".join(p.name for p in svc.ports if p.name and p.protocol == "TCP") or "none named"
         raise ValidationError(f"readinessProbe.{probe.kind}.port", probe.port,
                               f"names no TCP port of Service {svc.ref}; its ports: {names}")  # fmt: skip
-
-
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")  # an HTTP field name (RFC 9110)
-_FIELD_NAMES = {"initial_delay": "initialDelaySeconds", "period": "periodSeconds", "timeout": "timeoutSeconds",
-                "success_threshold": "successThreshold", "failure_threshold": "failureThreshold"}  # fmt: skip

@@ -1,6 +1,6 @@
 """Pod: a workload with labels and addresses, the other object kind of the registry (Kubernetes' v1 Pod,
 trimmed to what Services need). The label grammar it shares with Service selectors is in
-:mod:`svcdns.model`.
+:mod:`svcdns.labels`.
 
 A Pod is frozen and validated on construction, like a Service. It is spec, written by users and
 ``svcdns apply``; its prober's verdict is status, kept apart (:class:`PodStatus`). ``ready`` is what
@@ -23,20 +23,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .model import (
-    DEFAULT_NAMESPACE,
-    PROBE_KINDS,
-    PROTOCOLS,
-    IPAddress,
-    Labels,
-    Probe,
-    ValidationError,
-    check_label,
-    check_port_name,
-    family_of,
-    labels_of,
-    parse_ip,
-)
+from .labels import Labels, labels_of
+from .model import DEFAULT_NAMESPACE, PROTOCOLS, family_of
+from .probe.spec import PROBE_KINDS, Probe
+from .validate import IPAddress, ValidationError, check_label, check_port_name, parse_ip
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,4 +169,4 @@ def readiness(pod: Pod, status: PodStatus | None) -> tuple[bool, str]:
     return status.ready, status.reason
 
 
-__all__ = ["NOT_PROBED", "PROBE_KINDS", "ContainerPort", "Pod", "PodStatus", "Probe", "readiness"]  # Probe: model's, shared with Services
+__all__ = ["NOT_PROBED", "PROBE_KINDS", "ContainerPort", "Pod", "PodStatus", "Probe", "readiness"]  # Probe: probe.spec's, shared with Services

@@ -19,7 +19,8 @@ from dnslib import QTYPE, DNSRecord
 
 from ..addr import format_hostport, parse_hostport
 from ..errors import UsageError
-from ..model import AFFINITY_CLIENT_IP, CLUSTER_IP, EXTERNAL_NAME, IPV6, Service, family_of, matches
+from ..labels import matches
+from ..model import AFFINITY_CLIENT_IP, CLUSTER_IP, EXTERNAL_NAME, IPV6, Service, family_of
 from ..pod import readiness
 from . import config as configuration
 from .objects import ENDPOINT_HEADER, endpoint_row, registry_of, vips_text

@@ -18,7 +18,8 @@ from dataclasses import replace
 from functools import partial
 
 from ..errors import NotFound, UsageError
-from ..model import PROTOCOLS, check_label_key, check_label_value, labels_of, matches, parse_selector
+from ..labels import check_label_key, check_label_value, labels_of, matches, parse_selector
+from ..model import PROTOCOLS
 from ..pod import ContainerPort, Pod, PodStatus, Probe, readiness
 from ..registry import Snapshot
 from ..registry.documents import dump, pod_document

@@ -26,6 +26,7 @@ from dataclasses import replace
 from functools import partial
 
 from ..errors import NotFound, UsageError
+from ..labels import matches, parse_selector
 from ..model import (
     AFFINITY_CLIENT_IP,
     AFFINITY_NONE,
@@ -36,15 +37,13 @@ from ..model import (
     IPV4,
     IPV6,
     Endpoint,
-    Probe,
     Service,
-    matches,
-    parse_ip,
     parse_port_spec,
-    parse_selector,
 )
+from ..probe.spec import Probe
 from ..registry import Snapshot
 from ..registry.documents import endpoint_document, to_document
+from ..validate import parse_ip
 from . import config as configuration
 from .describe import cmd_service_describe, print_service
 from .follow import follow

@@ -5,7 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from svcdns.endpoints import Derivation, SelectorIndex, derive
-from svcdns.model import Service, ServicePort, ValidationError, labels_of, parse_selector
+from svcdns.labels import labels_of, parse_selector
+from svcdns.model import Service, ServicePort, ValidationError
 from svcdns.pod import ContainerPort, Pod
 
 
@@ -179,7 +180,7 @@ _VALUES = st.sampled_from(["", "web", "db", "1"])
 
 @given(st.dictionaries(_KEYS, _VALUES, max_size=4), st.dictionaries(_KEYS, _VALUES, max_size=4))
 def test_matches_is_every_selector_pair_among_the_labels(selector, labels):
-    from svcdns.model import matches
+    from svcdns.labels import matches
 
     want = bool(selector) and all(labels.get(k) == v for k, v in selector.items())
     assert matches(labels_of(selector), labels_of(labels)) is want

@@ -10,7 +10,8 @@ import pytest
 
 from svcdns.endpoints import Derivation, derive
 from svcdns.errors import RegistryUnavailable
-from svcdns.model import Service, ServicePort, parse_selector
+from svcdns.labels import parse_selector
+from svcdns.model import Service, ServicePort
 from svcdns.pod import Pod
 from svcdns.registry.etcd.keys import Keys, lease_of, node_record
 from svcdns.registry.etcd.lease import NodeLease

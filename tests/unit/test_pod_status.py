@@ -8,7 +8,8 @@ import logging
 import os
 
 from svcdns.endpoints import Derivation
-from svcdns.model import Service, ServicePort, parse_selector
+from svcdns.labels import parse_selector
+from svcdns.model import Service, ServicePort
 from svcdns.pod import Pod, PodStatus, Probe
 from svcdns.registry.etcd.keys import Keys, status_of, status_value
 from svcdns.registry.etcd.lease import NodeLease

@@ -170,7 +170,7 @@ def test_concurrent_cli_writers_all_land(registry):
 
 
 def test_pod_statuses_are_kept_apart_from_the_records_and_watched_like_pods(registry):
-    from svcdns.model import parse_selector
+    from svcdns.labels import parse_selector
     from svcdns.pod import Pod, PodStatus, Probe
     from svcdns.testing.lab import wait_for
 

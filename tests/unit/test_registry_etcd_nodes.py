@@ -7,7 +7,8 @@ import time
 import pytest
 
 from svcdns.cli import main
-from svcdns.model import Service, ServicePort, parse_selector
+from svcdns.labels import parse_selector
+from svcdns.model import Service, ServicePort
 from svcdns.pod import Pod
 from svcdns.registry import open_registry
 from svcdns.testing.lab import wait_for
