@@ -4,7 +4,8 @@
 
 Needs root; everything runs in lab namespaces. For each size, N Services (10 endpoints each) are
 written to a registry directory, the agent starts in a node namespace, and:
-- start: seconds from the agent's start to /readyz (every rule and name in place);
+- start: seconds from the agent's start to /readyz (every rule and name in place), and the agent
+  process's CPU seconds by then (user + system; robust to a loaded machine, where the wall time is not);
 - RSS: the agent process's peak RSS (VmHWM), and with its DNS worker processes;
 - at 10k Services (else the largest size), ``--changes`` new Services, one after the other: each is
   written as a file (rename into place) by a prober inside the node namespace, which then asks DNS
@@ -154,6 +155,15 @@ def rss(pid: int) -> tuple[float, float]:
     return field(pid, "VmHWM:"), field(pid, "VmRSS:") + sum(field(int(c), "VmRSS:") for c in children)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used (robust to load, where wall time is not)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def agent_cmd(registry: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "svcdns", "agent", "--registry", registry, "--dns-listen", "127.0.0.1:53",
             "--dns-workers", "1", *extra]  # fmt: skip
@@ -175,6 +185,7 @@ def bench_files(n: int, changes: int, burst: int = 0, code: str | None = None) -
             lab.node, agent_cmd(str(registry)), env=env_for(code), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         out = {"start": ready(lab)}
+        out["start_cpu"] = cpu_seconds(proc.pid)  # the agent's own thread(s), not its DNS workers
         # the agent's own PID: `ip netns exec` execs it, so the Popen's PID is the agent
         out["peak_rss"], out["total_rss"] = rss(proc.pid)
         if changes:
@@ -235,7 +246,7 @@ def main() -> None:
         sys.exit("bench/agent.py: needs root (it builds network namespaces)")
     sizes = [int(x) for x in args.sizes.split(",")]
     probe_at = 10_000 if 10_000 in sizes else max(sizes)
-    print("registry | Services | start to ready | agent peak RSS | with DNS workers | new Service -> working name "
+    print("registry | Services | start to ready | CPU to ready | agent peak RSS | with DNS workers | new Service -> working name "
           "and VIP, p50 | p99 | endpoint ready -> VIP connects, p50 | p99 | burst: syncs | last write -> working")  # fmt: skip
 
     def ms(r, a, b):
@@ -247,11 +258,11 @@ def main() -> None:
     for n in sizes:
         for label, code in ([("before", args.base)] if args.base else []) + [("files", None)]:
             r = bench_files(n, args.changes if n == probe_at else 0, args.burst if n == probe_at else 0, code)
-            print(f"{label} | {n:,} | {r['start']:.1f} s | {r['peak_rss']:.0f} MB | {r['total_rss']:.0f} MB | "
+            print(f"{label} | {n:,} | {r['start']:.1f} s | {r['start_cpu']:.1f} s | {r['peak_rss']:.0f} MB | {r['total_rss']:.0f} MB | "
                   f"{ms(r, 'p50', 'p99')} | {ms(r, 'ep50', 'ep99')} | {burst(r)}")  # fmt: skip
     if args.etcd:
         r = bench_etcd(10_000, args.changes)
-        print(f"etcd, 2 agents | 10,000 | {r['start']:.1f} s | - | - | {ms(r, 'p50', 'p99')} | - | -")
+        print(f"etcd, 2 agents | 10,000 | {r['start']:.1f} s | - | - | - | {ms(r, 'p50', 'p99')} | - | -")
 
 
 if __name__ == "__main__":
