@@ -272,15 +272,35 @@ FIXED_SETS = (VIPS, HAIRPIN, SERVICE_IPS, COUNTS, DRAWS, ENDPOINTS)
 class Dnat:
     """A Service port's translation: a uniform pick among ``targets``; with ``affinity`` (seconds,
     ClientIP session affinity) a client keeps its endpoint while it comes back within that time.
-    Target *i* is number *i + 1* in the ``endpoints`` map."""
+    Target *i* is number *i + 1* in the ``endpoints`` map.
 
-    targets: tuple[tuple[str, int], ...]  # (address, port), in a stable order
+    Kept as the addresses and their port (one number when every target has the same, as when the
+    Service port names no per-endpoint port), not as (address, port) pairs: a pair costs 72 bytes,
+    70 MiB at 100k Services of 10 endpoints. :meth:`of` builds it from the pairs, ``targets`` gives
+    them back."""
+
+    addresses: tuple[str, ...]  # in a stable order
+    ports: int | tuple[int, ...] = 0  # each address's port, or the one port they all have
     affinity: int = 0
+
+    @classmethod
+    def of(cls, targets: tuple[tuple[str, int], ...], affinity: int = 0) -> Dnat:
+        addresses = tuple(a for a, _ in targets)
+        ports = tuple(p for _, p in targets)
+        return cls(addresses, ports[0] if ports and ports.count(ports[0]) == len(ports) else ports, affinity)
+
+    @property
+    def targets(self) -> tuple[tuple[str, int], ...]:
+        """(address, port) of each target, in order."""
+        ports = self.ports
+        if isinstance(ports, int):
+            return tuple((a, ports) for a in self.addresses)
+        return tuple(zip(self.addresses, ports, strict=True))
 
     @property
     def shape(self) -> tuple[int, int]:
         """What the chain's rules depend on: a change of anything else is a change of elements."""
-        return len(self.targets), self.affinity
+        return len(self.addresses), self.affinity
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,9 +319,9 @@ class Chain:
     def body(self) -> tuple[Rule, ...]:
         """Every rule of the chain, in order: the fixed ones, or a Service port's draw."""
         d = self.dnat
-        if d is None or not d.targets:
+        if d is None or not d.addresses:
             return self.rules
-        draw: tuple[Rule, ...] = ((SetMark(Draw(len(d.targets))),),)
+        draw: tuple[Rule, ...] = ((SetMark(Draw(len(d.addresses))),),)
         if not d.affinity:
             return draw
         aff = affinity_set(self.name)
@@ -390,7 +410,8 @@ class ServiceObjects:
     vip: str
     ports: tuple[tuple[Key, str, Dnat], ...]  # ((vip, proto, port), chain name ("": not sticky), translation)
     # usable endpoint addresses, once each, in the targets' order: 'a . a' elements of the hairpin
-    # set (a tuple: a frozenset of ten costs 730 bytes, 6 MiB at 10k Services)
+    # set (a tuple: a frozenset of ten costs 730 bytes, 6 MiB at 10k Services; with one port, the
+    # very tuple of its Dnat's addresses)
     hairpin: tuple[str, ...]
 
     @property
@@ -404,7 +425,7 @@ class ServiceObjects:
     @property
     def counts(self) -> tuple[tuple[Key, tuple[int]], ...]:
         """The ``counts`` elements: a port without affinity with N >= 1 endpoints -> N."""
-        return tuple((key, (len(d.targets),)) for key, _, d in self.ports if not d.affinity and d.targets)
+        return tuple((key, (len(d.addresses),)) for key, _, d in self.ports if not d.affinity and d.addresses)
 
     def endpoint_elements(self) -> Iterator[tuple[tuple[str, str, int, int], tuple[str, int]]]:
         """The ``endpoints`` map elements: ((vip, proto, port, number), (address, target port)).
