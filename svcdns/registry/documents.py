@@ -18,6 +18,7 @@ Python's int-string limit, ports in ASCII digits.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -199,9 +200,15 @@ def _port(data: Any) -> ServicePort:
         port=data["port"],
         protocol=data.get("protocol", "TCP"),
         target_port=check_port_number("targetPort", target) if target is not None and not named else 0,
-        name=name,
+        name=_shared(name),
         target_port_name=str(target) if named else "",
     )
+
+
+def _shared(text: Any) -> Any:
+    """One string for the values many Services repeat (a namespace, a port name): each parsed
+    document holds a copy of its own, 50 bytes each, 10 MiB at 100k Services."""
+    return sys.intern(text) if type(text) is str else text
 
 
 def _endpoint(data: Any) -> Endpoint:
@@ -264,7 +271,7 @@ def _service(data: Any) -> Service:
         )
     return Service(
         name=data["name"],
-        namespace=data.get("namespace") or DEFAULT_NAMESPACE,
+        namespace=_shared(data.get("namespace") or DEFAULT_NAMESPACE),
         type=kind,
         ports=tuple(ports),
         cluster_ips=tuple(ips),
