@@ -83,7 +83,7 @@ class DeleteSet:
 @dataclass(frozen=True, slots=True)
 class AddElements:
     decl: SetDecl
-    elements: tuple[Element, ...]
+    elements: tuple[Element, ...] | Iterable[Element]  # a full sync's endpoints: made as encoded (ruleset.py)
 
     def text(self, family: str) -> str:
         elems = ", ".join(self.decl.element_text(e) for e in self.elements)
