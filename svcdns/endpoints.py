@@ -29,6 +29,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 
+from .errors import UsageError
+from .ipam import service_families
 from .labels import Labels, matches
 from .model import EXTERNAL_NAME, Endpoint, Service, family_of
 from .pod import Pod, PodStatus, readiness
@@ -46,9 +48,12 @@ def _no_status(pod: Pod) -> PodStatus | None:
 
 
 def derive(svc: Service, pods: Iterable[Pod], down: AbstractSet[str] = frozenset(),
-           status_of: StatusOf = _no_status) -> tuple[Endpoint, ...]:  # fmt: skip
+           status_of: StatusOf = _no_status, families: tuple[str, ...] | None = None) -> tuple[Endpoint, ...]:  # fmt: skip
     """The endpoints of ``svc`` (which has a selector) from ``pods``, sorted by address; the pods
-    of the nodes in ``down`` are not serving; a probed pod's readiness takes ``status_of(pod)``."""
+    of the nodes in ``down`` are not serving; a probed pod's readiness takes ``status_of(pod)``.
+    ``families``: the Service's resolved families (:func:`svcdns.ipam.service_families`; None: its
+    ``ipFamilies`` as given, () for every family): only these addresses of a dual-stack pod count."""
+    wanted = svc.ip_families if families is None else families
     if svc.type == EXTERNAL_NAME:
         return ()  # a CNAME has no endpoints, whatever it selects (Kubernetes ignores the selector)
     out = []
@@ -69,7 +74,7 @@ def derive(svc: Service, pods: Iterable[Pod], down: AbstractSet[str] = frozenset
             ready = svc.publish_not_ready_addresses or (serving and not pod.terminating)
             hostname = pod.hostname if pod.subdomain == svc.name else ""
             for ip in pod.ips:
-                if svc.ip_families and family_of(ip) not in svc.ip_families:
+                if wanted and family_of(ip) not in wanted:
                     continue  # a single-stack Service takes its family's address of a dual-stack pod
                 # the pod's fields were validated when it was: nothing is checked twice
                 out.append(Endpoint.of_pod(ip, ready, serving, pod.terminating, hostname, named, pod.name))
@@ -138,6 +143,9 @@ class Derivation:
         self._pods_by_node: defaultdict[str, set[Key]] = defaultdict(set)
         self.down: frozenset[str] = frozenset()  # the nodes whose pods are not serving
         self._ips: frozenset[str] | None = None  # the pods' addresses, until a pod changes
+        # the configured families (the service CIDRs', primary first), set by the registry from its
+        # config: what a headless Service's default families resolve against; () = not known
+        self.families: tuple[str, ...] = ()
 
     def pod_ips(self) -> frozenset[str]:
         """Every live pod's addresses (DNS forwards for them): one object while no pod changes."""
@@ -251,7 +259,20 @@ class Derivation:
         single-stack Service takes only its family's addresses), else ``svc`` itself."""
         if not svc.selector:
             return svc
-        return svc.with_endpoints(derive(svc, self.selected(svc), self.down, self.status_of))
+        return svc.with_endpoints(derive(svc, self.selected(svc), self.down, self.status_of, self.families_of(svc)))
+
+    def families_of(self, svc: Service) -> tuple[str, ...]:
+        """The families whose pod addresses ``svc`` takes: its VIPs' (a ClusterIP Service), else
+        what its policy resolves to against :attr:`families` (a headless Service: by default the
+        primary family only, as Kubernetes)."""
+        if svc.has_vip:
+            return svc.ip_families
+        try:
+            return service_families(svc, self.families)
+        except UsageError:
+            # RequireDualStack on a single-stack config: writes refuse it (Allocator.check_service);
+            # one written by hand takes what the config has rather than failing the whole table
+            return self.families
 
 
 __all__ = ["Derivation", "SelectorIndex", "derive", "selects"]

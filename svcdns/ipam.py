@@ -27,10 +27,23 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .errors import SvcdnsError, UsageError
-from .model import IPV4, IPV6, IPAddress, Service, ValidationError, family_of
+from .model import (
+    EXTERNAL_NAME,
+    HEADLESS,
+    IPV4,
+    IPV6,
+    PREFER_DUAL_STACK,
+    REQUIRE_DUAL_STACK,
+    SINGLE_STACK,
+    IPAddress,
+    Service,
+    ValidationError,
+    family_of,
+)
 from .pod import Pod
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -139,6 +152,50 @@ class Pool:
             self.used.pop(off, None)
 
 
+def cidr_families(cidrs: Sequence[str]) -> list[str]:
+    """The families of service CIDRs, each once, the primary (the first CIDR's) first."""
+    out: list[str] = []
+    for c in cidrs:
+        fam = family_of(parse_cidr(c).network_address)
+        if fam not in out:
+            out.append(fam)
+    return out
+
+
+def service_families(svc: Service, configured: Sequence[str]) -> tuple[str, ...]:
+    """The IP families of ``svc``, resolved as Kubernetes' apiserver does against the cluster's
+    families (``configured``: those of the service CIDRs, the primary, the first CIDR's, first).
+
+    - ``ipFamilies`` (or requested VIPs) given: those; PreferDualStack / RequireDualStack add the
+      other configured family to a single one;
+    - none given: PreferDualStack takes every configured family, RequireDualStack both (an error on
+      a single-stack config, as the apiserver refuses it), SingleStack or no policy the primary one;
+    - except a headless Service without a selector and no policy: every configured family (the
+      apiserver makes it RequireDualStack on a dual-stack cluster), so all its explicit endpoints count.
+
+    A ClusterIP Service's VIPs are allocated in these families; a headless Service with a selector
+    takes only these families' addresses of its pods (svcdns.endpoints). ``configured`` empty (not
+    known) leaves the families as given. Pure: the registry passes its configuration.
+    """
+    families = list(svc.ip_families)
+    if svc.type == EXTERNAL_NAME or not configured:
+        return tuple(families)
+    policy = svc.ip_family_policy
+    if not policy and not families and svc.type == HEADLESS and not svc.selector:
+        policy = PREFER_DUAL_STACK
+    if policy == REQUIRE_DUAL_STACK and len(configured) < 2:
+        raise ValidationError(
+            "ipFamilyPolicy", policy, f"needs an IPv4 and an IPv6 service CIDR; only {configured[0]} is configured"
+        )
+    if policy in (PREFER_DUAL_STACK, REQUIRE_DUAL_STACK):
+        if not families:
+            return tuple(configured)
+        return tuple(families + [f for f in configured if f not in families][: 2 - len(families)])
+    if not families:
+        return (configured[0],)
+    return tuple(families)
+
+
 class Allocator:
     """Pools for the configured service CIDRs; the first CIDR of each family allocates."""
 
@@ -160,11 +217,8 @@ class Allocator:
         return [str(p.network) for p in self.pools]
 
     def families(self) -> list[str]:
-        out: list[str] = []
-        for p in self.pools:
-            if p.family not in out:
-                out.append(p.family)
-        return out
+        """The configured families, the primary first (:func:`cidr_families`)."""
+        return cidr_families(self.cidrs)
 
     def _pool_for(self, ip: IPAddress) -> Pool | None:
         for p in self.pools:
@@ -177,6 +231,12 @@ class Allocator:
             if p.family == family:
                 return p
         raise UsageError(f"ipFamilies: {family}: no {family} service CIDR is configured ({', '.join(self.cidrs)})")
+
+    def check_service(self, svc: Service) -> None:
+        """Refuse what a Service asks that this configuration cannot give (RequireDualStack on one
+        family) and endpoints inside a service CIDR (:meth:`check_endpoints`)."""
+        service_families(svc, self.families())
+        self.check_endpoints(svc)
 
     def check_endpoints(self, svc: Service) -> None:
         """Refuse an endpoint inside a service CIDR (another Service's VIP, or an address no host

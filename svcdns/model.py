@@ -46,6 +46,8 @@ DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds, as Kubernetes
 MAX_AFFINITY_TIMEOUT = 86400
 DEFAULT_NAMESPACE = "default"
 IPV4 = "IPv4"
+SINGLE_STACK, PREFER_DUAL_STACK, REQUIRE_DUAL_STACK = "SingleStack", "PreferDualStack", "RequireDualStack"
+IP_FAMILY_POLICIES = (SINGLE_STACK, PREFER_DUAL_STACK, REQUIRE_DUAL_STACK)
 IPV6 = "IPv6"
 
 
@@ -188,7 +190,8 @@ class Service:
     type: str = CLUSTER_IP
     ports: tuple[ServicePort, ...] = ()
     cluster_ips: tuple[IPAddress, ...] = ()
-    ip_families: tuple[str, ...] = ()  # requested families; () = the primary service CIDR's family
+    ip_families: tuple[str, ...] = ()  # requested families; () = as the policy and config say (ipam.service_families)
+    ip_family_policy: str = ""  # spec.ipFamilyPolicy: "" (not given), or one of IP_FAMILY_POLICIES
     external_name: str = ""
     session_affinity: str = AFFINITY_NONE
     affinity_timeout: int = DEFAULT_AFFINITY_TIMEOUT
@@ -248,6 +251,11 @@ class Service:
                 raise ValidationError(f"ipFamilies[{i}]", fam, "must be IPv4 or IPv6")
         if len(set(families)) != len(families):
             raise ValidationError("ipFamilies", list(families), "each family at most once")
+        policy = self.ip_family_policy
+        if policy not in ("", *IP_FAMILY_POLICIES):
+            raise ValidationError("ipFamilyPolicy", policy, f"must be one of {', '.join(IP_FAMILY_POLICIES)}")
+        if policy == SINGLE_STACK and (len(families) > 1 or len(ips) > 1):
+            raise ValidationError("ipFamilyPolicy", policy, "takes one family; ipFamilies / clusterIPs list two")
         if len({family_of(ip) for ip in ips}) != len(ips):
             raise ValidationError("clusterIPs", [str(ip) for ip in ips], "at most one address per family")
         if ips and families and tuple(family_of(ip) for ip in ips) != families[: len(ips)]:
@@ -338,6 +346,8 @@ class Service:
         families = self.ip_families
         if not families or self.type == EXTERNAL_NAME:
             return
+        if self.ip_family_policy in (PREFER_DUAL_STACK, REQUIRE_DUAL_STACK) and not self.cluster_ips:
+            return  # the other family may be added to those given (ipam.service_families): not final yet
         for i, ep in enumerate(self.endpoints):
             if ep.family not in families:
                 raise ValidationError(

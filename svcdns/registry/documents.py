@@ -34,8 +34,6 @@ from ..model import (
     DEFAULT_NAMESPACE,
     EXTERNAL_NAME,
     HEADLESS,
-    IPV4,
-    IPV6,
     Endpoint,
     Service,
     ServicePort,
@@ -255,11 +253,8 @@ def _service(data: Any) -> Service:
     if kind == CLUSTER_IP and ips == ["None"]:  # Kubernetes spelling of headless
         kind, ips = HEADLESS, []
     families = _list(data, "ipFamilies", "must be a list of IPv4 / IPv6")
-    policy = data.get("ipFamilyPolicy")
-    if policy not in (None, "SingleStack", "PreferDualStack", "RequireDualStack"):
-        raise ValidationError("ipFamilyPolicy", policy, "must be SingleStack, PreferDualStack or RequireDualStack")
-    if policy in ("PreferDualStack", "RequireDualStack") and not families:
-        families = [IPV4, IPV6]
+    # kept as given: the registry resolves the families against its service CIDRs (ipam.service_families)
+    policy = data.get("ipFamilyPolicy") or ""
     selector = data.get("selector") or {}
     if not isinstance(selector, Mapping):
         raise ValidationError("selector", selector, "must be a mapping of label to value, e.g. {app: web}")
@@ -276,6 +271,7 @@ def _service(data: Any) -> Service:
         ports=tuple(ports),
         cluster_ips=tuple(ips),
         ip_families=tuple(families),
+        ip_family_policy=policy,
         external_name=data.get("externalName", "") or "",
         session_affinity=data.get("sessionAffinity", AFFINITY_NONE) or AFFINITY_NONE,
         affinity_timeout=data.get("sessionAffinityTimeoutSeconds", DEFAULT_AFFINITY_TIMEOUT),
@@ -386,8 +382,11 @@ def to_document(svc: Service, *, with_vips: bool = True) -> dict[str, Any]:
         if svc.cluster_ips and with_vips:
             out["clusterIP"] = str(svc.cluster_ips[0])
             out["clusterIPs"] = [str(ip) for ip in svc.cluster_ips]
+    if svc.type != EXTERNAL_NAME:
         if svc.ip_families:
             out["ipFamilies"] = list(svc.ip_families)
+        if svc.ip_family_policy:
+            out["ipFamilyPolicy"] = svc.ip_family_policy
     if svc.type == EXTERNAL_NAME:
         out["externalName"] = svc.external_name
     out["ports"] = [_port_document(p) for p in svc.ports]

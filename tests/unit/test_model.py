@@ -166,7 +166,9 @@ def test_from_dict_reports_nested_fields_and_unknown_keys():
 def test_kubernetes_headless_spelling_and_dual_stack_policy():
     assert from_document({"name": "db", "clusterIP": "None", "ports": [{"port": 5432}]}).type == "Headless"
     dual = from_document({"name": "web", "ipFamilyPolicy": "PreferDualStack", "ports": [{"port": 80}]})
-    assert dual.ip_families == ("IPv4", "IPv6")
+    # kept as given: the registry resolves it against its service CIDRs (ipam.service_families)
+    assert (dual.ip_family_policy, dual.ip_families) == ("PreferDualStack", ())
+    assert from_document(to_document(dual)) == dual
 
 
 _labels = st.from_regex(r"\A[a-z]([a-z0-9-]{0,10}[a-z0-9])?\Z")

@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
 from typing import Any
 
 from ...errors import NotFound, SvcdnsError, UsageError
-from ...ipam import DEFAULT_SERVICE_CIDRS, Allocator, VIPConflict
+from ...ipam import DEFAULT_SERVICE_CIDRS, Allocator, VIPConflict, service_families
 from ...model import IPAddress, Service
 from ...pod import Pod, PodStatus
 from ...table import Key, ServiceTable
@@ -133,7 +133,7 @@ class EtcdRegistry:
             svc = entry.service
             assert svc is not None
             try:
-                ips = alloc.assign(svc.ref, (), svc.ip_families)
+                ips = alloc.assign(svc.ref, (), service_families(svc, alloc.families()))
             except SvcdnsError as err:
                 self.state.refuse(key, f"{self.keys.source(key)}: {err}")
                 log.error("registry: %s", entry.error)
@@ -178,7 +178,7 @@ class EtcdRegistry:
 
     async def _create(self, svc: Service) -> Service:
         cidrs = await self.ensure_cidrs()
-        Allocator(cidrs).check_endpoints(svc)
+        Allocator(cidrs).check_service(svc)
         if svc.has_vip and not svc.cluster_ips:
             out = await self._create_at_random(svc, cidrs)
             if out is not None:
@@ -197,7 +197,7 @@ class EtcdRegistry:
             out, compares, ops = svc, [Compare(skey, absent=True)], []
             if svc.has_vip:
                 try:
-                    ips = alloc.assign(svc.ref, svc.cluster_ips, svc.ip_families)
+                    ips = alloc.assign(svc.ref, svc.cluster_ips, service_families(svc, alloc.families()))
                 except VIPConflict as err:
                     if err.holder != "?":
                         raise
@@ -225,7 +225,7 @@ class EtcdRegistry:
         None when it lost (a held VIP, or the Service exists), and the caller reads and allocates."""
         alloc = Allocator(cidrs)
         alloc.start_at_random()
-        ips = alloc.assign(svc.ref, (), svc.ip_families)
+        ips = alloc.assign(svc.ref, (), service_families(svc, alloc.families()))
         out = svc.with_cluster_ips(ips)
         out.check_endpoint_families()
         skey = self.keys.service(svc.key)
@@ -247,7 +247,7 @@ class EtcdRegistry:
             except DocumentError as err:
                 raise SvcdnsError(f"{err}; fix the entry before changing it with the CLI") from None
             changed = change(svc)
-            Allocator(await self.ensure_cidrs()).check_endpoints(changed)
+            Allocator(await self.ensure_cidrs()).check_service(changed)
             if changed.has_vip and svc.cluster_ips:
                 changed = changed.with_cluster_ips(svc.cluster_ips)
                 changed.check_endpoint_families()

@@ -287,6 +287,8 @@ class EtcdState:
         self.rebuilt = keys
         self.revision = max(self.revision, revision)
         puts, deletes = [], []
+        # the families a headless selector Service takes of its pods come from the config (written once)
+        self.derivation.families = tuple(self.bounds().families())
         for key in keys:
             svc = self._effective(key)
             if svc is None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 
 from ...errors import NotFound, SvcdnsError, UsageError
-from ...ipam import VIPConflict
+from ...ipam import VIPConflict, service_families
 from ...model import Service
 from ...pod import Pod, PodStatus
 from ...table import Key
@@ -69,7 +69,7 @@ class FileRegistry(FileState):
                             f"{self.root / other} exists but defines {holder_of(entry.key)}; move it away first"
                         )
                     raise UsageError(f"Service {svc.ref} already exists (defined by {other}); remove it first")
-            self._bounds().check_endpoints(svc)
+            self._bounds().check_service(svc)
             store = self._store_now()
             held = store.services.get(svc.ref)
             if held is not None and not self._forget_stale(store, svc.ref):
@@ -78,11 +78,12 @@ class FileRegistry(FileState):
             if svc.has_vip:
                 allocator = store.allocator()
                 try:
-                    ips = allocator.assign(svc.ref, svc.cluster_ips, svc.ip_families)
+                    ips = allocator.assign(svc.ref, svc.cluster_ips, service_families(svc, allocator.families()))
                 except VIPConflict as err:
                     if err.holder is None or not self._forget_stale(store, err.holder):
                         raise
-                    ips = store.allocator().assign(svc.ref, svc.cluster_ips, svc.ip_families)
+                    allocator = store.allocator()
+                    ips = allocator.assign(svc.ref, svc.cluster_ips, service_families(svc, allocator.families()))
                 out = svc.with_cluster_ips(ips)
                 out.check_endpoint_families()
                 store.services[svc.ref] = Allocation(ips, rel)
@@ -118,7 +119,7 @@ class FileRegistry(FileState):
             assert svc is not None
             held = self._store_now().services.get(svc.ref)
             changed = change(svc)
-            self._bounds().check_endpoints(changed)
+            self._bounds().check_service(changed)
             if held and changed.has_vip:
                 changed.with_cluster_ips(held.ips).check_endpoint_families()
             suffix = ".json" if rel.endswith(".json") else ".yaml"

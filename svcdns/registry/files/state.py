@@ -30,8 +30,8 @@ from collections.abc import Iterable
 
 from ...endpoints import Derivation
 from ...errors import SvcdnsError, UsageError
-from ...ipam import parse_cidr
-from ...model import Service, ValidationError, family_of
+from ...ipam import cidr_families
+from ...model import Service, ValidationError
 from ...table import Key
 from ..contract import Snapshot
 from ..documents import DocumentError, decode
@@ -216,14 +216,15 @@ class FileState(VipKeeper):
                         f"{other}: Service {holder_of(key)} is already defined by {winner}; this file is ignored"
                     )
         store = self._store_now()
-        primary = family_of(parse_cidr(store.cidrs[0]).network_address)
+        configured = cidr_families(store.cidrs)
+        self.derivation.families = tuple(configured)
         needs: list[Key] = []
         for key, rel in winners.items():
             svc = self._good(rel)
             held = store.services.get(holder_of(key))
             if not svc.has_vip:
                 continue
-            if held is None or not self._fits(svc, held.ips, primary) or held.file != rel:
+            if held is None or not self._fits(svc, held.ips, configured) or held.file != rel:
                 needs.append(key)
         failed = self._allocate(needs, winners) if needs else set()
         store = self._store_now()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import SvcdnsError
-from ...ipam import Allocator
+from ...ipam import Allocator, service_families
 from ...model import Service, family_of
 from ...table import Key, ServiceTable
 from .entries import Entries
@@ -90,12 +90,16 @@ class VipKeeper:
         return self._allocator
 
     @staticmethod
-    def _fits(svc: Service, ips: tuple, primary_family: str) -> bool:
-        """Whether held VIPs still answer what the Service asks for (its requested VIPs, its families)."""
+    def _fits(svc: Service, ips: tuple, configured: list[str]) -> bool:
+        """Whether held VIPs still answer what the Service asks for (its requested VIPs, its families
+        as ``configured``, the service CIDRs' families, resolve them)."""
         if svc.cluster_ips:
             return tuple(ips[: len(svc.cluster_ips)]) == svc.cluster_ips
-        families = svc.ip_families or (primary_family,)
-        return tuple(family_of(ip) for ip in ips) == tuple(families)
+        try:
+            families = service_families(svc, configured)
+        except SvcdnsError:
+            return False  # allocating reports it
+        return tuple(family_of(ip) for ip in ips) == families
 
     def _good(self, rel: str) -> Service:
         svc = self.entries[rel].service
@@ -129,7 +133,7 @@ class VipKeeper:
                 rel = winners[key]
                 svc = self._good(rel)
                 try:
-                    ips = allocator.assign(holder_of(key), svc.cluster_ips, svc.ip_families)
+                    ips = allocator.assign(holder_of(key), svc.cluster_ips, service_families(svc, allocator.families()))
                 except SvcdnsError as err:
                     self._key_error(key, rel, f"{rel}: {err}")
                     failed.add(key)
