@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import NotFound, SvcdnsError, UsageError
 from ..model import Service, ValidationError
+from ..pod import Pod
 from ..registry import Registry
 from ..registry.manifests import (
     ENDPOINT_SLICE,
@@ -44,6 +45,7 @@ from .objects import registry_of, valid
 log = logging.getLogger(__name__)
 SUFFIXES = (".yaml", ".yml", ".json")
 Undo = Callable[[], object]
+Key = tuple[str, str]
 
 
 class _Unchanged(Exception):  # noqa: N818 - a signal out of a registry update, never an error
@@ -118,38 +120,111 @@ def cmd_apply(args) -> int:
 
 def apply_manifest(reg: Registry, manifest: Manifest) -> list[str]:
     """Write a checked manifest: one ``resource/name outcome`` line per object, in document order.
-    A write that fails undoes the ones before it and raises."""
-    services = [o for o in manifest.objects if isinstance(o, ServiceObject)]
-    pods = [o for o in manifest.objects if isinstance(o, PodObject)]
-    alone: dict[tuple[str, str], list[EndpointsObject]] = {}
+    On etcd the whole file is one transaction (:meth:`EtcdRegistry.apply_atomically`); elsewhere a
+    write that fails undoes the ones before it and raises."""
+    try:
+        atomic = getattr(reg, "apply_atomically", None)
+        if atomic is not None:
+            plans: list[Plan] = []
+
+            def plan(services: Mapping[Key, Service | None], pods: Mapping[Key, Pod | None]):
+                plans[:] = [plan_manifest(manifest, services, pods)]
+                return plans[0].services, plans[0].pods
+
+            atomic(manifest.source, *reads(manifest), plan)
+            return _lines(manifest, plans[0].outcomes)
+        return _lines(manifest, _apply_one_by_one(reg, manifest))
+    except ValidationError as err:
+        raise UsageError(f"invalid {err.field or 'value'}: {err}") from None
+
+
+# ---- planning (pure): what a file changes, on what the registry holds --------------------------------------
+
+
+@dataclass
+class Plan:
+    """What applying one file writes, decided on the objects it names as the registry holds them."""
+
+    outcomes: dict[int, str] = field(default_factory=dict)  # id(object) -> created / configured / unchanged
+    services: dict[Key, Service] = field(default_factory=dict)  # to write
+    pods: dict[Key, Pod] = field(default_factory=dict)
+
+
+def _alone(manifest: Manifest) -> dict[Key, list[EndpointsObject]]:
+    """The file's EndpointSlices / Endpoints of Services the file does not hold, per Service."""
+    alone: dict[Key, list[EndpointsObject]] = {}
     for o in manifest.objects:
         if isinstance(o, EndpointsObject) and not o.merged:
             alone.setdefault((o.namespace, o.service), []).append(o)
-    for key in alone:  # before any write: the Services these endpoints belong to exist, without a selector
-        svc = reg.get(*key)
-        if svc.selector:
-            first = alone[key][0]
-            raise UsageError(f"{first.origin}: Service {svc.ref} has a selector: its endpoints come from its pods")
+    return alone
 
-    outcome: dict[int, str] = {}
-    undo: list[Undo] = []
+
+def reads(manifest: Manifest) -> tuple[list[Key], list[Key]]:
+    """The Service keys and the pod keys a file's plan reads (and its transaction compares)."""
+    services = [o.key for o in manifest.objects if isinstance(o, ServiceObject)]
+    services += [k for k in _alone(manifest) if k not in services]
+    return services, [o.key for o in manifest.objects if isinstance(o, PodObject)]
+
+
+def plan_manifest(manifest: Manifest, services: Mapping[Key, Service | None], pods: Mapping[Key, Pod | None]) -> Plan:
+    """The writes of a file, given the current Service and pod of each key :func:`reads` names
+    (None: absent); raises what makes the file fail (nothing of it written then)."""
+    out = Plan()
+    for key, objs in _alone(manifest).items():
+        _endpoints_change(objs, services.get(key))  # before anything: their Service exists, without a selector
+    for o in manifest.objects:
+        if isinstance(o, ServiceObject):
+            out.outcomes[id(o)], svc = _service_change(o, services.get(o.key))
+            if svc is not None:
+                out.services[o.key] = svc
+        elif isinstance(o, PodObject):
+            out.outcomes[id(o)], pod = _pod_change(o, pods.get(o.key))
+            if pod is not None:
+                out.pods[o.key] = pod
+    for key, objs in _alone(manifest).items():
+        result, svc = _endpoints_change(objs, services.get(key))
+        out.outcomes.update((id(o), result) for o in objs)
+        if svc is not None:
+            out.services[key] = svc
+    return out
+
+
+def _service_change(obj: ServiceObject, old: Service | None) -> tuple[str, Service | None]:
+    desired = obj.service
+    if old is None:
+        return "created", desired
+    new = desired
+    if not desired.selector and not obj.with_endpoints and not old.selector:
+        # a Service without a selector keeps the endpoints it has unless the file gives them
+        new = valid(lambda: replace(desired, endpoints=old.endpoints))
+    return ("unchanged", None) if _same(old, new) else ("configured", new)
+
+
+def _endpoints_change(objs: list[EndpointsObject], old: Service | None) -> tuple[str, Service | None]:
+    first = objs[0]
+    if old is None:
+        raise NotFound(f"{first.origin}: Service {first.namespace}/{first.service} not found")
+    if old.selector:
+        raise UsageError(f"{first.origin}: Service {old.ref} has a selector: its endpoints come from its pods")
+    endpoints = tuple(ep for o in objs for ep in o.endpoints)
+    if old.endpoints == endpoints:
+        return "unchanged", None
     try:
-        for s in services:
-            outcome[id(s)], step = _apply_service(reg, s)
-            undo += [step] if step else []
-        for key, objs in alone.items():
-            result, step = _apply_endpoints(reg, key, objs)
-            undo += [step] if step else []
-            outcome.update((id(o), result) for o in objs)
-        for p in pods:
-            outcome[id(p)], step = _apply_pod(reg, p)
-            undo += [step] if step else []
-    except (SvcdnsError, ValidationError) as err:
-        _undo(undo)
-        if isinstance(err, ValidationError):
-            raise UsageError(f"invalid {err.field or 'value'}: {err}") from None
-        raise
-    by_service = {o.key: outcome[id(o)] for o in services}
+        return "configured", old.with_endpoints(endpoints)
+    except ValidationError as err:
+        raise UsageError(f"{first.origin}: the endpoints do not fit Service {old.ref}: {err}") from None
+
+
+def _pod_change(obj: PodObject, old: Pod | None) -> tuple[str, Pod | None]:
+    # the record is spec: a probed pod's readiness is its prober's status, kept apart, which applying
+    # the manifest again never touches (kubectl apply never resets a pod's status either)
+    if old == obj.pod:
+        return "unchanged", None
+    return ("created" if old is None else "configured"), obj.pod
+
+
+def _lines(manifest: Manifest, outcome: dict[int, str]) -> list[str]:
+    by_service = {o.key: outcome[id(o)] for o in manifest.objects if isinstance(o, ServiceObject)}
     lines = []
     for o in manifest.objects:
         result = by_service[(o.namespace, o.service)] if isinstance(o, EndpointsObject) and o.merged else outcome[id(o)]
@@ -161,6 +236,41 @@ def _name(o: Object) -> str:
     return o.key[1]
 
 
+def _same(old: Service, new: Service) -> bool:
+    """Whether ``new`` asks for what ``old`` is (a VIP the registry allocated is no difference)."""
+    if old == new:
+        return True
+    return new.has_vip and not new.cluster_ips and bool(old.cluster_ips) and old == new.with_cluster_ips(old.cluster_ips)
+
+
+# ---- one write at a time, undone on failure (the file registry; its own atomicity is per write) ---------------
+
+
+def _apply_one_by_one(reg: Registry, manifest: Manifest) -> dict[int, str]:
+    """Services first (their VIPs are what the registry may refuse), then the endpoints of Services
+    without a selector, then pods; a failed write undoes the file's earlier ones."""
+    alone = _alone(manifest)
+    for key, objs in alone.items():  # before any write: the Services these endpoints belong to exist, without a selector
+        _endpoints_change(objs, reg.get(*key))
+    outcome: dict[int, str] = {}
+    undo: list[Undo] = []
+    try:
+        for s in (o for o in manifest.objects if isinstance(o, ServiceObject)):
+            outcome[id(s)], step = _apply_service(reg, s)
+            undo += [step] if step else []
+        for key, objs in alone.items():
+            result, step = _apply_endpoints(reg, key, objs)
+            undo += [step] if step else []
+            outcome.update((id(o), result) for o in objs)
+        for p in (o for o in manifest.objects if isinstance(o, PodObject)):
+            outcome[id(p)], step = _apply_pod(reg, p)
+            undo += [step] if step else []
+    except (SvcdnsError, ValidationError):
+        _undo(undo)
+        raise
+    return outcome
+
+
 def _undo(steps: list[Undo]) -> None:
     for step in reversed(steps):
         try:
@@ -169,53 +279,37 @@ def _undo(steps: list[Undo]) -> None:
             log.error("could not undo a write of this file: %s", err)
 
 
-def _same(old: Service, new: Service) -> bool:
-    """Whether ``new`` asks for what ``old`` is (a VIP the registry allocated is no difference)."""
-    if old == new:
-        return True
-    return new.has_vip and not new.cluster_ips and bool(old.cluster_ips) and old == new.with_cluster_ips(old.cluster_ips)
-
-
 def _apply_service(reg: Registry, obj: ServiceObject) -> tuple[str, Undo | None]:
-    desired = obj.service
     before: list[Service] = []
 
     def change(old: Service) -> Service:
-        new = desired
-        if not desired.selector and not obj.with_endpoints and not old.selector:
-            # a Service without a selector keeps the endpoints it has unless the file gives them
-            new = valid(lambda: replace(desired, endpoints=old.endpoints))
-        if _same(old, new):
+        _, new = _service_change(obj, old)
+        if new is None:
             raise _Unchanged
         before[:] = [old]
         return new
 
-    ns, name = desired.key
+    ns, name = obj.key
     try:
         reg.update(ns, name, change)
     except _Unchanged:
         return "unchanged", None
     except NotFound:
-        reg.create(desired)
+        reg.create(obj.service)
         return "created", lambda: reg.delete(ns, name)
     old = before[0]
     return "configured", lambda: reg.update(ns, name, lambda _: old)
 
 
-def _apply_endpoints(reg: Registry, key: tuple[str, str], objs: list[EndpointsObject]) -> tuple[str, Undo | None]:
-    endpoints = [ep for o in objs for ep in o.endpoints]
+def _apply_endpoints(reg: Registry, key: Key, objs: list[EndpointsObject]) -> tuple[str, Undo | None]:
     before: list[Service] = []
 
     def change(old: Service) -> Service:
-        if old.selector:
-            raise UsageError(f"{objs[0].origin}: Service {old.ref} has a selector: its endpoints come from its pods")
-        if old.endpoints == tuple(endpoints):
+        _, new = _endpoints_change(objs, old)
+        if new is None:
             raise _Unchanged
         before[:] = [old]
-        try:
-            return old.with_endpoints(endpoints)
-        except ValidationError as err:
-            raise UsageError(f"{objs[0].origin}: the endpoints do not fit Service {old.ref}: {err}") from None
+        return new
 
     try:
         reg.update(*key, change)
@@ -226,20 +320,18 @@ def _apply_endpoints(reg: Registry, key: tuple[str, str], objs: list[EndpointsOb
 
 
 def _apply_pod(reg: Registry, obj: PodObject) -> tuple[str, Undo | None]:
-    pod = obj.pod
     try:
-        old = reg.get_pod(*pod.key)
+        old: Pod | None = reg.get_pod(*obj.key)
     except NotFound:
         old = None
-    # the record is spec: a probed pod's readiness is its prober's status, kept apart, which applying
-    # the manifest again never touches (kubectl apply never resets a pod's status either)
-    if old == pod:
-        return "unchanged", None
+    result, pod = _pod_change(obj, old)
+    if pod is None:
+        return result, None
     reg.put_pod(pod)
     if old is None:
-        return "created", lambda: reg.delete_pod(*pod.key)
+        return result, lambda: reg.delete_pod(*pod.key)
     kept = old
-    return "configured", lambda: reg.put_pod(kept)
+    return result, lambda: reg.put_pod(kept)
 
 
 # ---- delete --------------------------------------------------------------------------------------------------
@@ -280,4 +372,4 @@ def _without_endpoints(svc: Service) -> Service:
     return svc if svc.selector else svc.with_endpoints(())
 
 
-__all__ = ["apply_manifest", "cmd_apply", "cmd_delete", "read_sources", "register"]
+__all__ = ["Plan", "apply_manifest", "cmd_apply", "cmd_delete", "plan_manifest", "read_sources", "reads", "register"]

@@ -8,6 +8,7 @@ node-1 (host A's agent): it probes the API pod that has a readinessProbe, and ho
 verdict from etcd.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -80,3 +81,111 @@ def test_apply_of_the_tutorial_on_etcd_gives_working_vips_and_names_on_both_host
         assert '"kind": "Pod"' in out and '"name": "db-0"' in out, out  # targetRef: the pod it came from
     finally:
         etcd.stop()
+
+
+# ---- one transaction per file (svcdns.registry.etcd.batch): these need only etcd on loopback -------------------
+
+FILE = """\
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, labels: {app: web}}
+spec: {containers: [{name: web, image: web}]}
+status: {podIP: 10.244.1.2, conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: 10.96.0.50
+  ports: [{port: 5432}]
+"""
+
+
+@pytest.fixture
+def etcd_cli(etcd_url, capsys, monkeypatch):
+    """``svcdns`` in-process on this test's etcd prefix: (exit code, stdout, stderr)."""
+    from svcdns.cli import main
+
+    monkeypatch.setenv("SVCDNS_REGISTRY", etcd_url)
+    monkeypatch.delenv("SVCDNS_SERVICE_CIDRS", raising=False)
+
+    def run(*argv):
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    run.url = etcd_url
+    return run
+
+
+def registry_keys(url):
+    """Every key under the test's prefix, as a user of etcdctl would list them (the config aside)."""
+    from svcdns.registry import open_registry
+
+    reg = open_registry(url)
+    try:
+        _, kvs = reg.client.run(reg.client.range(reg.keys.root))
+        return sorted(kv.key.decode()[len(reg.keys.prefix):] for kv in kvs if kv.key != reg.keys.config)
+    finally:
+        reg.close()
+
+
+def test_a_file_whose_last_document_conflicts_leaves_nothing_of_it_in_etcd(etcd_cli, tmp_path):
+    code, _, err = etcd_cli("service", "add", "other", "--port", "1", "--vip", "10.96.0.50")
+    assert code == 0, err
+    before = registry_keys(etcd_cli.url)
+    path = tmp_path / "app.yaml"
+    path.write_text(FILE)
+    code, out, err = etcd_cli("apply", "-f", str(path))
+    assert code != 0 and out == ""
+    assert f"{path}:" in err and "10.96.0.50" in err and "default/other" in err and "nothing of it was applied" in err
+    assert registry_keys(etcd_cli.url) == before  # no web, no web-0, no VIP key of web
+
+
+def test_a_concurrent_write_between_read_and_commit_makes_it_retry_and_end_consistent(etcd_cli, tmp_path, monkeypatch):
+    from svcdns.registry import open_registry
+    from svcdns.registry.etcd.client import EtcdClient
+
+    path = tmp_path / "app.yaml"
+    path.write_text(FILE.replace("clusterIP: 10.96.0.50", "clusterIP: 10.96.0.51"))
+    code, _, err = etcd_cli("apply", "-f", str(path))
+    assert code == 0, err
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(path.read_text().replace("port: 80,", "port: 81,").replace("port: 5432", "port: 5433"))
+    other = open_registry(etcd_cli.url)
+    original, commits = EtcdClient.txn, []
+
+    async def txn(self, compares, ops):
+        if any(op.key.endswith(b"/services/default/db") for op in ops) and len(ops) > 1:
+            commits.append(len(ops))
+            if len(commits) == 1:  # another writer changes one of the file's keys after the file read it
+                other.update("default", "web", _relabel)
+        return await original(self, compares, ops)
+
+    monkeypatch.setattr(EtcdClient, "txn", txn)
+    try:
+        code, out, err = etcd_cli("apply", "-f", str(changed))
+    finally:
+        other.close()
+    assert code == 0, err
+    assert len(commits) == 2  # the first lost its compare on web; the second read web again
+    assert out.splitlines() == ["service/web configured", "pod/web-0 unchanged", "service/db configured"]
+    code, out, _ = etcd_cli("service", "list", "-o", "json")
+    items = {s["name"]: s for s in json.loads(out)["items"] if s["namespace"] == "default"}
+    assert items["web"]["ports"][0]["port"] == 81 and items["db"]["ports"][0]["port"] == 5433
+    assert items["db"]["clusterIP"] == "10.96.0.51"
+    vip_keys = [k for k in registry_keys(etcd_cli.url) if k.startswith("/vips/")]
+    assert sorted(vip_keys) == sorted(f"/vips/{items[n]['clusterIP']}" for n in ("web", "db"))
+
+
+def _relabel(svc):
+    from dataclasses import replace
+
+    return replace(svc, labels=(("by", "someone-else"),))

@@ -26,6 +26,7 @@ from ...pod import Pod, PodStatus
 from ...table import Key, ServiceTable
 from ..contract import Snapshot
 from ..documents import DocumentError, decode, decode_pod, encode, encode_pod
+from .batch import Read, build_txn
 from .client import Compare, EtcdClient, Op
 from .lease import NodeLease
 from .nodes import NodeStatus, node_statuses, read_leases, remove_node
@@ -37,6 +38,7 @@ from .watch import EtcdWatch
 log = logging.getLogger(__name__)
 
 CAS_RETRIES = 200
+APPLY_RETRIES = 10  # a file's transaction: each try reads the file's keys and every VIP key again
 ADOPT_CONCURRENCY = 32  # a first start over 10k hand-written documents is bound by round trips
 
 
@@ -281,6 +283,49 @@ class EtcdRegistry:
             if ips and await self.client.txn([Compare(skey, mod=kv.mod_revision)], [Op(skey)]):
                 return  # the VIP keys were not ours (repaired by hand): leave them to the collector
         raise SvcdnsError(f"could not delete {key[0]}/{key[1]}: too much contention in {self.location}")
+
+    def apply_atomically(self, source: str, service_keys: list[Key], pod_keys: list[Key],
+                         plan: Callable[[Mapping[Key, Service | None], Mapping[Key, Pod | None]],
+                                        tuple[Mapping[Key, Service], Mapping[Key, Pod]]]) -> None:  # fmt: skip
+        """Write one manifest file in one transaction (:mod:`.batch`): read the keys it names, let
+        ``plan`` decide the writes, commit them all if none of those keys changed since; else
+        read and plan again, at most APPLY_RETRIES times."""
+        self.client.run(self._apply_atomically(source, service_keys, pod_keys, plan))
+
+    async def _apply_atomically(self, source: str, service_keys: list[Key], pod_keys: list[Key], plan: Any) -> None:
+        cidrs = await self.ensure_cidrs()
+        for attempt in range(APPLY_RETRIES):
+            read = Read()
+            for key in service_keys:
+                kv = await self.client.get(self.keys.service(key))
+                read.services[key] = (self._service_of(key, kv), kv.mod_revision if kv else 0)
+            for key in pod_keys:
+                kv = await self.client.get(self.keys.pod(key))
+                pod = self._pod_of(key, kv)
+                read.pods[key] = (pod if pod is None or not pod.gone(time.time()) else None, kv.mod_revision if kv else 0)
+            _, vip_kvs = await self.client.range(self.keys.vips)
+            for kv in vip_kvs:
+                parsed = self.keys.parse(kv.key)
+                if parsed is not None and parsed[0] == "vip" and not isinstance(parsed[1], tuple | str | None):
+                    read.vips[parsed[1]] = kv.value.decode(errors="replace")
+            services, pods = plan({k: v[0] for k, v in read.services.items()}, {k: v[0] for k, v in read.pods.items()})
+            if not services and not pods:
+                return  # every object unchanged: nothing to commit
+            txn = build_txn(self.keys, cidrs, read, services, pods, source)
+            if await self.client.txn(txn.compares, txn.ops):
+                return
+            log.info("registry: %s: a key it read changed before its commit; reading again (try %d)", source, attempt + 1)
+            await asyncio.sleep(random.uniform(0, 0.05))
+        raise SvcdnsError(f"{source}: its keys kept changing under it ({APPLY_RETRIES} tries) in {self.location}; "
+                          "nothing of it was applied: try again")  # fmt: skip
+
+    def _service_of(self, key: Key, kv: Any) -> Service | None:
+        if kv is None:
+            return None
+        try:
+            return decode(kv.value, self.keys.source(key), fmt="json")
+        except DocumentError as err:
+            raise SvcdnsError(f"{err}; fix the entry before changing it with the CLI") from None
 
     def watch(self, retry_interval: float = 0.2, max_backoff: float = 5.0, batch_window: float = 0.005) -> EtcdWatch:
         return EtcdWatch(self, retry_interval=retry_interval, max_backoff=max_backoff, batch_window=batch_window)
