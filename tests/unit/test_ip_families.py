@@ -5,7 +5,8 @@ import pytest
 
 from svcdns.endpoints import Derivation
 from svcdns.ipam import Allocator, cidr_families, service_families
-from svcdns.model import Endpoint, Service, ServicePort, ValidationError, parse_selector
+from svcdns.labels import parse_selector
+from svcdns.model import Endpoint, Service, ServicePort, ValidationError
 from svcdns.pod import Pod
 
 V4 = ["10.96.0.0/12"]
