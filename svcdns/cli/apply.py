@@ -5,9 +5,10 @@ svcdns delete -f app.yaml [--ignore-not-found]
 
 ``apply`` is declarative, as kubectl's: an object is created, configured or unchanged (nothing is
 written then); a Service keeps its VIP. It is atomic per file: every document is checked first
-(:mod:`svcdns.registry.manifests`), and nothing of a file with an invalid document is written; a
-write the registry refuses part-way (a VIP taken, the registry gone) undoes that file's earlier
-writes. Services are written first (their VIPs are what the registry may refuse), then the
+(:mod:`svcdns.registry.manifests`), and nothing of a file with an invalid document is written. On
+etcd the file is then one transaction (:mod:`svcdns.registry.etcd.batch`): all of it or none, even
+if the command dies. On the file registry each write is atomic on its own, and a write refused
+part-way (a VIP taken) undoes that file's earlier writes. Services are written first (their VIPs are what the registry may refuse), then the
 endpoints of Services without a selector, then pods. A file's EndpointSlices / Endpoints set all of
 their Service's endpoints. A directory means its ``*.yaml``, ``*.yml`` and ``*.json`` files, in
 name order (not its subdirectories); ``-`` reads standard input.
