@@ -42,6 +42,21 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
+@pytest.fixture(autouse=True)
+def _logger_levels_restored():
+    """The CLI quiets the ``svcdns`` loggers for its own process (``registry_of``) and the agent sets the
+    root level; tests that run them in-process must not leave that to the tests after them, whose
+    ``caplog`` would then see nothing."""
+    import logging
+
+    names = [None] + [n for n in logging.root.manager.loggerDict if n.startswith("svcdns")]
+    levels = {n: logging.getLogger(n).level for n in names}
+    yield
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("svcdns")]:
+        logging.getLogger(name).setLevel(levels.get(name, logging.NOTSET))
+    logging.getLogger().setLevel(levels[None])
+
+
 @pytest.fixture(scope="session")
 def etcd_server(tmp_path_factory):
     """One throwaway etcd on loopback ports for the session (tests use their own key prefixes)."""
