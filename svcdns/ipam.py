@@ -38,7 +38,6 @@ from .model import (
     IPV6,
     PREFER_DUAL_STACK,
     REQUIRE_DUAL_STACK,
-    SINGLE_STACK,
     IPAddress,
     Service,
     ValidationError,

@@ -117,6 +117,12 @@ class Batch:
             return host, *_PORT_FLOW.unpack_from(self.buf, at + 2), _SCOPE.unpack_from(self.buf, at + 24)[0]
         return host, _PORT.unpack_from(self.buf, at + 2)[0]
 
+    def place(self, i: int, answer: bytes) -> None:
+        """Write ``answer`` (at most QUERY bytes) over datagram ``i``, for :meth:`send`."""
+        at = i * STRIDE + NAME
+        self.buf[at : at + len(answer)] = answer
+        self.out_len[i * 2 + 1] = len(answer)
+
     def send(self, start: int, stop: int) -> int:
         """Send answers ``start .. stop-1``; one the kernel refuses is skipped. Returns how many went."""
         sent, done = 0, start

@@ -53,7 +53,9 @@ TCP_READ = 1024  # bytes read from one connection per turn of the loop: a client
 TCP_OUTPUT_MAX = 256 << 10  # answer bytes queued for a client that does not read: then it is dropped
 MAX_FORWARDS = 512  # forwarded queries outstanding per worker: beyond, SERVFAIL at once
 FORWARD_PATIENCE = 4.0  # seconds a forward may wait for a thread: then SERVFAIL, no upstream asked
-CACHE_ENTRIES = 50_000  # answers kept per worker (dropped at each zone change)
+# answers kept per cache (dropped at each zone change): at least this many, or as many as the zone
+# has answers, so that clients asking for every name in turn still hit (~290 bytes an answer)
+CACHE_ENTRIES = 50_000
 
 Reply = Callable[[bytes], None]
 
@@ -107,6 +109,7 @@ class Worker:
         # the answer caches, by transport and by whether the client may recurse: query bytes after
         # the ID -> (answer bytes after the ID, its counter index, its query type's slot: see
         # .stats); emptied, in place, at every zone change
+        self.cache_entries = CACHE_ENTRIES  # each cache's bound (see take)
         self.udp_cache: tuple[dict, dict] = ({}, {})
         self.tcp_cache: tuple[dict, dict] = ({}, {})
         self.udp_clients: dict[bytes, dict] = {}  # client address bytes -> its UDP answer cache
@@ -188,15 +191,12 @@ class Worker:
             if verb == "configure":  # new settings and the zone compiled by them, taken together
                 settings, arg = arg
                 self.configure(settings)
-            # one assignment: every answer after this comes from the new zone
-            self.zone = apply_delta(self.zone, arg) if verb == "delta" else arg
+            self.take(apply_delta(self.zone, arg) if verb == "delta" else arg)
             if verb != "delta":
                 # a whole zone is long-lived and holds no cycles: out of the collector's generations,
                 # a gen-2 pass no longer walks its ~100k objects (at 10k Services) while queries wait
                 gc.collect()
                 gc.freeze()
-            for cache in (*self.udp_cache, *self.tcp_cache):
-                cache.clear()
             self.control.send((seq, "ok"))
         elif verb == "clients":  # pods came or went: (addresses added, addresses gone)
             added, gone = arg
@@ -252,7 +252,7 @@ class Worker:
             i = index(k, rcode or 0)
             self.counts.count(i, time.perf_counter() - start)
             if cacheable:
-                if len(cache) >= CACHE_ENTRIES:
+                if len(cache) >= self.cache_entries:
                     cache.clear()  # garbage queries must not grow it without bound
                 cache[key] = (out[2:], i, slot)
 
@@ -341,7 +341,8 @@ class Worker:
     def on_udp(self, batch: Batch) -> None:
         """Answer the queued datagrams in batches. The fast path, a query this worker has answered
         from the same zone before, copies the cached answer over the query; anything else goes to
-        :meth:`udp_slow`, and the answers on either side of it are sent as two runs."""
+        :meth:`udp_slow`, whose answer goes over its query too when it has one at once; the answers
+        on either side of one it has not (forwarded, dropped) are sent as two runs."""
         clients, counts = self.udp_clients, self.counts
         responses, tally = counts.responses, counts.tally
         nocache: dict[bytes, tuple[bytes, int]] = {}
@@ -356,11 +357,11 @@ class Worker:
             for i, a0, a1, q, length, answer_length in slots[:k]:
                 hit = clients.get(view[a0:a1].tobytes(), nocache).get(view[q + 2 : q + meta[length]].tobytes())
                 if hit is None or len(hit[0]) > room:
-                    if run < i:
-                        batch.send(run, i)
-                    run = i + 1
                     slow += 1
-                    self.udp_slow(batch, i)
+                    if not self.udp_slow(batch, i):  # sent on its own, or not (yet): not in the run
+                        if run < i:
+                            batch.send(run, i)
+                        run = i + 1
                     continue
                 answer = hit[0]
                 buf[q + 2 : q + 2 + len(answer)] = answer  # the ID is already there
@@ -375,13 +376,23 @@ class Worker:
             if k < BATCH:
                 return  # the queue is empty
 
-    def udp_slow(self, batch: Batch, i: int) -> None:
-        """Datagram ``i`` of the batch, answered on its own with :meth:`handle`."""
+    def udp_slow(self, batch: Batch, i: int) -> bool:
+        """Datagram ``i`` of the batch, answered with :meth:`handle`. True when the answer was written
+        over the query, to leave with the batch's ``sendmmsg`` (a miss then costs no system call of
+        its own: at 100k names most queries miss); an answer that comes later (forwarded upstream)
+        or is larger than the slot is sent alone."""
         data = batch.datagram(i)
         addr = batch.client(i)
         sock = batch.sock
+        inline = True  # while handle() runs: the slot is still this datagram's
+        placed = False
 
         def reply(out: bytes, addr: tuple = addr) -> None:
+            nonlocal placed
+            if inline and not placed and len(out) <= QUERY:
+                batch.place(i, out)
+                placed = True
+                return
             try:
                 sock.sendto(out, addr)
             except OSError as exc:
@@ -392,7 +403,7 @@ class Worker:
             if err:
                 reply(err)
                 self.count(type_key(True, OTHER), FORMERR, time.perf_counter())
-            return
+            return placed
         ra = self.may_recurse(addr[0])
         if len(self.udp_clients) >= CACHE_ENTRIES:
             self.udp_clients.clear()
@@ -402,8 +413,10 @@ class Worker:
         except Exception:  # noqa: BLE001 - one bad packet must not stop the server; it is logged
             log.exception("dns: failed to answer a query from %s", addr[0])
             err = error_from_header(data, SERVFAIL)
-            if err:
+            if err and not placed:
                 reply(err)
+        inline = False  # a forwarded answer comes after the batch was sent and its slots reused
+        return placed
 
     def on_accept(self, listener: socket.socket) -> None:
         """Take up to TCP_ACCEPTS waiting connections: a backlog left full (clients reconnecting as
@@ -488,6 +501,13 @@ class Worker:
         if self.sel.get_key(conn.sock).events != events:
             self.sel.modify(conn.sock, events, ("tcp", conn))
 
+    def take(self, zone: Zone) -> None:
+        """Answer from ``zone`` from now on (one assignment: every answer after it is the new zone's)."""
+        self.zone = zone
+        for cache in (*self.udp_cache, *self.tcp_cache):
+            cache.clear()
+        self.cache_entries = max(CACHE_ENTRIES, len(zone.entries))
+
     def close(self, conn: _Conn) -> None:
         if self.conns.pop(conn.sock.fileno(), None) is None:
             return
@@ -518,7 +538,7 @@ def worker_main(settings: Settings, control: Connection, sockets: list[tuple[soc
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     worker = Worker(settings, control, sockets)
     if zone is not None:
-        worker.zone = zone
+        worker.take(zone)
     gc.collect()
     gc.freeze()  # the imports and the zone it starts from (see on_control)
     worker.register()
