@@ -165,7 +165,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def agent_cmd(registry: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "svcdns", "agent", "--registry", registry, "--dns-listen", "127.0.0.1:53",
+    # -P: not the working directory first on sys.path (run from a checkout, it shadowed --base's code)
+    return [sys.executable, "-P", "-m", "svcdns", "agent", "--registry", registry, "--dns-listen", "127.0.0.1:53",
             "--dns-workers", "1", *extra]  # fmt: skip
 
 

@@ -119,7 +119,7 @@ def run_abuse(seconds: int, rounds: int, tmp: Path) -> list[tuple[str, dict]]:
     runs: dict[str, list[dict]] = {}
     with Lab(pods=0, tag="benchabuse") as lab:
         hole = lab.spawn(lab.node, [sys.executable, "-c", BLACKHOLE], env=env)
-        server = lab.spawn(lab.node, ["taskset", "-c", "0", sys.executable, "-c", SVCDNS, str(n), "1", "127.0.0.4:53"],
+        server = lab.spawn(lab.node, ["taskset", "-c", "0", sys.executable, "-P", "-c", SVCDNS, str(n), "1", "127.0.0.4:53"],
                            env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "abuse.log", "a"))  # fmt: skip
         try:
             wait_for(lambda: ready(lab, "127.0.0.1", pairs[-1][0]), 60, 0.2, "svcdns to answer")
@@ -199,16 +199,18 @@ def run_size(n: int, seconds: int, rounds: int, tmp: Path, baseline: str = "") -
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     probe = pairs[-1][0]
     servers = [
-            ("svcdns, 1 worker, core 0", ["taskset", "-c", "0", sys.executable, "-c", SVCDNS, str(n), "1"], "127.0.0.1"),
+            ("svcdns, 1 worker, core 0", ["taskset", "-c", "0", sys.executable, "-P", "-c", SVCDNS, str(n), "1"], "127.0.0.1"),
             ("dnsmasq, core 0", ["taskset", "-c", "0", "dnsmasq", "-k", "--conf-file=/dev/null", "--listen-address=127.0.0.2",
                                  "--bind-interfaces", "--port=53", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}",
                                  "--cache-size=10000", "--user=root", "--pid-file="], "127.0.0.2"),
             ("unbound, core 0", ["taskset", "-c", "0", "unbound", "-d", "-c", str(unbound)], "127.0.0.3"),
-            ("svcdns, 2 workers, all cores", [sys.executable, "-c", SVCDNS, str(n), "2"], "127.0.0.1"),
+            ("svcdns, 2 workers, all cores", [sys.executable, "-P", "-c", SVCDNS, str(n), "2"], "127.0.0.1"),
     ]  # fmt: skip
+    # -P everywhere: the working directory is not put first on sys.path, where (run from a checkout)
+    # it shadowed the baseline's PYTHONPATH: both rows measured this checkout
     if baseline:  # the same script, importing the other checkout's svcdns
         servers.insert(1, ("baseline, 1 worker, core 0", ["taskset", "-c", "0", "env", f"PYTHONPATH={baseline}",
-                                                               sys.executable, "-c", SVCDNS, str(n), "1"], "127.0.0.1"))
+                                                               sys.executable, "-P", "-c", SVCDNS, str(n), "1"], "127.0.0.1"))
     with Lab(pods=0, tag="benchdns") as lab:
         for _ in range(rounds):
             for label, cmd, server in servers:
