@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -47,8 +48,6 @@ def _logger_levels_restored():
     """The CLI quiets the ``svcdns`` loggers for its own process (``registry_of``) and the agent sets the
     root level; tests that run them in-process must not leave that to the tests after them, whose
     ``caplog`` would then see nothing."""
-    import logging
-
     names = [None] + [n for n in logging.root.manager.loggerDict if n.startswith("svcdns")]
     levels = {n: logging.getLogger(n).level for n in names}
     yield
