@@ -6,6 +6,7 @@ import multiprocessing
 import select
 import socket
 
+import pytest
 from dnslib import DNSRecord
 
 from svcdns.dns import worker as worker_mod
@@ -35,16 +36,26 @@ class Counted:
         return self.sock.sendto(data, addr)
 
 
-def worker_on_loopback(zone):
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind(("127.0.0.1", 0))
-    server.setblocking(False)
-    control, _ = multiprocessing.Pipe()
-    w = Worker(Settings(listen=(server.getsockname(),), forward=False), control, [])
-    w.take(zone)
-    batch = Batch(server)
-    batch.sock = Counted(server)  # type: ignore[assignment]
-    return w, batch, server
+@pytest.fixture
+def worker_on_loopback():
+    """A factory: a Worker with ``zone`` and the batch of a UDP socket on loopback; all closed after."""
+    opened = []
+
+    def make(zone):
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        control, other = multiprocessing.Pipe()
+        w = Worker(Settings(listen=(server.getsockname(),), forward=False), control, [])
+        opened.extend([server, control, other, w.wake_r, w.wake_w, w.sel])
+        w.take(zone)
+        batch = Batch(server)
+        batch.sock = Counted(server)  # type: ignore[assignment]
+        return w, batch, server
+
+    yield make
+    for thing in opened:
+        thing.close()
 
 
 def ask(w, batch, server, names):
@@ -69,7 +80,7 @@ def _query(n: int, name: str) -> bytes:
     return bytes(q.pack())
 
 
-def test_misses_and_hits_in_one_batch_are_all_answered_without_a_send_of_their_own():
+def test_misses_and_hits_in_one_batch_are_all_answered_without_a_send_of_their_own(worker_on_loopback):
     w, batch, server = worker_on_loopback(zone_of(20))
     names = [f"s{i}.t.svc.cluster.local" for i in range(10)] + ["nope.t.svc.cluster.local"]
     first = ask(w, batch, server, names)  # all misses
@@ -80,10 +91,9 @@ def test_misses_and_hits_in_one_batch_are_all_answered_without_a_send_of_their_o
     again = ask(w, batch, server, mixed)
     assert [str(r.a.rdata) for r in again] == [f"10.96.1.{i}" for i in [*range(5), *range(10, 15)]]
     assert batch.sock.alone == 0 and w.counts.cache_hits == 5 and w.counts.cache_misses == 16
-    server.close()
 
 
-def test_the_answer_cache_holds_every_answer_of_a_zone_larger_than_its_floor(monkeypatch):
+def test_the_answer_cache_holds_every_answer_of_a_zone_larger_than_its_floor(monkeypatch, worker_on_loopback):
     monkeypatch.setattr(worker_mod, "CACHE_ENTRIES", 20)
     w, batch, server = worker_on_loopback(zone_of(30))  # 60 answers (A and PTR) and the apex, floor 20
     names = [f"s{i}.t.svc.cluster.local" for i in range(30)]
@@ -92,4 +102,3 @@ def test_the_answer_cache_holds_every_answer_of_a_zone_larger_than_its_floor(mon
     assert w.counts.cache_hits == 30 and w.counts.cache_misses == 30
     w.take(zone_of(3))  # a smaller zone: the floor again
     assert w.cache_entries == 20
-    server.close()
